@@ -1,0 +1,31 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEMO_DB ?= sqlite:///predictions.db
+
+.PHONY: install demo test sql clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## make demo: build the example's data and model, run it on SQLite, read the view back
+demo: install
+	$(PY) jobs/example_data.py --db $(DEMO_DB)
+	$(VENV)/bin/pipeline run churn --db $(DEMO_DB)
+	$(PY) jobs/example_data.py --db $(DEMO_DB) --show
+
+## make test: the whole suite, on SQLite and on PostgreSQL ($$PIPELINE_TEST_POSTGRES_URL)
+test: install
+	$(PY) -m pytest -q
+
+## make sql: regenerate sql/<dialect>/metadata.sql from pipeline/state.py
+sql: install
+	$(PY) -c 'from pipeline.state import write_ddl_files; print(*write_ddl_files(), sep="\n")'
+
+clean:
+	rm -rf $(VENV) predictions.db predictions.db-wal predictions.db-shm

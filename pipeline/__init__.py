@@ -1,0 +1,13 @@
+"""Batch materialization of model predictions into versioned tables behind an atomic pointer.
+
+The public API: load a job file, run it, move the pointer.
+"""
+
+from pipeline.errors import PipelineError
+from pipeline.jobs import Job, load_job
+from pipeline.materialize import FlipResult, RunResult, activate, rollback, run_job
+
+__version__ = "0.1.0"
+
+__all__ = ["FlipResult", "Job", "PipelineError", "RunResult", "activate", "load_job", "rollback", "run_job",
+           "__version__"]

@@ -1,0 +1,75 @@
+"""What operators ask about prediction tables: versions, flips, status. Reads only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy.engine import Engine
+
+from pipeline import state
+from pipeline.errors import FlipError
+from pipeline.materialize import reading
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: state.Version
+    active: bool
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    active_version: int | None
+    logical_date: date | None
+    row_count: int | None
+    model_sha256: str | None
+    activated_at: datetime | None
+    latest_version: int
+    latest_status: str
+    latest_error: str | None
+
+
+def versions(engine: Engine, table: str) -> list[VersionRow]:
+    """Every version of ``table``, oldest first, with the active one marked."""
+    with reading(engine) as conn:
+        found = state.list_versions(conn, table) if state.has_schema(conn) else []
+        pointer = state.get_pointer(conn, table) if found else None
+    if not found:
+        raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+    active = pointer.version if pointer else None
+    return [VersionRow(v, v.version == active) for v in found]
+
+
+def history(engine: Engine, table: str) -> list[state.Flip]:
+    """Every pointer move of ``table``, oldest first."""
+    with reading(engine) as conn:
+        if not state.has_schema(conn) or table not in state.list_tables(conn):
+            raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        return state.list_flips(conn, table)
+
+
+def status(engine: Engine) -> list[TableStatus]:
+    """One line per prediction table in the database: what serves, and how the last run went."""
+    rows = []
+    with reading(engine) as conn:
+        if not state.has_schema(conn):
+            return []
+        for table in state.list_tables(conn):
+            found = state.list_versions(conn, table)
+            pointer = state.get_pointer(conn, table)
+            active = next((v for v in found if pointer and v.version == pointer.version), None)
+            latest = found[-1]
+            rows.append(TableStatus(
+                table=table,
+                active_version=active.version if active else None,
+                logical_date=active.logical_date if active else None,
+                row_count=active.row_count if active else None,
+                model_sha256=active.model_sha256 if active else None,
+                activated_at=pointer.updated_at if pointer else None,
+                latest_version=latest.version,
+                latest_status=latest.status,
+                latest_error=latest.error,
+            ))
+    return rows

@@ -1,0 +1,234 @@
+"""The ``pipeline`` command: each subcommand turns options into arguments and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from datetime import datetime
+from typing import Any, Callable, Sequence
+
+import click
+
+from pipeline import catalog, materialize
+from pipeline.db import make_engine, redact, resolve_url, URL_ENV
+from pipeline.errors import PipelineError
+from pipeline.jobs import find_job, iter_jobs, load_job
+
+JOBS_ENV = "PIPELINE_JOBS_DIR"
+
+
+class Settings:
+    def __init__(self, debug: bool, jobs_dir: str) -> None:
+        self.debug = debug
+        self.jobs_dir = jobs_dir
+
+
+def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print an error as one line and exit 1; the traceback only with ``--debug``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = click.get_current_context().find_object(Settings)
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as exc:
+            if settings and settings.debug:
+                raise
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # a bug: still one line, with the way to see more
+            if settings and settings.debug:
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (run `pipeline --debug ...` for the traceback)") from None
+
+    return wrapper
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", "db_url", metavar="URL",
+                        help=f"Target database URL (default: ${URL_ENV}, else the job's target, "
+                             "else sqlite:///predictions.db).")(func)
+
+
+def table_engine(db_url: str | None, table: str):
+    """The database of ``table``: ``--db``, the environment, else the target of the job that writes it."""
+    target = None
+    if not (db_url or os.environ.get(URL_ENV)):
+        settings = click.get_current_context().find_object(Settings)
+        target = next((j.target for j in iter_jobs(settings.jobs_dir) if j.output.table == table), None)
+    return make_engine(resolve_url(db_url, target))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--jobs", "jobs_dir", default=lambda: os.environ.get(JOBS_ENV, "jobs"), show_default="jobs",
+              metavar="DIR", help=f"Where job files live (also ${JOBS_ENV}).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+@click.version_option(package_name="prediction-pipeline")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool) -> None:
+    """Materialize model predictions into versioned tables and flip a pointer.
+
+    \b
+    Example:
+      pipeline run churn             # score jobs/churn.toml, publish a new version
+      pipeline versions churn_scores
+      pipeline rollback churn_scores
+    """
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    ctx.obj = Settings(debug, jobs_dir)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Logical date of the run, given to the query as :run_date (default: today, UTC).")
+@click.option("--no-activate", is_flag=True, help="Build and check the version, but leave the pointer alone.")
+@db_option
+@click.pass_obj
+@pipeline_errors
+def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, db_url: str | None) -> None:
+    """Score a job's domain into a new version and flip to it.
+
+    JOB is a job file's path or the name of a job in the jobs directory.
+
+    \b
+    Example:
+      pipeline run churn --date 2026-01-31
+      pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
+    """
+    loaded = load_job(find_job(job, settings.jobs_dir))
+    engine = make_engine(resolve_url(db_url, loaded.target))
+    try:
+        result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
+                                     activate=not no_activate)
+    finally:
+        engine.dispose()
+    where = redact(str(engine.url))
+    if result.activated:
+        click.echo(f"{result.table}: version {result.version} is active ({result.rows} rows, "
+                   f"{result.seconds:.1f}s, previous: {result.previous or 'none'}) on {where}")
+    else:
+        click.echo(f"{result.table}: version {result.version} is ready, not active ({result.rows} rows, "
+                   f"{result.seconds:.1f}s) on {where}; `pipeline activate {result.table} {result.version}` "
+                   "serves it")
+
+
+@main.command()
+@click.argument("table")
+@db_option
+@pipeline_errors
+def versions(table: str, db_url: str | None) -> None:
+    """List the versions of a prediction table; * marks the active one.
+
+    \b
+    Example:
+      pipeline versions churn_scores
+    """
+    engine = table_engine(db_url, table)
+    rows = catalog.versions(engine, table)
+    print_table(
+        ["", "version", "status", "logical_date", "rows", "model_sha256", "started", "finished", "error"],
+        [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
+          v.started_at, v.finished_at, v.error] for r in rows for v in [r.version]],
+    )
+
+
+@main.command()
+@click.argument("table")
+@click.argument("version", type=click.IntRange(min=1))
+@db_option
+@pipeline_errors
+def activate(table: str, version: int, db_url: str | None) -> None:
+    """Point a table's view at a retained version.
+
+    \b
+    Example:
+      pipeline activate churn_scores 2
+    """
+    flip = materialize.activate(table_engine(db_url, table), table, version)
+    click.echo(f"{table}: version {flip.to_version} is active (was {flip.from_version or 'none'})")
+
+
+@main.command()
+@click.argument("table")
+@click.option("--to", "to", type=click.IntRange(min=1), help="Version to go back to (default: the previous one).")
+@db_option
+@pipeline_errors
+def rollback(table: str, to: int | None, db_url: str | None) -> None:
+    """Flip a table back to the previous ready version (or to --to VERSION).
+
+    \b
+    Example:
+      pipeline rollback churn_scores
+      pipeline rollback churn_scores --to 3
+    """
+    flip = materialize.rollback(table_engine(db_url, table), table, to)
+    click.echo(f"{table}: rolled back from version {flip.from_version} to {flip.to_version}")
+
+
+@main.command()
+@click.argument("table")
+@db_option
+@pipeline_errors
+def history(table: str, db_url: str | None) -> None:
+    """Show every pointer flip of a table, oldest first.
+
+    \b
+    Example:
+      pipeline history churn_scores
+    """
+    flips = catalog.history(table_engine(db_url, table), table)
+    print_table(["flipped_at", "from", "to", "reason", "by"],
+                [[f.flipped_at, f.from_version, f.to_version, f.reason, f.actor] for f in flips])
+
+
+@main.command()
+@db_option
+@click.pass_obj
+@pipeline_errors
+def status(settings: Settings, db_url: str | None) -> None:
+    """Show every prediction table: the active version and how the latest run went.
+
+    Without --db it looks in every target named by the job files (and the default).
+
+    \b
+    Example:
+      pipeline status --db postgresql://localhost/app
+    """
+    if db_url or os.environ.get(URL_ENV):
+        urls = [resolve_url(db_url)]
+    else:
+        urls = sorted({resolve_url(None, j.target) for j in iter_jobs(settings.jobs_dir)} or {resolve_url(None)})
+    rows = []
+    for url in urls:
+        engine = make_engine(url)
+        try:
+            rows.extend((redact(url), s) for s in catalog.status(engine))
+        finally:
+            engine.dispose()
+    if not rows:
+        click.echo(f"no prediction tables yet in {', '.join(redact(u) for u in urls)}")
+        return
+    print_table(["table", "active", "logical_date", "rows", "model_sha256", "activated", "latest", "database"],
+                [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
+                  s.activated_at, f"v{s.latest_version} {s.latest_status}", url] for url, s in rows])

@@ -1,0 +1,137 @@
+"""What the pipeline asks of a database, with the generic SQL; one subclass per database.
+
+Methods take a :class:`~sqlalchemy.engine.Connection` inside a transaction that the
+caller (``materialize``) owns: nothing here begins or commits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import pandas as pd
+from sqlalchemy import Column, MetaData, Table
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.interfaces import Dialect as SADialect
+
+# The portable column types a version table may hold, by the name recorded in metadata.
+COLUMN_TYPES: dict[str, type[sqltypes.TypeEngine[Any]]] = {
+    "integer": sqltypes.BigInteger,
+    "float": sqltypes.Double,
+    "text": sqltypes.Text,
+    "boolean": sqltypes.Boolean,
+    "date": sqltypes.Date,
+    "timestamp": sqltypes.DateTime,
+    "numeric": sqltypes.Numeric,
+}
+
+Columns = Sequence[tuple[str, str]]  # (name, portable type name)
+
+
+class Dialect:
+    """The generic implementation; subclasses override only what their database does differently."""
+
+    name: ClassVar[str] = "generic"
+    #: DDL takes part in transactions, so a rolled-back load leaves no table behind.
+    TRANSACTIONAL_DDL: ClassVar[bool] = True
+    #: The database offers transaction-scoped advisory locks.
+    HAS_ADVISORY_LOCK: ClassVar[bool] = False
+    #: ``CREATE OR REPLACE VIEW`` exists (and keeps the view's grants and dependants).
+    HAS_REPLACE_VIEW: ClassVar[bool] = False
+
+    def __init__(self, sa_dialect: SADialect) -> None:
+        self.sa_dialect = sa_dialect
+
+    # -- engine set-up ------------------------------------------------------
+
+    @classmethod
+    def configure(cls, engine: Engine) -> None:
+        """Install connection hooks on a fresh engine (pragmas, transaction mode)."""
+
+    # -- names --------------------------------------------------------------
+
+    def quote(self, name: str) -> str:
+        """Quote an identifier, always, so reserved words and case survive."""
+        return self.sa_dialect.identifier_preparer.quote_identifier(name)
+
+    def column_list(self, names: Sequence[str]) -> str:
+        return ", ".join(self.quote(n) for n in names)
+
+    def type_sql(self, type_name: str) -> str:
+        return COLUMN_TYPES[type_name]().compile(dialect=self.sa_dialect)
+
+    # -- locks --------------------------------------------------------------
+
+    def lock(self, conn: Connection, key: str) -> None:
+        """Serialize writers of ``key`` until the transaction ends (a no-op where the write lock does it)."""
+
+    def bound_lock_wait(self, conn: Connection) -> None:
+        """Make DDL on objects readers use give up quickly instead of queueing readers behind it."""
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database giving up on a lock after :meth:`bound_lock_wait`."""
+        return False
+
+    # -- version tables -----------------------------------------------------
+
+    def create_table(self, conn: Connection, name: str, columns: Columns) -> None:
+        table = Table(name, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
+        table.create(conn)
+
+    def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
+        """Append ``frame`` (columns in ``columns`` order) to table ``name`` as fast as the database takes it."""
+        raise NotImplementedError
+
+    def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
+        """Build the key index after the load (much faster than maintaining it row by row)."""
+        raise NotImplementedError
+
+    def analyze(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"ANALYZE {self.quote(name)}")
+
+    def drop_table(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
+
+    # -- the stable view ----------------------------------------------------
+
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Sequence[str]) -> str:
+        """The SELECT behind the stable view: one branch per retained version, gated by the pointer.
+
+        Every branch compares its version with the pointer row, read once per statement
+        in the statement's own snapshot: a reader sees exactly one version, and moving the
+        pointer is a one-row UPDATE that takes no lock readers wait on.
+        """
+        pointer = (
+            "(SELECT p.version FROM pipeline_pointer p "
+            f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')"
+        )
+        cols = self.column_list(columns)
+        return "\nUNION ALL\n".join(
+            f"SELECT {cols}, {version} AS model_version FROM {self.quote(physical)} WHERE {pointer} = {version}"
+            for physical, version in members
+        )
+
+    def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool) -> None:
+        """Point ``view`` at ``select_sql`` within the caller's transaction."""
+        if same_columns and self.HAS_REPLACE_VIEW:
+            conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {self.quote(view)} AS\n{select_sql}")
+            return
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
+        conn.exec_driver_sql(f"CREATE VIEW {self.quote(view)} AS\n{select_sql}")
+
+    def drop_view(self, conn: Connection, view: str) -> None:
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
+
+    # -- helpers for subclasses --------------------------------------------
+
+    @staticmethod
+    def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+        """The frame as tuples of plain Python values, missing values as ``None``."""
+        columns = []
+        for _, series in frame.items():
+            if series.dtype.kind in "iufb" and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
+                columns.append(series.tolist())
+            else:
+                values = series.astype(object)
+                columns.append(values.where(series.notna(), None).tolist())
+        return list(zip(*columns))

@@ -1,0 +1,187 @@
+"""List a job's bounded input domain, chunk by chunk, without ever holding it whole.
+
+A domain is the cartesian product of one or more factors (a plain query or file is a
+product of one). The first factor is streamed; the others, the small side of a
+users x items product, are held in memory and crossed with each streamed chunk in
+blocks of ``chunk_size`` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Date, bindparam, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from pipeline.db import make_engine, redact
+from pipeline.errors import SourceError
+from pipeline.jobs import DomainSpec, Factor
+
+# The same rule SQLAlchemy's text() uses to find bind parameters.
+_RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what a driver said, which is the part a person needs."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+class _Digest:
+    """An order-independent fingerprint of a factor's rows: count plus the wrapped sum of row hashes."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] = []
+        self.rows = 0
+        self.total = np.uint64(0)
+
+    def update(self, frame: pd.DataFrame) -> None:
+        self.columns = list(frame.columns)
+        self.rows += len(frame)
+        if len(frame):
+            hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+            self.total = np.uint64(self.total + hashes.sum(dtype=np.uint64))
+
+    def state(self) -> list[object]:
+        return [self.columns, self.rows, int(self.total)]
+
+
+class Domain:
+    """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
+
+    def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None) -> None:
+        self.spec = spec
+        self.target = target
+        self.run_date = run_date
+        self.size = 0
+        self._digests = [_Digest() for _ in spec.factors]
+        self._engines: dict[str, Engine] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what was streamed: the same rows in any order give the same fingerprint."""
+        state = json.dumps([d.state() for d in self._digests]).encode()
+        return hashlib.sha256(state).hexdigest()
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
+
+    def chunks(self, partition: int = 0, partitions: int = 1) -> Iterator[pd.DataFrame]:
+        """Yield the domain (or partition ``partition`` of ``partitions`` disjoint ones) in chunks.
+
+        Partitions split the first factor by a stable hash of its key columns, so the
+        partitions of a product are disjoint products themselves.
+        """
+        if not 0 <= partition < partitions:
+            raise ValueError(f"partition {partition} is not in 0..{partitions - 1}")
+        self.size = 0
+        self._digests = [_Digest() for _ in self.spec.factors]
+        rest = []
+        for digest, factor in zip(self._digests[1:], self.spec.factors[1:]):
+            frame = pd.concat(list(self._read(factor)), ignore_index=True)
+            digest.update(frame)
+            rest.append(frame)
+        checked = False
+        for first in self._read(self.spec.factors[0]):
+            if not checked:
+                self._check_columns([first, *rest])
+                checked = True
+            if partitions > 1:
+                first = self._partition(first, partition, partitions)
+            self._digests[0].update(first)
+            for chunk in self._cross(first, rest):
+                self.size += len(chunk)
+                yield chunk
+
+    # -- reading factors ----------------------------------------------------
+
+    def _read(self, factor: Factor) -> Iterator[pd.DataFrame]:
+        if factor.file is not None:
+            yield from self._read_file(factor.file)
+        else:
+            yield from self._read_query(factor)
+
+    def _read_file(self, path: Path) -> Iterator[pd.DataFrame]:
+        size = self.spec.chunk_size
+        try:
+            if path.suffix.lower() == ".csv":
+                with pd.read_csv(path, chunksize=size) as reader:
+                    yield from reader
+            else:
+                import pyarrow.parquet as pq
+
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+                    yield batch.to_pandas()
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise SourceError(f"cannot read domain file {path}: {first_line(exc)}") from None
+
+    def _engine(self, source: str | None) -> Engine:
+        if source is None:
+            return self.target
+        if source not in self._engines:
+            self._engines[source] = make_engine(source)
+        return self._engines[source]
+
+    def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
+        assert factor.query is not None
+        statement = text(factor.query)
+        params = {}
+        if _RUN_DATE.search(factor.query):
+            statement = statement.bindparams(bindparam("run_date", type_=Date()))
+            params["run_date"] = self.run_date
+        engine = self._engine(factor.source)
+        where = f" on {redact(factor.source)}" if factor.source else ""
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=self.spec.chunk_size).execute(
+                    statement, params)
+                if not result.returns_rows:
+                    raise SourceError(f"domain query{where} returns no rows to score (is it a SELECT?)")
+                columns = list(result.keys())
+                for part in result.partitions(self.spec.chunk_size):
+                    yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
+        except SQLAlchemyError as exc:
+            raise SourceError(f"domain query failed{where}: {first_line(exc)}") from None
+
+    # -- shaping ------------------------------------------------------------
+
+    def _check_columns(self, frames: list[pd.DataFrame]) -> None:
+        seen: dict[str, int] = {}
+        for i, frame in enumerate(frames):
+            for column in frame.columns:
+                if column in seen:
+                    raise SourceError(f"domain column {column!r} comes from more than one factor "
+                                      f"(factors {seen[column] + 1} and {i + 1}); rename one")
+                seen[column] = i
+        missing = [k for k in self.spec.keys if k not in seen]
+        if missing:
+            raise SourceError(f"domain key(s) {', '.join(missing)} not among the domain's columns: "
+                              f"{', '.join(map(str, seen))}")
+
+    def _partition(self, frame: pd.DataFrame, partition: int, partitions: int) -> pd.DataFrame:
+        keys = [k for k in self.spec.keys if k in frame.columns] or list(frame.columns)
+        buckets = pd.util.hash_pandas_object(frame[keys], index=False).to_numpy() % np.uint64(partitions)
+        return frame[buckets == partition]
+
+    def _cross(self, first: pd.DataFrame, rest: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        if not rest:
+            if len(first):
+                yield first.reset_index(drop=True)
+            return
+        shape = (len(first), *(len(r) for r in rest))
+        total = int(np.prod(shape, dtype=np.int64))
+        for start in range(0, total, self.spec.chunk_size):
+            positions = np.unravel_index(np.arange(start, min(start + self.spec.chunk_size, total)), shape)
+            parts = [frame.iloc[pos].reset_index(drop=True) for frame, pos in zip([first, *rest], positions)]
+            yield pd.concat(parts, axis=1)

@@ -1,0 +1,39 @@
+"""The exceptions the pipeline raises on purpose.
+
+Every error a user can cause derives from :class:`PipelineError`; the CLI prints
+its message as one line and exits non-zero. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every expected failure; its message is one line meant for a person."""
+
+
+class JobFileError(PipelineError):
+    """A job file is missing, malformed or names something that does not exist."""
+
+
+class SourceError(PipelineError):
+    """The domain could not be listed: a failing query, a bad file, an empty result."""
+
+
+class ModelError(PipelineError):
+    """The model could not be loaded or did not score the domain as promised."""
+
+
+class AuditError(PipelineError):
+    """A freshly written version failed a check that guards the flip."""
+
+
+class FlipError(PipelineError):
+    """The pointer could not be moved: unknown table, unknown or unusable version."""
+
+
+class DatabaseError(PipelineError):
+    """The database refused or dropped a statement (unreachable, read-only, full)."""
+
+
+class JobLocked(PipelineError):
+    """Another run of the same job holds its lock."""

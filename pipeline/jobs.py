@@ -1,0 +1,296 @@
+"""Read one TOML job file into a frozen :class:`Job`, or say exactly what is wrong.
+
+The keys are a contract documented in the README. Validation happens here, once,
+so that every later stage can trust the fields it is handed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pipeline.errors import JobFileError
+from pipeline.versions import check_identifier, check_table_name
+
+METHODS = ("predict", "predict_proba", "decision_function")
+DEFAULT_CHUNK_SIZE = 100_000
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One table of the domain: the rows of a query, or of a CSV/Parquet file."""
+
+    query: str | None = None
+    file: Path | None = None
+    source: str | None = None  # None: the job's target database
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The bounded input domain: a cartesian product of one or more factors."""
+
+    keys: tuple[str, ...]
+    factors: tuple[Factor, ...]
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: Path
+    method: str = "predict"
+    sha256: str | None = None
+    features: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    table: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job file."""
+
+    name: str
+    path: Path
+    domain: DomainSpec
+    model: ModelSpec
+    output: OutputSpec
+    target: str | None = None
+    schedule: str | None = None
+    timezone: str = "UTC"
+    description: str = ""
+
+
+def load_job(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Job:
+    """Parse and validate the job file at ``path``.
+
+    Raises:
+        JobFileError: naming the file and the offending key.
+    """
+    path = Path(path)
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobFileError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobFileError(f"{path}: cannot read job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(f"{path}: not valid TOML: {exc}") from None
+    return _Reader(path, environ).job(raw)
+
+
+class _Reader:
+    """Walks the parsed TOML with the file's name at hand for every message."""
+
+    def __init__(self, path: Path, environ: dict[str, str]) -> None:
+        self.path = path
+        self.base = path.resolve().parent
+        self.environ = environ
+
+    def fail(self, key: str, message: str) -> JobFileError:
+        return JobFileError(f"{self.path}: {key}: {message}")
+
+    def section(self, raw: dict[str, Any], key: str, allowed: set[str], prefix: str = "") -> dict[str, Any]:
+        value = raw.get(key)
+        where = f"{prefix}{key}"
+        if value is None:
+            raise self.fail(f"[{where}]", "section is missing")
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be a table ([" + where + "])")
+        self.no_unknown(value, allowed, f"{where}.")
+        return value
+
+    def no_unknown(self, raw: dict[str, Any], allowed: set[str], prefix: str = "") -> None:
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise self.fail(f"{prefix}{unknown[0]}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def get(self, raw: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+            required: bool = False, default: Any = None) -> Any:
+        if key not in raw:
+            if required:
+                raise self.fail(where, "is required")
+            return default
+        value = raw[key]
+        # bool is an int in Python; a job file that says `chunk_size = true` is wrong.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(where, f"must be a {_TOML_NAMES.get(names, names)}, got {type(value).__name__}")
+        if isinstance(value, str) and not value.strip():
+            raise self.fail(where, "must not be empty")
+        return value
+
+    def names(self, raw: dict[str, Any], key: str, where: str, required: bool = False) -> tuple[str, ...] | None:
+        value = self.get(raw, key, list, where, required=required)
+        if value is None:
+            return None
+        if not value:
+            raise self.fail(where, "must list at least one column")
+        for item in value:
+            if not isinstance(item, str):
+                raise self.fail(where, f"must be a list of strings, got {item!r}")
+            self.identifier(item, where)
+        if len(set(value)) != len(value):
+            raise self.fail(where, "lists a column twice")
+        return tuple(value)
+
+    def identifier(self, name: str, where: str, check: Callable[[str], str] = check_identifier) -> str:
+        try:
+            return check(name)
+        except ValueError as exc:
+            raise self.fail(where, str(exc)) from None
+
+    def expand(self, value: str, where: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            raise self.fail(where, f"environment variable {name} is not set")
+
+        return _ENV_VAR.sub(replace, value)
+
+    def file(self, value: str, where: str) -> Path:
+        path = Path(value)
+        path = path if path.is_absolute() else self.base / path
+        if not path.is_file():
+            raise self.fail(where, f"file not found: {value}")
+        return path
+
+    # -- sections -----------------------------------------------------------
+
+    def job(self, raw: dict[str, Any]) -> Job:
+        self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target",
+                              "domain", "model", "output"})
+        name = self.get(raw, "name", str, "name", default=self.path.stem)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise self.fail("name", f"{name!r} may hold only letters, digits, '_', '.' and '-'")
+        timezone = self.get(raw, "timezone", str, "timezone", default="UTC")
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.fail("timezone", f"unknown time zone {timezone!r}") from None
+        schedule = self.get(raw, "schedule", str, "schedule")
+        if schedule is not None:
+            self.cron(schedule, timezone)
+        target = self.get(raw, "target", str, "target")
+        return Job(
+            name=name,
+            path=self.path.resolve(),
+            description=self.get(raw, "description", str, "description", default=""),
+            schedule=schedule,
+            timezone=timezone,
+            target=None if target is None else self.expand(target, "target"),
+            domain=self.domain(self.section(raw, "domain", {"keys", "query", "file", "source",
+                                                            "product", "chunk_size"})),
+            model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features"})),
+            output=self.output(self.section(raw, "output", {"table"})),
+        )
+
+    def cron(self, expression: str, timezone: str) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(expression, timezone=timezone)
+        except ValueError as exc:
+            raise self.fail("schedule", f"not a valid cron expression {expression!r}: {exc}") from None
+
+    def factor(self, raw: dict[str, Any], where: str, default_source: str | None) -> Factor:
+        query = self.get(raw, "query", str, f"{where}.query")
+        file = self.get(raw, "file", str, f"{where}.file")
+        if (query is None) == (file is None):
+            raise self.fail(where, "needs exactly one of 'query' or 'file'")
+        source = self.get(raw, "source", str, f"{where}.source")
+        if file is not None:
+            if source is not None:
+                raise self.fail(f"{where}.source", "goes with 'query', not with 'file'")
+            path = self.file(file, f"{where}.file")
+            if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+                raise self.fail(f"{where}.file", f"must end in .csv or .parquet: {file}")
+            return Factor(file=path)
+        source = self.expand(source, f"{where}.source") if source is not None else default_source
+        return Factor(query=query, source=source)
+
+    def domain(self, raw: dict[str, Any]) -> DomainSpec:
+        keys = self.names(raw, "keys", "domain.keys", required=True)
+        chunk_size = self.get(raw, "chunk_size", int, "domain.chunk_size", default=DEFAULT_CHUNK_SIZE)
+        if chunk_size < 1:
+            raise self.fail("domain.chunk_size", "must be at least 1")
+        source = self.get(raw, "source", str, "domain.source")
+        source = None if source is None else self.expand(source, "domain.source")
+        product = self.get(raw, "product", list, "domain.product")
+        if product is None:
+            plain = {k: v for k, v in raw.items() if k in ("query", "file", "source")}
+            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size)
+        for key in ("query", "file"):
+            if key in raw:
+                raise self.fail(f"domain.{key}", "cannot be combined with [[domain.product]]")
+        if not product:
+            raise self.fail("domain.product", "must list at least one factor")
+        factors = []
+        for i, item in enumerate(product):
+            where = f"domain.product[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "must be a table ([[domain.product]])")
+            self.no_unknown(item, {"query", "file", "source"}, f"{where}.")
+            factors.append(self.factor(item, where, source))
+        return DomainSpec(keys, tuple(factors), chunk_size)
+
+    def model(self, raw: dict[str, Any]) -> ModelSpec:
+        path = self.file(self.get(raw, "path", str, "model.path", required=True), "model.path")
+        method = self.get(raw, "method", str, "model.method", default="predict")
+        if method not in METHODS:
+            raise self.fail("model.method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        sha256 = self.get(raw, "sha256", str, "model.sha256")
+        if sha256 is not None:
+            sha256 = sha256.lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+                raise self.fail("model.sha256", "must be 64 hexadecimal digits")
+        return ModelSpec(path=path, method=method, sha256=sha256,
+                         features=self.names(raw, "features", "model.features"))
+
+    def output(self, raw: dict[str, Any]) -> OutputSpec:
+        table = self.get(raw, "table", str, "output.table", required=True)
+        return OutputSpec(table=self.identifier(table, "output.table", check_table_name))
+
+
+_TOML_NAMES = {"str": "string", "int": "integer", "list": "array", "dict": "table", "bool": "boolean"}
+
+
+def find_job(ref: str, jobs_dir: str | os.PathLike[str] = "jobs") -> Path:
+    """Turn a CLI ``JOB`` argument (a path, or a job name in ``jobs_dir``) into a file path."""
+    direct = Path(ref)
+    if direct.is_file():
+        return direct
+    candidate = Path(jobs_dir) / f"{ref}.toml"
+    if candidate.is_file():
+        return candidate
+    for path in sorted(Path(jobs_dir).glob("*.toml")):
+        try:
+            if load_job(path).name == ref:
+                return path
+        except JobFileError:
+            continue
+    raise JobFileError(f"no job file {ref!r}: not a file, and no {candidate} or job named {ref!r} in {jobs_dir}/")
+
+
+def iter_jobs(jobs_dir: str | os.PathLike[str] = "jobs",
+              on_error: Callable[[JobFileError], None] | None = None) -> list[Job]:
+    """Every valid job in ``jobs_dir``; invalid files go to ``on_error`` (or are skipped)."""
+    found = []
+    for path in sorted(Path(jobs_dir).glob("*.toml")):
+        try:
+            found.append(load_job(path))
+        except JobFileError as exc:
+            if on_error is not None:
+                on_error(exc)
+    return found

@@ -1,0 +1,248 @@
+"""The pipeline's bookkeeping tables: versions, the pointer and the flip log.
+
+Read functions are apart from write functions; both take a Connection inside a
+transaction someone else owns. The DDL in ``sql/`` is generated from these
+definitions (``make sql``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Sequence
+
+from sqlalchemy import (BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, String,
+                        Table, Text, func, select, update)
+from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+STATUSES = ("building", "ready", "failed", "retired")
+DEFAULT_ALIAS = "champion"
+
+metadata = MetaData()
+
+versions = Table(
+    "pipeline_versions", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("job", String(255), nullable=False),
+    Column("logical_date", Date),
+    Column("status", String(16), nullable=False),
+    Column("keys", Text, nullable=False),          # JSON list of the key columns
+    Column("columns", Text),                       # JSON [[name, type], ...] of the version table
+    Column("row_count", BigInteger),
+    Column("domain_size", BigInteger),
+    Column("domain_fingerprint", String(64)),
+    Column("model_path", Text, nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("model_class", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    CheckConstraint("status IN ('building', 'ready', 'failed', 'retired')", name="pipeline_versions_status"),
+)
+
+pointer = Table(
+    "pipeline_pointer", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("alias", String(63), primary_key=True, server_default=DEFAULT_ALIAS),
+    Column("version", Integer, nullable=False),
+    Column("view_versions", Text, nullable=False),  # JSON list: the versions the view's UNION holds
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+flips = Table(
+    "pipeline_flips", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("table_name", String(63), nullable=False),
+    Column("alias", String(63), nullable=False, server_default=DEFAULT_ALIAS),
+    Column("from_version", Integer),
+    Column("to_version", Integer, nullable=False),
+    Column("flipped_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text),
+    Index("pipeline_flips_table", "table_name", "alias", "id"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; every stored timestamp is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
+class Version:
+    table_name: str
+    version: int
+    job: str
+    logical_date: date | None
+    status: str
+    keys: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    row_count: int | None
+    domain_size: int | None
+    domain_fingerprint: str | None
+    model_path: str
+    model_sha256: str
+    model_class: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Version":
+        m = row._mapping
+        return cls(
+            table_name=m["table_name"], version=m["version"], job=m["job"], logical_date=m["logical_date"],
+            status=m["status"], keys=tuple(json.loads(m["keys"])),
+            columns=tuple(tuple(c) for c in json.loads(m["columns"] or "[]")),
+            row_count=m["row_count"], domain_size=m["domain_size"], domain_fingerprint=m["domain_fingerprint"],
+            model_path=m["model_path"], model_sha256=m["model_sha256"], model_class=m["model_class"],
+            started_at=_utc(m["started_at"]), finished_at=_utc(m["finished_at"]), error=m["error"],
+        )
+
+
+@dataclass(frozen=True)
+class Pointer:
+    table_name: str
+    alias: str
+    version: int
+    view_versions: tuple[int, ...]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Flip:
+    table_name: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    flipped_at: datetime
+    reason: str
+    actor: str | None
+
+
+# -- schema -------------------------------------------------------------------
+
+def ensure_schema(conn: Connection) -> None:
+    """Create the bookkeeping tables that do not exist yet."""
+    metadata.create_all(conn, checkfirst=True)
+
+
+def has_schema(conn: Connection) -> bool:
+    return conn.dialect.has_table(conn, versions.name)
+
+
+def ddl(sa_dialect: Any) -> str:
+    """The DDL of the bookkeeping tables for one dialect, as written to ``sql/<dialect>/metadata.sql``."""
+    statements = []
+    for table in metadata.sorted_tables:
+        statements.append(str(CreateTable(table).compile(dialect=sa_dialect)))
+        statements.extend(str(CreateIndex(ix).compile(dialect=sa_dialect)) for ix in table.indexes)
+    tidy = ["\n".join(line.rstrip() for line in s.strip().splitlines()) for s in statements]
+    return ";\n\n".join(tidy) + ";\n"
+
+
+# -- reads --------------------------------------------------------------------
+
+def get_version(conn: Connection, table: str, version: int) -> Version | None:
+    row = conn.execute(select(versions).where(versions.c.table_name == table,
+                                              versions.c.version == version)).first()
+    return None if row is None else Version.from_row(row)
+
+
+def list_versions(conn: Connection, table: str) -> list[Version]:
+    rows = conn.execute(select(versions).where(versions.c.table_name == table).order_by(versions.c.version))
+    return [Version.from_row(r) for r in rows]
+
+
+def list_tables(conn: Connection) -> list[str]:
+    """Every table the pipeline has written a version of."""
+    return list(conn.execute(select(versions.c.table_name).distinct().order_by(versions.c.table_name)).scalars())
+
+
+def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Pointer | None:
+    row = conn.execute(select(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return Pointer(m["table_name"], m["alias"], m["version"], tuple(json.loads(m["view_versions"])),
+                   _utc(m["updated_at"]))
+
+
+def list_flips(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> list[Flip]:
+    rows = conn.execute(select(flips).where(flips.c.table_name == table, flips.c.alias == alias)
+                        .order_by(flips.c.id))
+    return [Flip(r.table_name, r.alias, r.from_version, r.to_version, _utc(r.flipped_at), r.reason, r.actor)
+            for r in rows]
+
+
+def next_version(conn: Connection, table: str) -> int:
+    """Versions count up per table and are never reused, failed ones included."""
+    current = conn.execute(select(func.max(versions.c.version)).where(versions.c.table_name == table)).scalar()
+    return (current or 0) + 1
+
+
+# -- writes -------------------------------------------------------------------
+
+def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
+                   keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
+                   started_at: datetime) -> None:
+    conn.execute(versions.insert().values(
+        table_name=table, version=version, job=job, logical_date=logical_date, status="building",
+        keys=json.dumps(list(keys)), model_path=model_path, model_sha256=model_sha256,
+        model_class=model_class, started_at=started_at))
+
+
+def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:
+    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs."""
+    if "columns" in values and values["columns"] is not None:
+        values["columns"] = json.dumps([list(c) for c in values["columns"]])
+    if "status" in values and values["status"] not in STATUSES:
+        raise ValueError(f"unknown status {values['status']!r}")
+    conn.execute(update(versions).where(versions.c.table_name == table, versions.c.version == version)
+                 .values(**values))
+
+
+def set_pointer(conn: Connection, table: str, alias: str, version: int, view_versions: Sequence[int],
+                now: datetime) -> None:
+    values = dict(version=version, view_versions=json.dumps(sorted(view_versions)), updated_at=now)
+    done = conn.execute(update(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)
+                        .values(**values))
+    if done.rowcount == 0:
+        conn.execute(pointer.insert().values(table_name=table, alias=alias, **values))
+
+
+def record_flip(conn: Connection, table: str, alias: str, from_version: int | None, to_version: int,
+                now: datetime, reason: str, actor: str | None) -> None:
+    conn.execute(flips.insert().values(table_name=table, alias=alias, from_version=from_version,
+                                       to_version=to_version, flipped_at=now, reason=reason, actor=actor))
+
+
+def set_view_versions(conn: Connection, table: str, alias: str, view_versions: Sequence[int]) -> None:
+    """Record which versions the view's UNION now holds, without moving the pointer."""
+    conn.execute(update(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)
+                 .values(view_versions=json.dumps(sorted(view_versions))))
+
+
+def write_ddl_files(root: str = "sql") -> list[str]:
+    """Regenerate ``sql/<dialect>/metadata.sql`` from the table definitions above."""
+    from pathlib import Path
+
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    written = []
+    for name, sa_dialect in (("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())):
+        path = Path(root) / name / "metadata.sql"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = f"-- The pipeline's bookkeeping tables on {name}. Generated from pipeline/state.py by `make sql`.\n\n"
+        path.write_text(header + ddl(sa_dialect), encoding="utf-8")
+        written.append(str(path))
+    return written

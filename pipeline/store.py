@@ -1,0 +1,90 @@
+"""Write one version table: infer its columns, append chunks, then build its key and statistics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from typing import Sequence
+
+import pandas as pd
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.dialects import Dialect
+from pipeline.errors import AuditError, SourceError
+
+_OBJECT_TYPES: list[tuple[type, str]] = [
+    (bool, "boolean"), (int, "integer"), (float, "float"), (decimal.Decimal, "numeric"),
+    (str, "text"), (dt.datetime, "timestamp"), (dt.date, "date"),
+]
+
+
+def infer_type(name: str, series: pd.Series) -> str:
+    """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        return "text"
+    sample = series.dropna()
+    if sample.empty:
+        raise SourceError(f"column {name!r} holds only NULLs in the first chunk; its type cannot be told")
+    value = sample.iloc[0]
+    for kind, type_name in _OBJECT_TYPES:
+        if isinstance(value, kind):
+            return type_name
+    raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
+
+
+class VersionWriter:
+    """Appends scored chunks to a new version table inside the caller's transaction."""
+
+    def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str]) -> None:
+        self.dialect = dialect
+        self.conn = conn
+        self.name = name
+        self.keys = list(keys)
+        self.columns: list[tuple[str, str]] = []
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``; the first call creates the table with the types of its columns."""
+        if not self.columns:
+            self.columns = [(str(c), infer_type(str(c), frame[c])) for c in frame.columns]
+            self.dialect.create_table(self.conn, self.name, self.columns)
+        self.dialect.load(self.conn, self.name, self.columns, frame)
+        self.rows += len(frame)
+
+    def finish(self) -> int:
+        """Check the keys, build the unique key, gather statistics; return the row count read back.
+
+        Raises:
+            AuditError: a key is NULL or listed more than once.
+        """
+        q = self.dialect.quote
+        any_null = " OR ".join(f"{q(k)} IS NULL" for k in self.keys)
+        count, nulls = self.conn.execute(text(
+            f"SELECT COUNT(*), SUM(CASE WHEN {any_null} THEN 1 ELSE 0 END) FROM {q(self.name)}")).one()
+        if nulls:
+            raise AuditError(f"{nulls} domain row(s) have a NULL key ({', '.join(self.keys)})")
+        try:
+            with self.conn.begin_nested():
+                self.dialect.add_unique_key(self.conn, self.name, self.keys)
+        except IntegrityError:
+            sample = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(self.keys, row)) for row in self.duplicates())
+            raise AuditError(f"the domain lists some keys more than once, e.g. {sample}") from None
+        self.dialect.analyze(self.conn, self.name)
+        return int(count)
+
+    def duplicates(self, limit: int = 3) -> list[tuple[object, ...]]:
+        cols = self.dialect.column_list(self.keys)
+        rows = self.conn.execute(text(
+            f"SELECT {cols} FROM {self.dialect.quote(self.name)} GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT {limit}"))
+        return [tuple(r) for r in rows]

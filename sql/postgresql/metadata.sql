@@ -1,0 +1,45 @@
+-- The pipeline's bookkeeping tables on postgresql. Generated from pipeline/state.py by `make sql`.
+
+CREATE TABLE pipeline_flips (
+	id SERIAL NOT NULL,
+	table_name VARCHAR(63) NOT NULL,
+	alias VARCHAR(63) DEFAULT 'champion' NOT NULL,
+	from_version INTEGER,
+	to_version INTEGER NOT NULL,
+	flipped_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	reason TEXT NOT NULL,
+	actor TEXT,
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX pipeline_flips_table ON pipeline_flips (table_name, alias, id);
+
+CREATE TABLE pipeline_pointer (
+	table_name VARCHAR(63) NOT NULL,
+	alias VARCHAR(63) DEFAULT 'champion' NOT NULL,
+	version INTEGER NOT NULL,
+	view_versions TEXT NOT NULL,
+	updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	PRIMARY KEY (table_name, alias)
+);
+
+CREATE TABLE pipeline_versions (
+	table_name VARCHAR(63) NOT NULL,
+	version INTEGER NOT NULL,
+	job VARCHAR(255) NOT NULL,
+	logical_date DATE,
+	status VARCHAR(16) NOT NULL,
+	keys TEXT NOT NULL,
+	columns TEXT,
+	row_count BIGINT,
+	domain_size BIGINT,
+	domain_fingerprint VARCHAR(64),
+	model_path TEXT NOT NULL,
+	model_sha256 VARCHAR(64) NOT NULL,
+	model_class TEXT,
+	started_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	finished_at TIMESTAMP WITH TIME ZONE,
+	error TEXT,
+	PRIMARY KEY (table_name, version),
+	CONSTRAINT pipeline_versions_status CHECK (status IN ('building', 'ready', 'failed', 'retired'))
+);
