@@ -8,6 +8,7 @@ blocks of ``chunk_size`` rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -42,17 +43,17 @@ class _Digest:
     def __init__(self) -> None:
         self.columns: list[str] = []
         self.rows = 0
-        self.total = np.uint64(0)
+        self.total = 0
 
     def update(self, frame: pd.DataFrame) -> None:
         self.columns = list(frame.columns)
         self.rows += len(frame)
         if len(frame):
             hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-            self.total = np.uint64(self.total + hashes.sum(dtype=np.uint64))
+            self.total = (self.total + int(hashes.sum(dtype=np.uint64))) % (1 << 64)  # arrays wrap silently
 
     def state(self) -> list[object]:
-        return [self.columns, self.rows, int(self.total)]
+        return [self.columns, self.rows, self.total]
 
 
 class Domain:
@@ -93,16 +94,17 @@ class Domain:
             digest.update(frame)
             rest.append(frame)
         checked = False
-        for first in self._read(self.spec.factors[0]):
-            if not checked:
-                self._check_columns([first, *rest])
-                checked = True
-            if partitions > 1:
-                first = self._partition(first, partition, partitions)
-            self._digests[0].update(first)
-            for chunk in self._cross(first, rest):
-                self.size += len(chunk)
-                yield chunk
+        with contextlib.closing(self._read(self.spec.factors[0])) as stream:
+            for first in stream:
+                if not checked:
+                    self._check_columns([first, *rest])
+                    checked = True
+                if partitions > 1:
+                    first = self._partition(first, partition, partitions)
+                self._digests[0].update(first)
+                for chunk in self._cross(first, rest):
+                    self.size += len(chunk)
+                    yield chunk
 
     # -- reading factors ----------------------------------------------------
 
@@ -149,8 +151,11 @@ class Domain:
                 if not result.returns_rows:
                     raise SourceError(f"domain query{where} returns no rows to score (is it a SELECT?)")
                 columns = list(result.keys())
-                for part in result.partitions(self.spec.chunk_size):
-                    yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
+                try:
+                    for part in result.partitions(self.spec.chunk_size):
+                        yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
+                finally:
+                    result.close()  # a server-side cursor left open warns, and holds the snapshot
         except SQLAlchemyError as exc:
             raise SourceError(f"domain query failed{where}: {first_line(exc)}") from None
 

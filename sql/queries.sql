@@ -27,8 +27,8 @@ FROM pipeline_pointer AS p
 JOIN pipeline_versions AS v ON v.table_name = p.table_name AND v.version = p.version
 WHERE p.table_name = 'churn_scores' AND p.alias = 'champion';
 
--- 5. Record which version served a decision: store model_version with the decision.
---    Every row of one statement comes from one version, even during a flip.
-SELECT customer_id, proba_true, model_version
-FROM churn_scores
+-- 5. Debugging only: read one specific version's table directly (it disappears once
+--    retention drops it, so applications never do this).
+SELECT customer_id, proba_true
+FROM churn_scores__v1
 WHERE customer_id = :customer_id;

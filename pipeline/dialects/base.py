@@ -126,10 +126,14 @@ class Dialect:
 
     @staticmethod
     def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
-        """The frame as tuples of plain Python values, missing values as ``None``."""
+        """The frame as tuples of plain Python values, missing values (NaN included) as ``None``.
+
+        NaN becomes NULL on every database alike (SQLite could store nothing else).
+        """
         columns = []
         for _, series in frame.items():
-            if series.dtype.kind in "iufb" and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
+            plain = series.dtype.kind in "iufb" and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype)
+            if plain and not (series.dtype.kind == "f" and series.isna().any()):
                 columns.append(series.tolist())
             else:
                 values = series.astype(object)

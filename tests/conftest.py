@@ -1,0 +1,145 @@
+"""Shared fixtures: a clean database per test on SQLite and on PostgreSQL, jobs, models, data."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from pipeline.db import make_engine, normalize_url
+
+POSTGRES_URL = os.environ.get("PIPELINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("PIPELINE_REQUIRE_POSTGRES") == "1"
+FEATURES = ["x1", "x2", "x3"]
+
+_postgres_state: dict[str, str | None] = {}
+
+
+def postgres_error() -> str | None:
+    """None when the test server answers, else why not (checked once per session)."""
+    if "error" not in _postgres_state:
+        try:
+            engine = create_engine(normalize_url(POSTGRES_URL), connect_args={"connect_timeout": 3})
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            _postgres_state["error"] = None
+        except Exception as exc:  # any failure to connect means: no server for the tests
+            _postgres_state["error"] = str(exc).strip().splitlines()[0]
+    return _postgres_state["error"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
+    error = _postgres_state.get("error")
+    if error:
+        terminalreporter.write_sep("!", f"PostgreSQL tests SKIPPED: no server at {POSTGRES_URL} ({error})",
+                                   red=True, bold=True)
+
+
+def _require_postgres() -> None:
+    error = postgres_error()
+    if error is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"PIPELINE_REQUIRE_POSTGRES=1 but PostgreSQL at {POSTGRES_URL} does not answer: {error}")
+    pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {error}")
+
+
+@pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    """A URL whose connections work in a fresh, private schema, dropped afterwards."""
+    _require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalize_url(POSTGRES_URL))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'predictions.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs twice: on SQLite and on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+# -- data and models ------------------------------------------------------------
+
+def customers_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"customer_id": np.arange(1, n + 1), **{f: rng.normal(size=n) for f in FEATURES}})
+
+
+def write_table(engine: Engine, name: str, frame: pd.DataFrame) -> None:
+    """Create a source table the way a user's warehouse would hold it."""
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+    frame.to_sql(name, engine, index=False)
+
+
+def train_model(path: Path, seed: int = 0, kind: str = "logistic") -> Path:
+    """Fit a small classifier (or regressor) on generated data and save it with joblib."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    frame = customers_frame(300, seed=100 + seed)
+    rng = np.random.default_rng(seed)
+    y = (frame.x1 + 0.5 * frame.x2 + rng.normal(scale=0.5, size=len(frame))) > 0
+    if kind == "logistic":
+        model = LogisticRegression(C=0.1 + seed).fit(frame[FEATURES], y)
+    else:
+        model = LinearRegression().fit(frame[FEATURES], frame.x1 * (1 + seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    return path
+
+
+@pytest.fixture
+def write_job(tmp_path: Path) -> Callable[..., Path]:
+    """Write a job file into tmp_path/jobs; ``body`` is TOML, ``{model}`` expands to a trained model."""
+
+    def write(body: str, name: str = "scores", seed: int = 0, kind: str = "logistic") -> Path:
+        jobs = tmp_path / "jobs"
+        model = train_model(jobs / "models" / f"{name}.joblib", seed=seed, kind=kind)
+        path = jobs / f"{name}.toml"
+        path.write_text(textwrap.dedent(body).replace("{model}", model.name), encoding="utf-8")
+        return path
+
+    return write
+
+
+CUSTOMERS_JOB = """
+    [domain]
+    keys = ["customer_id"]
+    query = "SELECT customer_id, x1, x2, x3 FROM customers"
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+"""

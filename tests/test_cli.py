@@ -1,0 +1,142 @@
+"""The CLI as a user types it: exit codes, one-line errors, the table commands, on both databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
+from pipeline.cli import main
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke ``pipeline`` in tmp_path (so ``jobs/`` resolves there) and return (exit code, output)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(main, ["--quiet", *args], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    return invoke
+
+
+@pytest.fixture
+def job(engine, write_job) -> Path:
+    write_table(engine, "customers", customers_frame(200))
+    return write_job(CUSTOMERS_JOB)
+
+
+def view_versions(engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT DISTINCT model_version FROM scores")).scalars())
+
+
+def test_run_versions_rollback_activate_history_status(cli, db_url, engine, job):
+    code, out = cli("run", "scores", "--db", db_url, "--date", "2026-01-31")
+    assert code == 0, out
+    assert "scores: version 1 is active (200 rows" in out
+    train_model(job.parent / "models" / "scores.joblib", seed=4)
+    code, out = cli("run", str(job), "--db", db_url)
+    assert code == 0 and "version 2 is active" in out and "previous: 1" in out
+    assert view_versions(engine) == {2}
+
+    code, out = cli("rollback", "scores", "--db", db_url)
+    assert (code, out.strip()) == (0, "scores: rolled back from version 2 to 1")
+    assert view_versions(engine) == {1}
+    code, out = cli("activate", "scores", "2", "--db", db_url)
+    assert (code, out.strip()) == (0, "scores: version 2 is active (was 1)")
+    assert view_versions(engine) == {2}
+
+    code, out = cli("versions", "scores", "--db", db_url)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["version", "status", "logical_date"]
+    assert lines[1].split()[:4] == ["1", "ready", "2026-01-31", "200"]
+    assert lines[2].split()[:3] == ["*", "2", "ready"]
+
+    code, out = cli("history", "scores", "--db", db_url)
+    moves = [line.split()[2:4] for line in out.splitlines()[1:]]
+    assert code == 0 and moves == [["-", "1"], ["1", "2"], ["2", "1"], ["1", "2"]]
+    assert "rollback" in out and "activate" in out
+
+    code, out = cli("status", "--db", db_url)
+    assert code == 0 and out.splitlines()[1].split()[:2] == ["scores", "2"]
+
+
+def test_no_activate_then_activate(cli, db_url, engine, job):
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    code, out = cli("run", "scores", "--db", db_url, "--no-activate")
+    assert code == 0 and "version 2 is ready, not active" in out and "pipeline activate scores 2" in out
+    assert view_versions(engine) == {1}
+
+
+def test_database_comes_from_the_environment_then_the_job_target(cli, tmp_path, monkeypatch, write_job):
+    from pipeline.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    engine = make_engine(url)
+    write_table(engine, "customers", customers_frame(30))
+    write_job(CUSTOMERS_JOB.replace("[domain]", f'target = "{url}"\n[domain]'))
+    code, out = cli("run", "scores")
+    assert code == 0 and "target.db" in out
+    assert view_versions(engine) == {1}
+    code, out = cli("versions", "scores")  # finds the database through the job that writes the table
+    assert code == 0 and "* " in out
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    code, out = cli("versions", "scores")
+    assert code == 1 and "no prediction table 'scores'" in out
+    engine.dispose()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing"], "no job file 'missing'"),
+    (["activate", "scores", "7"], "scores has no version 7"),
+    (["rollback", "nope"], "no prediction table 'nope'"),
+    (["history", "nope"], "no prediction table 'nope'"),
+    (["versions", "nope"], "no prediction table 'nope'"),
+])
+def test_errors_are_one_line_and_exit_non_zero(cli, db_url, job, args, message):
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    code, out = cli(*args, "--db", db_url)
+    assert code == 1
+    assert out.count("\n") == 1 and out.startswith("Error: ") and message in out
+    assert "Traceback" not in out
+
+
+def test_bad_job_file_leaves_the_view_alone(cli, db_url, engine, job):
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    job.write_text(job.read_text().split("[model]")[0] + '[output]\ntable = "scores"\n')
+    code, out = cli("run", "scores", "--db", db_url)
+    assert code == 1 and "[model]: section is missing" in out and out.count("\n") == 1
+    assert view_versions(engine) == {1}
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--debug", "run", "missing"])
+    assert result.exit_code == 1 and result.exc_info is not None
+    assert "no job file 'missing'" in str(result.exception)
+
+
+def test_python_dash_m_and_console_script_run_the_cli(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "rollback" in out.stdout
+    script = Path(sys.executable).parent / "pipeline"
+    out = subprocess.run([str(script), "run", "nothing-here"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == ["Error: no job file 'nothing-here': not a file, and no "
+                                               "jobs/nothing-here.toml or job named 'nothing-here' in jobs/"]
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.output, name

@@ -1,0 +1,244 @@
+"""A run end to end, the flip, rollback and activation, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from conftest import CUSTOMERS_JOB, FEATURES, customers_frame, train_model, write_table
+from pipeline import activate, load_job, rollback, run_job
+from pipeline import catalog
+from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
+
+
+def read_view(engine, table: str = "scores") -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY customer_id'), conn)
+
+
+def expected(job, frame: pd.DataFrame) -> np.ndarray:
+    model = joblib.load(job.model.path)
+    return model.predict_proba(frame[FEATURES])
+
+
+@pytest.fixture
+def customers(engine) -> pd.DataFrame:
+    frame = customers_frame(500)
+    write_table(engine, "customers", frame)
+    return frame
+
+
+def test_run_writes_one_row_per_key_with_the_models_outputs(engine, customers, write_job):
+    job = load_job(write_job(CUSTOMERS_JOB))
+    result = run_job(job, engine)
+    assert (result.version, result.rows, result.activated, result.previous) == (1, 500, True, None)
+    view = read_view(engine)
+    assert list(view.columns) == ["customer_id", "proba_false", "proba_true", "model_version"]
+    assert view.customer_id.tolist() == customers.customer_id.tolist()
+    np.testing.assert_allclose(view[["proba_false", "proba_true"]].to_numpy(), expected(job, customers), rtol=1e-12)
+    assert set(view.model_version) == {1}
+    with engine.connect() as conn:
+        assert conn.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar() == 500
+
+
+def test_retrained_model_makes_version_2_and_rollback_and_activate_move_the_view(engine, customers, write_job,
+                                                                                tmp_path):
+    path = write_job(CUSTOMERS_JOB)
+    first = load_job(path)
+    run_job(first, engine)
+    v1 = read_view(engine)
+    train_model(first.model.path, seed=3)  # retrain in place, as a nightly training job would
+    second = load_job(path)
+    assert run_job(second, engine).version == 2
+    v2 = read_view(engine)
+    np.testing.assert_allclose(v2[["proba_false", "proba_true"]].to_numpy(), expected(second, customers))
+    assert set(v2.model_version) == {2}
+    assert not np.allclose(v1.proba_true, v2.proba_true)
+
+    flip = rollback(engine, "scores")
+    assert (flip.from_version, flip.to_version) == (2, 1)
+    pd.testing.assert_frame_equal(read_view(engine), v1)
+
+    assert activate(engine, "scores", 2).to_version == 2
+    pd.testing.assert_frame_equal(read_view(engine), v2)
+
+    rows = catalog.versions(engine, "scores")
+    assert [(r.version.version, r.version.status, r.active) for r in rows] == [(1, "ready", False), (2, "ready", True)]
+    assert all(r.version.row_count == 500 and r.version.domain_size == 500 for r in rows)
+    assert rows[0].version.model_sha256 != rows[1].version.model_sha256
+    flips = catalog.history(engine, "scores")
+    assert [(f.from_version, f.to_version, f.reason) for f in flips] == [
+        (None, 1, "run of job scores"), (1, 2, "run of job scores"), (2, 1, "rollback"), (1, 2, "activate")]
+
+
+def test_no_activate_builds_a_ready_version_and_leaves_the_view(engine, customers, write_job):
+    path = write_job(CUSTOMERS_JOB)
+    run_job(load_job(path), engine)
+    before = read_view(engine)
+    result = run_job(load_job(path), engine, activate=False)
+    assert (result.version, result.activated) == (2, False)
+    pd.testing.assert_frame_equal(read_view(engine), before)
+    activate(engine, "scores", 2)
+    assert set(read_view(engine).model_version) == {2}
+
+
+def test_rollback_to_a_named_version_and_refusals(engine, customers, write_job):
+    path = write_job(CUSTOMERS_JOB)
+    for _ in range(3):
+        run_job(load_job(path), engine)
+    assert rollback(engine, "scores", to=1).to_version == 1
+    with pytest.raises(FlipError, match="no ready version older than the active version 1"):
+        rollback(engine, "scores")
+    with pytest.raises(FlipError, match="already active"):
+        rollback(engine, "scores", to=1)
+    with pytest.raises(FlipError, match="has no version 9"):
+        activate(engine, "scores", 9)
+    with pytest.raises(FlipError, match="no prediction table 'nope'"):
+        activate(engine, "nope", 1)
+    assert set(read_view(engine).model_version) == {1}
+
+
+def test_logical_date_reaches_the_query_and_the_version(engine, write_job):
+    frame = customers_frame(40)
+    frame["day"] = ["2026-01-01"] * 10 + ["2026-01-02"] * 30
+    write_table(engine, "customers", frame)
+    job = load_job(write_job(CUSTOMERS_JOB.replace("FROM customers",
+                                                   "FROM customers WHERE day = CAST(:run_date AS VARCHAR(10))")))
+    import datetime as dt
+
+    result = run_job(job, engine, logical_date=dt.date(2026, 1, 2))
+    assert result.rows == 30
+    assert catalog.versions(engine, "scores")[0].version.logical_date == dt.date(2026, 1, 2)
+
+
+def test_product_domain_of_300_by_200_gives_60000_rows_with_the_right_keys(engine, write_job):
+    rng = np.random.default_rng(1)
+    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(300), "x1": rng.normal(size=300)}))
+    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(1000, 1200), "x2": rng.normal(size=200),
+                                               "x3": rng.normal(size=200)}))
+    job = load_job(write_job("""
+        [domain]
+        keys = ["user_id", "item_id"]
+        chunk_size = 7000
+        [[domain.product]]
+        query = "SELECT user_id, x1 FROM users"
+        [[domain.product]]
+        query = "SELECT item_id, x2, x3 FROM items"
+        [model]
+        path = "models/{model}"
+        method = "predict_proba"
+        [output]
+        table = "scores"
+    """))
+    assert run_job(job, engine).rows == 60_000
+    with engine.connect() as conn:
+        count, users, items, pairs = conn.execute(text(
+            "SELECT COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT item_id), "
+            "COUNT(DISTINCT user_id * 10000 + item_id) FROM scores")).one()
+        assert (count, users, items, pairs) == (60_000, 300, 200, 60_000)
+        lo, hi = conn.execute(text("SELECT MIN(item_id), MAX(item_id) FROM scores")).one()
+        assert (lo, hi) == (1000, 1199)
+
+
+# -- failures leave readers where they were ------------------------------------------
+
+def _failing_run_leaves_view(engine, job, error, match):
+    before = read_view(engine)
+    pointer_before = catalog.status(engine)[0].active_version
+    with pytest.raises(error, match=match):
+        run_job(job, engine)
+    pd.testing.assert_frame_equal(read_view(engine), before)
+    assert catalog.status(engine)[0].active_version == pointer_before
+
+
+def test_failing_query_marks_the_version_failed_and_keeps_the_view(engine, customers, write_job):
+    run_job(load_job(write_job(CUSTOMERS_JOB)), engine)
+    bad = load_job(write_job(CUSTOMERS_JOB.replace("FROM customers", "FROM no_such_table")))
+    _failing_run_leaves_view(engine, bad, SourceError, "domain query failed")
+    last = catalog.versions(engine, "scores")[-1].version
+    assert (last.version, last.status) == (2, "failed")
+    assert "domain query failed" in last.error
+    with engine.connect() as conn:
+        assert not engine.dialect.has_table(conn, "scores__v2")  # the load rolled back, table and all
+
+
+def test_sha256_mismatch_refuses_before_anything_is_written(engine, customers, write_job):
+    path = write_job(CUSTOMERS_JOB)
+    run_job(load_job(path), engine)
+    pinned = path.read_text().replace('method = "predict_proba"', 'method = "predict_proba"\nsha256 = "' + "0" * 64 + '"')
+    path.write_text(pinned)
+    _failing_run_leaves_view(engine, load_job(path), ModelError, "sha256 is [0-9a-f]{64}, but the job pins 0000")
+    assert len(catalog.versions(engine, "scores")) == 1
+
+
+def test_duplicate_keys_fail_the_audit(engine, write_job):
+    frame = customers_frame(50)
+    frame.loc[10, "customer_id"] = 3
+    write_table(engine, "customers", frame)
+    with pytest.raises(AuditError, match=r"more than once, e.g. customer_id=3"):
+        run_job(load_job(write_job(CUSTOMERS_JOB)), engine)
+    assert catalog.versions(engine, "scores")[0].version.status == "failed"
+    assert catalog.status(engine)[0].active_version is None
+
+
+def test_empty_domain_is_refused(engine, customers, write_job):
+    job = load_job(write_job(CUSTOMERS_JOB.replace("FROM customers", "FROM customers WHERE customer_id < 0")))
+    with pytest.raises(AuditError, match="the domain is empty"):
+        run_job(job, engine)
+
+
+def test_model_missing_a_feature_is_refused(engine, write_job):
+    write_table(engine, "customers", customers_frame(20).drop(columns=["x3"]))
+    job = load_job(write_job(CUSTOMERS_JOB.replace("x2, x3", "x2")))
+    with pytest.raises(ModelError, match="model wants feature.* the domain lacks: x3"):
+        run_job(job, engine)
+
+
+def test_regressor_predict_writes_prediction(engine, customers, write_job):
+    job = load_job(write_job(CUSTOMERS_JOB.replace("predict_proba", "predict"), kind="linear"))
+    run_job(job, engine)
+    view = read_view(engine)
+    model = joblib.load(job.model.path)
+    np.testing.assert_allclose(view.prediction.to_numpy(), model.predict(customers[FEATURES]))
+
+
+def test_every_failure_is_a_pipeline_error(engine, write_job):
+    with pytest.raises(PipelineError):
+        run_job(load_job(write_job(CUSTOMERS_JOB)), engine)  # no customers table at all
+
+
+def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, write_job):
+    """A short version of the safe-rollout reader test: every statement sees one complete version."""
+    import threading
+
+    from pipeline.db import make_engine
+
+    path = write_job(CUSTOMERS_JOB)
+    run_job(load_job(path), engine)
+    run_job(load_job(path), engine)
+    seen, problems, stop = [], [], threading.Event()
+
+    def read() -> None:
+        reader = make_engine(db_url)
+        with reader.connect() as conn:
+            while not stop.is_set():
+                rows = conn.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY model_version")).all()
+                conn.commit()
+                seen.append(tuple(tuple(r) for r in rows))
+                if len(rows) != 1 or rows[0][1] != 500:
+                    problems.append(rows)
+        reader.dispose()
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        activate(engine, "scores", 1 + i % 2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert {s[0][0] for s in seen} <= {1, 2} and len(seen) > 0
