@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline import state
 from pipeline.errors import FlipError
-from pipeline.materialize import reading
+from pipeline.transactions import reading
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from pipeline import catalog, materialize
+from pipeline import catalog, materialize, pointer
 from pipeline.db import make_engine, redact, resolve_url, URL_ENV
 from pipeline.errors import PipelineError
 from pipeline.jobs import find_job, iter_jobs, load_job
@@ -165,7 +165,7 @@ def activate(table: str, version: int, db_url: str | None) -> None:
     Example:
       pipeline activate churn_scores 2
     """
-    flip = materialize.activate(table_engine(db_url, table), table, version)
+    flip = pointer.activate(table_engine(db_url, table), table, version)
     click.echo(f"{table}: version {flip.to_version} is active (was {flip.from_version or 'none'})")
 
 
@@ -182,7 +182,7 @@ def rollback(table: str, to: int | None, db_url: str | None) -> None:
       pipeline rollback churn_scores
       pipeline rollback churn_scores --to 3
     """
-    flip = materialize.rollback(table_engine(db_url, table), table, to)
+    flip = pointer.rollback(table_engine(db_url, table), table, to)
     click.echo(f"{table}: rolled back from version {flip.from_version} to {flip.to_version}")
 
 

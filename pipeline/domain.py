@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Date, bindparam, text
+from sqlalchemy import Date, TextClause, bindparam, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -27,7 +27,15 @@ from pipeline.errors import SourceError
 from pipeline.jobs import DomainSpec, Factor
 
 # The same rule SQLAlchemy's text() uses to find bind parameters.
-_RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
+RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
+
+
+def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[str, date | None]]:
+    """``query`` as a statement, with ``:run_date`` bound as a DATE where the query uses it."""
+    statement = text(query)
+    if not RUN_DATE.search(query):
+        return statement, {}
+    return statement.bindparams(bindparam("run_date", type_=Date())), {"run_date": run_date}
 
 
 def first_line(exc: BaseException) -> str:
@@ -137,11 +145,7 @@ class Domain:
 
     def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
-        statement = text(factor.query)
-        params = {}
-        if _RUN_DATE.search(factor.query):
-            statement = statement.bindparams(bindparam("run_date", type_=Date()))
-            params["run_date"] = self.run_date
+        statement, params = bind_run_date(factor.query, self.run_date)
         engine = self._engine(factor.source)
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:

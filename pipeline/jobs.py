@@ -46,11 +46,42 @@ class ModelSpec:
     method: str = "predict"
     sha256: str | None = None
     features: tuple[str, ...] | None = None
+    #: ``joblib`` (pickle: the file is code) or ``skops`` (only the ``trusted`` types are loaded).
+    format: str = "joblib"
+    trusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class OutputSpec:
     table: str
+    #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
+    keep: int | None = None
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """Refuse a version whose ``column`` moved too far from the active version's."""
+
+    column: str
+    max_psi: float | None = None
+    max_moved_share: float | None = None
+    moved_by: float = 0.0
+
+
+@dataclass(frozen=True)
+class SqlAudit:
+    """A query over the new version (``{table}``) that must return no rows, like a dbt test."""
+
+    name: str
+    query: str
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    allow_empty: bool = False
+    bounds: tuple[tuple[str, float | None, float | None], ...] = ()
+    drift: tuple[DriftSpec, ...] = ()
+    sql: tuple[SqlAudit, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +97,7 @@ class Job:
     schedule: str | None = None
     timezone: str = "UTC"
     description: str = ""
+    audits: AuditSpec = AuditSpec()
 
 
 def load_job(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Job:
@@ -123,7 +155,9 @@ class _Reader:
         # bool is an int in Python; a job file that says `chunk_size = true` is wrong.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(where, f"must be a {_TOML_NAMES.get(names, names)}, got {type(value).__name__}")
+            wanted = _TOML_NAMES.get(names, names)
+            article = "an" if wanted[0] in "aeiou" else "a"
+            raise self.fail(where, f"must be {article} {wanted}, got {type(value).__name__}")
         if isinstance(value, str) and not value.strip():
             raise self.fail(where, "must not be empty")
         return value
@@ -138,8 +172,8 @@ class _Reader:
             if not isinstance(item, str):
                 raise self.fail(where, f"must be a list of strings, got {item!r}")
             self.identifier(item, where)
-        if len(set(value)) != len(value):
-            raise self.fail(where, "lists a column twice")
+        if len({v.lower() for v in value}) != len(value):  # SQLite column names ignore case
+            raise self.fail(where, "lists a column twice (names are compared ignoring case)")
         return tuple(value)
 
     def identifier(self, name: str, where: str, check: Callable[[str], str] = check_identifier) -> str:
@@ -151,13 +185,16 @@ class _Reader:
     def expand(self, value: str, where: str) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if default is not None and not self.environ.get(name):
+                return default  # like the shell's ${VAR:-default}: unset or empty takes the default
             if name in self.environ:
                 return self.environ[name]
-            if default is not None:
-                return default
             raise self.fail(where, f"environment variable {name} is not set")
 
-        return _ENV_VAR.sub(replace, value)
+        expanded = _ENV_VAR.sub(replace, value)
+        if not expanded.strip():
+            raise self.fail(where, f"is empty once the environment is expanded: {value}")
+        return expanded
 
     def file(self, value: str, where: str) -> Path:
         path = Path(value)
@@ -170,14 +207,14 @@ class _Reader:
 
     def job(self, raw: dict[str, Any]) -> Job:
         self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target",
-                              "domain", "model", "output"})
+                              "domain", "model", "output", "audits"})
         name = self.get(raw, "name", str, "name", default=self.path.stem)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise self.fail("name", f"{name!r} may hold only letters, digits, '_', '.' and '-'")
         timezone = self.get(raw, "timezone", str, "timezone", default="UTC")
         try:
             ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # 'America' is a directory of zones
             raise self.fail("timezone", f"unknown time zone {timezone!r}") from None
         schedule = self.get(raw, "schedule", str, "schedule")
         if schedule is not None:
@@ -192,8 +229,11 @@ class _Reader:
             target=None if target is None else self.expand(target, "target"),
             domain=self.domain(self.section(raw, "domain", {"keys", "query", "file", "source",
                                                             "product", "chunk_size"})),
-            model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features"})),
-            output=self.output(self.section(raw, "output", {"table"})),
+            model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features", "format",
+                                                          "trusted"})),
+            output=self.output(self.section(raw, "output", {"table", "keep"})),
+            audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
+                               if "audits" in raw else {}),
         )
 
     def cron(self, expression: str, timezone: str) -> None:
@@ -255,12 +295,79 @@ class _Reader:
             sha256 = sha256.lower()
             if not re.fullmatch(r"[0-9a-f]{64}", sha256):
                 raise self.fail("model.sha256", "must be 64 hexadecimal digits")
+        fmt = self.get(raw, "format", str, "model.format",
+                       default="skops" if path.suffix.lower() == ".skops" else "joblib")
+        if fmt not in ("joblib", "skops"):
+            raise self.fail("model.format", f"must be 'joblib' or 'skops', got {fmt!r}")
+        trusted = self.get(raw, "trusted", list, "model.trusted", default=[])
+        if any(not isinstance(t, str) or not t for t in trusted):
+            raise self.fail("model.trusted", "must be a list of type names such as 'sklearn.linear_model.LogisticRegression'")
+        if trusted and fmt != "skops":
+            raise self.fail("model.trusted", "goes with format = 'skops' (a joblib file trusts everything it holds)")
         return ModelSpec(path=path, method=method, sha256=sha256,
-                         features=self.names(raw, "features", "model.features"))
+                         features=self.names(raw, "features", "model.features"), format=fmt, trusted=tuple(trusted))
 
     def output(self, raw: dict[str, Any]) -> OutputSpec:
         table = self.get(raw, "table", str, "output.table", required=True)
-        return OutputSpec(table=self.identifier(table, "output.table", check_table_name))
+        keep = self.get(raw, "keep", int, "output.keep")
+        if keep is not None and keep < 1:
+            raise self.fail("output.keep", "must be at least 1")
+        return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep)
+
+    def number(self, raw: dict[str, Any], key: str, where: str, minimum: float | None = None) -> float | None:
+        value = self.get(raw, key, (int, float), where)
+        if value is None:
+            return None
+        if isinstance(value, bool) or value != value or value in (float("inf"), float("-inf")):
+            raise self.fail(where, f"must be a finite number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(where, f"must be at least {minimum}")
+        return float(value)
+
+    def audits(self, raw: dict[str, Any]) -> AuditSpec:
+        allow_empty = self.get(raw, "allow_empty", bool, "audits.allow_empty", default=False)
+        bounds = []
+        for column, limits in self.get(raw, "bounds", dict, "audits.bounds", default={}).items():
+            where = f"audits.bounds.{column}"
+            self.identifier(column, where)
+            if not isinstance(limits, dict) or not limits:
+                raise self.fail(where, "must be a table with min and/or max, e.g. { min = 0, max = 1 }")
+            self.no_unknown(limits, {"min", "max"}, f"{where}.")
+            low, high = self.number(limits, "min", f"{where}.min"), self.number(limits, "max", f"{where}.max")
+            if low is not None and high is not None and low > high:
+                raise self.fail(where, f"min {low} is above max {high}")
+            bounds.append((column, low, high))
+        drift = []
+        items = self.get(raw, "drift", (dict, list), "audits.drift", default=[])
+        for i, item in enumerate([items] if isinstance(items, dict) else items):
+            where = f"audits.drift[{i}]" if isinstance(items, list) else "audits.drift"
+            if not isinstance(item, dict):
+                raise self.fail(where, "must be a table")
+            self.no_unknown(item, {"column", "max_psi", "max_moved_share", "moved_by"}, f"{where}.")
+            spec = DriftSpec(
+                column=self.identifier(self.get(item, "column", str, f"{where}.column", required=True),
+                                       f"{where}.column"),
+                max_psi=self.number(item, "max_psi", f"{where}.max_psi", minimum=0),
+                max_moved_share=self.number(item, "max_moved_share", f"{where}.max_moved_share", minimum=0),
+                moved_by=self.number(item, "moved_by", f"{where}.moved_by", minimum=0) or 0.0,
+            )
+            if spec.max_psi is None and spec.max_moved_share is None:
+                raise self.fail(where, "needs max_psi or max_moved_share (or both)")
+            drift.append(spec)
+        sql = []
+        for i, item in enumerate(self.get(raw, "sql", list, "audits.sql", default=[])):
+            where = f"audits.sql[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "must be a table ([[audits.sql]])")
+            self.no_unknown(item, {"name", "query"}, f"{where}.")
+            name = self.identifier(self.get(item, "name", str, f"{where}.name", required=True), f"{where}.name")
+            query = self.get(item, "query", str, f"{where}.query", required=True)
+            if "{table}" not in query:
+                raise self.fail(f"{where}.query", "must read the new version as {table}")
+            sql.append(SqlAudit(name, query))
+        if len({a.name for a in sql}) != len(sql):
+            raise self.fail("audits.sql", "two audits have the same name")
+        return AuditSpec(allow_empty, tuple(bounds), tuple(drift), tuple(sql))
 
 
 _TOML_NAMES = {"str": "string", "int": "integer", "list": "array", "dict": "table", "bool": "boolean"}

@@ -6,6 +6,7 @@ No database code here: scoring is a pure function of a DataFrame.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,20 @@ from pipeline.jobs import ModelSpec
 from pipeline.versions import output_columns
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _unpickle(data: bytes, spec: ModelSpec) -> Any:
+    """joblib runs whatever the pickle says; skops loads only the types the job trusts."""
+    if spec.format == "joblib":
+        import joblib
+
+        return joblib.load(io.BytesIO(data))
+    import skops.io
+
+    needed = skops.io.get_untrusted_types(data=data)
+    untrusted = [t for t in needed if t not in spec.trusted]
+    if untrusted:
+        raise ModelError(f"{spec.path}: the skops file holds types the job does not trust: {', '.join(untrusted)} "
+                         "(review them, then list them in [model] trusted)")
+    return skops.io.loads(data, trusted=needed)
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class Model:
         values = np.asarray(result)
         if values.ndim == 2 and values.shape[1] == 1 and len(self.outputs) == 1:
             values = values[:, 0]
-        width = 1 if values.ndim == 1 else values.shape[1]
+        width = values.shape[1] if values.ndim == 2 else 1
         if values.ndim not in (1, 2) or values.shape[0] != len(chunk) or width != len(self.outputs):
             raise ModelError(
                 f"{self.method} returned shape {values.shape} for {len(chunk)} rows; "
@@ -84,13 +93,17 @@ def load_model(spec: ModelSpec) -> Model:
     The sha256 pin is checked before ``joblib.load``: unpickling runs code, so a
     tampered file must be refused before it is opened.
     """
-    import joblib
-
-    sha256 = file_sha256(spec.path)
+    try:
+        data = spec.path.read_bytes()  # read once: the bytes checked are the bytes loaded
+    except OSError as exc:
+        raise ModelError(f"{spec.path}: cannot read model file: {exc.strerror or exc}") from None
+    sha256 = hashlib.sha256(data).hexdigest()
     if spec.sha256 is not None and sha256 != spec.sha256:
         raise ModelError(f"{spec.path}: sha256 is {sha256}, but the job pins {spec.sha256}; refusing to load it")
     try:
-        estimator = joblib.load(spec.path)
+        estimator = _unpickle(data, spec)
+    except ModelError:
+        raise
     except Exception as exc:  # unpickling can raise anything
         raise ModelError(f"{spec.path}: cannot load model file: {type(exc).__name__}: {_first_line(exc)}") from None
     if not callable(getattr(estimator, spec.method, None)):

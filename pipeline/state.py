@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import (BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, String,
-                        Table, Text, func, select, update)
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, String,
+                        Table, Text, delete, func, select, update)
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -63,6 +63,17 @@ flips = Table(
     Column("reason", Text, nullable=False),
     Column("actor", Text),
     Index("pipeline_flips_table", "table_name", "alias", "id"),
+)
+
+
+audits = Table(
+    "pipeline_audits", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(255), primary_key=True),
+    Column("passed", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -116,6 +127,14 @@ class Pointer:
     version: int
     view_versions: tuple[int, ...]
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    name: str
+    passed: bool
+    detail: str
+    checked_at: datetime
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,18 @@ def list_flips(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> list
             for r in rows]
 
 
+def list_audits(conn: Connection, table: str, version: int) -> list[AuditRow]:
+    rows = conn.execute(select(audits).where(audits.c.table_name == table, audits.c.version == version)
+                        .order_by(audits.c.name))
+    return [AuditRow(r.name, bool(r.passed), r.detail, _utc(r.checked_at)) for r in rows]
+
+
+def versions_in_state(conn: Connection, status: str) -> list[Version]:
+    rows = conn.execute(select(versions).where(versions.c.status == status)
+                        .order_by(versions.c.table_name, versions.c.version))
+    return [Version.from_row(r) for r in rows]
+
+
 def next_version(conn: Connection, table: str) -> int:
     """Versions count up per table and are never reused, failed ones included."""
     current = conn.execute(select(func.max(versions.c.version)).where(versions.c.table_name == table)).scalar()
@@ -246,3 +277,11 @@ def write_ddl_files(root: str = "sql") -> list[str]:
         path.write_text(header + ddl(sa_dialect), encoding="utf-8")
         written.append(str(path))
     return written
+
+
+def save_audits(conn: Connection, table: str, version: int, results: Sequence[Any], now: datetime) -> None:
+    """Store the latest audit results of a version (objects with ``name``, ``passed``, ``detail``)."""
+    conn.execute(delete(audits).where(audits.c.table_name == table, audits.c.version == version))
+    if results:
+        conn.execute(audits.insert(), [dict(table_name=table, version=version, name=r.name, passed=r.passed,
+                                            detail=r.detail, checked_at=now) for r in results])

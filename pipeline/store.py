@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.audits import describe_keys, duplicate_keys
 from pipeline.dialects import Dialect
 from pipeline.errors import AuditError, SourceError
 
@@ -78,13 +79,8 @@ class VersionWriter:
             with self.conn.begin_nested():
                 self.dialect.add_unique_key(self.conn, self.name, self.keys)
         except IntegrityError:
-            sample = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(self.keys, row)) for row in self.duplicates())
-            raise AuditError(f"the domain lists some keys more than once, e.g. {sample}") from None
+            found = duplicate_keys(self.conn, self.dialect, self.name, self.keys)
+            raise AuditError(f"the domain lists some keys more than once, e.g. {describe_keys(self.keys, found)}"
+                             ) from None
         self.dialect.analyze(self.conn, self.name)
         return int(count)
-
-    def duplicates(self, limit: int = 3) -> list[tuple[object, ...]]:
-        cols = self.dialect.column_list(self.keys)
-        rows = self.conn.execute(text(
-            f"SELECT {cols} FROM {self.dialect.quote(self.name)} GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT {limit}"))
-        return [tuple(r) for r in rows]

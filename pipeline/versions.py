@@ -49,7 +49,10 @@ def version_table(table: str, version: int) -> str:
 
 def column_suffix(label: object) -> str:
     """Turn a class label into the tail of a column name (``proba_<label>``)."""
-    text = re.sub(r"[^0-9A-Za-z_]+", "_", str(label)).strip("_").lower()
+    text = str(label).strip()
+    if text.startswith("-"):
+        text = "neg" + text[1:]  # labels -1 and 1 must not both become proba_1
+    text = re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_").lower()
     return text or "blank"
 
 

@@ -6,7 +6,8 @@ caller (``materialize``) owns: nothing here begins or commits.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+import contextlib
+from typing import Any, ClassVar, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import Column, MetaData, Table
@@ -65,6 +66,16 @@ class Dialect:
     def lock(self, conn: Connection, key: str) -> None:
         """Serialize writers of ``key`` until the transaction ends (a no-op where the write lock does it)."""
 
+    @contextlib.contextmanager
+    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+        """Hold ``name`` for a whole run, across transactions; released by the OS or server if the process dies.
+
+        Raises:
+            JobLocked: another process holds it.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover
+
     def bound_lock_wait(self, conn: Connection) -> None:
         """Make DDL on objects readers use give up quickly instead of queueing readers behind it."""
 
@@ -85,6 +96,10 @@ class Dialect:
     def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
         """Build the key index after the load (much faster than maintaining it row by row)."""
         raise NotImplementedError
+
+    def floor_sql(self, expression: str) -> str:
+        """SQL for the floor of a non-negative ``expression`` as an integer."""
+        return f"CAST(FLOOR({expression}) AS INTEGER)"
 
     def analyze(self, conn: Connection, name: str) -> None:
         conn.exec_driver_sql(f"ANALYZE {self.quote(name)}")
@@ -118,6 +133,10 @@ class Dialect:
             return
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
         conn.exec_driver_sql(f"CREATE VIEW {self.quote(view)} AS\n{select_sql}")
+
+    def dependents(self, conn: Connection, table: str) -> list[str]:
+        """Views and other objects of the database that read ``table`` (dropping it would break them)."""
+        raise NotImplementedError
 
     def drop_view(self, conn: Connection, view: str) -> None:
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 import psycopg
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from pipeline.dialects.base import Columns, Dialect
+from pipeline.errors import JobLocked
 
 #: How long view DDL may wait for readers before it gives up and retries.
-LOCK_TIMEOUT = "100ms"
+LOCK_TIMEOUT = "20ms"
 
 
 class PostgresqlDialect(Dialect):
@@ -21,8 +23,36 @@ class PostgresqlDialect(Dialect):
     HAS_REPLACE_VIEW = True
 
     def lock(self, conn: Connection, key: str) -> None:
-        digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": digest})
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _lock_key(key)})
+
+    @contextlib.contextmanager
+    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+        """A session advisory lock on a connection of its own: the server drops it with the connection."""
+        key = _lock_key(f"pipeline-run:{name}")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%(key)s)", {"key": key}).scalar():
+                holder = conn.exec_driver_sql(
+                    "SELECT a.pid, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.classid = %(hi)s::bigint::oid AND l.objid = %(lo)s::bigint::oid",
+                    {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
+                who = f"backend pid {holder[0]} from {holder[1] or 'a local socket'}" if holder else "another session"
+                raise JobLocked(f"{name} is being written by another run ({who})")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
+
+    def dependents(self, conn: Connection, table: str) -> list[str]:
+        rows = conn.exec_driver_sql(
+            "SELECT DISTINCT c.relkind, c.oid::regclass::text FROM pg_depend d "
+            "JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class "
+            "WHERE d.refobjid = to_regclass(%(t)s) AND c.oid <> d.refobjid "
+            "UNION SELECT 'f', conrelid::regclass::text FROM pg_constraint "
+            "WHERE confrelid = to_regclass(%(t)s) AND contype = 'f'",
+            {"t": self.quote(table)})
+        kinds = {"v": "view", "m": "materialized view", "f": "foreign key from"}
+        return [f"{kinds.get(kind, 'object')} {name}" for kind, name in rows]
 
     def bound_lock_wait(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
@@ -45,3 +75,8 @@ class PostgresqlDialect(Dialect):
             f"ALTER TABLE {self.quote(name)} ADD CONSTRAINT {self.quote(name + '__key')} "
             f"PRIMARY KEY ({self.column_list(keys)})"
         )
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

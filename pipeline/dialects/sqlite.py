@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import re
+import socket
 import sqlite3
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.dialects.base import Columns, Dialect
+from pipeline.errors import JobLocked
 
 #: Execution option a writer sets so its transaction takes the write lock up front.
 WRITE_OPTION = "pipeline_write"
@@ -41,10 +48,44 @@ class SQLiteDialect(Dialect):
             mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
             conn.exec_driver_sql(f"BEGIN {mode}")
 
+    @contextlib.contextmanager
+    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+        """An flock on a file beside the database: the kernel releases it when the process dies."""
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield  # nothing another process could share
+            return
+        path = Path(f"{database}-{name}.lock")
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise JobLocked(f"{name} is being written by {holder} (lock file {path})") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def dependents(self, conn: Connection, table: str) -> list[str]:
+        pattern = re.compile(rf"(?<![\w$]){re.escape(table)}(?![\w$])", re.IGNORECASE)
+        rows = conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger')")
+        return [f"{kind} {name}" for kind, name, sql in rows if sql and name != table and pattern.search(sql)]
+
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {self.quote(name)} ({self.column_list([c for c, _ in columns])}) VALUES ({marks})"
         conn.exec_driver_sql(sql, self.rows(frame))
+
+    def floor_sql(self, expression: str) -> str:
+        # FLOOR needs SQLite's optional math functions; CAST truncates, which is the floor for x >= 0.
+        return f"CAST({expression} AS INTEGER)"
 
     def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
         conn.exec_driver_sql(

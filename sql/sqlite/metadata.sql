@@ -1,5 +1,15 @@
 -- The pipeline's bookkeeping tables on sqlite. Generated from pipeline/state.py by `make sql`.
 
+CREATE TABLE pipeline_audits (
+	table_name VARCHAR(63) NOT NULL,
+	version INTEGER NOT NULL,
+	name VARCHAR(255) NOT NULL,
+	passed BOOLEAN NOT NULL,
+	detail TEXT NOT NULL,
+	checked_at DATETIME NOT NULL,
+	PRIMARY KEY (table_name, version, name)
+);
+
 CREATE TABLE pipeline_flips (
 	id INTEGER NOT NULL,
 	table_name VARCHAR(63) NOT NULL,

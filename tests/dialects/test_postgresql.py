@@ -13,7 +13,7 @@ from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from pipeline import activate, load_job, run_job
 from pipeline.db import make_engine
 from pipeline.dialects import dialect_for
-from pipeline.materialize import transaction
+from pipeline.transactions import transaction
 
 pytestmark = pytest.mark.postgres
 

@@ -1,0 +1,189 @@
+"""The checks a version must pass before it may be published (write, audit, publish).
+
+Built in: the row count equals the domain size, keys are present and unique, numeric
+outputs are finite (no NULL, NaN or infinity), optional bounds per output column, and
+drift against the active version. Users add SQL audits: queries that must return no rows.
+Every audit reads the version table in the database; nothing is pulled into memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+from typing import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from pipeline.dialects import Dialect
+from pipeline.domain import bind_run_date, first_line
+from pipeline.jobs import AuditSpec, DriftSpec
+
+PSI_BINS = 10
+_FLOAT_MAX = "1.7976931348623157e308"  # anything beyond is infinite; NaN sorts above it on PostgreSQL
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The version under audit and what it is compared with."""
+
+    table: str                              # the physical version table
+    keys: tuple[str, ...]
+    outputs: tuple[tuple[str, str], ...]    # (column, portable type) of the model outputs
+    expected_rows: int | None               # the domain size the run listed
+    baseline: str | None = None             # the active version's table, for drift
+    logical_date: date | None = None
+
+
+def failures(results: Sequence[AuditResult]) -> str:
+    """One line naming every failed audit and why."""
+    return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.passed)
+
+
+def run_audits(conn: Connection, dialect: Dialect, subject: Subject, spec: AuditSpec,
+               check_unique: bool = True) -> list[AuditResult]:
+    """Run every audit on ``subject``. A failing custom query is a failed audit, not a crash."""
+    results = _scan(conn, dialect, subject, spec)
+    if check_unique:
+        results.append(_unique(conn, dialect, subject))
+    else:
+        results.append(AuditResult("keys_unique", True, "enforced by the table's unique key"))
+    for drift in spec.drift:
+        results.append(_drift(conn, dialect, subject, drift))
+    for audit in spec.sql:
+        results.append(_sql(conn, dialect, subject, audit.name, audit.query))
+    return results
+
+
+def _scan(conn: Connection, dialect: Dialect, subject: Subject, spec: AuditSpec) -> list[AuditResult]:
+    """Row count, NULL keys, non-finite outputs and bounds, all in one pass over the table."""
+    q = dialect.quote
+    outputs = dict(subject.outputs)
+    for column, _, _ in spec.bounds:
+        if column not in outputs:
+            return [AuditResult(f"bounds:{column}", False,
+                                f"no output column {column!r} (outputs: {', '.join(outputs)})")]
+    any_null_key = " OR ".join(f"{q(k)} IS NULL" for k in subject.keys)
+    terms = ["COUNT(*)", f"SUM(CASE WHEN {any_null_key} THEN 1 ELSE 0 END)"]
+    for column, kind in subject.outputs:
+        bad = f"{q(column)} IS NULL"
+        if kind in ("float", "integer", "numeric"):
+            bad += f" OR {q(column)} > {_FLOAT_MAX} OR {q(column)} < -{_FLOAT_MAX}"
+        terms.append(f"SUM(CASE WHEN {bad} THEN 1 ELSE 0 END)")
+    for column, _, _ in spec.bounds:
+        terms += [f"MIN({q(column)})", f"MAX({q(column)})"]
+    row = conn.execute(text(f"SELECT {', '.join(terms)} FROM {q(subject.table)}")).one()
+    rows, null_keys, rest = row[0], row[1] or 0, list(row[2:])
+    results = []
+    if subject.expected_rows is None:
+        results.append(AuditResult("row_count", True, f"{rows} rows"))
+    else:
+        results.append(AuditResult("row_count", rows == subject.expected_rows,
+                                   f"{rows} rows, the domain listed {subject.expected_rows}"))
+    results.append(AuditResult("keys_not_null", null_keys == 0,
+                               "no NULL key" if not null_keys else f"{null_keys} row(s) with a NULL key"))
+    bad = {c: n or 0 for (c, _), n in zip(subject.outputs, rest)}
+    rest = rest[len(subject.outputs):]
+    offenders = [f"{c}: {n} row(s)" for c, n in bad.items() if n]
+    results.append(AuditResult("outputs_finite", not offenders,
+                               "every output is a finite value" if not offenders else
+                               "NULL, NaN or infinite predictions in " + ", ".join(offenders)))
+    for (column, low, high), (found_low, found_high) in zip(spec.bounds, zip(rest[::2], rest[1::2])):
+        problems = []
+        if low is not None and found_low is not None and found_low < low:
+            problems.append(f"min {found_low:g} < {low:g}")
+        if high is not None and found_high is not None and found_high > high:
+            problems.append(f"max {found_high:g} > {high:g}")
+        span = f"[{'' if low is None else f'{low:g}'}, {'' if high is None else f'{high:g}'}]"
+        results.append(AuditResult(f"bounds:{column}", not problems,
+                                   f"values within {span}" if not problems else f"outside {span}: "
+                                   + ", ".join(problems)))
+    return results
+
+
+def duplicate_keys(conn: Connection, dialect: Dialect, table: str, keys: Sequence[str],
+                   limit: int = 3) -> list[tuple[object, ...]]:
+    """Up to ``limit`` keys that appear more than once in ``table``."""
+    cols = dialect.column_list(keys)
+    rows = conn.execute(text(
+        f"SELECT {cols} FROM {dialect.quote(table)} GROUP BY {cols} HAVING COUNT(*) > 1 LIMIT {limit}"))
+    return [tuple(r) for r in rows]
+
+
+def describe_keys(keys: Sequence[str], rows: Sequence[tuple[object, ...]]) -> str:
+    return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(keys, row)) for row in rows)
+
+
+def _unique(conn: Connection, dialect: Dialect, subject: Subject) -> AuditResult:
+    found = duplicate_keys(conn, dialect, subject.table, subject.keys)
+    return AuditResult("keys_unique", not found,
+                       "every key once" if not found else f"keys listed more than once, e.g. "
+                       f"{describe_keys(subject.keys, found)}")
+
+
+def _drift(conn: Connection, dialect: Dialect, subject: Subject, spec: DriftSpec) -> AuditResult:
+    name = f"drift:{spec.column}"
+    kinds = dict(subject.outputs)
+    if kinds.get(spec.column) not in ("float", "integer", "numeric"):
+        return AuditResult(name, False, f"{spec.column!r} is not a numeric output column")
+    if subject.baseline is None:
+        return AuditResult(name, True, "no active version to compare with")
+    q, c = dialect.quote, dialect.quote(spec.column)
+    details, passed = [], True
+    if spec.max_psi is not None:
+        psi = population_stability(conn, dialect, subject.baseline, subject.table, spec.column)
+        passed &= psi <= spec.max_psi
+        details.append(f"PSI {psi:.4f} (max {spec.max_psi:g})")
+    if spec.max_moved_share is not None:
+        on = " AND ".join(f"n.{q(k)} = o.{q(k)}" for k in subject.keys)
+        shared, moved = conn.execute(text(
+            f"SELECT COUNT(*), SUM(CASE WHEN ABS(n.{c} - o.{c}) > {float(spec.moved_by)!r} THEN 1 ELSE 0 END) "
+            f"FROM {q(subject.table)} n JOIN {q(subject.baseline)} o ON {on}")).one()
+        share = (moved or 0) / shared if shared else 0.0
+        passed &= share <= spec.max_moved_share
+        details.append(f"{share:.2%} of {shared} shared keys moved by more than {spec.moved_by:g} "
+                       f"(max {spec.max_moved_share:.2%})")
+    return AuditResult(name, passed, "; ".join(details))
+
+
+def population_stability(conn: Connection, dialect: Dialect, old: str, new: str, column: str) -> float:
+    """PSI of ``column`` between two tables, over equal-width bins spanning both."""
+    q, c = dialect.quote, dialect.quote(column)
+    lows, highs = zip(*(conn.execute(text(f"SELECT MIN({c}), MAX({c}) FROM {q(t)}")).one() for t in (old, new)))
+    if any(v is None for v in lows + highs):
+        return 0.0
+    low, high = float(min(lows)), float(max(highs))
+    width = (high - low) / PSI_BINS or 1.0
+    bucket = (f"CASE WHEN {c} >= {high!r} THEN {PSI_BINS - 1} "
+              f"ELSE {dialect.floor_sql(f'({c} - {low!r}) / {width!r}')} END")
+
+    def shares(table: str) -> list[float]:
+        counts = [0] * PSI_BINS
+        for b, n in conn.execute(text(f"SELECT {bucket} AS b, COUNT(*) FROM {q(table)} WHERE {c} IS NOT NULL "
+                                      "GROUP BY 1")):
+            counts[min(max(int(b), 0), PSI_BINS - 1)] += n
+        total = sum(counts) or 1
+        return [max(n / total, 1e-4) for n in counts]
+
+    return sum((n - o) * math.log(n / o) for o, n in zip(shares(old), shares(new)))
+
+
+def _sql(conn: Connection, dialect: Dialect, subject: Subject, name: str, query: str) -> AuditResult:
+    statement, params = bind_run_date(query.replace("{table}", dialect.quote(subject.table)), subject.logical_date)
+    try:
+        with conn.begin_nested():
+            found = conn.execute(statement, params).fetchmany(3)
+    except SQLAlchemyError as exc:
+        return AuditResult(f"sql:{name}", False, f"query failed: {first_line(exc)}")
+    if not found:
+        return AuditResult(f"sql:{name}", True, "no rows")
+    return AuditResult(f"sql:{name}", False, f"returned rows, e.g. {tuple(found[0])}")

@@ -1,0 +1,126 @@
+"""Retention and clean-up: drop old version tables, and reap what dead runs left behind.
+
+Never drops the active version or its rollback target, never drops a table that
+another object still reads (it says so instead), and takes a version out of the view
+in the same transaction that drops its table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline import state
+from pipeline.dialects import Dialect, dialect_for
+from pipeline.errors import FlipError, JobLocked
+from pipeline.pointer import members, require_table, write_view
+from pipeline.transactions import reading, retry_on_lock, transaction
+from pipeline.versions import previous_version, version_table
+
+log = logging.getLogger("pipeline")
+
+DEFAULT_KEEP = 3
+ABANDONED = "abandoned: the run ended without finishing (killed, or its machine or connection was lost)"
+
+
+@dataclass
+class GcResult:
+    table: str
+    retired: list[int] = field(default_factory=list)
+    cleaned: list[int] = field(default_factory=list)        # failed versions whose tables were dropped
+    kept: dict[int, str] = field(default_factory=dict)      # version -> why it had to stay
+
+
+def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable = state.utcnow) -> GcResult:
+    """Keep the newest ``keep`` ready versions (plus the active one and its rollback target); drop the rest.
+
+    Dropped ready versions become ``retired``; failed versions lose their partial tables.
+    """
+    if keep < 1:
+        raise FlipError("--keep must be at least 1")
+    require_table(engine, table)
+    dialect = dialect_for(engine)
+    reap(engine, table)
+
+    def step(conn: Connection) -> GcResult:
+        dialect.lock(conn, f"pipeline:{table}")
+        result = GcResult(table)
+        found = state.list_versions(conn, table)
+        pointer = state.get_pointer(conn, table)
+        ready = [v.version for v in found if v.status == "ready"]
+        protected = set(sorted(ready)[-keep:])
+        if pointer is not None:
+            protected.add(pointer.version)
+            back = previous_version(ready, pointer.version)
+            if back is not None:
+                protected.add(back)
+        doomed = [v for v in found if (v.status == "ready" and v.version not in protected)
+                  or (v.status == "failed" and _exists(conn, table, v.version))]
+        if not doomed:
+            return result
+        if pointer is not None and any(v.version in pointer.view_versions for v in doomed):
+            active = state.get_version(conn, table, pointer.version)
+            gone = {v.version for v in doomed}
+            listed = [m for m in members(conn, table, active.columns) if m not in gone]
+            write_view(conn, dialect, table, state.DEFAULT_ALIAS, listed, active.columns, same_columns=True)
+            state.set_view_versions(conn, table, state.DEFAULT_ALIAS, listed)
+        for v in doomed:
+            physical = version_table(table, v.version)
+            users = dialect.dependents(conn, physical)
+            if users:
+                result.kept[v.version] = f"{physical} is still read by {', '.join(users)}"
+                continue
+            dialect.drop_table(conn, physical)
+            if v.status == "ready":
+                state.update_version(conn, table, v.version, status="retired")
+                result.retired.append(v.version)
+            else:
+                result.cleaned.append(v.version)
+        return result
+
+    result = retry_on_lock(engine, dialect, f"{table}: retention", step)
+    for version, why in result.kept.items():
+        log.warning("%s: kept version %d: %s", table, version, why)
+    return result
+
+
+def _exists(conn: Connection, table: str, version: int) -> bool:
+    return conn.dialect.has_table(conn, version_table(table, version))
+
+
+def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.utcnow) -> list[tuple[str, int]]:
+    """Mark ``building`` versions whose run is gone as failed and drop their partial tables.
+
+    A run holds its table's run lock until it ends, and the operating system or the
+    server releases it when the process dies; so a ``building`` version whose lock is
+    free was abandoned. Tables with a live run are left alone.
+    """
+    dialect = dialect_for(engine)
+    with reading(engine) as conn:
+        if not state.has_schema(conn):
+            return []
+        tables = sorted({v.table_name for v in state.versions_in_state(conn, "building")
+                         if table is None or v.table_name == table})
+    reaped = []
+    for name in tables:
+        try:
+            with dialect.run_lock(engine, name):
+                reaped += reap_locked(engine, dialect, name, clock)
+        except JobLocked:
+            continue
+    return reaped
+
+
+def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -> list[tuple[str, int]]:
+    """:func:`reap` for a caller that already holds ``table``'s run lock."""
+    with transaction(engine) as conn:
+        dialect.lock(conn, f"pipeline:{table}")
+        stale = [v for v in state.list_versions(conn, table) if v.status == "building"]
+        for v in stale:
+            dialect.drop_table(conn, version_table(table, v.version))
+            state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
+            log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
+    return [(table, v.version) for v in stale]
