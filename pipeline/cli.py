@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 import click
+from sqlalchemy.engine import Engine
 
-from pipeline import catalog, materialize, pointer
+from pipeline import catalog, materialize, pointer, retention
 from pipeline.db import make_engine, redact, resolve_url, URL_ENV
-from pipeline.errors import PipelineError
-from pipeline.jobs import find_job, iter_jobs, load_job
+from pipeline.audits import failures
+from pipeline.errors import AuditError, PipelineError
+from pipeline.jobs import AuditSpec, Job, find_job, iter_jobs, load_job
 
 JOBS_ENV = "PIPELINE_JOBS_DIR"
 
@@ -52,12 +54,18 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
                              "else sqlite:///predictions.db).")(func)
 
 
-def table_engine(db_url: str | None, table: str):
+def job_for_table(table: str) -> Job | None:
+    """The job in the jobs directory that writes ``table``, if any."""
+    settings = click.get_current_context().find_object(Settings)
+    return next((j for j in iter_jobs(settings.jobs_dir) if j.output.table == table), None)
+
+
+def table_engine(db_url: str | None, table: str) -> Engine:
     """The database of ``table``: ``--db``, the environment, else the target of the job that writes it."""
     target = None
     if not (db_url or os.environ.get(URL_ENV)):
-        settings = click.get_current_context().find_object(Settings)
-        target = next((j.target for j in iter_jobs(settings.jobs_dir) if j.output.table == table), None)
+        job = job_for_table(table)
+        target = job.target if job else None
     return make_engine(resolve_url(db_url, target))
 
 
@@ -67,6 +75,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _versions(versions: Sequence[int]) -> str:
+    return ", ".join(map(str, versions)) or "none"
 
 
 def _cell(value: Any) -> str:
@@ -223,6 +235,8 @@ def status(settings: Settings, db_url: str | None) -> None:
     for url in urls:
         engine = make_engine(url)
         try:
+            for table, version in retention.reap(engine):
+                click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
             rows.extend((redact(url), s) for s in catalog.status(engine))
         finally:
             engine.dispose()
@@ -232,3 +246,49 @@ def status(settings: Settings, db_url: str | None) -> None:
     print_table(["table", "active", "logical_date", "rows", "model_sha256", "activated", "latest", "database"],
                 [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
                   s.activated_at, f"v{s.latest_version} {s.latest_status}", url] for url, s in rows])
+
+
+@main.command()
+@click.argument("table")
+@click.argument("version", type=click.IntRange(min=1))
+@db_option
+@pipeline_errors
+def audit(table: str, version: int, db_url: str | None) -> None:
+    """Re-run a version's audits (built-in, and those of the job that writes the table).
+
+    Exits 1 when an audit fails. The results are stored with the version.
+
+    \b
+    Example:
+      pipeline audit churn_scores 3
+    """
+    job = job_for_table(table)
+    results = materialize.audit_version(table_engine(db_url, table), table, version,
+                                        job.audits if job else AuditSpec())
+    print_table(["audit", "result", "detail"], [[r.name, "pass" if r.passed else "FAIL", r.detail] for r in results])
+    if any(not r.passed for r in results):
+        raise AuditError(f"{table} version {version}: audit failed: {failures(results)}")
+
+
+@main.command()
+@click.argument("table")
+@click.option("--keep", type=click.IntRange(min=1),
+              help=f"Ready versions to keep (default: the job's [output] keep, else {retention.DEFAULT_KEEP}).")
+@db_option
+@pipeline_errors
+def gc(table: str, keep: int | None, db_url: str | None) -> None:
+    """Drop old version tables; never the active version or its rollback target.
+
+    Failed versions lose their partial tables too. A table that another view still
+    reads is kept, and said so.
+
+    \b
+    Example:
+      pipeline gc churn_scores --keep 2
+    """
+    job = job_for_table(table)
+    keep = keep or (job.output.keep if job else None) or retention.DEFAULT_KEEP
+    result = retention.gc(table_engine(db_url, table), table, keep)
+    click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
+    for version, why in result.kept.items():
+        click.echo(f"{table}: kept version {version}: {why}")

@@ -123,9 +123,15 @@ def train_model(path: Path, seed: int = 0, kind: str = "logistic") -> Path:
 def write_job(tmp_path: Path) -> Callable[..., Path]:
     """Write a job file into tmp_path/jobs; ``body`` is TOML, ``{model}`` expands to a trained model."""
 
-    def write(body: str, name: str = "scores", seed: int = 0, kind: str = "logistic") -> Path:
+    def write(body: str, name: str = "scores", seed: int = 0, kind: str = "logistic", model: object = None) -> Path:
+        """``model``, when given, is saved as the job's model instead of a freshly trained one."""
         jobs = tmp_path / "jobs"
-        model = train_model(jobs / "models" / f"{name}.joblib", seed=seed, kind=kind)
+        if model is None:
+            model = train_model(jobs / "models" / f"{name}.joblib", seed=seed, kind=kind)
+        else:
+            (jobs / "models").mkdir(parents=True, exist_ok=True)
+            joblib.dump(model, jobs / "models" / f"{name}.joblib")
+            model = jobs / "models" / f"{name}.joblib"
         path = jobs / f"{name}.toml"
         path.write_text(textwrap.dedent(body).replace("{model}", model.name), encoding="utf-8")
         return path
@@ -143,3 +149,11 @@ CUSTOMERS_JOB = """
     [output]
     table = "scores"
 """
+
+SCRIPTED_JOB = CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"')
+
+
+def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -> pd.DataFrame:
+    """Everything the stable view serves, in key order."""
+    with engine.connect() as conn:
+        return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)

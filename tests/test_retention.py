@@ -1,0 +1,106 @@
+"""Retention (gc) and the reaping of versions that dead runs left behind."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
+from fakemodels import Scripted
+from pipeline import gc, load_job, reap, rollback, run_job
+from pipeline import catalog, state
+from pipeline.cli import main
+from pipeline.errors import AuditError
+from pipeline.transactions import transaction
+
+
+@pytest.fixture
+def job_path(engine, write_job):
+    write_table(engine, "customers", customers_frame(50))
+    return write_job(SCRIPTED_JOB, model=Scripted())
+
+
+def statuses(engine) -> dict[int, str]:
+    return {r.version.version: r.version.status for r in catalog.versions(engine, "scores")}
+
+
+def tables(engine) -> set[str]:
+    with engine.connect() as conn:
+        return {t for t in engine.dialect.get_table_names(conn) if t.startswith("scores__")}
+
+
+def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path):
+    for _ in range(6):
+        run_job(load_job(job_path), engine)
+    rollback(engine, "scores", to=2)  # active 2; its rollback target is 1
+    result = gc(engine, "scores", keep=2)
+    assert sorted(result.retired) == [3, 4]
+    assert statuses(engine) == {1: "ready", 2: "ready", 3: "retired", 4: "retired", 5: "ready", 6: "ready"}
+    assert tables(engine) == {"scores__v1", "scores__v2", "scores__v5", "scores__v6"}
+    assert set(view_rows(engine).model_version) == {2} and len(view_rows(engine)) == 50
+    from pipeline import activate
+
+    activate(engine, "scores", 6)  # versions kept stay one flip away
+    assert set(view_rows(engine).model_version) == {6}
+
+
+def test_gc_cleans_failed_tables_and_keeps_what_another_view_reads(engine, job_path, write_job):
+    run_job(load_job(job_path), engine)
+    bad = load_job(write_job(SCRIPTED_JOB + '\n[audits]\nbounds = { prediction = { max = -100 } }',
+                             name="strict", model=Scripted()))
+    with pytest.raises(AuditError):
+        run_job(bad, engine)
+    assert "scores__v2" in tables(engine)  # a failed version's table stays for inspection
+    for _ in range(3):
+        run_job(load_job(job_path), engine)
+    with transaction(engine) as conn:
+        conn.execute(text('CREATE VIEW report_v3 AS SELECT * FROM "scores__v3"'))
+    result = gc(engine, "scores", keep=1)
+    assert result.cleaned == [2] and result.retired == [1]
+    assert "scores__v3 is still read by view report_v3" in result.kept[3]
+    assert statuses(engine)[3] == "ready" and "scores__v3" in tables(engine)
+    assert tables(engine) == {"scores__v3", "scores__v4", "scores__v5"}
+
+
+def test_keep_in_the_job_applies_after_each_run(engine, job_path):
+    job_path.write_text(job_path.read_text().replace('table = "scores"', 'table = "scores"\nkeep = 2'))
+    for _ in range(5):
+        run_job(load_job(job_path), engine)
+    assert statuses(engine) == {1: "retired", 2: "retired", 3: "retired", 4: "ready", 5: "ready"}
+    assert tables(engine) == {"scores__v4", "scores__v5"}
+
+
+def test_gc_command(engine, db_url, job_path, tmp_path, monkeypatch):
+    for _ in range(4):
+        run_job(load_job(job_path), engine)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["gc", "scores", "--keep", "1", "--db", db_url])
+    assert result.exit_code == 0 and result.output.strip() == "scores: retired 1, 2; cleaned failed none"
+    result = CliRunner().invoke(main, ["gc", "scores", "--keep", "0", "--db", db_url])
+    assert result.exit_code == 2 and "--keep" in result.output
+
+
+def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
+    run_job(load_job(job_path), engine)
+    with transaction(engine) as conn:  # what a run killed mid-load leaves: a building row and maybe a table
+        state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
+                             model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())
+        conn.execute(text('CREATE TABLE "scores__v2" (customer_id INTEGER)'))
+    assert reap(engine) == [("scores", 2)]
+    version = catalog.versions(engine, "scores")[1].version
+    assert version.status == "failed" and version.error.startswith("abandoned")
+    assert "scores__v2" not in tables(engine)
+    assert run_job(load_job(job_path), engine).version == 3
+
+
+def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):
+    from pipeline.dialects import dialect_for
+
+    run_job(load_job(job_path), engine)
+    with transaction(engine) as conn:
+        state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
+                             model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())
+    with dialect_for(engine).run_lock(engine, "scores"):
+        assert reap(engine) == []
+    assert statuses(engine)[2] == "building"
