@@ -38,7 +38,17 @@ def postgres_error() -> str | None:
     return _postgres_state["error"]
 
 
+_report_lines: list[str] = []
+
+
+def report(line: str) -> None:
+    """A figure worth seeing in every run's summary (latencies, counts), not only on failure."""
+    _report_lines.append(line)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
+    for line in _report_lines:
+        terminalreporter.write_line(line)
     error = _postgres_state.get("error")
     if error:
         terminalreporter.write_sep("!", f"PostgreSQL tests SKIPPED: no server at {POSTGRES_URL} ({error})",

@@ -71,3 +71,28 @@ def test_a_flip_does_not_wait_for_a_slow_reader(two_versions, postgresql_url):
         assert done.is_set() and time.monotonic() - started < 5
         assert slow.execute(text("SELECT DISTINCT model_version FROM scores")).scalar() == 1  # next statement
     reader.dispose()
+
+
+def test_publishing_a_new_version_does_not_queue_readers_behind_a_slow_one(two_versions, postgresql_url, write_job):
+    """The view DDL a run needs waits for the slow reader in short tries; other readers go on meanwhile."""
+    slow_engine, fast_engine = make_engine(postgresql_url), make_engine(postgresql_url)
+    latencies, result = [], {}
+    with slow_engine.connect() as slow:
+        slow.execute(text("SELECT COUNT(*) FROM scores")).scalar()  # holds AccessShareLock on the view
+        runner = threading.Thread(target=lambda: result.setdefault("run", run_job(
+            load_job(write_job(CUSTOMERS_JOB)), two_versions)))
+        runner.start()
+        with fast_engine.connect() as fast:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                fast.execute(text("SELECT proba_true FROM scores WHERE customer_id = 7")).scalar()
+                fast.commit()
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.005)
+        assert "run" not in result  # still waiting for the slow reader
+    runner.join(15)
+    slow_engine.dispose()
+    fast_engine.dispose()
+    assert result["run"].version == 3 and result["run"].activated
+    assert max(latencies) < 0.25, f"a reader waited {max(latencies) * 1000:.0f} ms behind the view DDL"
