@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.dialects import Dialect
-from pipeline.domain import bind_run_date, first_line
+from pipeline.domain import bind_run_date
+from pipeline.errors import first_line
 from pipeline.jobs import AuditSpec, DriftSpec
 
 PSI_BINS = 10

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from pipeline import catalog, materialize, pointer, retention
 from pipeline.db import make_engine, redact, resolve_url, URL_ENV
 from pipeline.audits import failures
-from pipeline.errors import AuditError, PipelineError
+from pipeline.errors import AuditError, PipelineError, first_line
 from pipeline.jobs import AuditSpec, Job, find_job, iter_jobs, load_job
 
 JOBS_ENV = "PIPELINE_JOBS_DIR"
@@ -43,7 +43,8 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if settings and settings.debug:
                 raise
             raise click.ClickException(
-                f"unexpected {type(exc).__name__}: {exc} (run `pipeline --debug ...` for the traceback)") from None
+                f"unexpected {type(exc).__name__}: {first_line(exc)} (run `pipeline --debug ...` for the traceback)"
+            ) from None
 
     return wrapper
 

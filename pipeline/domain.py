@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.db import make_engine, redact
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, first_line
 from pipeline.jobs import DomainSpec, Factor
 
 # The same rule SQLAlchemy's text() uses to find bind parameters.
@@ -36,13 +36,6 @@ def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[s
     if not RUN_DATE.search(query):
         return statement, {}
     return statement.bindparams(bindparam("run_date", type_=Date())), {"run_date": run_date}
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of what a driver said, which is the part a person needs."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
 
 
 class _Digest:

@@ -7,6 +7,13 @@ its message as one line and exits non-zero. Anything else is a bug.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what a driver said (the part a person needs), for one-line errors."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
 class PipelineError(Exception):
     """Base of every expected failure; its message is one line meant for a person."""
 

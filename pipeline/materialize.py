@@ -19,8 +19,8 @@ from pipeline import state
 from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
-from pipeline.domain import Domain, first_line
-from pipeline.errors import AuditError, ModelError, PipelineError
+from pipeline.domain import Domain
+from pipeline.errors import AuditError, ModelError, PipelineError, first_line
 from pipeline.jobs import AuditSpec, Job
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish
@@ -75,7 +75,7 @@ def _run(job: Job, engine: Engine, logical_date: date, activate: bool, clock: Cl
     dialect = dialect_for(engine)
     model = load_model(job.model)
     table = job.output.table
-    with dialect.run_lock(engine, table):
+    with dialect.run_lock(engine, table) as still_held:
         _ensure_schema(engine, dialect)
         reap_locked(engine, dialect, table, clock)
         version = _allocate(engine, dialect, job, model, logical_date, clock)
@@ -86,6 +86,7 @@ def _run(job: Job, engine: Engine, logical_date: date, activate: bool, clock: Cl
             results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
             ready = dict(finished_at=clock(), row_count=rows, columns=columns, domain_size=domain.size,
                          domain_fingerprint=domain.fingerprint)
+            still_held()
             flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
                            clock=clock)
         except BaseException as exc:
@@ -120,16 +121,17 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
     """Stream, score and write the whole domain in one transaction, then check its keys and index them."""
     keys = list(job.domain.keys)
     domain = Domain(job.domain, engine, logical_date)
-    checkpoint("loading")
     try:
         with transaction(engine) as conn:
             writer = VersionWriter(dialect, conn, physical, keys)
-            for chunk in domain.chunks():
-                if writer.rows == 0:
+            for i, chunk in enumerate(domain.chunks()):
+                if i == 0:
                     _check_inputs(model, keys, list(map(str, chunk.columns)))
                 scores = model.score(chunk)
                 writer.write(pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)],
                                        axis=1))
+                if i == 0:
+                    checkpoint("loading")  # a partial table exists from here on
             if domain.size == 0:
                 if not job.audits.allow_empty:
                     raise AuditError("the domain is empty: the query or file listed no rows; refusing to publish "
@@ -210,4 +212,4 @@ def _fail(engine: Engine, table: str, version: int, exc: BaseException, clock: C
             state.update_version(conn, table, version, status="failed", finished_at=clock(), error=reason)
     except PipelineError as bookkeeping:
         log.error("%s: could not mark version %d failed (%s); the next run will", table, version, bookkeeping)
-    log.error("%s: version %d failed: %s", table, version, reason)
+    log.info("%s: version %d failed: %s", table, version, reason)  # the error itself reaches the caller

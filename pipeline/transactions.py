@@ -16,8 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.dialects import Dialect
 from pipeline.dialects.sqlite import WRITE_OPTION
-from pipeline.domain import first_line
-from pipeline.errors import DatabaseError, FlipError, PipelineError
+from pipeline.errors import DatabaseError, FlipError, PipelineError, first_line
 
 log = logging.getLogger("pipeline")
 T = TypeVar("T")

@@ -7,7 +7,7 @@ caller (``materialize``) owns: nothing here begins or commits.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import Column, MetaData, Table
@@ -67,8 +67,11 @@ class Dialect:
         """Serialize writers of ``key`` until the transaction ends (a no-op where the write lock does it)."""
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+    def run_lock(self, engine: Engine, name: str) -> Iterator[Callable[[], None]]:
         """Hold ``name`` for a whole run, across transactions; released by the OS or server if the process dies.
+
+        Yields a check that raises :class:`DatabaseError` if the lock was lost meanwhile
+        (a dropped connection), so a run never publishes without it.
 
         Raises:
             JobLocked: another process holds it.

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import psycopg
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.dialects.base import Columns, Dialect
-from pipeline.errors import JobLocked
+from pipeline.errors import DatabaseError, JobLocked, first_line
 
 #: How long view DDL may wait for readers before it gives up and retries.
 LOCK_TIMEOUT = "20ms"
+#: pg_locks' row for a granted bigint advisory lock whose halves are %(hi)s and %(lo)s.
+_ADVISORY = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+             "AND l.classid = %(hi)s::bigint::oid AND l.objid = %(lo)s::bigint::oid")
 
 
 class PostgresqlDialect(Dialect):
@@ -23,25 +27,44 @@ class PostgresqlDialect(Dialect):
     HAS_REPLACE_VIEW = True
 
     def lock(self, conn: Connection, key: str) -> None:
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _lock_key(key)})
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _lock_key(conn, key)})
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+    def run_lock(self, engine: Engine, name: str) -> Iterator[Callable[[], None]]:
         """A session advisory lock on a connection of its own: the server drops it with the connection."""
-        key = _lock_key(f"pipeline-run:{name}")
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%(key)s)", {"key": key}).scalar():
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            key = _lock_key(conn, f"pipeline-run:{name}")
+            parts = {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}
+            taken = conn.exec_driver_sql("SELECT pg_try_advisory_lock(%(key)s)", {"key": key}).scalar()
+            if not taken:
                 holder = conn.exec_driver_sql(
-                    "SELECT a.pid, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                    "AND l.classid = %(hi)s::bigint::oid AND l.objid = %(lo)s::bigint::oid",
-                    {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
+                    f"SELECT a.pid, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    f"WHERE {_ADVISORY} AND l.pid <> pg_backend_pid()", parts).first()
+                conn.close()
                 who = f"backend pid {holder[0]} from {holder[1] or 'a local socket'}" if holder else "another session"
                 raise JobLocked(f"{name} is being written by another run ({who})")
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database error: {first_line(exc)}") from exc
+
+        def still_held() -> None:
             try:
-                yield
-            finally:
+                held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM pg_locks l WHERE {_ADVISORY} "
+                                            "AND l.pid = pg_backend_pid()", parts).scalar()
+            except SQLAlchemyError:
+                held = 0
+            if not held:
+                raise DatabaseError(f"lost the run lock on {name} (its database connection dropped); "
+                                    "not publishing, since another run may have started")
+
+        try:
+            yield still_held
+        finally:
+            try:
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
+            except SQLAlchemyError:
+                pass  # the connection is gone, and the lock went with it
+            conn.close()
 
     def dependents(self, conn: Connection, table: str) -> list[str]:
         rows = conn.exec_driver_sql(
@@ -77,6 +100,12 @@ class PostgresqlDialect(Dialect):
         )
 
 
-def _lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory lock key for ``name``."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+def _lock_key(conn: Connection, name: str) -> int:
+    """A signed 64-bit advisory lock key for ``name`` in the connection's schema.
+
+    Advisory locks are per database, not per schema: the schema is part of the key so
+    that two schemas with a table of the same name do not lock each other out.
+    """
+    schema = conn.exec_driver_sql("SELECT current_schema()").scalar() or ""
+    digest = hashlib.sha256(f"{schema}.{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)

@@ -9,14 +9,14 @@ import re
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.dialects.base import Columns, Dialect
-from pipeline.errors import JobLocked
+from pipeline.errors import DatabaseError, JobLocked
 
 #: Execution option a writer sets so its transaction takes the write lock up front.
 WRITE_OPTION = "pipeline_write"
@@ -49,14 +49,18 @@ class SQLiteDialect(Dialect):
             conn.exec_driver_sql(f"BEGIN {mode}")
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, name: str) -> Iterator[None]:
+    def run_lock(self, engine: Engine, name: str) -> Iterator[Callable[[], None]]:
         """An flock on a file beside the database: the kernel releases it when the process dies."""
         database = engine.url.database
         if not database or database == ":memory:" or database.startswith("file:"):
-            yield  # nothing another process could share
+            yield _held  # nothing another process could share
             return
         path = Path(f"{database}-{name}.lock")
-        with path.open("a+") as handle:
+        try:
+            handle = path.open("a+")
+        except OSError as exc:
+            raise DatabaseError(f"cannot open the SQLite database {database}: {exc.strerror}") from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -68,7 +72,7 @@ class SQLiteDialect(Dialect):
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
             try:
-                yield
+                yield _held  # an flock cannot be lost while the file stays open
             finally:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -91,3 +95,7 @@ class SQLiteDialect(Dialect):
         conn.exec_driver_sql(
             f"CREATE UNIQUE INDEX {self.quote(name + '__key')} ON {self.quote(name)} ({self.column_list(keys)})"
         )
+
+
+def _held() -> None:
+    """The run lock's liveness check where the lock cannot be lost."""

@@ -1,0 +1,139 @@
+"""Crash safety: kill -9 a real run at each phase; terminate its database connections mid-load.
+
+The run is a child process (``python -m pipeline run``) stopped at a phase by
+``$PIPELINE_PAUSE_AT``, then killed. Afterwards the view must serve the previous version
+whole, the metadata must call the run failed (once ``pipeline status`` noticed), and the
+next run must succeed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from conftest import CUSTOMERS_JOB, customers_frame, view_rows, write_table
+from pipeline import catalog, load_job, run_job
+from pipeline.cli import main
+
+ROWS = 3000
+JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')
+
+
+def start_run(tmp_path: Path, db_url: str, pause: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
+    env.pop("PIPELINE_DATABASE_URL", None)
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--db", db_url], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    def pump() -> None:
+        for line in child.stderr:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    return child, lines
+
+
+def rest(lines: "queue.Queue[str]") -> str:
+    """Everything the child printed after what was already read, up to its end."""
+    out = []
+    while (line := lines.get(timeout=60)) != "":
+        out.append(line)
+    return "".join(out)
+
+
+def wait_for(lines: "queue.Queue[str]", marker: str, timeout: float = 60) -> None:
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the run never printed {marker!r}; it printed: {''.join(seen)}") from None
+        seen.append(line)
+        if marker in line:
+            return
+
+
+@pytest.fixture
+def served(engine, write_job):
+    """Version 1 is active; returns what the view serves."""
+    write_table(engine, "customers", customers_frame(ROWS))
+    run_job(load_job(write_job(JOB)), engine)
+    return view_rows(engine)
+
+
+@pytest.mark.parametrize("phase", ["loading", "indexing", "auditing", "flipping"])
+def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase, db_url, engine, served, tmp_path):
+    import pandas as pd
+
+    child, lines = start_run(tmp_path, db_url, phase)
+    wait_for(lines, f"pipeline: paused at {phase}")
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+
+    pd.testing.assert_frame_equal(view_rows(engine), served)
+    assert catalog.status(engine)[0].active_version == 1
+    status = CliRunner().invoke(main, ["status", "--db", db_url])
+    assert status.exit_code == 0
+    assert "scores: version 2 was abandoned by a run that died; marked failed" in status.output
+    killed = catalog.versions(engine, "scores")[1].version
+    assert (killed.version, killed.status) == (2, "failed") and killed.error.startswith("abandoned")
+    with engine.connect() as conn:
+        assert not engine.dialect.has_table(conn, "scores__v2")  # the partial table is gone
+
+    again = run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine)
+    assert (again.version, again.activated) == (3, True)
+    view = view_rows(engine)
+    assert len(view) == ROWS and set(view.model_version) == {3}
+
+
+def test_a_second_run_while_one_is_in_progress_is_refused(db_url, engine, served, tmp_path):
+    import pandas as pd
+
+    child, lines = start_run(tmp_path, db_url, "loading:30")
+    try:
+        wait_for(lines, "pipeline: paused at loading")
+        out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", db_url])
+        assert out.exit_code == 1 and "scores is being written by" in out.output
+        assert out.output.count("\n") == 1
+    finally:
+        child.kill()
+        child.wait(10)
+    pd.testing.assert_frame_equal(view_rows(engine), served)
+
+
+@pytest.mark.postgres
+def test_connections_terminated_mid_load_fail_the_run_cleanly(postgresql_url, write_job, tmp_path):
+    import pandas as pd
+
+    from pipeline.db import make_engine
+
+    engine = make_engine(postgresql_url)
+    write_table(engine, "customers", customers_frame(ROWS))
+    run_job(load_job(write_job(JOB)), engine)
+    served = view_rows(engine)
+    url = f"{postgresql_url}&application_name=crash_test_run"
+    child, lines = start_run(tmp_path, url, "loading:2")
+    wait_for(lines, "pipeline: paused at loading")
+    with engine.connect() as conn:
+        killed = conn.execute(text("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name = 'crash_test_run'")).scalar()
+    assert killed >= 2  # the load's connection and the run lock's
+    err = rest(lines)
+    assert child.wait(60) == 1
+    error = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "database error" in error[0] and "Traceback" not in err
+    pd.testing.assert_frame_equal(view_rows(engine), served)
+    version = catalog.versions(engine, "scores")[1].version
+    assert version.status == "failed" and "database error" in version.error
+    assert run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine).version == 3
+    engine.dispose()
