@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.dialects import Dialect
-from pipeline.domain import bind_run_date
+from pipeline.dialects.base import bind_run_date
 from pipeline.errors import first_line
 from pipeline.jobs import AuditSpec, DriftSpec
 

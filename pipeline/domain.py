@@ -11,32 +11,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from datetime import date
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Date, TextClause, bindparam, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.db import make_engine, redact
+from pipeline.dialects import reader_for
 from pipeline.errors import SourceError, first_line
 from pipeline.jobs import DomainSpec, Factor
-
-# The same rule SQLAlchemy's text() uses to find bind parameters.
-RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
-
-
-def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[str, date | None]]:
-    """``query`` as a statement, with ``:run_date`` bound as a DATE where the query uses it."""
-    statement = text(query)
-    if not RUN_DATE.search(query):
-        return statement, {}
-    return statement.bindparams(bindparam("run_date", type_=Date())), {"run_date": run_date}
-
 
 class _Digest:
     """An order-independent fingerprint of a factor's rows: count plus the wrapped sum of row hashes."""
@@ -138,23 +124,12 @@ class Domain:
 
     def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
-        statement, params = bind_run_date(factor.query, self.run_date)
         engine = self._engine(factor.source)
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:
-            with engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=self.spec.chunk_size).execute(
-                    statement, params)
-                if not result.returns_rows:
-                    raise SourceError(f"domain query{where} returns no rows to score (is it a SELECT?)")
-                columns = list(result.keys())
-                try:
-                    for part in result.partitions(self.spec.chunk_size):
-                        yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
-                finally:
-                    result.close()  # a server-side cursor left open warns, and holds the snapshot
-        except SQLAlchemyError as exc:
-            raise SourceError(f"domain query failed{where}: {first_line(exc)}") from None
+            yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size)
+        except SourceError as exc:
+            raise SourceError(f"domain query failed{where}: {exc}") from None
 
     # -- shaping ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from pipeline.jobs import AuditSpec, Job
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish
 from pipeline.retention import gc, reap_locked
+from pipeline.stages import overlapped
 from pipeline.store import VersionWriter
 from pipeline.transactions import reading, transaction
 from pipeline.versions import version_table
@@ -124,14 +125,23 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
     try:
         with transaction(engine) as conn:
             writer = VersionWriter(dialect, conn, physical, keys)
-            for i, chunk in enumerate(domain.chunks()):
-                if i == 0:
+
+            checked: list[bool] = []
+
+            def score(chunk: pd.DataFrame) -> pd.DataFrame:
+                if not checked:
                     _check_inputs(model, keys, list(map(str, chunk.columns)))
+                    checked.append(True)
                 scores = model.score(chunk)
-                writer.write(pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)],
-                                       axis=1))
-                if i == 0:
+                return pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+
+            def write(frame: pd.DataFrame) -> None:
+                first = writer.rows == 0
+                writer.write(frame)
+                if first:
                     checkpoint("loading")  # a partial table exists from here on
+
+            overlapped(domain.chunks(), score, write)
             if domain.size == 0:
                 if not job.audits.allow_empty:
                     raise AuditError("the domain is empty: the query or file listed no rows; refusing to publish "

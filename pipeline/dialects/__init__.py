@@ -32,9 +32,14 @@ def configure_engine(engine: Engine) -> None:
         cls.configure(engine)
 
 
+def reader_for(engine: Engine) -> Dialect:
+    """The dialect to read a domain query with: a known one's fast path, else the generic one."""
+    return DIALECTS.get(engine.dialect.name, Dialect)(engine.dialect)
+
+
 def dialect_for(engine: Engine) -> Dialect:
     """The dialect implementation for ``engine``."""
     return dialect_class(engine.dialect.name)(engine.dialect)
 
 
-__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for"]
+__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "reader_for"]

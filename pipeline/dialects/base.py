@@ -7,13 +7,18 @@ caller (``materialize``) owns: nothing here begins or commits.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+import re
+from datetime import date
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import pandas as pd
-from sqlalchemy import Column, MetaData, Table
+from sqlalchemy import Column, MetaData, Table, TextClause, bindparam, text
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
+from sqlalchemy.exc import SQLAlchemyError
+
+from pipeline.errors import SourceError, first_line
 
 # The portable column types a version table may hold, by the name recorded in metadata.
 COLUMN_TYPES: dict[str, type[sqltypes.TypeEngine[Any]]] = {
@@ -27,6 +32,17 @@ COLUMN_TYPES: dict[str, type[sqltypes.TypeEngine[Any]]] = {
 }
 
 Columns = Sequence[tuple[str, str]]  # (name, portable type name)
+
+# The same rule SQLAlchemy's text() uses to find bind parameters.
+RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
+
+
+def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[str, date | None]]:
+    """``query`` as a statement, with ``:run_date`` bound as a DATE where the query uses it."""
+    statement = text(query)
+    if not RUN_DATE.search(query):
+        return statement, {}
+    return statement.bindparams(bindparam("run_date", type_=sqltypes.Date())), {"run_date": run_date}
 
 
 class Dialect:
@@ -60,6 +76,30 @@ class Dialect:
 
     def type_sql(self, type_name: str) -> str:
         return COLUMN_TYPES[type_name]().compile(dialect=self.sa_dialect)
+
+    # -- reading the domain ---------------------------------------------------
+
+    def read_query(self, engine: Engine, query: str, run_date: date | None,
+                   chunk_size: int) -> Iterator[pd.DataFrame]:
+        """Stream a query's rows in chunks of ``chunk_size`` through a server-side cursor.
+
+        Raises:
+            SourceError: the query failed, or returns no rows to score.
+        """
+        statement, params = bind_run_date(query, run_date)
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(statement, params)
+                if not result.returns_rows:
+                    raise SourceError("it returns no rows to score (is it a SELECT?)")
+                columns = list(result.keys())
+                try:
+                    for part in result.partitions(chunk_size):
+                        yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
+                finally:
+                    result.close()  # a server-side cursor left open warns, and holds the snapshot
+        except SQLAlchemyError as exc:
+            raise SourceError(first_line(exc)) from None
 
     # -- locks --------------------------------------------------------------
 
@@ -161,3 +201,21 @@ class Dialect:
                 values = series.astype(object)
                 columns.append(values.where(series.notna(), None).tolist())
         return list(zip(*columns))
+
+
+def arrow_chunks(batches: Iterable[Any], chunk_size: int) -> Iterator[pd.DataFrame]:
+    """Re-slice Arrow record batches of whatever size a driver sends into DataFrames of ``chunk_size`` rows."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= chunk_size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_size).to_pandas()
+            rest = table.slice(chunk_size)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending).to_pandas()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from datetime import date
 from typing import Callable, Iterator, Sequence
 
 import pandas as pd
@@ -11,8 +12,8 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.dialects.base import Columns, Dialect
-from pipeline.errors import DatabaseError, JobLocked, first_line
+from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks
+from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 
 #: How long view DDL may wait for readers before it gives up and retries.
 LOCK_TIMEOUT = "20ms"
@@ -93,6 +94,25 @@ class PostgresqlDialect(Dialect):
             for row in self.rows(frame):
                 copy.write_row(row)
 
+    def read_query(self, engine: Engine, query: str, run_date: date | None,
+                   chunk_size: int) -> Iterator[pd.DataFrame]:
+        """Read through ADBC: rows arrive as Arrow record batches, several times faster than a cursor."""
+        import adbc_driver_manager
+        import adbc_driver_postgresql.dbapi as adbc
+
+        params: tuple[date | None, ...] = ()
+        if RUN_DATE.search(query):
+            query, params = RUN_DATE.sub("$1::date", query), (run_date,)
+        uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with adbc.connect(uri) as conn, conn.cursor() as cursor:
+                cursor.execute(query, params or None)
+                if cursor.description is None:
+                    raise SourceError("it returns no rows to score (is it a SELECT?)")
+                yield from arrow_chunks(cursor.fetch_record_batch(), chunk_size)
+        except adbc_driver_manager.Error as exc:
+            raise SourceError(_adbc_message(exc)) from None
+
     def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
         conn.exec_driver_sql(
             f"ALTER TABLE {self.quote(name)} ADD CONSTRAINT {self.quote(name + '__key')} "
@@ -109,3 +129,10 @@ def _lock_key(conn: Connection, name: str) -> int:
     schema = conn.exec_driver_sql("SELECT current_schema()").scalar() or ""
     digest = hashlib.sha256(f"{schema}.{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _adbc_message(exc: Exception) -> str:
+    """ADBC prefixes the server's message with its own codes; keep what the server said."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    marker = "ERROR: "
+    return text.split(marker, 1)[1] if marker in text else text
