@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEMO_DB ?= sqlite:///predictions.db
 
-.PHONY: install demo test sql clean
+.PHONY: install demo test bench sql clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 ## make test: the whole suite, on SQLite and on PostgreSQL ($$PIPELINE_TEST_POSTGRES_URL)
 test: install
 	$(PY) -m pytest -q
+
+## make bench: pipeline vs a naive pandas script vs the raw limit; writes bench/results.md (about 15 minutes)
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 ## make sql: regenerate sql/<dialect>/metadata.sql from pipeline/state.py
 sql: install

@@ -73,3 +73,9 @@ def status(engine: Engine) -> list[TableStatus]:
                 latest_error=latest.error,
             ))
     return rows
+
+
+def runs(engine: Engine, job: str | None = None, limit: int = 50) -> list[state.Run]:
+    """The latest runs, newest first, of one job or of all."""
+    with reading(engine) as conn:
+        return state.list_runs(conn, job, limit) if state.has_schema(conn) else []

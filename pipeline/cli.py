@@ -12,13 +12,15 @@ from typing import Any, Callable, Sequence
 import click
 from sqlalchemy.engine import Engine
 
-from pipeline import catalog, materialize, pointer, retention
+from pipeline import backfill as backfills
+from pipeline import catalog, materialize, pointer, retention, scheduler
 from pipeline.db import make_engine, redact, resolve_url, URL_ENV
 from pipeline.audits import failures
-from pipeline.errors import AuditError, PipelineError, first_line
+from pipeline.errors import AuditError, JobLocked, PipelineError, first_line
 from pipeline.jobs import AuditSpec, Job, find_job, iter_jobs, load_job
 
 JOBS_ENV = "PIPELINE_JOBS_DIR"
+LOCKED_EXIT = 75  # EX_TEMPFAIL: another run holds the table
 
 
 class Settings:
@@ -38,7 +40,10 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except PipelineError as exc:
             if settings and settings.debug:
                 raise
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            if isinstance(exc, JobLocked):
+                error.exit_code = LOCKED_EXIT  # a temporary failure: try again later
+            raise error from None
         except Exception as exc:  # a bug: still one line, with the way to see more
             if settings and settings.debug:
                 raise
@@ -116,28 +121,47 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool) -> None:
 @click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Logical date of the run, given to the query as :run_date (default: today, UTC).")
 @click.option("--no-activate", is_flag=True, help="Build and check the version, but leave the pointer alone.")
+@click.option("--force", is_flag=True, help="Run even if a ready version holds this date with the same model and "
+                                            "domain.")
+@click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
+                                                "once per tick, and exit 0 if another process has it.")
 @db_option
 @click.pass_obj
 @pipeline_errors
-def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, db_url: str | None) -> None:
+def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
+        scheduled: bool, db_url: str | None) -> None:
     """Score a job's domain into a new version and flip to it.
 
-    JOB is a job file's path or the name of a job in the jobs directory.
+    JOB is a job file's path or the name of a job in the jobs directory. A run for a
+    date that a ready version already holds, with the same model and domain, is
+    skipped (exit 0) unless --force. Exits 75 when another run holds the table.
 
     \b
     Example:
       pipeline run churn --date 2026-01-31
       pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
     """
-    loaded = load_job(find_job(job, settings.jobs_dir))
+    path = find_job(job, settings.jobs_dir)
+    if scheduled:
+        done = scheduler.run_tick(path, db_url, trigger="cron")
+        if done is None:
+            click.echo(f"{job}: another process is running this tick; nothing to do")
+        elif done.skipped:
+            click.echo(f"{done.table or job}: skipped: {done.skipped}")
+        else:
+            click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
+        return
+    loaded = load_job(path)
     engine = make_engine(resolve_url(db_url, loaded.target))
     try:
         result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
-                                     activate=not no_activate)
+                                     activate=not no_activate, force=force)
     finally:
         engine.dispose()
     where = redact(str(engine.url))
-    if result.activated:
+    if result.skipped:
+        click.echo(f"{result.table}: skipped: {result.skipped}")
+    elif result.activated:
         click.echo(f"{result.table}: version {result.version} is active ({result.rows} rows, "
                    f"{result.seconds:.1f}s, previous: {result.previous or 'none'}) on {where}")
     else:
@@ -293,3 +317,112 @@ def gc(table: str, keep: int | None, db_url: str | None) -> None:
     click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
     for version, why in result.kept.items():
         click.echo(f"{table}: kept version {version}: {why}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--start", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="First logical date.")
+@click.option("--end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Last logical date.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(min=1), help="Dates run at once.")
+@click.option("--force", is_flag=True, help="Redo dates that already have a ready version.")
+@click.option("--activate", "activate_", type=click.Choice(backfills.ACTIVATE), default="latest", show_default=True,
+              help="latest: point the view at the newest date's version, unless it already serves a newer date.")
+@db_option
+@click.pass_obj
+@pipeline_errors
+def backfill(settings: Settings, job: str, start: datetime, end: datetime, parallel: int, force: bool,
+             activate_: str, db_url: str | None) -> None:
+    """Run a job once per logical date from --start to --end.
+
+    Done dates are skipped, so running it again redoes only the dates that failed
+    (or were not reached before Ctrl-C). Exits 1 if a date failed.
+
+    \b
+    Example:
+      pipeline backfill churn --start 2026-01-01 --end 2026-01-31 --parallel 2
+    """
+    loaded = load_job(find_job(job, settings.jobs_dir))
+    engine = make_engine(resolve_url(db_url, loaded.target))
+
+    def say(day, done, error) -> None:
+        if error is not None:
+            click.echo(f"{day}: failed: {error}")
+        elif done.skipped:
+            click.echo(f"{day}: skipped: {done.skipped}")
+        else:
+            click.echo(f"{day}: version {done.version} ({done.rows} rows, {done.seconds:.1f}s)")
+
+    try:
+        result = backfills.backfill(loaded, engine, start.date(), end.date(), parallel=parallel, force=force,
+                                    activate=activate_, on_date=say)
+    finally:
+        engine.dispose()
+    if result.flip is not None:
+        click.echo(f"{loaded.output.table}: version {result.flip.to_version} is active "
+                   f"(was {result.flip.from_version or 'none'})")
+    elif result.kept_pointer:
+        click.echo(f"{loaded.output.table}: pointer left alone: {result.kept_pointer}")
+    if result.interrupted:
+        raise click.ClickException("interrupted; run the same backfill again to resume")
+    if result.failed:
+        raise PipelineError(f"{len(result.failed)} of {len(result.failed) + len(result.done)} date(s) failed: "
+                            f"{', '.join(map(str, sorted(result.failed)))}; run the backfill again to retry them")
+
+
+@main.command()
+@db_option
+@click.pass_obj
+@pipeline_errors
+def schedule(settings: Settings, db_url: str | None) -> None:
+    """Run every job that has a schedule, on its cron, until SIGTERM or Ctrl-C.
+
+    Two schedulers (or a scheduler and cron) run each tick once. On SIGTERM the
+    running job finishes, then the process exits 0.
+
+    \b
+    Example:
+      pipeline --jobs /srv/pipeline/jobs schedule
+    """
+    scheduler.Scheduler(settings.jobs_dir, db_url).serve()
+
+
+@main.command()
+@click.option("--log-dir", default="logs", show_default=True, help="Where each job's log file goes.")
+@click.pass_obj
+@pipeline_errors
+def cron(settings: Settings, log_dir: str) -> None:
+    """Print crontab lines that run every scheduled job, for `crontab -e`.
+
+    Each line runs `pipeline run JOB --scheduled`: the run takes the table's lock and
+    records its tick, so it never doubles up with another cron entry or a scheduler.
+
+    \b
+    Example:
+      pipeline cron >> /tmp/lines && crontab /tmp/lines
+    """
+    click.echo("\n".join(scheduler.crontab(settings.jobs_dir, log_dir)))
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@db_option
+@click.pass_obj
+@pipeline_errors
+def runs(settings: Settings, job: str | None, limit: int, db_url: str | None) -> None:
+    """Show the run history (newest first), for one job or all.
+
+    \b
+    Example:
+      pipeline runs churn --limit 10
+    """
+    target = load_job(find_job(job, settings.jobs_dir)).target if job and not db_url else None
+    engine = make_engine(resolve_url(db_url, target))
+    try:
+        found = catalog.runs(engine, load_job(find_job(job, settings.jobs_dir)).name if job else None, limit)
+    finally:
+        engine.dispose()
+    print_table(["id", "job", "logical_date", "trigger", "status", "version", "started", "finished", "host/pid",
+                 "error"],
+                [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, r.started_at, r.finished_at,
+                  f"{r.host}/{r.pid}", r.error] for r in found])

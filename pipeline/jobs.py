@@ -98,6 +98,10 @@ class Job:
     timezone: str = "UTC"
     description: str = ""
     audits: AuditSpec = AuditSpec()
+    #: Run the ticks missed while no scheduler was up (one run each), instead of only reporting them.
+    catchup: bool = False
+    #: How late a tick may still start (a busy or restarted scheduler); later ones count as missed.
+    misfire_grace_seconds: int = 300
 
 
 def load_job(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Job:
@@ -206,8 +210,8 @@ class _Reader:
     # -- sections -----------------------------------------------------------
 
     def job(self, raw: dict[str, Any]) -> Job:
-        self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target",
-                              "domain", "model", "output", "audits"})
+        self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target", "catchup",
+                              "misfire_grace_seconds", "domain", "model", "output", "audits"})
         name = self.get(raw, "name", str, "name", default=self.path.stem)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise self.fail("name", f"{name!r} may hold only letters, digits, '_', '.' and '-'")
@@ -220,7 +224,12 @@ class _Reader:
         if schedule is not None:
             self.cron(schedule, timezone)
         target = self.get(raw, "target", str, "target")
+        grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
+        if grace < 1:
+            raise self.fail("misfire_grace_seconds", "must be at least 1")
         return Job(
+            catchup=self.get(raw, "catchup", bool, "catchup", default=False),
+            misfire_grace_seconds=grace,
             name=name,
             path=self.path.resolve(),
             description=self.get(raw, "description", str, "description", default=""),
@@ -237,10 +246,10 @@ class _Reader:
         )
 
     def cron(self, expression: str, timezone: str) -> None:
-        from apscheduler.triggers.cron import CronTrigger
+        from pipeline.schedule import cron_trigger
 
         try:
-            CronTrigger.from_crontab(expression, timezone=timezone)
+            cron_trigger(expression, timezone)
         except ValueError as exc:
             raise self.fail("schedule", f"not a valid cron expression {expression!r}: {exc}") from None
 

@@ -7,10 +7,13 @@ lock, reap, allocate, load (loading, indexing), audit, publish (flipping), retai
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Callable
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 from sqlalchemy.engine import Engine
@@ -20,7 +23,7 @@ from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain
-from pipeline.errors import AuditError, ModelError, PipelineError, first_line
+from pipeline.errors import AuditError, ModelError, PipelineError, SourceError, first_line
 from pipeline.jobs import AuditSpec, Job
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish
@@ -45,17 +48,24 @@ class RunResult:
     previous: int | None
     seconds: float
     audits: tuple[AuditResult, ...] = ()
+    #: Why no new version was made (the work was done already), or None.
+    skipped: str | None = None
 
 
-def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None,
-            activate: bool = True, clock: Clock = state.utcnow) -> RunResult:
+def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
+            force: bool = False, trigger: str = "manual", scheduled_for: datetime | None = None,
+            clock: Clock = state.utcnow) -> RunResult:
     """Materialize ``job`` into a new version of its table and, unless told not to, flip to it.
 
     Args:
         job: a validated job (see :func:`pipeline.jobs.load_job`).
         engine: the target database; by default the job's target, resolved like the CLI does.
-        logical_date: the date the run stands for, given to the domain query as ``:run_date``.
+        logical_date: the date the run stands for, given to the domain query as ``:run_date``
+            (default: today in the job's time zone).
         activate: flip the pointer to the new version once it passed its audits.
+        force: run even when a ready version already holds this date with the same model and domain.
+        trigger: what started the run (manual, schedule, cron, backfill), for the run history.
+        scheduled_for: the cron tick a scheduled run stands for; a tick runs at most once.
         clock: the source of timestamps (tests pass a fixed one).
 
     Raises:
@@ -64,46 +74,114 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
     """
     owned = engine is None
     engine = engine or make_engine(resolve_url(None, job.target))
+    dialect = dialect_for(engine)
     try:
-        return _run(job, engine, logical_date or clock().date(), activate, clock)
+        with dialect.run_lock(engine, job.output.table) as still_held:
+            prepare(engine, job.output.table, clock)
+            return run_locked(job, engine, logical_date=logical_date or today(job, clock), activate=activate,
+                              force=force, trigger=trigger, scheduled_for=scheduled_for, clock=clock,
+                              still_held=still_held)
     finally:
         if owned:
             engine.dispose()
 
 
-def _run(job: Job, engine: Engine, logical_date: date, activate: bool, clock: Clock) -> RunResult:
-    started = time.monotonic()
+def today(job: Job, clock: Clock = state.utcnow) -> date:
+    """The default logical date: today in the job's time zone."""
+    return clock().astimezone(ZoneInfo(job.timezone)).date()
+
+
+def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
+    """Create the bookkeeping tables and reap what dead runs of ``table`` left; the caller holds the run lock."""
     dialect = dialect_for(engine)
-    model = load_model(job.model)
-    table = job.output.table
-    with dialect.run_lock(engine, table) as still_held:
-        _ensure_schema(engine, dialect)
-        reap_locked(engine, dialect, table, clock)
-        version = _allocate(engine, dialect, job, model, logical_date, clock)
-        physical = version_table(table, version)
-        log.info("%s: building version %d in %s", table, version, physical)
-        try:
-            rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date)
-            results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
-            ready = dict(finished_at=clock(), row_count=rows, columns=columns, domain_size=domain.size,
-                         domain_fingerprint=domain.fingerprint)
-            still_held()
-            flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
-                           clock=clock)
-        except BaseException as exc:
-            _fail(engine, table, version, exc, clock)
-            raise
-        log.info("%s: version %d ready, %d rows%s", table, version, rows, ", active" if activate else "")
-        if job.output.keep is not None:
-            gc(engine, table, job.output.keep, clock=clock)
-    return RunResult(table, version, physical, rows, activate, flip.from_version if flip else None,
-                     time.monotonic() - started, tuple(results))
-
-
-def _ensure_schema(engine: Engine, dialect: Dialect) -> None:
     with transaction(engine) as conn:
         dialect.lock(conn, "pipeline:schema")
         state.ensure_schema(conn)
+    reap_locked(engine, dialect, table, clock)
+
+
+def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, force: bool, trigger: str,
+               scheduled_for: datetime | None, clock: Clock,
+               still_held: Callable[[], None] = lambda: None) -> RunResult:
+    """One run, for a caller that holds the table's run lock and called :func:`prepare`."""
+    started = time.monotonic()
+    model = load_model(job.model)
+    table = job.output.table
+    with transaction(engine) as conn:
+        run_id = state.start_run(conn, job=job.name, table=table, logical_date=logical_date, trigger=trigger,
+                                 scheduled_for=scheduled_for, now=clock(), host=socket.gethostname(),
+                                 pid=os.getpid())
+    if run_id is None:
+        return RunResult(table, 0, "", 0, False, None, time.monotonic() - started,
+                         skipped=f"a run of {job.name} for the tick {scheduled_for} was recorded already")
+    try:
+        # A scheduled run is told apart by its tick (recorded above), not by its date.
+        done = None if force or scheduled_for is not None else _done_before(engine, job, model, logical_date)
+        if done is not None:
+            _finish(engine, run_id, "skipped", clock, done.version)
+            return RunResult(table, done.version, version_table(table, done.version), done.row_count or 0, False,
+                             None, time.monotonic() - started, skipped=(
+                                 f"version {done.version} already holds {logical_date} with the same model and "
+                                 "domain (--force runs it anyway)"))
+        result = _build(job, engine, model, logical_date, activate, clock, still_held)
+    except BaseException as exc:
+        _finish(engine, run_id, "failed", clock, error=_reason(exc))
+        raise
+    _finish(engine, run_id, "succeeded", clock, result.version)
+    return RunResult(**{**result.__dict__, "seconds": time.monotonic() - started})
+
+
+def _done_before(engine: Engine, job: Job, model: Model, logical_date: date) -> state.Version | None:
+    """A ready version of this job and date, from the same model and the same domain (read to compare)."""
+    with reading(engine) as conn:
+        candidates = [v for v in state.list_versions(conn, job.output.table)
+                      if v.job == job.name and v.logical_date == logical_date and v.status == "ready"
+                      and v.model_sha256 == model.sha256]
+    if not candidates:
+        return None
+    domain = Domain(job.domain, engine, logical_date)
+    try:
+        for _ in domain.chunks():
+            pass
+    except SourceError:
+        return None  # the run itself will fail on it, and record a failed version
+    finally:
+        domain.close()
+    return next((v for v in candidates if v.domain_fingerprint == domain.fingerprint), None)
+
+
+def _finish(engine: Engine, run_id: int, status: str, clock: Clock, version: int | None = None,
+            error: str | None = None) -> None:
+    try:
+        with transaction(engine) as conn:
+            state.finish_run(conn, run_id, status, clock(), version, error)
+    except PipelineError as bookkeeping:
+        log.error("could not record the end of run %d (%s); the next run will", run_id, bookkeeping)
+
+
+def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate: bool, clock: Clock,
+           still_held: Callable[[], None]) -> RunResult:
+    dialect = dialect_for(engine)
+    table = job.output.table
+    version = _allocate(engine, dialect, job, model, logical_date, clock)
+    physical = version_table(table, version)
+    log.info("%s: building version %d in %s", table, version, physical)
+    try:
+        rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date)
+        results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
+        ready = dict(finished_at=clock(), row_count=rows, columns=columns, domain_size=domain.size,
+                     domain_fingerprint=domain.fingerprint)
+        still_held()
+        flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
+                       clock=clock)
+    except BaseException as exc:
+        _fail(engine, table, version, exc, clock)
+        raise
+    log.info("%s: version %d ready, %d rows%s", table, version, rows, ", active" if activate else "")
+    if job.output.keep is not None:
+        gc(engine, table, job.output.keep, clock=clock)
+    return RunResult(table, version, physical, rows, activate, flip.from_version if flip else None, 0.0,
+                     tuple(results))
 
 
 def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_date: date, clock: Clock) -> int:
@@ -214,9 +292,15 @@ def audit_version(engine: Engine, table: str, version: int, spec: AuditSpec = Au
     return results
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
 def _fail(engine: Engine, table: str, version: int, exc: BaseException, clock: Clock) -> None:
     """Mark the version failed with a one-line reason; never hides the original error."""
-    reason = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {first_line(exc)}"
+    reason = _reason(exc)
     try:
         with transaction(engine) as conn:
             state.update_version(conn, table, version, status="failed", finished_at=clock(), error=reason)

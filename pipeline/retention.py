@@ -102,8 +102,9 @@ def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.ut
     with reading(engine) as conn:
         if not state.has_schema(conn):
             return []
-        tables = sorted({v.table_name for v in state.versions_in_state(conn, "building")
-                         if table is None or v.table_name == table})
+        stale = {v.table_name for v in state.versions_in_state(conn, "building")}
+        stale |= {r.table_name for r in state.list_runs(conn, limit=10_000) if r.status == "running"}
+        tables = sorted(t for t in stale if table is None or t == table)
     reaped = []
     for name in tables:
         try:
@@ -123,4 +124,6 @@ def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -
             dialect.drop_table(conn, version_table(table, v.version))
             state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
             log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
+        for run in state.running_runs(conn, table):
+            state.finish_run(conn, run.id, "failed", clock(), run.version, ABANDONED)
     return [(table, v.version) for v in stale]

@@ -77,6 +77,30 @@ audits = Table(
 )
 
 
+RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
+TRIGGERS = ("manual", "schedule", "cron", "backfill")
+
+runs = Table(
+    "pipeline_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(255), nullable=False),
+    Column("table_name", String(63), nullable=False),
+    Column("logical_date", Date, nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("scheduled_for", DateTime(timezone=True)),   # the cron tick a scheduled run stands for
+    Column("status", String(16), nullable=False),
+    Column("version", Integer),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Column("host", Text),
+    Column("pid", Integer),
+    CheckConstraint("status IN ('running', 'succeeded', 'failed', 'skipped')", name="pipeline_runs_status"),
+    Index("pipeline_runs_tick", "job", "scheduled_for", unique=True),  # one run per job and tick
+    Index("pipeline_runs_job", "job", "id"),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -127,6 +151,30 @@ class Pointer:
     version: int
     view_versions: tuple[int, ...]
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    job: str
+    table_name: str
+    logical_date: date
+    trigger: str
+    scheduled_for: datetime | None
+    status: str
+    version: int | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    host: str | None
+    pid: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Run":
+        m = dict(row._mapping)
+        for key in ("scheduled_for", "started_at", "finished_at"):
+            m[key] = _utc(m[key])
+        return cls(**m)
 
 
 @dataclass(frozen=True)
@@ -285,3 +333,41 @@ def save_audits(conn: Connection, table: str, version: int, results: Sequence[An
     if results:
         conn.execute(audits.insert(), [dict(table_name=table, version=version, name=r.name, passed=r.passed,
                                             detail=r.detail, checked_at=now) for r in results])
+
+
+def start_run(conn: Connection, *, job: str, table: str, logical_date: date, trigger: str,
+              scheduled_for: datetime | None, now: datetime, host: str, pid: int) -> int | None:
+    """Record a run as ``running``; None when a run of this job already stands for ``scheduled_for``."""
+    if scheduled_for is not None and conn.execute(
+            select(runs.c.id).where(runs.c.job == job, runs.c.scheduled_for == scheduled_for)).first():
+        return None
+    result = conn.execute(runs.insert().values(
+        job=job, table_name=table, logical_date=logical_date, trigger=trigger, scheduled_for=scheduled_for,
+        status="running", started_at=now, host=host, pid=pid))
+    return int(result.inserted_primary_key[0])
+
+
+def finish_run(conn: Connection, run_id: int, status: str, now: datetime, version: int | None = None,
+               error: str | None = None) -> None:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown run status {status!r}")
+    conn.execute(update(runs).where(runs.c.id == run_id)
+                 .values(status=status, finished_at=now, version=version, error=error))
+
+
+def list_runs(conn: Connection, job: str | None = None, limit: int = 50) -> list[Run]:
+    """The latest runs, newest first."""
+    query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    return [Run.from_row(r) for r in conn.execute(query)]
+
+
+def running_runs(conn: Connection, table: str) -> list[Run]:
+    rows = conn.execute(select(runs).where(runs.c.table_name == table, runs.c.status == "running"))
+    return [Run.from_row(r) for r in rows]
+
+
+def last_tick(conn: Connection, job: str) -> datetime | None:
+    """The latest cron tick a run of ``job`` stood for."""
+    return _utc(conn.execute(select(func.max(runs.c.scheduled_for)).where(runs.c.job == job)).scalar())

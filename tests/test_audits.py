@@ -37,7 +37,7 @@ def refused(engine, job, match: str) -> None:
     """The run fails its audits, the version is failed with the reason, and the view serves what it served."""
     before, active = view_rows(engine), catalog.status(engine)[0].active_version
     with pytest.raises(AuditError, match=match):
-        run_job(job, engine)
+        run_job(job, engine, force=True)
     pd.testing.assert_frame_equal(view_rows(engine), before)
     last = catalog.versions(engine, "scores")[-1].version
     assert last.status == "failed" and "audit failed" in last.error
@@ -46,26 +46,26 @@ def refused(engine, job, match: str) -> None:
 
 def test_a_good_run_stores_passing_audits(engine, customers, write_job):
     job = load_job(write_job(with_audits("bounds = { prediction = { min = -10, max = 10 } }"), model=Scripted()))
-    result = run_job(job, engine)
+    result = run_job(job, engine, force=True)
     names = {r.name for r in result.audits}
     assert {"row_count", "keys_not_null", "keys_unique", "outputs_finite", "bounds:prediction"} <= names
     assert all(stored(engine, 1).values()) and len(stored(engine, 1)) == len(names)
 
 
 def test_nan_predictions_are_refused(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     refused(engine, load_job(write_job(SCRIPTED_JOB, model=Scripted(nan_every=7))),
             r"outputs_finite: NULL, NaN or infinite predictions in prediction: 58 row\(s\)")
     assert stored(engine, 2)["outputs_finite"] is False
 
 
 def test_infinite_predictions_are_refused(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     refused(engine, load_job(write_job(SCRIPTED_JOB, model=Scripted(scale=np.inf))), "outputs_finite")
 
 
 def test_bounds(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     job = load_job(write_job(with_audits("bounds = { prediction = { min = 0 } }"), model=Scripted(shift=-100)))
     refused(engine, job, r"bounds:prediction: outside \[0, \]: min -10\d\.\d+ < 0")
 
@@ -86,7 +86,7 @@ def test_drift_by_share_of_moved_keys(engine, customers, write_job):
 
 
 def test_sql_audits_must_return_no_rows(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     audits = """
         [[audits.sql]]
         name = "small_ids_are_positive"
@@ -101,24 +101,24 @@ def test_sql_audits_must_return_no_rows(engine, customers, write_job):
 
 
 def test_a_broken_sql_audit_fails_the_audit_not_the_process(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     audits = '[[audits.sql]]\nname = "typo"\nquery = "SELEC * FROM {table}"'
     refused(engine, load_job(write_job(with_audits(audits), model=Scripted())), "sql:typo: query failed")
 
 
 def test_empty_domain_is_refused_unless_allowed(engine, customers, write_job):
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     empty = SCRIPTED_JOB.replace("FROM customers", "FROM customers WHERE customer_id < 0")
     with pytest.raises(AuditError, match="refusing to publish an empty version"):
-        run_job(load_job(write_job(empty, model=Scripted())), engine)
+        run_job(load_job(write_job(empty, model=Scripted())), engine, force=True)
     assert len(view_rows(engine)) == 400
-    result = run_job(load_job(write_job(empty + "\n[audits]\nallow_empty = true\n", model=Scripted())), engine)
+    result = run_job(load_job(write_job(empty + "\n[audits]\nallow_empty = true\n", model=Scripted())), engine, force=True)
     assert result.rows == 0 and len(view_rows(engine)) == 0
 
 
 def test_audit_command_reruns_and_stores(engine, db_url, customers, write_job, tmp_path, monkeypatch):
     bounds = "bounds = { prediction = { max = 1.0 } }"
-    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     write_job(with_audits(bounds), model=Scripted())  # the job file tightened after the run
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["audit", "scores", "1", "--db", db_url])

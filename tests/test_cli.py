@@ -73,6 +73,8 @@ def test_run_versions_rollback_activate_history_status(cli, db_url, engine, job)
 def test_no_activate_then_activate(cli, db_url, engine, job):
     assert cli("run", "scores", "--db", db_url)[0] == 0
     code, out = cli("run", "scores", "--db", db_url, "--no-activate")
+    assert code == 0 and out.startswith("scores: skipped: version 1 already holds ")  # same model, same domain
+    code, out = cli("run", "scores", "--db", db_url, "--no-activate", "--force")
     assert code == 0 and "version 2 is ready, not active" in out and "pipeline activate scores 2" in out
     assert view_versions(engine) == {1}
 

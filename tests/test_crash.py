@@ -31,7 +31,7 @@ JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nc
 def start_run(tmp_path: Path, db_url: str, pause: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
     env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
     env.pop("PIPELINE_DATABASE_URL", None)
-    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--db", db_url], cwd=tmp_path,
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", db_url], cwd=tmp_path,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     def pump() -> None:
@@ -89,8 +89,10 @@ def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase
     assert (killed.version, killed.status) == (2, "failed") and killed.error.startswith("abandoned")
     with engine.connect() as conn:
         assert not engine.dialect.has_table(conn, "scores__v2")  # the partial table is gone
+    run = catalog.runs(engine, "scores")[0]
+    assert (run.status, run.error[:9]) == ("failed", "abandoned")
 
-    again = run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine)
+    again = run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine, force=True)
     assert (again.version, again.activated) == (3, True)
     view = view_rows(engine)
     assert len(view) == ROWS and set(view.model_version) == {3}
@@ -102,8 +104,8 @@ def test_a_second_run_while_one_is_in_progress_is_refused(db_url, engine, served
     child, lines = start_run(tmp_path, db_url, "loading:30")
     try:
         wait_for(lines, "pipeline: paused at loading")
-        out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", db_url])
-        assert out.exit_code == 1 and "scores is being written by" in out.output
+        out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--force", "--db", db_url])
+        assert out.exit_code == 75 and "scores is being written by" in out.output
         assert out.output.count("\n") == 1
     finally:
         child.kill()
@@ -135,5 +137,5 @@ def test_connections_terminated_mid_load_fail_the_run_cleanly(postgresql_url, wr
     pd.testing.assert_frame_equal(view_rows(engine), served)
     version = catalog.versions(engine, "scores")[1].version
     assert version.status == "failed" and "database error" in version.error
-    assert run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine).version == 3
+    assert run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine, force=True).version == 3
     engine.dispose()

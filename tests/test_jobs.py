@@ -305,7 +305,7 @@ BAD = [
     ("cron-minute-61", dict(top='schedule = "61 * * * *"'), "schedule",
      "not a valid cron expression '61 * * * *'"),
     ("cron-fields", dict(top='schedule = "* * *"'), "schedule",
-     "not a valid cron expression '* * *': Wrong number of fields"),
+     "not a valid cron expression '* * *': expected 5 fields"),
     ("unknown-timezone", dict(top='timezone = "Mars/Olympus"'), "timezone", "unknown time zone 'Mars/Olympus'"),
     ("timezone-path", dict(top='timezone = "../etc/passwd"'), "timezone", "unknown time zone '../etc/passwd'"),
     # files

@@ -76,9 +76,9 @@ def test_retrained_model_makes_version_2_and_rollback_and_activate_move_the_view
 
 def test_no_activate_builds_a_ready_version_and_leaves_the_view(engine, customers, write_job):
     path = write_job(CUSTOMERS_JOB)
-    run_job(load_job(path), engine)
+    run_job(load_job(path), engine, force=True)
     before = read_view(engine)
-    result = run_job(load_job(path), engine, activate=False)
+    result = run_job(load_job(path), engine, activate=False, force=True)
     assert (result.version, result.activated) == (2, False)
     pd.testing.assert_frame_equal(read_view(engine), before)
     activate(engine, "scores", 2)
@@ -88,7 +88,7 @@ def test_no_activate_builds_a_ready_version_and_leaves_the_view(engine, customer
 def test_rollback_to_a_named_version_and_refusals(engine, customers, write_job):
     path = write_job(CUSTOMERS_JOB)
     for _ in range(3):
-        run_job(load_job(path), engine)
+        run_job(load_job(path), engine, force=True)
     assert rollback(engine, "scores", to=1).to_version == 1
     with pytest.raises(FlipError, match="no ready version older than the active version 1"):
         rollback(engine, "scores")
@@ -167,7 +167,7 @@ def test_failing_query_marks_the_version_failed_and_keeps_the_view(engine, custo
 
 def test_sha256_mismatch_refuses_before_anything_is_written(engine, customers, write_job):
     path = write_job(CUSTOMERS_JOB)
-    run_job(load_job(path), engine)
+    run_job(load_job(path), engine, force=True)
     pinned = path.read_text().replace('method = "predict_proba"', 'method = "predict_proba"\nsha256 = "' + "0" * 64 + '"')
     path.write_text(pinned)
     _failing_run_leaves_view(engine, load_job(path), ModelError, "sha256 is [0-9a-f]{64}, but the job pins 0000")
@@ -217,8 +217,8 @@ def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, w
     from pipeline.db import make_engine
 
     path = write_job(CUSTOMERS_JOB)
-    run_job(load_job(path), engine)
-    run_job(load_job(path), engine)
+    run_job(load_job(path), engine, force=True)
+    run_job(load_job(path), engine, force=True)
     seen, problems, stop = [], [], threading.Event()
 
     def read() -> None:

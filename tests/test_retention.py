@@ -32,7 +32,7 @@ def tables(engine) -> set[str]:
 
 def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path):
     for _ in range(6):
-        run_job(load_job(job_path), engine)
+        run_job(load_job(job_path), engine, force=True)
     rollback(engine, "scores", to=2)  # active 2; its rollback target is 1
     result = gc(engine, "scores", keep=2)
     assert sorted(result.retired) == [3, 4]
@@ -46,14 +46,14 @@ def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path
 
 
 def test_gc_cleans_failed_tables_and_keeps_what_another_view_reads(engine, job_path, write_job):
-    run_job(load_job(job_path), engine)
+    run_job(load_job(job_path), engine, force=True)
     bad = load_job(write_job(SCRIPTED_JOB + '\n[audits]\nbounds = { prediction = { max = -100 } }',
                              name="strict", model=Scripted()))
     with pytest.raises(AuditError):
         run_job(bad, engine)
     assert "scores__v2" in tables(engine)  # a failed version's table stays for inspection
     for _ in range(3):
-        run_job(load_job(job_path), engine)
+        run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:
         conn.execute(text('CREATE VIEW report_v3 AS SELECT * FROM "scores__v3"'))
     result = gc(engine, "scores", keep=1)
@@ -66,14 +66,14 @@ def test_gc_cleans_failed_tables_and_keeps_what_another_view_reads(engine, job_p
 def test_keep_in_the_job_applies_after_each_run(engine, job_path):
     job_path.write_text(job_path.read_text().replace('table = "scores"', 'table = "scores"\nkeep = 2'))
     for _ in range(5):
-        run_job(load_job(job_path), engine)
+        run_job(load_job(job_path), engine, force=True)
     assert statuses(engine) == {1: "retired", 2: "retired", 3: "retired", 4: "ready", 5: "ready"}
     assert tables(engine) == {"scores__v4", "scores__v5"}
 
 
 def test_gc_command(engine, db_url, job_path, tmp_path, monkeypatch):
     for _ in range(4):
-        run_job(load_job(job_path), engine)
+        run_job(load_job(job_path), engine, force=True)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["gc", "scores", "--keep", "1", "--db", db_url])
     assert result.exit_code == 0 and result.output.strip() == "scores: retired 1, 2; cleaned failed none"
@@ -82,7 +82,7 @@ def test_gc_command(engine, db_url, job_path, tmp_path, monkeypatch):
 
 
 def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
-    run_job(load_job(job_path), engine)
+    run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:  # what a run killed mid-load leaves: a building row and maybe a table
         state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
                              model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())
@@ -91,13 +91,13 @@ def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
     version = catalog.versions(engine, "scores")[1].version
     assert version.status == "failed" and version.error.startswith("abandoned")
     assert "scores__v2" not in tables(engine)
-    assert run_job(load_job(job_path), engine).version == 3
+    assert run_job(load_job(job_path), engine, force=True).version == 3
 
 
 def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):
     from pipeline.dialects import dialect_for
 
-    run_job(load_job(job_path), engine)
+    run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:
         state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
                              model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())

@@ -33,6 +33,28 @@ CREATE TABLE pipeline_pointer (
 	PRIMARY KEY (table_name, alias)
 );
 
+CREATE TABLE pipeline_runs (
+	id INTEGER NOT NULL,
+	job VARCHAR(255) NOT NULL,
+	table_name VARCHAR(63) NOT NULL,
+	logical_date DATE NOT NULL,
+	"trigger" VARCHAR(16) NOT NULL,
+	scheduled_for DATETIME,
+	status VARCHAR(16) NOT NULL,
+	version INTEGER,
+	started_at DATETIME NOT NULL,
+	finished_at DATETIME,
+	error TEXT,
+	host TEXT,
+	pid INTEGER,
+	PRIMARY KEY (id),
+	CONSTRAINT pipeline_runs_status CHECK (status IN ('running', 'succeeded', 'failed', 'skipped'))
+);
+
+CREATE INDEX pipeline_runs_job ON pipeline_runs (job, id);
+
+CREATE UNIQUE INDEX pipeline_runs_tick ON pipeline_runs (job, scheduled_for);
+
 CREATE TABLE pipeline_versions (
 	table_name VARCHAR(63) NOT NULL,
 	version INTEGER NOT NULL,

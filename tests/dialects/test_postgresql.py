@@ -29,8 +29,8 @@ def pg(postgresql_url):
 def two_versions(pg, write_job):
     write_table(pg, "customers", customers_frame(1000))
     path = write_job(CUSTOMERS_JOB)
-    run_job(load_job(path), pg)
-    run_job(load_job(path), pg)
+    run_job(load_job(path), pg, force=True)
+    run_job(load_job(path), pg, force=True)
     return pg
 
 
@@ -80,7 +80,7 @@ def test_publishing_a_new_version_does_not_queue_readers_behind_a_slow_one(two_v
     with slow_engine.connect() as slow:
         slow.execute(text("SELECT COUNT(*) FROM scores")).scalar()  # holds AccessShareLock on the view
         runner = threading.Thread(target=lambda: result.setdefault("run", run_job(
-            load_job(write_job(CUSTOMERS_JOB)), two_versions)))
+            load_job(write_job(CUSTOMERS_JOB)), two_versions, force=True)))
         runner.start()
         with fast_engine.connect() as fast:
             deadline = time.monotonic() + 2.0

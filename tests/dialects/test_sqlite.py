@@ -38,8 +38,8 @@ def test_ddl_rolls_back_with_the_transaction(sqlite_engine):
 def test_point_lookup_through_the_view_uses_the_key_index(sqlite_engine, write_job):
     write_table(sqlite_engine, "customers", customers_frame(100))
     path = write_job(CUSTOMERS_JOB)
-    run_job(load_job(path), sqlite_engine)
-    run_job(load_job(path), sqlite_engine)
+    run_job(load_job(path), sqlite_engine, force=True)
+    run_job(load_job(path), sqlite_engine, force=True)
     with sqlite_engine.connect() as conn:
         # a real statement first: EXPLAIN alone does not notice a schema changed by another connection
         row = conn.execute(text("SELECT customer_id, model_version FROM scores WHERE customer_id = 42")).one()

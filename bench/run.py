@@ -1,0 +1,345 @@
+"""`make bench`: the pipeline against a naive pandas script and the raw limit, side by side in one run.
+
+    python bench/run.py                       # everything: PostgreSQL 100k/1M/10M, SQLite 100k/1M
+    python bench/run.py --sizes 100k,1M       # a quicker pass
+    python bench/run.py --databases sqlite
+
+Each contender runs as a whole process (imports included) under `measure`, which
+reports wall time and the child's own peak RSS (wait4). The data, the models and the
+jobs are made here; nothing is downloaded. Results go to bench/results.md.
+
+Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
+- naive:    pd.read_sql, predict_proba, DataFrame.to_sql (what users write by hand)
+- raw:      the fastest read (ADBC to Arrow on PostgreSQL), predict_proba, binary COPY
+            (executemany in one transaction on SQLite), each step timed alone
+- pipeline: `python -m pipeline run` (versioned table, key index, audits, flip)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FEATURES = [f"f{i}" for i in range(8)]
+PG_URL = os.environ.get("PIPELINE_BENCH_POSTGRES_URL",
+                        os.environ.get("PIPELINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
+
+
+# -- contenders, each run as its own process ---------------------------------------------
+
+def naive(url: str, table: str, model_path: str, out: str) -> dict:
+    """What a user writes by hand: read_sql, predict_proba, to_sql."""
+    import joblib
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    frame = pd.read_sql(f"SELECT * FROM {table}", engine)
+    proba = joblib.load(model_path).predict_proba(frame[FEATURES])
+    result = pd.DataFrame({"id": frame["id"], "proba_0": proba[:, 0], "proba_1": proba[:, 1]})
+    result.to_sql(out, engine, if_exists="replace", index=False)
+    return {"rows": len(result)}
+
+
+def raw(url: str, table: str, model_path: str, out: str) -> dict:
+    """The physical limit: the fastest reader, predict_proba, the fastest writer, each timed alone."""
+    import joblib
+    import numpy as np
+
+    model = joblib.load(model_path)
+    steps = {}
+    started = time.perf_counter()
+    if url.startswith("postgresql"):
+        import adbc_driver_postgresql.dbapi as adbc
+        import psycopg
+
+        with adbc.connect(url) as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM {table}")
+            frame = cursor.fetch_arrow_table().to_pandas()
+        steps["read"] = time.perf_counter() - started
+        started = time.perf_counter()
+        proba = model.predict_proba(frame[FEATURES])
+        steps["score"] = time.perf_counter() - started
+        started = time.perf_counter()
+        with psycopg.connect(url) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {out}")
+            conn.execute(f"CREATE TABLE {out} (id bigint, proba_0 double precision, proba_1 double precision)")
+            with conn.cursor().copy(f"COPY {out} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bigint", "double precision", "double precision"])
+                for row in zip(frame["id"].tolist(), proba[:, 0].tolist(), proba[:, 1].tolist()):
+                    copy.write_row(row)
+    else:
+        import sqlite3
+
+        import pandas as pd
+
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            cursor = conn.execute(f"SELECT * FROM {table}")
+            frame = pd.DataFrame(np.array(cursor.fetchall()), columns=[d[0] for d in cursor.description])
+        steps["read"] = time.perf_counter() - started
+        started = time.perf_counter()
+        proba = model.predict_proba(frame[FEATURES])
+        steps["score"] = time.perf_counter() - started
+        started = time.perf_counter()
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(f"DROP TABLE IF EXISTS {out}")
+        conn.execute(f"CREATE TABLE {out} (id INTEGER, proba_0 REAL, proba_1 REAL)")
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO {out} VALUES (?, ?, ?)",
+                         zip(frame["id"].astype("int64").tolist(), proba[:, 0].tolist(), proba[:, 1].tolist()))
+        conn.execute("COMMIT")
+        conn.close()
+    steps["write"] = time.perf_counter() - started
+    return {"rows": len(frame), **steps}
+
+
+def measure(command: list[str], env: dict | None = None) -> dict:
+    """Run ``command`` to completion; its wall time, its own peak RSS, and the JSON it printed last."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    out, err = child.stdout.read(), child.stderr.read()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({child.returncode}):\n{err[-2000:]}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, **(json.loads(lines[-1]) if lines else {})}
+
+
+# -- set-up --------------------------------------------------------------------------------
+
+def make_models(workdir: Path) -> dict[str, Path]:
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.random((50_000, 8)), columns=FEATURES)
+    y = (x.f0 + x.f1 * x.f2 + rng.normal(scale=0.3, size=len(x))) > 0.8
+    paths = {}
+    for name, model in (("hgb", HistGradientBoostingClassifier(max_iter=100, random_state=0)),
+                        ("logistic", LogisticRegression())):
+        paths[name] = workdir / f"{name}.joblib"
+        joblib.dump(model.fit(x, y), paths[name])
+    return paths
+
+
+def make_inputs(url: str, table: str, rows: int) -> None:
+    """``rows`` rows of an id and 8 random features, made inside the database where it can."""
+    features = ", ".join(f"random() AS {f}" for f in FEATURES)
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"CREATE TABLE {table} AS SELECT g::bigint AS id, {features} "
+                         f"FROM generate_series(1, {rows}) g")
+            conn.execute(f"ANALYZE {table}")
+        return
+    import sqlite3
+
+    import numpy as np
+
+    rng = np.random.default_rng(rows)
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, {', '.join(f + ' REAL' for f in FEATURES)})")
+    conn.execute("BEGIN")
+    for start in range(0, rows, 500_000):
+        n = min(500_000, rows - start)
+        ids = np.arange(start + 1, start + n + 1)
+        conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * 9)})",
+                         zip(ids.tolist(), *rng.random((8, n)).tolist()))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def write_job(workdir: Path, name: str, table: str, model: Path) -> Path:
+    path = workdir / f"{name}.toml"
+    path.write_text(f"""
+[domain]
+keys = ["id"]
+query = "SELECT * FROM {table}"
+[model]
+path = "{model}"
+method = "predict_proba"
+[output]
+table = "{name}"
+""")
+    return path
+
+
+def fresh_schema(url: str, schema: str = "pipeline_bench") -> str:
+    """An empty schema of its own, so that earlier runs and other users' tables do not interfere."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+# -- the measurements -----------------------------------------------------------------------
+
+def contenders(url: str, table: str, model: Path, job: Path, naive_too: bool) -> dict[str, dict]:
+    me = [sys.executable, str(Path(__file__).resolve())]
+    found = {}
+    if naive_too:
+        found["naive"] = measure(me + ["naive", url, table, str(model), "bench_naive_out"])
+    found["raw"] = measure(me + ["raw", url, table, str(model), "bench_raw_out"])
+    found["pipeline"] = measure([sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url, "--force"])
+    return found
+
+
+def flip_and_lookups(url: str, table: str, rows: int) -> dict:
+    """Median flip and rollback times, and point lookups through the view against the version table."""
+    import numpy as np
+    from sqlalchemy import text
+
+    from pipeline import activate, rollback
+    from pipeline.db import make_engine
+
+    engine = make_engine(url)
+    flips, backs = [], []
+    for _ in range(10):
+        started = time.perf_counter()
+        rollback(engine, table)
+        backs.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        activate(engine, table, 2)
+        flips.append(time.perf_counter() - started)
+    rng = np.random.default_rng(1)
+    keys = rng.integers(1, rows + 1, 2000).tolist()
+    timings = {}
+    with engine.connect() as conn:
+        for name, source in (("view", table), ("direct", f"{table}__v2")):
+            spent = []
+            for key in keys:
+                started = time.perf_counter()
+                conn.execute(text(f'SELECT proba_true FROM "{source}" WHERE id = :k'), {"k": key}).scalar()
+                spent.append(time.perf_counter() - started)
+            timings[name] = np.percentile(spent, [50, 99]) * 1000
+        explain = "EXPLAIN (COSTS OFF) " if url.startswith("postgresql") else "EXPLAIN QUERY PLAN "
+        plan = [" ".join(map(str, r)) if len(r) > 1 else r[0]
+                for r in conn.execute(text(f'{explain}SELECT proba_true FROM "{table}" WHERE id = 42'))]
+    engine.dispose()
+    return {"flip_ms": statistics.median(flips) * 1000, "rollback_ms": statistics.median(backs) * 1000,
+            "view": timings["view"], "direct": timings["direct"], "plan": plan}
+
+
+def machine(pg_url: str) -> list[str]:
+    import importlib.metadata as md
+    import sqlite3
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("pandas", "numpy", "scikit-learn", "SQLAlchemy",
+                                                            "psycopg", "pyarrow", "adbc-driver-postgresql"))
+    try:
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:
+            pg = conn.execute("SHOW server_version").fetchone()[0]
+    except Exception as exc:  # the report says why PostgreSQL is missing
+        pg = f"unavailable ({exc})"
+    return [f"- Machine: {cpu}, {os.cpu_count()} cores, {memory} GiB; {platform.platform()}",
+            f"- Python {platform.python_version()}; PostgreSQL {pg} (loopback); SQLite {sqlite3.sqlite_version}",
+            f"- {versions}",
+            f"- Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; figures are noisy on a shared "
+            "machine: compare ratios within one run."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100k,1M,10M")
+    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
+    parser.add_argument("--out", default=str(HERE / "results.md"))
+    args = parser.parse_args()
+    sizes = [s for s in args.sizes.split(",") if s]
+    databases = [d for d in args.databases.split(",") if d]
+    workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    models = make_models(workdir)
+    rows_md, flips_md, notes = [], [], []
+    for database in databases:
+        url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
+        for size in sizes:
+            n = SIZES[size]
+            if database == "sqlite" and n > 1_000_000:
+                continue
+            table = f"bench_inputs_{size.lower()}"
+            print(f"{database} {size}: making inputs", flush=True)
+            make_inputs(url, table, n)
+            for kind in ("hgb", "logistic") if size == "1M" else ("hgb",):
+                name = f"bench_{kind}_{size.lower()}"
+                job = write_job(workdir, name, table, models[kind])
+                print(f"{database} {size} {kind}: measuring", flush=True)
+                found = contenders(url, table, models[kind], job, SIZES[args.naive_max] >= n)
+                raw_sum = found["raw"]["read"] + found["raw"]["score"] + found["raw"]["write"]
+                base = found.get("naive", {}).get("wall")
+                rows_md.append(
+                    f"| {database} | {size} | {kind} | "
+                    + (f"{base:.1f} s, {found['naive']['rss_mb']:.0f} MB" if base else "not run")
+                    + f" | {found['raw']['read']:.2f} + {found['raw']['score']:.2f} + {found['raw']['write']:.2f}"
+                    f" = {raw_sum:.2f} s | {found['raw']['wall']:.1f} s, {found['raw']['rss_mb']:.0f} MB"
+                    f" | {found['pipeline']['wall']:.1f} s, {found['pipeline']['rss_mb']:.0f} MB"
+                    f" | {found['pipeline']['wall'] / found['raw']['wall']:.2f}x"
+                    f" | {(base / found['pipeline']['wall']) if base else float('nan'):.1f}x |")
+                print(rows_md[-1], flush=True)
+        largest = max((s for s in sizes if database == "postgresql" or SIZES[s] <= 1_000_000), key=SIZES.get)
+        for size in ("1k", largest):
+            n, name = SIZES[size], f"bench_hgb_{size.lower()}"
+            table = f"bench_inputs_{size.lower()}"
+            if size == "1k":
+                make_inputs(url, table, n)
+                write_job(workdir, name, table, models["hgb"])
+                runs = 2
+            else:
+                runs = 1  # the measured run made version 1
+            for _ in range(runs):
+                subprocess.run([sys.executable, "-m", "pipeline", "-q", "run", "--force", str(workdir / f"{name}.toml"),
+                                "--db", url], check=True)
+            f = flip_and_lookups(url, name, n)
+            flips_md.append(f"| {database} | {size} | {f['flip_ms']:.1f} ms | {f['rollback_ms']:.1f} ms | "
+                            f"{f['view'][0]:.3f} / {f['view'][1]:.3f} ms | "
+                            f"{f['direct'][0]:.3f} / {f['direct'][1]:.3f} ms | "
+                            f"{f['view'][0] / f['direct'][0]:.2f}x |")
+            notes.append(f"Plan of a point lookup through the view ({database}, {size}, two versions):\n\n```\n"
+                         + "\n".join(f["plan"]) + "\n```")
+            print(flips_md[-1], flush=True)
+    report = ["# Benchmark results", "", *machine(PG_URL), "",
+              "Whole processes, imports included: wall time and peak RSS. Raw limit steps are timed alone "
+              "inside one process (read + score + write). `vs raw` is pipeline wall / raw wall; "
+              "`vs naive` is naive wall / pipeline wall.", "",
+              "| database | rows | model | naive pandas | raw limit steps | raw limit process | pipeline run "
+              "| vs raw | vs naive |", "|---|---|---|---|---|---|---|---|---|", *rows_md, "",
+              "Flip and rollback (median of 10, the pointer moved between two versions), and 2,000 point "
+              "lookups (p50 / p99) through the view and on the version table directly:", "",
+              "| database | rows per version | flip | rollback | lookup via view | lookup direct | view / direct p50 |",
+              "|---|---|---|---|---|---|---|", *flips_md, "", *notes, ""]
+    Path(args.out).write_text("\n".join(report))
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("naive", "raw"):
+        print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])))
+    else:
+        main()

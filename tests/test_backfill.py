@@ -1,0 +1,108 @@
+"""Backfills and logical dates: one version per date, resumable, never moving the pointer backwards."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import CUSTOMERS_JOB, customers_frame, view_rows, write_table
+from pipeline import catalog, load_job, run_job
+from pipeline.backfill import backfill
+from pipeline.cli import main
+from pipeline.errors import PipelineError
+
+D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
+# The domain does not depend on the date; the query still takes it, as a real one would.
+DATED = CUSTOMERS_JOB.replace("FROM customers", "FROM customers WHERE CAST(:run_date AS VARCHAR(10)) > '2000'")
+# On 2026-01-02 this domain lists every key twice, so that date fails its key check.
+BROKEN_ON_D2 = CUSTOMERS_JOB.replace(
+    '"SELECT customer_id, x1, x2, x3 FROM customers"',
+    '"SELECT customer_id, x1, x2, x3 FROM customers UNION ALL SELECT customer_id, x1, x2, x3 FROM customers '
+    "WHERE CAST(:run_date AS VARCHAR(10)) = '2026-01-02'\"")
+
+
+@pytest.fixture
+def job_path(engine, write_job):
+    write_table(engine, "customers", customers_frame(100))
+    return write_job(DATED)
+
+
+def dated_versions(engine) -> dict[dt.date, list[str]]:
+    found: dict[dt.date, list[str]] = {}
+    for row in catalog.versions(engine, "scores"):
+        found.setdefault(row.version.logical_date, []).append(row.version.status)
+    return found
+
+
+def active_date(engine) -> dt.date:
+    return next(r.version.logical_date for r in catalog.versions(engine, "scores") if r.active)
+
+
+def test_three_dates_then_nothing_on_a_second_pass(engine, job_path):
+    result = backfill(load_job(job_path), engine, D1, D3)
+    assert sorted(result.done) == [D1, D2, D3] and not result.failed
+    assert dated_versions(engine) == {D1: ["ready"], D2: ["ready"], D3: ["ready"]}
+    assert active_date(engine) == D3 and result.flip.to_version == 3
+    again = backfill(load_job(job_path), engine, D1, D3)
+    assert all(r.skipped for r in again.done.values()) and again.flip is None
+    assert len(catalog.versions(engine, "scores")) == 3
+    assert [r.status for r in catalog.runs(engine, "scores")][:3] == ["skipped"] * 3
+
+
+def test_a_failed_date_is_the_only_one_redone(engine, job_path, write_job):
+    result = backfill(load_job(write_job(BROKEN_ON_D2)), engine, D1, D3)
+    assert sorted(result.done) == [D1, D3] and list(result.failed) == [D2]
+    assert "more than once" in result.failed[D2]
+    assert active_date(engine) == D3
+    fixed = backfill(load_job(write_job(DATED.replace(
+        "WHERE CAST(:run_date AS VARCHAR(10)) > '2000'", ""))), engine, D1, D3)
+    assert [d for d, r in fixed.done.items() if not r.skipped] == [D2] and not fixed.failed
+    assert dated_versions(engine) == {D1: ["ready"], D2: ["failed", "ready"], D3: ["ready"]}
+    assert active_date(engine) == D3  # the pointer stays on the newest date
+
+
+def test_the_pointer_never_goes_back_to_an_older_date(engine, job_path):
+    run_job(load_job(job_path), engine, logical_date=D3)
+    result = backfill(load_job(job_path), engine, D1, D2)
+    assert result.flip is None and "stands for 2026-01-03" in result.kept_pointer
+    assert active_date(engine) == D3
+    backfill(load_job(job_path), engine, dt.date(2026, 1, 4), dt.date(2026, 1, 4), activate="none")
+    assert active_date(engine) == D3
+
+
+def test_parallel_dates(engine, job_path):
+    result = backfill(load_job(job_path), engine, D1, dt.date(2026, 1, 4), parallel=2)
+    assert len(result.done) == 4 and not result.failed
+    assert sorted(dated_versions(engine)) == [D1, D2, D3, dt.date(2026, 1, 4)]
+    assert len(view_rows(engine)) == 100 and active_date(engine) == dt.date(2026, 1, 4)
+
+
+def test_bad_ranges(engine, job_path):
+    with pytest.raises(PipelineError, match="--end 2026-01-01 is before --start 2026-01-03"):
+        backfill(load_job(job_path), engine, D3, D1)
+
+
+def test_backfill_and_runs_commands(engine, db_url, job_path, write_job, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_job(BROKEN_ON_D2)
+    runner = CliRunner()
+    out = runner.invoke(main, ["backfill", "scores", "--start", "2026-01-01", "--end", "2026-01-03", "--db", db_url])
+    assert out.exit_code == 1
+    lines = out.output.splitlines()
+    assert lines[0].startswith("2026-01-01: version 1") and lines[1].startswith("2026-01-02: failed: ")
+    assert lines[-1] == ("Error: 1 of 3 date(s) failed: 2026-01-02; run the backfill again to retry them")
+    out = runner.invoke(main, ["runs", "scores", "--db", db_url])
+    rows = [line.split() for line in out.output.splitlines()[1:]]
+    assert out.exit_code == 0 and [(r[2], r[3], r[4]) for r in rows] == [
+        ("2026-01-03", "backfill", "succeeded"), ("2026-01-02", "backfill", "failed"),
+        ("2026-01-01", "backfill", "succeeded")]
+
+
+def test_a_manual_run_of_a_done_date_is_skipped_unless_forced(engine, job_path):
+    first = run_job(load_job(job_path), engine, logical_date=D1)
+    again = run_job(load_job(job_path), engine, logical_date=D1)
+    assert again.skipped and again.version == first.version
+    assert run_job(load_job(job_path), engine, logical_date=D2).version == 2  # another date is new work
+    assert run_job(load_job(job_path), engine, logical_date=D1, force=True).version == 3
