@@ -212,7 +212,8 @@ def ddl(sa_dialect: Any) -> str:
     statements = []
     for table in metadata.sorted_tables:
         statements.append(str(CreateTable(table).compile(dialect=sa_dialect)))
-        statements.extend(str(CreateIndex(ix).compile(dialect=sa_dialect)) for ix in table.indexes)
+        indexes = sorted(table.indexes, key=lambda ix: ix.name)  # a set: sort for a stable file
+        statements.extend(str(CreateIndex(ix).compile(dialect=sa_dialect)) for ix in indexes)
     tidy = ["\n".join(line.rstrip() for line in s.strip().splitlines()) for s in statements]
     return ";\n\n".join(tidy) + ";\n"
 

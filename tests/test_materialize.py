@@ -232,12 +232,14 @@ def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, w
                     problems.append(rows)
         reader.dispose()
 
-    threads = [threading.Thread(target=read) for _ in range(2)]
+    threads = [threading.Thread(target=read, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
-    for i in range(20):
-        activate(engine, "scores", 1 + i % 2)
-    stop.set()
+    try:
+        for i in range(20):
+            activate(engine, "scores", 1 + i % 2)
+    finally:
+        stop.set()
     for t in threads:
         t.join()
     assert problems == []

@@ -14,7 +14,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from sqlalchemy import text
 
 from conftest import SCRIPTED_JOB, customers_frame, report, write_table
@@ -81,9 +80,9 @@ def hammer(url: str, seconds: float, flip: bool, engine) -> dict[str, object]:
                 conn.commit()
         reader.dispose()
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(READERS)]
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(READERS)]
     if flip:
-        threads += [threading.Thread(target=flipper), threading.Thread(target=slow_reader)]
+        threads += [threading.Thread(target=flipper, daemon=True), threading.Thread(target=slow_reader, daemon=True)]
     for t in threads:
         t.start()
     time.sleep(seconds)

@@ -8,15 +8,17 @@ import os
 import re
 import socket
 import sqlite3
+from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.dialects.base import Columns, Dialect
-from pipeline.errors import DatabaseError, JobLocked
+from pipeline.dialects.base import RUN_DATE, Columns, Dialect
+from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 
 #: Execution option a writer sets so its transaction takes the write lock up front.
 WRITE_OPTION = "pipeline_write"
@@ -81,6 +83,27 @@ class SQLiteDialect(Dialect):
         pattern = re.compile(rf"(?<![\w$]){re.escape(table)}(?![\w$])", re.IGNORECASE)
         rows = conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger')")
         return [f"{kind} {name}" for kind, name, sql in rows if sql and name != table and pattern.search(sql)]
+
+    def read_query(self, engine: Engine, query: str, run_date: date | None,
+                   chunk_size: int) -> Iterator[pd.DataFrame]:
+        """Read with the sqlite3 cursor itself: 1.9 s for 1M rows x 9 columns here, against 6 s through
+        SQLAlchemy's row objects. (ADBC's SQLite driver reads faster, but it links a second SQLite
+        library into the process, and two libraries on one WAL file break each other's locks.)"""
+        params = {"run_date": run_date.isoformat() if run_date else None} if RUN_DATE.search(query) else {}
+        try:
+            with engine.connect() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                try:
+                    cursor.execute(query, params)
+                    if cursor.description is None:
+                        raise SourceError("it returns no rows to score (is it a SELECT?)")
+                    columns = [d[0] for d in cursor.description]
+                    while rows := cursor.fetchmany(chunk_size):
+                        yield pd.DataFrame.from_records(rows, columns=columns)
+                finally:
+                    cursor.close()
+        except (sqlite3.Error, SQLAlchemyError) as exc:
+            raise SourceError(first_line(exc)) from None
 
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         marks = ", ".join("?" for _ in columns)

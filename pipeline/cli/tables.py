@@ -1,0 +1,219 @@
+"""Commands about one run and the pointer: run, versions, activate, rollback, history, status, audit, gc."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import click
+
+from pipeline import catalog, materialize, pointer, retention, scheduler
+from pipeline.audits import failures
+from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
+                          print_table, table_engine)
+from pipeline.db import make_engine, redact, resolve_url
+from pipeline.errors import AuditError
+from pipeline.jobs import AuditSpec, find_job, iter_jobs, load_job
+
+
+@main.command()
+@click.argument("job")
+@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Logical date of the run, given to the query as :run_date (default: today, UTC).")
+@click.option("--no-activate", is_flag=True, help="Build and check the version, but leave the pointer alone.")
+@click.option("--force", is_flag=True, help="Run even if a ready version holds this date with the same model and "
+                                            "domain.")
+@click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
+                                                "once per tick, and exit 0 if another process has it.")
+@db_option
+@click.pass_obj
+@pipeline_errors
+def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
+        scheduled: bool, db_url: str | None) -> None:
+    """Score a job's domain into a new version and flip to it.
+
+    JOB is a job file's path or the name of a job in the jobs directory. A run for a
+    date that a ready version already holds, with the same model and domain, is
+    skipped (exit 0) unless --force. Exits 75 when another run holds the table.
+
+    \b
+    Example:
+      pipeline run churn --date 2026-01-31
+      pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
+    """
+    path = find_job(job, settings.jobs_dir)
+    if scheduled:
+        done = scheduler.run_tick(path, db_url, trigger="cron")
+        if done is None:
+            click.echo(f"{job}: another process is running this tick; nothing to do")
+        elif done.skipped:
+            click.echo(f"{done.table or job}: skipped: {done.skipped}")
+        else:
+            click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
+        return
+    loaded = load_job(path)
+    engine = make_engine(resolve_url(db_url, loaded.target))
+    try:
+        result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
+                                     activate=not no_activate, force=force)
+    finally:
+        engine.dispose()
+    where = redact(str(engine.url))
+    if result.skipped:
+        click.echo(f"{result.table}: skipped: {result.skipped}")
+    elif result.activated:
+        click.echo(f"{result.table}: version {result.version} is active ({result.rows} rows, "
+                   f"{result.seconds:.1f}s, previous: {result.previous or 'none'}) on {where}")
+    else:
+        click.echo(f"{result.table}: version {result.version} is ready, not active ({result.rows} rows, "
+                   f"{result.seconds:.1f}s) on {where}; `pipeline activate {result.table} {result.version}` "
+                   "serves it")
+
+
+@main.command()
+@click.argument("table")
+@db_option
+@pipeline_errors
+def versions(table: str, db_url: str | None) -> None:
+    """List the versions of a prediction table; * marks the active one.
+
+    \b
+    Example:
+      pipeline versions churn_scores
+    """
+    engine = table_engine(db_url, table)
+    rows = catalog.versions(engine, table)
+    print_table(
+        ["", "version", "status", "logical_date", "rows", "model_sha256", "started", "finished", "error"],
+        [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
+          v.started_at, v.finished_at, v.error] for r in rows for v in [r.version]],
+    )
+
+
+@main.command()
+@click.argument("table")
+@click.argument("version", type=click.IntRange(min=1))
+@db_option
+@pipeline_errors
+def activate(table: str, version: int, db_url: str | None) -> None:
+    """Point a table's view at a retained version.
+
+    \b
+    Example:
+      pipeline activate churn_scores 2
+    """
+    flip = pointer.activate(table_engine(db_url, table), table, version)
+    click.echo(f"{table}: version {flip.to_version} is active (was {flip.from_version or 'none'})")
+
+
+@main.command()
+@click.argument("table")
+@click.option("--to", "to", type=click.IntRange(min=1), help="Version to go back to (default: the previous one).")
+@db_option
+@pipeline_errors
+def rollback(table: str, to: int | None, db_url: str | None) -> None:
+    """Flip a table back to the previous ready version (or to --to VERSION).
+
+    \b
+    Example:
+      pipeline rollback churn_scores
+      pipeline rollback churn_scores --to 3
+    """
+    flip = pointer.rollback(table_engine(db_url, table), table, to)
+    click.echo(f"{table}: rolled back from version {flip.from_version} to {flip.to_version}")
+
+
+@main.command()
+@click.argument("table")
+@db_option
+@pipeline_errors
+def history(table: str, db_url: str | None) -> None:
+    """Show every pointer flip of a table, oldest first.
+
+    \b
+    Example:
+      pipeline history churn_scores
+    """
+    flips = catalog.history(table_engine(db_url, table), table)
+    print_table(["flipped_at", "from", "to", "reason", "by"],
+                [[f.flipped_at, f.from_version, f.to_version, f.reason, f.actor] for f in flips])
+
+
+@main.command()
+@db_option
+@click.pass_obj
+@pipeline_errors
+def status(settings: Settings, db_url: str | None) -> None:
+    """Show every prediction table: the active version and how the latest run went.
+
+    Without --db it looks in every target named by the job files (and the default).
+
+    \b
+    Example:
+      pipeline status --db postgresql://localhost/app
+    """
+    if db_url or os.environ.get(URL_ENV):
+        urls = [resolve_url(db_url)]
+    else:
+        urls = sorted({resolve_url(None, j.target) for j in iter_jobs(settings.jobs_dir)} or {resolve_url(None)})
+    rows = []
+    for url in urls:
+        engine = make_engine(url)
+        try:
+            for table, version in retention.reap(engine):
+                click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
+            rows.extend((redact(url), s) for s in catalog.status(engine))
+        finally:
+            engine.dispose()
+    if not rows:
+        click.echo(f"no prediction tables yet in {', '.join(redact(u) for u in urls)}")
+        return
+    print_table(["table", "active", "logical_date", "rows", "model_sha256", "activated", "latest", "database"],
+                [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
+                  s.activated_at, f"v{s.latest_version} {s.latest_status}", url] for url, s in rows])
+
+
+@main.command()
+@click.argument("table")
+@click.argument("version", type=click.IntRange(min=1))
+@db_option
+@pipeline_errors
+def audit(table: str, version: int, db_url: str | None) -> None:
+    """Re-run a version's audits (built-in, and those of the job that writes the table).
+
+    Exits 1 when an audit fails. The results are stored with the version.
+
+    \b
+    Example:
+      pipeline audit churn_scores 3
+    """
+    job = job_for_table(table)
+    results = materialize.audit_version(table_engine(db_url, table), table, version,
+                                        job.audits if job else AuditSpec())
+    print_table(["audit", "result", "detail"], [[r.name, "pass" if r.passed else "FAIL", r.detail] for r in results])
+    if any(not r.passed for r in results):
+        raise AuditError(f"{table} version {version}: audit failed: {failures(results)}")
+
+
+@main.command()
+@click.argument("table")
+@click.option("--keep", type=click.IntRange(min=1),
+              help=f"Ready versions to keep (default: the job's [output] keep, else {retention.DEFAULT_KEEP}).")
+@db_option
+@pipeline_errors
+def gc(table: str, keep: int | None, db_url: str | None) -> None:
+    """Drop old version tables; never the active version or its rollback target.
+
+    Failed versions lose their partial tables too. A table that another view still
+    reads is kept, and said so.
+
+    \b
+    Example:
+      pipeline gc churn_scores --keep 2
+    """
+    job = job_for_table(table)
+    keep = keep or (job.output.keep if job else None) or retention.DEFAULT_KEEP
+    result = retention.gc(table_engine(db_url, table), table, keep)
+    click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
+    for version, why in result.kept.items():
+        click.echo(f"{table}: kept version {version}: {why}")
