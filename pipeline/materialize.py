@@ -36,6 +36,8 @@ from pipeline.versions import version_table
 log = logging.getLogger("pipeline")
 
 Clock = Callable[[], datetime]
+EMPTY_DOMAIN = ("the domain is empty: the query or file listed no rows; refusing to publish an empty version "
+                "(set [audits] allow_empty = true to allow it)")
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,7 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
             overlapped(domain.chunks(), score, write)
             if domain.size == 0:
                 if not job.audits.allow_empty:
-                    raise AuditError("the domain is empty: the query or file listed no rows; refusing to publish "
-                                     "an empty version (set [audits] allow_empty = true to allow it)")
+                    raise AuditError(EMPTY_DOMAIN)
                 _create_empty(conn, dialect, writer, job.output.table)
             checkpoint("indexing")
             rows = writer.finish()

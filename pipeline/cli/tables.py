@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from datetime import datetime
 
 import click
 
 from pipeline import catalog, materialize, pointer, retention, scheduler
+from pipeline import plan as plans
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
                           print_table, table_engine)
@@ -217,3 +220,46 @@ def gc(table: str, keep: int | None, db_url: str | None) -> None:
     click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
     for version, why in result.kept.items():
         click.echo(f"{table}: kept version {version}: {why}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Logical date to plan for (default: today in the job's time zone).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@db_option
+@click.pass_obj
+@pipeline_errors
+def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: bool, db_url: str | None) -> None:
+    """Show what a run would do, without writing: domain size, features, outputs, model, audits, SQL.
+
+    It loads the model, lists and counts the domain and scores its first chunk, so it
+    fails (exit 1) on the mistakes a run would fail on.
+
+    \b
+    Example:
+      pipeline plan churn --date 2026-01-31
+    """
+    loaded = load_job(find_job(job, settings.jobs_dir))
+    engine = make_engine(resolve_url(db_url, loaded.target))
+    try:
+        found = plans.plan_job(loaded, engine, logical_date.date() if logical_date else materialize.today(loaded))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
+        return
+    active = f"v{found.active_version}" if found.active_version else "none"
+    for label, value in [
+        ("job", f"{found.job} -> {found.table} on {found.target}"),
+        ("run", f"version {found.version} for {found.logical_date} (active: {active})"),
+        ("domain", f"{found.domain_size} rows; keys {', '.join(found.keys)}; columns "
+                   f"{', '.join(found.domain_columns)}"),
+        ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
+        ("features", ", ".join(found.features)),
+        ("outputs", ", ".join(f"{c} {t}" for c, t in found.columns if c not in found.keys)),
+        ("audits", ", ".join(found.audits)),
+        ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),
+    ]:
+        click.echo(f"{label + ':':<10} {value}")
+    click.echo("\nSQL:\n" + ";\n".join(found.sql) + ";")

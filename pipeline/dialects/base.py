@@ -132,6 +132,11 @@ class Dialect:
         table = Table(name, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
         table.create(conn)
 
+    def load_sql(self, name: str, columns: Columns) -> str:
+        """The statement :meth:`load` sends, for ``pipeline plan`` and for :meth:`load` itself."""
+        marks = ", ".join("?" for _ in columns)
+        return f"INSERT INTO {self.quote(name)} ({self.column_list([c for c, _ in columns])}) VALUES ({marks})"
+
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         """Append ``frame`` (columns in ``columns`` order) to table ``name`` as fast as the database takes it."""
         raise NotImplementedError

@@ -84,10 +84,13 @@ class PostgresqlDialect(Dialect):
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return isinstance(getattr(exc, "orig", exc), psycopg.errors.LockNotAvailable)
 
+    def load_sql(self, name: str, columns: Columns) -> str:
+        return f"COPY {self.quote(name)} ({self.column_list([c for c, _ in columns])}) FROM STDIN (FORMAT BINARY)"
+
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         """Binary COPY through psycopg 3, on the connection's own transaction."""
         raw = conn.connection.driver_connection
-        sql = f"COPY {self.quote(name)} ({self.column_list([c for c, _ in columns])}) FROM STDIN (FORMAT BINARY)"
+        sql = self.load_sql(name, columns)
         types = [self.type_sql(t).lower() for _, t in columns]
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
             copy.set_types(types)

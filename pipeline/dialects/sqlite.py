@@ -106,9 +106,7 @@ class SQLiteDialect(Dialect):
             raise SourceError(first_line(exc)) from None
 
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
-        marks = ", ".join("?" for _ in columns)
-        sql = f"INSERT INTO {self.quote(name)} ({self.column_list([c for c, _ in columns])}) VALUES ({marks})"
-        conn.exec_driver_sql(sql, self.rows(frame))
+        conn.exec_driver_sql(self.load_sql(name, columns), self.rows(frame))
 
     def floor_sql(self, expression: str) -> str:
         # FLOOR needs SQLite's optional math functions; CAST truncates, which is the floor for x >= 0.

@@ -1,0 +1,108 @@
+"""``pipeline plan``: what a run would do, found by doing everything but the writing.
+
+The job file is loaded, the model loaded and checked, the domain listed and counted,
+the first chunk scored, and the SQL the run would issue is written out; nothing is
+created in the target database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import pandas as pd
+from sqlalchemy import Column, MetaData, Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateTable
+
+from pipeline import state
+from pipeline.db import redact
+from pipeline.dialects import dialect_for
+from pipeline.dialects.base import COLUMN_TYPES
+from pipeline.domain import Domain
+from pipeline.errors import AuditError, ModelError
+from pipeline.jobs import Job
+from pipeline.materialize import EMPTY_DOMAIN
+from pipeline.model import load_model
+from pipeline.store import infer_type
+from pipeline.transactions import reading
+from pipeline.versions import version_table
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: str
+    target: str
+    table: str
+    logical_date: date
+    version: int                       # the version a run would make
+    active_version: int | None
+    domain_size: int
+    domain_columns: tuple[str, ...]
+    keys: tuple[str, ...]
+    features: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # the version table's columns and types
+    model_class: str
+    model_sha256: str
+    method: str
+    audits: tuple[str, ...]
+    sql: tuple[str, ...]
+    schedule: str | None
+    next_tick: datetime | None
+
+
+def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
+    """Everything a run of ``job`` would do on ``engine``, without writing anything.
+
+    Raises:
+        PipelineError: the first problem a run would hit (job file, model, domain, scoring).
+    """
+    model = load_model(job.model)
+    keys = list(job.domain.keys)
+    domain = Domain(job.domain, engine, logical_date)
+    sample = None
+    try:
+        for chunk in domain.chunks():
+            if sample is None:
+                model.check_features(list(map(str, chunk.columns)))
+                clash = sorted(set(keys) & set(model.outputs))
+                if clash:
+                    raise ModelError(f"key column(s) {', '.join(clash)} have the name of a model output")
+                sample = pd.concat([chunk[keys].reset_index(drop=True),
+                                    model.score(chunk).reset_index(drop=True)], axis=1)
+                columns_seen = tuple(map(str, chunk.columns))
+    finally:
+        domain.close()
+    if sample is None and not job.audits.allow_empty:
+        raise AuditError(EMPTY_DOMAIN)
+    columns = tuple((str(c), infer_type(str(c), sample[c])) for c in sample.columns) if sample is not None else ()
+    with reading(engine) as conn:
+        known = state.has_schema(conn)
+        version = state.next_version(conn, job.output.table) if known else 1
+        pointer = state.get_pointer(conn, job.output.table) if known else None
+    dialect = dialect_for(engine)
+    physical = version_table(job.output.table, version)
+    table = Table(physical, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
+    names = [c for c, _ in columns]
+    sql = (
+        str(CreateTable(table).compile(dialect=engine.dialect)).strip(),
+        f"-- load {domain.size} rows in chunks of {job.domain.chunk_size}: "
+        f"{dialect.load_sql(physical, columns)}",
+        f"-- then the key: unique ({', '.join(keys)}); ANALYZE {physical}",
+        f"-- then the view {job.output.table}, one branch per retained version, e.g.\n"
+        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], names),
+    )
+    audits = ["row_count", "keys_not_null", "keys_unique", "outputs_finite"]
+    audits += [f"bounds:{c}" for c, _, _ in job.audits.bounds] + [f"drift:{d.column}" for d in job.audits.drift]
+    audits += [f"sql:{a.name}" for a in job.audits.sql]
+    next_tick = None
+    if job.schedule:
+        from pipeline.schedule import cron_trigger
+
+        next_tick = cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, state.utcnow())
+    return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
+                version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
+                domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
+                features=model.features, columns=columns, model_class=model.class_name,
+                model_sha256=model.sha256, method=model.method, audits=tuple(audits), sql=sql,
+                schedule=job.schedule, next_tick=next_tick)

@@ -1,0 +1,57 @@
+"""``pipeline plan``: what a run would do, and the mistakes it would hit, with nothing written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import CUSTOMERS_JOB, customers_frame, write_table
+from pipeline import load_job, run_job
+from pipeline.cli import main
+from pipeline.errors import AuditError, ModelError
+from pipeline.plan import plan_job
+
+
+def tables(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(engine.dialect.get_table_names(conn)) | set(engine.dialect.get_view_names(conn))
+
+
+def test_plan_counts_and_writes_nothing(engine, write_job):
+    write_table(engine, "customers", customers_frame(250))
+    job = load_job(write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 2')
+                             + '\n[audits]\nbounds = { proba_true = { min = 0, max = 1 } }\n'))
+    before = tables(engine)
+    found = plan_job(job, engine, dt.date(2026, 1, 2))
+    assert tables(engine) == before == {"customers"}
+    assert (found.version, found.active_version, found.domain_size) == (1, None, 250)
+    assert found.columns == (("customer_id", "integer"), ("proba_false", "float"), ("proba_true", "float"))
+    assert found.features == ("x1", "x2", "x3") and found.method == "predict_proba"
+    assert "bounds:proba_true" in found.audits and "CREATE TABLE" in found.sql[0] and "scores__v1" in found.sql[0]
+    run_job(job, engine)
+    again = plan_job(job, engine, dt.date(2026, 1, 2))
+    assert (again.version, again.active_version) == (2, 1)
+
+
+def test_plan_fails_where_a_run_would(engine, write_job):
+    write_table(engine, "customers", customers_frame(20).drop(columns=["x3"]))
+    with pytest.raises(ModelError, match="lacks: x3"):
+        plan_job(load_job(write_job(CUSTOMERS_JOB.replace("x2, x3", "x2"))), engine, dt.date(2026, 1, 1))
+    with pytest.raises(AuditError, match="the domain is empty"):
+        plan_job(load_job(write_job(CUSTOMERS_JOB.replace("x2, x3", "x2").replace(
+            "FROM customers", "FROM customers WHERE customer_id < 0"))), engine, dt.date(2026, 1, 1))
+    assert tables(engine) == {"customers"}
+
+
+def test_plan_command(engine, db_url, write_job, tmp_path, monkeypatch):
+    write_table(engine, "customers", customers_frame(30))
+    write_job('schedule = "0 3 * * *"\n' + CUSTOMERS_JOB)
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(main, ["plan", "scores", "--db", db_url])
+    assert out.exit_code == 0 and "30 rows; keys customer_id" in out.output and "next tick" in out.output
+    out = CliRunner().invoke(main, ["plan", "scores", "--json", "--db", db_url])
+    data = json.loads(out.output)
+    assert data["domain_size"] == 30 and data["version"] == 1 and data["schedule"] == "0 3 * * *"
