@@ -29,6 +29,8 @@ class TableStatus:
     latest_version: int
     latest_status: str
     latest_error: str | None
+    last_run: state.Run | None = None          # the newest run of the table, whatever its outcome
+    failed_runs: int = 0                       # failed runs since the last success
 
 
 def versions(engine: Engine, table: str) -> list[VersionRow]:
@@ -61,6 +63,12 @@ def status(engine: Engine) -> list[TableStatus]:
             pointer = state.get_pointer(conn, table)
             active = next((v for v in found if pointer and v.version == pointer.version), None)
             latest = found[-1]
+            recent = [r for r in state.list_runs(conn, limit=200) if r.table_name == table]
+            failed = 0
+            for run in recent:
+                if run.status == "succeeded":
+                    break
+                failed += run.status == "failed"
             rows.append(TableStatus(
                 table=table,
                 active_version=active.version if active else None,
@@ -71,6 +79,8 @@ def status(engine: Engine) -> list[TableStatus]:
                 latest_version=latest.version,
                 latest_status=latest.status,
                 latest_error=latest.error,
+                last_run=recent[0] if recent else None,
+                failed_runs=failed,
             ))
     return rows
 

@@ -95,14 +95,10 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
     audits = ["row_count", "keys_not_null", "keys_unique", "outputs_finite"]
     audits += [f"bounds:{c}" for c, _, _ in job.audits.bounds] + [f"drift:{d.column}" for d in job.audits.drift]
     audits += [f"sql:{a.name}" for a in job.audits.sql]
-    next_tick = None
-    if job.schedule:
-        from pipeline.schedule import cron_trigger
-
-        next_tick = cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, state.utcnow())
+    from pipeline.scheduler import next_tick
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
                 domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
                 model_sha256=model.sha256, method=model.method, audits=tuple(audits), sql=sql,
-                schedule=job.schedule, next_tick=next_tick)
+                schedule=job.schedule, next_tick=next_tick(job))

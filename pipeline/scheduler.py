@@ -69,6 +69,13 @@ def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResul
     return result
 
 
+def next_tick(job: Job, now: datetime | None = None) -> datetime | None:
+    """When the job's schedule fires next (None without a schedule)."""
+    if not job.schedule:
+        return None
+    return cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, now or state.utcnow())
+
+
 def missed_ticks(job: Job, db_url: str | None, now: datetime) -> list[datetime]:
     """Ticks of ``job`` after its last recorded scheduled run and before ``now`` less the grace time."""
     engine = make_engine(resolve_url(db_url, job.target))

@@ -142,3 +142,18 @@ def test_every_command_has_help_with_an_example():
     for name in main.commands:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output, name
+
+
+def test_status_json_reports_the_last_run_and_failures(cli, db_url, engine, job):
+    import json
+
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    job.write_text(job.read_text().replace("FROM customers", "FROM missing_table"))
+    assert cli("run", "scores", "--db", db_url, "--force")[0] == 1
+    code, out = cli("status", "--json", "--db", db_url)
+    (row,) = json.loads(out)
+    assert code == 0 and row["table"] == "scores" and row["active_version"] == 1
+    assert row["last_run"]["status"] == "failed" and "missing_table" in row["last_run"]["error"]
+    assert row["failed_runs"] == 1 and row["latest_status"] == "failed" and row["age_seconds"] >= 0
+    code, out = cli("status", "--db", db_url)
+    assert out.splitlines()[1].split()[:2] == ["scores", "1"] and "failed" in out

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 
-from pipeline import catalog, materialize, pointer, retention, scheduler
+from pipeline import catalog, materialize, pointer, retention, scheduler, state
 from pipeline import plan as plans
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
@@ -143,22 +143,27 @@ def history(table: str, db_url: str | None) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per table, for machines.")
 @db_option
 @click.pass_obj
 @pipeline_errors
-def status(settings: Settings, db_url: str | None) -> None:
-    """Show every prediction table: the active version and how the latest run went.
+def status(settings: Settings, as_json: bool, db_url: str | None) -> None:
+    """Show every prediction table: what serves, how old it is, the last run, the next tick.
 
     Without --db it looks in every target named by the job files (and the default).
+    Runs that died are found here and marked failed.
 
     \b
     Example:
       pipeline status --db postgresql://localhost/app
+      pipeline status --json
     """
+    jobs = iter_jobs(settings.jobs_dir)
     if db_url or os.environ.get(URL_ENV):
         urls = [resolve_url(db_url)]
     else:
-        urls = sorted({resolve_url(None, j.target) for j in iter_jobs(settings.jobs_dir)} or {resolve_url(None)})
+        urls = sorted({resolve_url(None, j.target) for j in jobs} or {resolve_url(None)})
+    ticks = {j.output.table: scheduler.next_tick(j) for j in jobs if j.schedule}
     rows = []
     for url in urls:
         engine = make_engine(url)
@@ -168,12 +173,29 @@ def status(settings: Settings, db_url: str | None) -> None:
             rows.extend((redact(url), s) for s in catalog.status(engine))
         finally:
             engine.dispose()
+    now = state.utcnow()
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(s), "database": url, "next_tick": ticks.get(s.table),
+                                "age_seconds": (now - s.activated_at).total_seconds() if s.activated_at else None}
+                               for url, s in rows], default=str, indent=2))
+        return
     if not rows:
         click.echo(f"no prediction tables yet in {', '.join(redact(u) for u in urls)}")
         return
-    print_table(["table", "active", "logical_date", "rows", "model_sha256", "activated", "latest", "database"],
+    print_table(["table", "active", "logical_date", "rows", "model", "age", "last run", "failing", "next tick",
+                 "database"],
                 [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
-                  s.activated_at, f"v{s.latest_version} {s.latest_status}", url] for url, s in rows])
+                  _age(now - s.activated_at) if s.activated_at else None,
+                  f"{s.last_run.status} {s.last_run.logical_date}" if s.last_run else None,
+                  s.failed_runs or None, ticks.get(s.table), url] for url, s in rows])
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @main.command()
