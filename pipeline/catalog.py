@@ -89,3 +89,9 @@ def runs(engine: Engine, job: str | None = None, limit: int = 50) -> list[state.
     """The latest runs, newest first, of one job or of all."""
     with reading(engine) as conn:
         return state.list_runs(conn, job, limit) if state.has_schema(conn) else []
+
+
+def audits(engine: Engine, table: str, version: int) -> list[state.AuditRow]:
+    """The stored results of a version's latest audit."""
+    with reading(engine) as conn:
+        return state.list_audits(conn, table, version) if state.has_schema(conn) else []

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -52,6 +52,8 @@ class RunResult:
     audits: tuple[AuditResult, ...] = ()
     #: Why no new version was made (the work was done already), or None.
     skipped: str | None = None
+    #: Seconds spent in each phase: load (read, score, write, key), audit, publish.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
@@ -168,14 +170,25 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(phase: str) -> None:
+        nonlocal mark
+        phases[phase] = time.monotonic() - mark
+        mark = time.monotonic()
+
     try:
         rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date)
+        lap("load")
         results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
+        lap("audit")
         ready = dict(finished_at=clock(), row_count=rows, columns=columns, domain_size=domain.size,
                      domain_fingerprint=domain.fingerprint)
         still_held()
         flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
                        clock=clock)
+        lap("publish")
     except BaseException as exc:
         _fail(engine, table, version, exc, clock)
         raise
@@ -183,7 +196,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     if job.output.keep is not None:
         gc(engine, table, job.output.keep, clock=clock)
     return RunResult(table, version, physical, rows, activate, flip.from_version if flip else None, 0.0,
-                     tuple(results))
+                     tuple(results), phases=phases)
 
 
 def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_date: date, clock: Clock) -> int:

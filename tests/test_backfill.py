@@ -88,7 +88,7 @@ def test_backfill_and_runs_commands(engine, db_url, job_path, write_job, tmp_pat
     monkeypatch.chdir(tmp_path)
     write_job(BROKEN_ON_D2)
     runner = CliRunner()
-    out = runner.invoke(main, ["backfill", "scores", "--start", "2026-01-01", "--end", "2026-01-03", "--db", db_url])
+    out = runner.invoke(main, ["--quiet", "backfill", "scores", "--start", "2026-01-01", "--end", "2026-01-03", "--db", db_url])
     assert out.exit_code == 1
     lines = out.output.splitlines()
     assert lines[0].startswith("2026-01-01: version 1") and lines[1].startswith("2026-01-02: failed: ")

@@ -7,10 +7,11 @@ scheduler, cron, run history)."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 import click
@@ -22,6 +23,17 @@ from pipeline.jobs import Job, iter_jobs
 
 JOBS_ENV = "PIPELINE_JOBS_DIR"
 LOCKED_EXIT = 75  # EX_TEMPFAIL: another run holds the table
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 class Settings:
@@ -101,9 +113,11 @@ def _cell(value: Any) -> str:
 @click.option("--jobs", "jobs_dir", default=lambda: os.environ.get(JOBS_ENV, "jobs"), show_default="jobs",
               metavar="DIR", help=f"Where job files live (also ${JOBS_ENV}).")
 @click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per log line, for log shippers.")
 @click.version_option(package_name="prediction-pipeline")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool) -> None:
+def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format: str) -> None:
     """Materialize model predictions into versioned tables and flip a pointer.
 
     \b
@@ -113,7 +127,12 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool) -> None:
       pipeline rollback churn_scores
     """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    else:  # leaves a host application's (or pytest's) handlers alone, as basicConfig does
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     ctx.obj = Settings(debug, jobs_dir)
 
 

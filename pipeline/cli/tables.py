@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import click
 
-from pipeline import catalog, materialize, pointer, retention, scheduler, state
+from pipeline import catalog, materialize, metrics, pointer, retention, scheduler, state
 from pipeline import plan as plans
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
@@ -26,13 +26,15 @@ from pipeline.jobs import AuditSpec, find_job, iter_jobs, load_job
 @click.option("--no-activate", is_flag=True, help="Build and check the version, but leave the pointer alone.")
 @click.option("--force", is_flag=True, help="Run even if a ready version holds this date with the same model and "
                                             "domain.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="After the run, write Prometheus metrics there (for node_exporter's textfile collector).")
 @click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
                                                 "once per tick, and exit 0 if another process has it.")
 @db_option
 @click.pass_obj
 @pipeline_errors
 def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
-        scheduled: bool, db_url: str | None) -> None:
+        metrics_file: str | None, scheduled: bool, db_url: str | None) -> None:
     """Score a job's domain into a new version and flip to it.
 
     JOB is a job file's path or the name of a job in the jobs directory. A run for a
@@ -56,10 +58,13 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         return
     loaded = load_job(path)
     engine = make_engine(resolve_url(db_url, loaded.target))
+    result = None
     try:
         result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
                                      activate=not no_activate, force=force)
     finally:
+        if metrics_file:
+            metrics.write_metrics(metrics_file, engine, loaded.name, loaded.output.table, result)
         engine.dispose()
     where = redact(str(engine.url))
     if result.skipped:
