@@ -57,7 +57,7 @@ def build(db: str, seed: int) -> None:
     engine.dispose()
     MODEL.parent.mkdir(exist_ok=True)
     joblib.dump(train(frame, seed), MODEL)
-    print(f"customers: {len(frame)} rows in {db}; model (seed {seed}): {MODEL.relative_to(Path.cwd())}")
+    print(f"customers: {len(frame)} rows in {db}; model (seed {seed}): {MODEL}")
 
 
 def show(db: str) -> None:

@@ -157,3 +157,17 @@ def test_status_json_reports_the_last_run_and_failures(cli, db_url, engine, job)
     assert row["failed_runs"] == 1 and row["latest_status"] == "failed" and row["age_seconds"] >= 0
     code, out = cli("status", "--db", db_url)
     assert out.splitlines()[1].split()[:2] == ["scores", "1"] and "failed" in out
+
+
+def test_diff_command(cli, db_url, engine, job):
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    train_model(job.parent / "models" / "scores.joblib", seed=2)
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    code, out = cli("diff", "scores", "1", "2", "--top", "2", "--db", db_url)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == ("scores: v1 200 rows, v2 200 rows; keys only in v1: 0, only in v2: 0, "
+                                      "in both: 200")
+    assert "proba_true: 200 of 200 shared keys changed (100.0%)" in out
+    assert sum(int(line.split()[2]) for line in lines if line.startswith("  [") and "proba_true" not in line) == 400
+    code, out = cli("diff", "scores", "1", "9", "--db", db_url)
+    assert code == 1 and "scores has no version 9" in out

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import click
 
 from pipeline import catalog, materialize, metrics, pointer, retention, scheduler, state
+from pipeline import diff as diffs
 from pipeline import plan as plans
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
@@ -290,3 +291,46 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
     ]:
         click.echo(f"{label + ':':<10} {value}")
     click.echo("\nSQL:\n" + ";\n".join(found.sql) + ";")
+
+
+@main.command()
+@click.argument("table")
+@click.argument("a", type=click.IntRange(min=1))
+@click.argument("b", type=click.IntRange(min=1))
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Biggest movers to show.")
+@db_option
+@pipeline_errors
+def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
+    """Compare versions A and B: keys only in one, and how each output moved (B - A).
+
+    Computed in the database; only figures and the top movers come back.
+
+    \b
+    Example:
+      pipeline diff churn_scores 3 4 --top 5
+    """
+    found = diffs.diff_versions(table_engine(db_url, table), table, a, b, top)
+    click.echo(f"{table}: v{a} {found.rows_a} rows, v{b} {found.rows_b} rows; keys only in v{a}: {found.only_in_a}, "
+               f"only in v{b}: {found.only_in_b}, in both: {found.in_both}")
+    for names, side in ((found.columns_only_in_a, a), (found.columns_only_in_b, b)):
+        if names:
+            click.echo(f"columns only in v{side}: {', '.join(names)}")
+    for column in found.numeric:
+        if column.mean_change is None:
+            click.echo(f"\n{column.column}: nothing to compare")
+            continue
+        click.echo(f"\n{column.column}: {column.changed} of {column.shared} shared keys changed "
+                   f"({column.changed_share:.1%}); mean change {column.mean_change:+.6g}, mean |change| "
+                   f"{column.mean_abs_change:.6g}, max |change| {column.max_abs_change:.6g}")
+        widest = max((b_.count for b_ in column.histogram), default=0) or 1
+        for bar in column.histogram:
+            span = f"[{bar.low:+.4g}, {bar.high:+.4g})"
+            click.echo(f"  {span:<22} {bar.count:>9}  {'#' * round(30 * bar.count / widest)}")
+        if column.top:
+            print_table([*found.keys, f"v{a}", f"v{b}", "change"],
+                        [[*m.key, m.a, m.b, f"{m.change:+.6g}"] for m in column.top])
+    for column in found.labels:
+        click.echo(f"\n{column.column}: {column.changed} of {column.shared} shared keys changed "
+                   f"({column.changed_share:.1%})")
+        for change in column.top:
+            click.echo(f"  {change.a} -> {change.b}: {change.count}")
