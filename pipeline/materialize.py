@@ -16,7 +16,7 @@ from typing import Callable
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from pipeline import state
 from pipeline.audits import AuditResult, Subject, failures, run_audits
@@ -36,6 +36,7 @@ from pipeline.versions import version_table
 log = logging.getLogger("pipeline")
 
 Clock = Callable[[], datetime]
+Progress = Callable[[int, "int | None"], None]
 EMPTY_DOMAIN = ("the domain is empty: the query or file listed no rows; refusing to publish an empty version "
                 "(set [audits] allow_empty = true to allow it)")
 
@@ -58,7 +59,7 @@ class RunResult:
 
 def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
             force: bool = False, trigger: str = "manual", scheduled_for: datetime | None = None,
-            clock: Clock = state.utcnow) -> RunResult:
+            clock: Clock = state.utcnow, progress: Progress | None = None) -> RunResult:
     """Materialize ``job`` into a new version of its table and, unless told not to, flip to it.
 
     Args:
@@ -71,6 +72,8 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
         trigger: what started the run (manual, schedule, cron, backfill), for the run history.
         scheduled_for: the cron tick a scheduled run stands for; a tick runs at most once.
         clock: the source of timestamps (tests pass a fixed one).
+        progress: called as rows are written with (rows so far, expected rows: the active
+            version's count, or None).
 
     Raises:
         JobLocked: another run of the same table is in progress; nothing was done.
@@ -84,7 +87,7 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
             prepare(engine, job.output.table, clock)
             return run_locked(job, engine, logical_date=logical_date or today(job, clock), activate=activate,
                               force=force, trigger=trigger, scheduled_for=scheduled_for, clock=clock,
-                              still_held=still_held)
+                              still_held=still_held, progress=progress)
     finally:
         if owned:
             engine.dispose()
@@ -106,7 +109,7 @@ def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
 
 def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, force: bool, trigger: str,
                scheduled_for: datetime | None, clock: Clock,
-               still_held: Callable[[], None] = lambda: None) -> RunResult:
+               still_held: Callable[[], None] = lambda: None, progress: Progress | None = None) -> RunResult:
     """One run, for a caller that holds the table's run lock and called :func:`prepare`."""
     started = time.monotonic()
     model = load_model(job.model)
@@ -127,7 +130,7 @@ def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, 
                              None, time.monotonic() - started, skipped=(
                                  f"version {done.version} already holds {logical_date} with the same model and "
                                  "domain (--force runs it anyway)"))
-        result = _build(job, engine, model, logical_date, activate, clock, still_held)
+        result = _build(job, engine, model, logical_date, activate, clock, still_held, progress)
     except BaseException as exc:
         _finish(engine, run_id, "failed", clock, error=_reason(exc))
         raise
@@ -164,7 +167,7 @@ def _finish(engine: Engine, run_id: int, status: str, clock: Clock, version: int
 
 
 def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate: bool, clock: Clock,
-           still_held: Callable[[], None]) -> RunResult:
+           still_held: Callable[[], None], progress: Progress | None) -> RunResult:
     dialect = dialect_for(engine)
     table = job.output.table
     version = _allocate(engine, dialect, job, model, logical_date, clock)
@@ -179,7 +182,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         mark = time.monotonic()
 
     try:
-        rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date)
+        rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date, progress)
         lap("load")
         results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
         lap("audit")
@@ -210,8 +213,8 @@ def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_
     return version
 
 
-def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: str,
-          logical_date: date) -> tuple[int, list[tuple[str, str]], Domain]:
+def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: str, logical_date: date,
+          progress: Progress | None = None) -> tuple[int, list[tuple[str, str]], Domain]:
     """Stream, score and write the whole domain in one transaction, then check its keys and index them."""
     keys = list(job.domain.keys)
     domain = Domain(job.domain, engine, logical_date)
@@ -228,11 +231,15 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
                 scores = model.score(chunk)
                 return pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
 
+            expected = _expected_rows(conn, job.output.table)
+
             def write(frame: pd.DataFrame) -> None:
                 first = writer.rows == 0
                 writer.write(frame)
                 if first:
                     checkpoint("loading")  # a partial table exists from here on
+                if progress is not None:
+                    progress(writer.rows, expected)
 
             overlapped(domain.chunks(), score, write)
             if domain.size == 0:
@@ -244,6 +251,13 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
     finally:
         domain.close()
     return rows, writer.columns, domain
+
+
+def _expected_rows(conn: Connection, table: str) -> int | None:
+    """What the progress bar expects: the active version's row count, the best guess before counting."""
+    pointer = state.get_pointer(conn, table)
+    active = state.get_version(conn, table, pointer.version) if pointer else None
+    return active.row_count if active else None
 
 
 def _create_empty(conn, dialect: Dialect, writer: VersionWriter, table: str) -> None:

@@ -37,9 +37,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class Settings:
-    def __init__(self, debug: bool, jobs_dir: str) -> None:
+    def __init__(self, debug: bool, jobs_dir: str, quiet: bool = False) -> None:
         self.debug = debug
         self.jobs_dir = jobs_dir
+        self.quiet = quiet
 
 
 def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,7 +134,7 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format
         logging.basicConfig(level=level, handlers=[handler], force=True)
     else:  # leaves a host application's (or pytest's) handlers alone, as basicConfig does
         logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    ctx.obj = Settings(debug, jobs_dir)
+    ctx.obj = Settings(debug, jobs_dir, quiet)
 
 
 from pipeline.cli import operations, tables  # noqa: E402,F401  (registers the commands)

@@ -18,6 +18,7 @@ from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table
 from pipeline.db import make_engine, redact, resolve_url
 from pipeline.errors import AuditError
 from pipeline.jobs import AuditSpec, find_job, iter_jobs, load_job
+from pipeline.progress import reporter
 
 
 @main.command()
@@ -61,8 +62,9 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     engine = make_engine(resolve_url(db_url, loaded.target))
     result = None
     try:
-        result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
-                                     activate=not no_activate, force=force)
+        with reporter(loaded.output.table, quiet=settings.quiet) as progress:
+            result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
+                                         activate=not no_activate, force=force, progress=progress)
     finally:
         if metrics_file:
             metrics.write_metrics(metrics_file, engine, loaded.name, loaded.output.table, result)
