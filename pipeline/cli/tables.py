@@ -12,6 +12,7 @@ import click
 from pipeline import catalog, materialize, metrics, pointer, retention, scheduler, state
 from pipeline import diff as diffs
 from pipeline import plan as plans
+from pipeline import report as reports
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
                           print_table, table_engine)
@@ -336,3 +337,25 @@ def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
                    f"({column.changed_share:.1%})")
         for change in column.top:
             click.echo(f"  {change.a} -> {change.b}: {change.count}")
+
+
+@main.command()
+@click.argument("table")
+@click.option("--out", "out", default=None, metavar="FILE.html", help="Where to write it (default: TABLE.html).")
+@click.option("--a", "a", type=click.IntRange(min=1), help="The version to compare with (default: the previous).")
+@click.option("--b", "b", type=click.IntRange(min=1), help="The version to show (default: the active one).")
+@db_option
+@pipeline_errors
+def report(table: str, out: str | None, a: int | None, b: int | None, db_url: str | None) -> None:
+    """Write a self-contained HTML report with plots: distributions, drift, versions, flips.
+
+    \b
+    Example:
+      pipeline report churn_scores --out churn.html
+    """
+    found = reports.build_report(table_engine(db_url, table), table, a, b)
+    path = out or f"{table}.html"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(found.html)
+    click.echo(f"{table}: report of v{found.b}" + (f" against v{found.a}" if found.a else "")
+               + f" with {found.plots} plots written to {path}")
