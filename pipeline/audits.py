@@ -156,26 +156,37 @@ def _drift(conn: Connection, dialect: Dialect, subject: Subject, spec: DriftSpec
     return AuditResult(name, passed, "; ".join(details))
 
 
-def population_stability(conn: Connection, dialect: Dialect, old: str, new: str, column: str) -> float:
-    """PSI of ``column`` between two tables, over equal-width bins spanning both."""
+def histogram(conn: Connection, dialect: Dialect, tables: Sequence[str], column: str,
+              bins: int) -> tuple[list[float], list[list[int]]]:
+    """Counts of ``column`` per table in ``bins`` equal-width bins spanning all ``tables``, counted in SQL.
+
+    Returns the bin edges and one row of counts per table; no edges when the column holds only NULLs.
+    """
     q, c = dialect.quote, dialect.quote(column)
-    lows, highs = zip(*(conn.execute(text(f"SELECT MIN({c}), MAX({c}) FROM {q(t)}")).one() for t in (old, new)))
-    if any(v is None for v in lows + highs):
+    bounds = [conn.execute(text(f"SELECT MIN({c}), MAX({c}) FROM {q(t)}")).one() for t in tables]
+    lows = [float(low) for low, _ in bounds if low is not None]
+    highs = [float(high) for _, high in bounds if high is not None]
+    if not lows:
+        return [], []
+    low, high = min(lows), max(highs)
+    width = (high - low) / bins or 1.0
+    bucket = f"CASE WHEN {c} >= {high!r} THEN {bins - 1} ELSE {dialect.floor_sql(f'({c} - {low!r}) / {width!r}')} END"
+    counts = []
+    for table in tables:
+        row = [0] * bins
+        for b, n in conn.execute(text(f"SELECT {bucket}, COUNT(*) FROM {q(table)} WHERE {c} IS NOT NULL GROUP BY 1")):
+            row[min(max(int(b), 0), bins - 1)] += n
+        counts.append(row)
+    return [low + i * width for i in range(bins + 1)], counts
+
+
+def population_stability(conn: Connection, dialect: Dialect, old: str, new: str, column: str) -> float:
+    """PSI of ``column`` between two tables, over equal-width bins spanning both (0 when either is all NULL)."""
+    _, counts = histogram(conn, dialect, [old, new], column, PSI_BINS)
+    if not counts or not all(sum(row) for row in counts):
         return 0.0
-    low, high = float(min(lows)), float(max(highs))
-    width = (high - low) / PSI_BINS or 1.0
-    bucket = (f"CASE WHEN {c} >= {high!r} THEN {PSI_BINS - 1} "
-              f"ELSE {dialect.floor_sql(f'({c} - {low!r}) / {width!r}')} END")
-
-    def shares(table: str) -> list[float]:
-        counts = [0] * PSI_BINS
-        for b, n in conn.execute(text(f"SELECT {bucket} AS b, COUNT(*) FROM {q(table)} WHERE {c} IS NOT NULL "
-                                      "GROUP BY 1")):
-            counts[min(max(int(b), 0), PSI_BINS - 1)] += n
-        total = sum(counts) or 1
-        return [max(n / total, 1e-4) for n in counts]
-
-    return sum((n - o) * math.log(n / o) for o, n in zip(shares(old), shares(new)))
+    before, after = ([max(n / sum(row), 1e-4) for n in row] for row in counts)
+    return sum((n - o) * math.log(n / o) for o, n in zip(before, after))
 
 
 def _sql(conn: Connection, dialect: Dialect, subject: Subject, name: str, query: str) -> AuditResult:

@@ -12,13 +12,12 @@ import html
 import io
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from pipeline import catalog, state
-from pipeline.audits import population_stability
+from pipeline.audits import histogram, population_stability
 from pipeline.diff import NUMERIC_TYPES, diff_versions
-from pipeline.dialects import Dialect, dialect_for
+from pipeline.dialects import dialect_for
 from pipeline.errors import FlipError
 from pipeline.transactions import reading
 from pipeline.versions import previous_version, version_table
@@ -46,26 +45,6 @@ def _svg(figure) -> str:
     return svg[svg.index("<svg"):]  # drop the XML prologue: the SVG sits inside HTML
 
 
-def _histogram(conn: Connection, dialect: Dialect, tables: list[str], column: str) -> tuple[list[float], list[list[int]]]:
-    """Counts of ``column`` in BINS equal-width bins over the range of all ``tables``."""
-    q, c = dialect.quote, dialect.quote(column)
-    bounds = [conn.execute(text(f"SELECT MIN({c}), MAX({c}) FROM {q(t)}")).one() for t in tables]
-    lows = [float(lo) for lo, _ in bounds if lo is not None]
-    highs = [float(hi) for _, hi in bounds if hi is not None]
-    if not lows:
-        return [], []
-    low, high = min(lows), max(highs)
-    width = (high - low) / BINS or 1.0
-    bucket = f"CASE WHEN {c} >= {high!r} THEN {BINS - 1} ELSE {dialect.floor_sql(f'({c} - {low!r}) / {width!r}')} END"
-    counts = []
-    for table in tables:
-        row = [0] * BINS
-        for b, n in conn.execute(text(f"SELECT {bucket}, COUNT(*) FROM {q(table)} WHERE {c} IS NOT NULL GROUP BY 1")):
-            row[min(max(int(b), 0), BINS - 1)] += n
-        counts.append(row)
-    return [low + i * width for i in range(BINS + 1)], counts
-
-
 def build_report(engine: Engine, table: str, a: int | None = None, b: int | None = None) -> Report:
     """The report of ``table`` comparing version ``a`` with ``b`` (default: previous and active)."""
     import matplotlib
@@ -91,7 +70,7 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
     sections, plots = [], 0
     with reading(engine) as conn:
         for column, _ in outputs:
-            edges, counts = _histogram(conn, dialect, [version_table(table, v) for v in versions], column)
+            edges, counts = histogram(conn, dialect, [version_table(table, v) for v in versions], column, BINS)
             if not edges:
                 continue
             figure, axis = plt.subplots(figsize=(7, 3))
