@@ -16,6 +16,7 @@ from pipeline.transactions import reading
 class VersionRow:
     version: state.Version
     active: bool
+    aliases: tuple[str, ...] = ()   # the aliases pointing at it (champion is the default view)
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,20 @@ def versions(engine: Engine, table: str) -> list[VersionRow]:
     """Every version of ``table``, oldest first, with the active one marked."""
     with reading(engine) as conn:
         found = state.list_versions(conn, table) if state.has_schema(conn) else []
-        pointer = state.get_pointer(conn, table) if found else None
+        pointers = state.list_pointers(conn, table) if found else []
     if not found:
         raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
-    active = pointer.version if pointer else None
-    return [VersionRow(v, v.version == active) for v in found]
+    active = next((p.version for p in pointers if p.alias == state.DEFAULT_ALIAS), None)
+    return [VersionRow(v, v.version == active, tuple(p.alias for p in pointers if p.version == v.version))
+            for v in found]
 
 
-def history(engine: Engine, table: str) -> list[state.Flip]:
-    """Every pointer move of ``table``, oldest first."""
+def history(engine: Engine, table: str, alias: str = state.DEFAULT_ALIAS) -> list[state.Flip]:
+    """Every move of ``table``'s pointer (or its ``alias``), oldest first."""
     with reading(engine) as conn:
         if not state.has_schema(conn) or table not in state.list_tables(conn):
             raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
-        return state.list_flips(conn, table)
+        return state.list_flips(conn, table, alias)
 
 
 def status(engine: Engine) -> list[TableStatus]:

@@ -21,7 +21,7 @@ from pipeline import state
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.errors import FlipError
 from pipeline.transactions import reading, retry_on_lock
-from pipeline.versions import previous_version, version_table
+from pipeline.versions import check_identifier, previous_version, version_table
 
 log = logging.getLogger("pipeline")
 Clock = Callable[[], Any]
@@ -110,30 +110,54 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
     return result
 
 
+#: Alias names kept for views of the pipeline's own (the A/B split, the default row).
+RESERVED_ALIASES = ("ab", "default")
+
+
+def check_alias(table: str, alias: str) -> str:
+    """An alias names a view ``<table>__<alias>``: a safe identifier that fits, not a reserved one."""
+    if alias == state.DEFAULT_ALIAS:
+        return alias
+    if alias in RESERVED_ALIASES or not alias.isidentifier() or not alias.isascii() or alias != alias.lower():
+        raise FlipError(f"alias {alias!r} must be lower-case letters, digits and '_', and not one of "
+                        f"{', '.join(RESERVED_ALIASES)}")
+    try:
+        check_identifier(view_name(table, alias))
+    except ValueError as exc:
+        raise FlipError(f"alias {alias!r}: {exc}") from None
+    return alias
+
+
 def activate(engine: Engine, table: str, version: int, *, reason: str = "activate",
-             clock: Clock = state.utcnow) -> FlipResult:
-    """Point ``table``'s view at a retained ready ``version``: the same O(1) flip a run ends with."""
+             alias: str = state.DEFAULT_ALIAS, clock: Clock = state.utcnow) -> FlipResult:
+    """Point ``table``'s view (or its ``alias`` view, ``<table>__<alias>``) at a retained ready ``version``.
+
+    The same O(1) flip a run ends with; every alias has its own pointer row and history.
+    """
     require_table(engine, table)
-    result = publish(engine, table, version, ready=None, move=True, reason=reason, clock=clock)
+    result = publish(engine, table, version, ready=None, move=True, reason=reason, clock=clock,
+                     alias=check_alias(table, alias))
     assert result is not None
     return result
 
 
-def rollback(engine: Engine, table: str, to: int | None = None, *, clock: Clock = state.utcnow) -> FlipResult:
+def rollback(engine: Engine, table: str, to: int | None = None, *, alias: str = state.DEFAULT_ALIAS,
+             clock: Clock = state.utcnow) -> FlipResult:
     """Flip ``table`` back to version ``to``, or to the newest ready version older than the active one."""
     require_table(engine, table)
     with reading(engine) as conn:
-        pointer = state.get_pointer(conn, table)
+        pointer = state.get_pointer(conn, table, check_alias(table, alias))
         usable = [v.version for v in state.list_versions(conn, table) if v.status == "ready"]
     if pointer is None:
-        raise FlipError(f"{table} has no active version to roll back from")
+        raise FlipError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
+                        "to roll back from")
     if to is None:
         to = previous_version(usable, pointer.version)
         if to is None:
             raise FlipError(f"{table}: no ready version older than the active version {pointer.version}")
     if to == pointer.version:
         raise FlipError(f"{table}: version {to} is already active")
-    return activate(engine, table, to, reason="rollback", clock=clock)
+    return activate(engine, table, to, reason="rollback", alias=alias, clock=clock)
 
 
 def require_table(engine: Engine, table: str) -> None:

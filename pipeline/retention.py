@@ -49,10 +49,10 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
         dialect.lock(conn, f"pipeline:{table}")
         result = GcResult(table)
         found = state.list_versions(conn, table)
-        pointer = state.get_pointer(conn, table)
+        pointers = state.list_pointers(conn, table)
         ready = [v.version for v in found if v.status == "ready"]
         protected = set(sorted(ready)[-keep:])
-        if pointer is not None:
+        for pointer in pointers:  # what every alias serves, and where it would roll back to
             protected.add(pointer.version)
             back = previous_version(ready, pointer.version)
             if back is not None:
@@ -61,12 +61,13 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
                   or (v.status == "failed" and _exists(conn, table, v.version))]
         if not doomed:
             return result
-        if pointer is not None and any(v.version in pointer.view_versions for v in doomed):
-            active = state.get_version(conn, table, pointer.version)
-            gone = {v.version for v in doomed}
-            listed = [m for m in members(conn, table, active.columns) if m not in gone]
-            write_view(conn, dialect, table, state.DEFAULT_ALIAS, listed, active.columns, same_columns=True)
-            state.set_view_versions(conn, table, state.DEFAULT_ALIAS, listed)
+        gone = {v.version for v in doomed}
+        for pointer in pointers:
+            if gone & set(pointer.view_versions):
+                active = state.get_version(conn, table, pointer.version)
+                listed = [m for m in members(conn, table, active.columns) if m not in gone]
+                write_view(conn, dialect, table, pointer.alias, listed, active.columns, same_columns=True)
+                state.set_view_versions(conn, table, pointer.alias, listed)
         for v in doomed:
             physical = version_table(table, v.version)
             users = dialect.dependents(conn, physical)

@@ -245,6 +245,12 @@ def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Poi
                    _utc(m["updated_at"]))
 
 
+def list_pointers(conn: Connection, table: str) -> list[Pointer]:
+    """Every alias of ``table`` (the default one, champion, included)."""
+    rows = conn.execute(select(pointer.c.alias).where(pointer.c.table_name == table).order_by(pointer.c.alias))
+    return [p for p in (get_pointer(conn, table, alias) for alias in rows.scalars()) if p is not None]
+
+
 def list_flips(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> list[Flip]:
     rows = conn.execute(select(flips).where(flips.c.table_name == table, flips.c.alias == alias)
                         .order_by(flips.c.id))

@@ -171,3 +171,16 @@ def test_diff_command(cli, db_url, engine, job):
     assert sum(int(line.split()[2]) for line in lines if line.startswith("  [") and "proba_true" not in line) == 400
     code, out = cli("diff", "scores", "1", "9", "--db", db_url)
     assert code == 1 and "scores has no version 9" in out
+
+
+def test_alias_commands(cli, db_url, engine, job):
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    assert cli("run", "scores", "--db", db_url, "--force", "--no-activate")[0] == 0
+    code, out = cli("activate", "scores", "2", "--alias", "challenger", "--db", db_url)
+    assert (code, out.strip()) == (0, "scores__challenger: version 2 is active (was none)")
+    code, out = cli("versions", "scores", "--db", db_url)
+    assert out.splitlines()[1].split()[-1] == "champion" and out.splitlines()[2].split()[-1] == "challenger"
+    code, out = cli("history", "scores", "--alias", "challenger", "--db", db_url)
+    assert code == 0 and [line.split()[2:4] for line in out.splitlines()[1:]] == [["-", "2"]]
+    code, out = cli("activate", "scores", "2", "--alias", "Bad-Name", "--db", db_url)
+    assert code == 1 and "alias 'Bad-Name' must be lower-case" in out

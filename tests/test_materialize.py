@@ -244,3 +244,26 @@ def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, w
         t.join()
     assert problems == []
     assert {s[0][0] for s in seen} <= {1, 2} and len(seen) > 0
+
+
+def test_aliases_point_their_own_views_and_gc_keeps_what_they_serve(engine, customers, write_job):
+    from pipeline import gc
+
+    path = write_job(CUSTOMERS_JOB)
+    for _ in range(4):
+        run_job(load_job(path), engine, force=True)
+    flip = activate(engine, "scores", 2, alias="challenger")
+    assert (flip.alias, flip.from_version, flip.to_version) == ("challenger", None, 2)
+    assert set(read_view(engine, "scores__challenger").model_version) == {2}
+    assert set(read_view(engine).model_version) == {4}  # the champion view is untouched
+    rows = {r.version.version: r.aliases for r in catalog.versions(engine, "scores")}
+    assert rows == {1: (), 2: ("challenger",), 3: (), 4: ("champion",)}
+    result = gc(engine, "scores", keep=1)
+    assert sorted(result.retired) == []  # 4 newest, 2 challenger, 1 its rollback target, 3 champion's
+    activate(engine, "scores", 4, alias="challenger")
+    assert sorted(gc(engine, "scores", keep=1).retired) == [1, 2]
+    assert set(read_view(engine, "scores__challenger").model_version) == {4}
+    assert [f.to_version for f in catalog.history(engine, "scores", "challenger")] == [2, 4]
+    assert rollback(engine, "scores", alias="challenger").to_version == 3
+    with pytest.raises(FlipError, match="alias 'ab' must be"):
+        activate(engine, "scores", 4, alias="ab")

@@ -82,6 +82,11 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
                    "serves it")
 
 
+def alias_option(func):
+    return click.option("--alias", default=state.DEFAULT_ALIAS, show_default=True,
+                        help="Which pointer: champion is the table's own view; another alias serves TABLE__ALIAS.")(func)
+
+
 @main.command()
 @click.argument("table")
 @db_option
@@ -96,34 +101,38 @@ def versions(table: str, db_url: str | None) -> None:
     engine = table_engine(db_url, table)
     rows = catalog.versions(engine, table)
     print_table(
-        ["", "version", "status", "logical_date", "rows", "model_sha256", "started", "finished", "error"],
+        ["", "version", "status", "logical_date", "rows", "model_sha256", "started", "finished", "error", "aliases"],
         [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
-          v.started_at, v.finished_at, v.error] for r in rows for v in [r.version]],
+          v.started_at, v.finished_at, v.error, ", ".join(r.aliases) or None] for r in rows for v in [r.version]],
     )
 
 
 @main.command()
 @click.argument("table")
 @click.argument("version", type=click.IntRange(min=1))
+@alias_option
 @db_option
 @pipeline_errors
-def activate(table: str, version: int, db_url: str | None) -> None:
-    """Point a table's view at a retained version.
+def activate(table: str, version: int, alias: str, db_url: str | None) -> None:
+    """Point a table's view (or an alias view, TABLE__ALIAS) at a retained version.
 
     \b
     Example:
       pipeline activate churn_scores 2
+      pipeline activate churn_scores 3 --alias challenger
     """
-    flip = pointer.activate(table_engine(db_url, table), table, version)
-    click.echo(f"{table}: version {flip.to_version} is active (was {flip.from_version or 'none'})")
+    flip = pointer.activate(table_engine(db_url, table), table, version, alias=alias)
+    click.echo(f"{pointer.view_name(table, alias)}: version {flip.to_version} is active "
+               f"(was {flip.from_version or 'none'})")
 
 
 @main.command()
 @click.argument("table")
 @click.option("--to", "to", type=click.IntRange(min=1), help="Version to go back to (default: the previous one).")
+@alias_option
 @db_option
 @pipeline_errors
-def rollback(table: str, to: int | None, db_url: str | None) -> None:
+def rollback(table: str, to: int | None, alias: str, db_url: str | None) -> None:
     """Flip a table back to the previous ready version (or to --to VERSION).
 
     \b
@@ -131,22 +140,23 @@ def rollback(table: str, to: int | None, db_url: str | None) -> None:
       pipeline rollback churn_scores
       pipeline rollback churn_scores --to 3
     """
-    flip = pointer.rollback(table_engine(db_url, table), table, to)
-    click.echo(f"{table}: rolled back from version {flip.from_version} to {flip.to_version}")
+    flip = pointer.rollback(table_engine(db_url, table), table, to, alias=alias)
+    click.echo(f"{pointer.view_name(table, alias)}: rolled back from version {flip.from_version} to {flip.to_version}")
 
 
 @main.command()
 @click.argument("table")
+@alias_option
 @db_option
 @pipeline_errors
-def history(table: str, db_url: str | None) -> None:
+def history(table: str, alias: str, db_url: str | None) -> None:
     """Show every pointer flip of a table, oldest first.
 
     \b
     Example:
       pipeline history churn_scores
     """
-    flips = catalog.history(table_engine(db_url, table), table)
+    flips = catalog.history(table_engine(db_url, table), table, alias)
     print_table(["flipped_at", "from", "to", "reason", "by"],
                 [[f.flipped_at, f.from_version, f.to_version, f.reason, f.actor] for f in flips])
 
