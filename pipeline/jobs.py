@@ -56,6 +56,8 @@ class OutputSpec:
     table: str
     #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
     keep: int | None = None
+    #: Values for keys outside the domain, served by the one-row view ``<table>__default``.
+    default: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ class _Reader:
                                                             "product", "chunk_size"})),
             model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features", "format",
                                                           "trusted"})),
-            output=self.output(self.section(raw, "output", {"table", "keep"})),
+            output=self.output(self.section(raw, "output", {"table", "keep", "default"})),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
         )
@@ -321,7 +323,17 @@ class _Reader:
         keep = self.get(raw, "keep", int, "output.keep")
         if keep is not None and keep < 1:
             raise self.fail("output.keep", "must be at least 1")
-        return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep)
+        default = []
+        for column, value in self.get(raw, "default", dict, "output.default", default={}).items():
+            self.identifier(column, f"output.default.{column}")
+            if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+                raise self.fail(f"output.default.{column}", "must be a finite number")
+            if not isinstance(value, (int, float, str, bool)):
+                raise self.fail(f"output.default.{column}", f"must be a number, string or boolean, got "
+                                                            f"{type(value).__name__}")
+            default.append((column, value))
+        return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
+                          default=tuple(default))
 
     def number(self, raw: dict[str, Any], key: str, where: str, minimum: float | None = None) -> float | None:
         value = self.get(raw, key, (int, float), where)

@@ -26,7 +26,7 @@ from pipeline.domain import Domain
 from pipeline.errors import AuditError, ModelError, PipelineError, SourceError, first_line
 from pipeline.jobs import AuditSpec, Job
 from pipeline.model import Model, load_model
-from pipeline.pointer import checkpoint, publish
+from pipeline.pointer import checkpoint, publish, write_default
 from pipeline.retention import gc, reap_locked
 from pipeline.stages import overlapped
 from pipeline.store import VersionWriter
@@ -170,6 +170,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
            still_held: Callable[[], None], progress: Progress | None) -> RunResult:
     dialect = dialect_for(engine)
     table = job.output.table
+    check_default(job, model)
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
@@ -196,6 +197,8 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         _fail(engine, table, version, exc, clock)
         raise
     log.info("%s: version %d ready, %d rows%s", table, version, rows, ", active" if activate else "")
+    if job.output.default:
+        write_default(engine, table, job.output.default)
     if job.output.keep is not None:
         gc(engine, table, job.output.keep, clock=clock)
     return RunResult(table, version, physical, rows, activate, flip.from_version if flip else None, 0.0,
@@ -268,6 +271,14 @@ def _create_empty(conn, dialect: Dialect, writer: VersionWriter, table: str) -> 
         raise AuditError("the domain is empty and there is no active version to take column types from")
     writer.columns = list(active.columns)
     dialect.create_table(conn, writer.name, writer.columns)
+
+
+def check_default(job: Job, model: Model) -> None:
+    """``[output] default`` may only name columns the model outputs."""
+    unknown = [c for c, _ in job.output.default if c not in model.outputs]
+    if unknown:
+        raise ModelError(f"[output] default names column(s) the model does not output: {', '.join(unknown)} "
+                         f"(outputs: {', '.join(model.outputs)})")
 
 
 def _check_inputs(model: Model, keys: list[str], columns: list[str]) -> None:

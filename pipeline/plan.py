@@ -22,7 +22,7 @@ from pipeline.dialects.base import COLUMN_TYPES
 from pipeline.domain import Domain
 from pipeline.errors import AuditError, ModelError
 from pipeline.jobs import Job
-from pipeline.materialize import EMPTY_DOMAIN
+from pipeline.materialize import EMPTY_DOMAIN, check_default
 from pipeline.model import load_model
 from pipeline.store import infer_type
 from pipeline.transactions import reading
@@ -58,6 +58,7 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
         PipelineError: the first problem a run would hit (job file, model, domain, scoring).
     """
     model = load_model(job.model)
+    check_default(job, model)
     keys = list(job.domain.keys)
     domain = Domain(job.domain, engine, logical_date)
     sample = None

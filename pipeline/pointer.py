@@ -176,3 +176,27 @@ def actor() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def write_default(engine: Engine, table: str, default: tuple[tuple[str, Any], ...]) -> None:
+    """Make ``<table>__default`` the one-row view of the job's values for keys outside the domain.
+
+    Applications read it with ``COALESCE`` over a left join (``sql/queries.sql``).
+    """
+    dialect = dialect_for(engine)
+    select_sql = "SELECT " + ", ".join(f"{_literal(v)} AS {dialect.quote(c)}" for c, v in default)
+
+    def step(conn: Connection) -> None:
+        dialect.lock(conn, f"pipeline:{table}")
+        dialect.replace_view(conn, view_name(table, "default"), select_sql, same_columns=False)
+
+    retry_on_lock(engine, dialect, f"{table}: default view", step)
+
+
+def _literal(value: Any) -> str:
+    """A SQL literal for a validated job-file value (number, string or boolean)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return "'" + str(value).replace("'", "''") + "'"

@@ -32,3 +32,12 @@ WHERE p.table_name = 'churn_scores' AND p.alias = 'champion';
 SELECT customer_id, proba_true
 FROM churn_scores__v1
 WHERE customer_id = :customer_id;
+
+-- 6. A value for every key, predicted or not: keys outside the domain (new customers since
+--    the last run) get the job's [output] default, served by the one-row view <table>__default.
+SELECT c.customer_id,
+       COALESCE(s.proba_true, d.proba_true) AS proba_true,
+       s.model_version                      -- NULL: the default answered
+FROM customers AS c
+CROSS JOIN churn_scores__default AS d
+LEFT JOIN churn_scores AS s ON s.customer_id = c.customer_id;

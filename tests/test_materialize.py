@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import joblib
 import numpy as np
 import pandas as pd
@@ -267,3 +269,21 @@ def test_aliases_point_their_own_views_and_gc_keeps_what_they_serve(engine, cust
     assert rollback(engine, "scores", alias="challenger").to_version == 3
     with pytest.raises(FlipError, match="alias 'ab' must be"):
         activate(engine, "scores", 4, alias="ab")
+
+
+def test_a_default_for_keys_outside_the_domain(engine, customers, write_job):
+    job = load_job(write_job(CUSTOMERS_JOB.replace('table = "scores"',
+                                                   'table = "scores"\ndefault = { proba_true = 0.1, proba_false = 0.9 }')))
+    run_job(job, engine)
+    extra = customers_frame(505)  # five customers the last run did not know
+    write_table(engine, "customers", extra)
+    query = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text().split("-- 6.")[1]
+    query = query[query.index("SELECT"):].rstrip().rstrip(";").replace("churn_scores", "scores")
+    with engine.connect() as conn:
+        rows = pd.read_sql(text(query), conn).sort_values("customer_id")
+    assert len(rows) == 505 and rows.model_version.isna().sum() == 5
+    assert (rows.proba_true.tail(5) == 0.1).all() and (rows.proba_true.head(500) != 0.1).all()
+    bad = load_job(write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { score = 1 }')))
+    with pytest.raises(ModelError, match="default names column.* the model does not output: score"):
+        run_job(bad, engine, force=True)
+    assert len(catalog.versions(engine, "scores")) == 1  # refused before anything was built
