@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 import click
@@ -39,18 +40,32 @@ def backfill(settings: Settings, job: str, start: datetime, end: datetime, paral
     loaded = load_job(find_job(job, settings.jobs_dir))
     engine = make_engine(resolve_url(db_url, loaded.target))
 
+    days = backfills.dates(start.date(), end.date())
+    bar = None
+    if sys.stderr.isatty() and not settings.quiet:  # a bar over the dates, with rate and ETA
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(days), desc=loaded.name, unit="date", file=sys.stderr)
+
     def say(day, done, error) -> None:
         if error is not None:
-            click.echo(f"{day}: failed: {error}")
+            line = f"{day}: failed: {error}"
         elif done.skipped:
-            click.echo(f"{day}: skipped: {done.skipped}")
+            line = f"{day}: skipped: {done.skipped}"
         else:
-            click.echo(f"{day}: version {done.version} ({done.rows} rows, {done.seconds:.1f}s)")
+            line = f"{day}: version {done.version} ({done.rows} rows, {done.seconds:.1f}s)"
+        if bar is not None:
+            bar.write(line)
+            bar.update(1)
+        else:
+            click.echo(line)
 
     try:
-        result = backfills.backfill(loaded, engine, start.date(), end.date(), parallel=parallel, force=force,
+        result = backfills.backfill(loaded, engine, days[0], days[-1], parallel=parallel, force=force,
                                     activate=activate_, on_date=say)
     finally:
+        if bar is not None:
+            bar.close()
         engine.dispose()
     if result.flip is not None:
         click.echo(f"{loaded.output.table}: version {result.flip.to_version} is active "
