@@ -50,6 +50,12 @@ def failures(results: Sequence[AuditResult]) -> str:
     return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.passed)
 
 
+def planned_audits(spec: AuditSpec) -> list[str]:
+    """The names of the audits :func:`run_audits` will report for ``spec``, in its order."""
+    return (["row_count", "keys_not_null", "outputs_finite"] + [f"bounds:{c}" for c, _, _ in spec.bounds]
+            + ["keys_unique"] + [f"drift:{d.column}" for d in spec.drift] + [f"sql:{a.name}" for a in spec.sql])
+
+
 def run_audits(conn: Connection, dialect: Dialect, subject: Subject, spec: AuditSpec,
                check_unique: bool = True) -> list[AuditResult]:
     """Run every audit on ``subject``. A failing custom query is a failed audit, not a crash."""

@@ -8,7 +8,6 @@ from datetime import date, datetime
 from sqlalchemy.engine import Engine
 
 from pipeline import state
-from pipeline.errors import FlipError
 from pipeline.transactions import reading
 
 
@@ -37,10 +36,9 @@ class TableStatus:
 def versions(engine: Engine, table: str) -> list[VersionRow]:
     """Every version of ``table``, oldest first, with the active one marked."""
     with reading(engine) as conn:
-        found = state.list_versions(conn, table) if state.has_schema(conn) else []
-        pointers = state.list_pointers(conn, table) if found else []
-    if not found:
-        raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        state.require_table(conn, table)
+        found = state.list_versions(conn, table)
+        pointers = state.list_pointers(conn, table)
     active = next((p.version for p in pointers if p.alias == state.DEFAULT_ALIAS), None)
     return [VersionRow(v, v.version == active, tuple(p.alias for p in pointers if p.version == v.version))
             for v in found]
@@ -49,8 +47,7 @@ def versions(engine: Engine, table: str) -> list[VersionRow]:
 def history(engine: Engine, table: str, alias: str = state.DEFAULT_ALIAS) -> list[state.Flip]:
     """Every move of ``table``'s pointer (or its ``alias``), oldest first."""
     with reading(engine) as conn:
-        if not state.has_schema(conn) or table not in state.list_tables(conn):
-            raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        state.require_table(conn, table)
         return state.list_flips(conn, table, alias)
 
 
@@ -65,7 +62,7 @@ def status(engine: Engine) -> list[TableStatus]:
             pointer = state.get_pointer(conn, table)
             active = next((v for v in found if pointer and v.version == pointer.version), None)
             latest = found[-1]
-            recent = [r for r in state.list_runs(conn, limit=200) if r.table_name == table]
+            recent = state.list_runs(conn, table=table, limit=200)
             failed = 0
             for run in recent:
                 if run.status == "succeeded":

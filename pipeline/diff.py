@@ -132,8 +132,7 @@ def diff_versions(engine: Engine, table: str, a: int, b: int, top: int = 10) -> 
         raise FlipError(f"top must be a whole number of rows, 0 or more, got {top!r}")
     dialect = dialect_for(engine)
     with reading(engine) as conn:
-        if not state.has_schema(conn) or table not in state.list_tables(conn):
-            raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        state.require_table(conn, table)
         old, new = (_usable(conn, table, v) for v in (a, b))
         if set(old.keys) != set(new.keys):
             raise FlipError(f"{table}: version {a} is keyed by ({', '.join(old.keys)}) and version {b} by "

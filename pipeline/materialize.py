@@ -6,6 +6,7 @@ lock, reap, allocate, load (loading, indexing), audit, publish (flipping), retai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -135,7 +136,7 @@ def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, 
         _finish(engine, run_id, "failed", clock, error=_reason(exc))
         raise
     _finish(engine, run_id, "succeeded", clock, result.version)
-    return RunResult(**{**result.__dict__, "seconds": time.monotonic() - started})
+    return dataclasses.replace(result, seconds=time.monotonic() - started)
 
 
 def _done_before(engine: Engine, job: Job, model: Model, logical_date: date) -> state.Version | None:
@@ -229,10 +230,9 @@ def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: st
 
             def score(chunk: pd.DataFrame) -> pd.DataFrame:
                 if not checked:
-                    _check_inputs(model, keys, list(map(str, chunk.columns)))
+                    check_inputs(model, keys, list(map(str, chunk.columns)))
                     checked.append(True)
-                scores = model.score(chunk)
-                return pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+                return score_chunk(model, keys, chunk)
 
             expected = _expected_rows(conn, job.output.table)
 
@@ -281,7 +281,14 @@ def check_default(job: Job, model: Model) -> None:
                          f"(outputs: {', '.join(model.outputs)})")
 
 
-def _check_inputs(model: Model, keys: list[str], columns: list[str]) -> None:
+def score_chunk(model: Model, keys: list[str], chunk: pd.DataFrame) -> pd.DataFrame:
+    """The rows a version table receives for ``chunk``: its keys, then the model's outputs."""
+    scores = model.score(chunk)
+    return pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+
+
+def check_inputs(model: Model, keys: list[str], columns: list[str]) -> None:
+    """The domain's first chunk holds the model's features, and no key is named like an output."""
     model.check_features(columns)
     clash = sorted(set(keys) & set(model.outputs))
     if clash:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-import pandas as pd
 from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateTable
@@ -20,9 +19,10 @@ from pipeline.db import redact
 from pipeline.dialects import dialect_for
 from pipeline.dialects.base import COLUMN_TYPES
 from pipeline.domain import Domain
-from pipeline.errors import AuditError, ModelError
+from pipeline.errors import AuditError
+from pipeline.audits import planned_audits
 from pipeline.jobs import Job
-from pipeline.materialize import EMPTY_DOMAIN, check_default
+from pipeline.materialize import EMPTY_DOMAIN, check_default, check_inputs, score_chunk
 from pipeline.model import load_model
 from pipeline.store import infer_type
 from pipeline.transactions import reading
@@ -65,12 +65,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
     try:
         for chunk in domain.chunks():
             if sample is None:
-                model.check_features(list(map(str, chunk.columns)))
-                clash = sorted(set(keys) & set(model.outputs))
-                if clash:
-                    raise ModelError(f"key column(s) {', '.join(clash)} have the name of a model output")
-                sample = pd.concat([chunk[keys].reset_index(drop=True),
-                                    model.score(chunk).reset_index(drop=True)], axis=1)
+                check_inputs(model, keys, list(map(str, chunk.columns)))
+                sample = score_chunk(model, keys, chunk)
                 columns_seen = tuple(map(str, chunk.columns))
     finally:
         domain.close()
@@ -93,13 +89,10 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
         f"-- then the view {job.output.table}, one branch per retained version, e.g.\n"
         + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], names),
     )
-    audits = ["row_count", "keys_not_null", "keys_unique", "outputs_finite"]
-    audits += [f"bounds:{c}" for c, _, _ in job.audits.bounds] + [f"drift:{d.column}" for d in job.audits.drift]
-    audits += [f"sql:{a.name}" for a in job.audits.sql]
     from pipeline.scheduler import next_tick
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
                 domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
-                model_sha256=model.sha256, method=model.method, audits=tuple(audits), sql=sql,
+                model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits)), sql=sql,
                 schedule=job.schedule, next_tick=next_tick(job))

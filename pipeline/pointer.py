@@ -162,8 +162,7 @@ def rollback(engine: Engine, table: str, to: int | None = None, *, alias: str = 
 
 def require_table(engine: Engine, table: str) -> None:
     with reading(engine) as conn:
-        if not state.has_schema(conn) or table not in state.list_tables(conn):
-            raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        state.require_table(conn, table)
 
 
 def actor() -> str:

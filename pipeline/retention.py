@@ -103,9 +103,7 @@ def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.ut
     with reading(engine) as conn:
         if not state.has_schema(conn):
             return []
-        stale = {v.table_name for v in state.versions_in_state(conn, "building")}
-        stale |= {r.table_name for r in state.list_runs(conn, limit=10_000) if r.status == "running"}
-        tables = sorted(t for t in stale if table is None or t == table)
+        tables = sorted(t for t in state.unfinished_tables(conn) if table is None or t == table)
     reaped = []
     for name in tables:
         try:

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, String,
                         Table, Text, delete, func, select, update)
 from sqlalchemy.engine import Connection
+
+from pipeline.errors import FlipError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 STATUSES = ("building", "ready", "failed", "retired")
@@ -238,17 +240,19 @@ def list_tables(conn: Connection) -> list[str]:
 
 def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Pointer | None:
     row = conn.execute(select(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)).first()
-    if row is None:
-        return None
-    m = row._mapping
-    return Pointer(m["table_name"], m["alias"], m["version"], tuple(json.loads(m["view_versions"])),
-                   _utc(m["updated_at"]))
+    return None if row is None else _pointer(row)
 
 
 def list_pointers(conn: Connection, table: str) -> list[Pointer]:
     """Every alias of ``table`` (the default one, champion, included)."""
-    rows = conn.execute(select(pointer.c.alias).where(pointer.c.table_name == table).order_by(pointer.c.alias))
-    return [p for p in (get_pointer(conn, table, alias) for alias in rows.scalars()) if p is not None]
+    rows = conn.execute(select(pointer).where(pointer.c.table_name == table).order_by(pointer.c.alias))
+    return [_pointer(row) for row in rows]
+
+
+def _pointer(row: Any) -> Pointer:
+    m = row._mapping
+    return Pointer(m["table_name"], m["alias"], m["version"], tuple(json.loads(m["view_versions"])),
+                   _utc(m["updated_at"]))
 
 
 def list_flips(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> list[Flip]:
@@ -264,10 +268,17 @@ def list_audits(conn: Connection, table: str, version: int) -> list[AuditRow]:
     return [AuditRow(r.name, bool(r.passed), r.detail, _utc(r.checked_at)) for r in rows]
 
 
-def versions_in_state(conn: Connection, status: str) -> list[Version]:
-    rows = conn.execute(select(versions).where(versions.c.status == status)
-                        .order_by(versions.c.table_name, versions.c.version))
-    return [Version.from_row(r) for r in rows]
+def unfinished_tables(conn: Connection) -> set[str]:
+    """Tables with a ``building`` version or a ``running`` run: what a dead run may have left."""
+    building = select(versions.c.table_name).where(versions.c.status == "building")
+    running = select(runs.c.table_name).where(runs.c.status == "running")
+    return set(conn.execute(building.union(running)).scalars())
+
+
+def require_table(conn: Connection, table: str) -> None:
+    """Raise :class:`FlipError` unless the pipeline has written a version of ``table`` here."""
+    if not has_schema(conn) or table not in list_tables(conn):
+        raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
 
 
 def next_version(conn: Connection, table: str) -> int:
@@ -362,11 +373,13 @@ def finish_run(conn: Connection, run_id: int, status: str, now: datetime, versio
                  .values(status=status, finished_at=now, version=version, error=error))
 
 
-def list_runs(conn: Connection, job: str | None = None, limit: int = 50) -> list[Run]:
-    """The latest runs, newest first."""
+def list_runs(conn: Connection, job: str | None = None, limit: int = 50, table: str | None = None) -> list[Run]:
+    """The latest runs, newest first, of one job or one table or all."""
     query = select(runs).order_by(runs.c.id.desc()).limit(limit)
     if job is not None:
         query = query.where(runs.c.job == job)
+    if table is not None:
+        query = query.where(runs.c.table_name == table)
     return [Run.from_row(r) for r in conn.execute(query)]
 
 

@@ -12,6 +12,7 @@ from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
 from fakemodels import Scripted
 from pipeline import audit_version, load_job, run_job
 from pipeline import catalog
+from pipeline.audits import planned_audits
 from pipeline.cli import main
 from pipeline.errors import AuditError
 
@@ -50,6 +51,7 @@ def test_a_good_run_stores_passing_audits(engine, customers, write_job):
     names = {r.name for r in result.audits}
     assert {"row_count", "keys_not_null", "keys_unique", "outputs_finite", "bounds:prediction"} <= names
     assert all(stored(engine, 1).values()) and len(stored(engine, 1)) == len(names)
+    assert [r.name for r in result.audits] == planned_audits(job.audits)  # what `pipeline plan` lists
 
 
 def test_nan_predictions_are_refused(engine, customers, write_job):

@@ -126,10 +126,10 @@ def runs(settings: Settings, job: str | None, limit: int, db_url: str | None) ->
     Example:
       pipeline runs churn --limit 10
     """
-    target = load_job(find_job(job, settings.jobs_dir)).target if job and not db_url else None
-    engine = make_engine(resolve_url(db_url, target))
+    loaded = load_job(find_job(job, settings.jobs_dir)) if job else None
+    engine = make_engine(resolve_url(db_url, loaded.target if loaded else None))
     try:
-        found = catalog.runs(engine, load_job(find_job(job, settings.jobs_dir)).name if job else None, limit)
+        found = catalog.runs(engine, loaded.name if loaded else None, limit)
     finally:
         engine.dispose()
     print_table(["id", "job", "logical_date", "trigger", "status", "version", "started", "finished", "host/pid",
