@@ -13,6 +13,7 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
 - raw:      the fastest read (ADBC to Arrow on PostgreSQL), predict_proba, binary COPY
             (executemany in one transaction on SQLite), each step timed alone
 - pipeline: `python -m pipeline run` (versioned table, key index, audits, flip)
+- dask:     the same run with `--executor dask --workers 1` and `--workers 2` (PostgreSQL, 1M rows and up)
 """
 
 from __future__ import annotations
@@ -207,6 +208,14 @@ def contenders(url: str, table: str, model: Path, job: Path, naive_too: bool) ->
     return found
 
 
+def dask_row(url: str, job: Path, size: str, local: dict) -> str:
+    """One row of the executor table: the same job with 1 and 2 Dask workers, against the local run."""
+    run = [sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url, "--force", "--executor", "dask"]
+    one, two = (measure(run + ["--workers", str(n)]) for n in (1, 2))
+    return (f"| {size} | {local['wall']:.1f} s, {local['rss_mb']:.0f} MB | {one['wall']:.1f} s, {one['rss_mb']:.0f} MB"
+            f" | {two['wall']:.1f} s, {two['rss_mb']:.0f} MB | {two['wall'] / local['wall']:.2f}x |")
+
+
 def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     """Median flip and rollback times, and point lookups through the view against the version table."""
     import numpy as np
@@ -277,7 +286,7 @@ def main() -> None:
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     models = make_models(workdir)
-    rows_md, flips_md, notes = [], [], []
+    rows_md, flips_md, dask_md, notes = [], [], [], []
     for database in databases:
         url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
         for size in sizes:
@@ -303,6 +312,9 @@ def main() -> None:
                     f" | {found['pipeline']['wall'] / found['raw']['wall']:.2f}x"
                     f" | {(base / found['pipeline']['wall']) if base else float('nan'):.1f}x |")
                 print(rows_md[-1], flush=True)
+                if database == "postgresql" and kind == "hgb" and n >= 1_000_000:
+                    dask_md.append(dask_row(url, job, size, found["pipeline"]))
+                    print(dask_md[-1], flush=True)
         largest = max((s for s in sizes if database == "postgresql" or SIZES[s] <= 1_000_000), key=SIZES.get)
         for size in ("1k", largest):
             n, name = SIZES[size], f"bench_hgb_{size.lower()}"
@@ -333,7 +345,13 @@ def main() -> None:
               "Flip and rollback (median of 10, the pointer moved between two versions), and 2,000 point "
               "lookups (p50 / p99) through the view and on the version table directly:", "",
               "| database | rows per version | flip | rollback | lookup via view | lookup direct | view / direct p50 |",
-              "|---|---|---|---|---|---|---|", *flips_md, "", *notes, ""]
+              "|---|---|---|---|---|---|---|", *flips_md, "",
+              "The dask executor (`--executor dask`, a local cluster started by the run, 4 partitions per "
+              "worker, each worker reading, scoring and COPYing its own partitions) against the local executor, "
+              "on PostgreSQL with the HGB model. Wall time includes starting the cluster; RSS is the "
+              "coordinator's own.", "",
+              "| rows | local | dask, 1 worker | dask, 2 workers | 2 workers / local |", "|---|---|---|---|---|",
+              *dask_md, "", *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 

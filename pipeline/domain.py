@@ -13,7 +13,7 @@ import hashlib
 import json
 from datetime import date
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,24 @@ class _Digest:
         return [self.columns, self.rows, self.total]
 
 
+def partition_columns(keys: Sequence[str], first_columns: Sequence[str]) -> list[str]:
+    """What partitions hash: the key columns the first factor holds, else all its columns."""
+    return [k for k in keys if k in first_columns] or list(first_columns)
+
+
+def merged_fingerprint(digests: Sequence[list[list[object]]]) -> str:
+    """The fingerprint of the union of disjoint partitions, from each one's :attr:`Domain.digest`.
+
+    Partitions split the first factor only: its counts and hash sums add up; the other
+    factors were read whole by each partition.
+    """
+    first = [part[0] for part in digests]
+    columns = next((c for c, _, _ in first if c), [])
+    merged = [[columns, sum(int(r) for _, r, _ in first), sum(int(t) for _, _, t in first) % (1 << 64)],
+              *digests[0][1:]]
+    return hashlib.sha256(json.dumps(merged).encode()).hexdigest()
+
+
 class Domain:
     """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
 
@@ -53,23 +71,35 @@ class Domain:
         self.size = 0
         self._digests = [_Digest() for _ in spec.factors]
         self._engines: dict[str, Engine] = {}
+        self._pushed_down = False
 
     @property
     def fingerprint(self) -> str:
         """sha256 of what was streamed: the same rows in any order give the same fingerprint."""
-        state = json.dumps([d.state() for d in self._digests]).encode()
-        return hashlib.sha256(state).hexdigest()
+        return merged_fingerprint([self.digest])
+
+    @property
+    def digest(self) -> list[list[object]]:
+        """What the fingerprint is made of; the digests of disjoint partitions merge into the whole's."""
+        return [d.state() for d in self._digests]
+
+    @property
+    def first_columns(self) -> list[str]:
+        """The first factor's columns (known once a chunk was read)."""
+        return self._digests[0].columns
 
     def close(self) -> None:
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
 
-    def chunks(self, partition: int = 0, partitions: int = 1) -> Iterator[pd.DataFrame]:
+    def chunks(self, partition: int = 0, partitions: int = 1,
+               by: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
         """Yield the domain (or partition ``partition`` of ``partitions`` disjoint ones) in chunks.
 
-        Partitions split the first factor by a stable hash of its key columns, so the
-        partitions of a product are disjoint products themselves.
+        Partitions split the first factor by a stable hash of ``by`` (its key columns by
+        default), so the partitions of a product are disjoint products themselves. Where
+        the database can hash, a query reads only its partition's rows.
         """
         if not 0 <= partition < partitions:
             raise ValueError(f"partition {partition} is not in 0..{partitions - 1}")
@@ -81,13 +111,14 @@ class Domain:
             digest.update(frame)
             rest.append(frame)
         checked = False
-        with contextlib.closing(self._read(self.spec.factors[0])) as stream:
+        narrowed = (partition, partitions, list(by)) if partitions > 1 and by else None
+        with contextlib.closing(self._read(self.spec.factors[0], narrowed)) as stream:
             for first in stream:
                 if not checked:
                     self._check_columns([first, *rest])
                     checked = True
-                if partitions > 1:
-                    first = self._partition(first, partition, partitions)
+                if partitions > 1 and not self._pushed_down:
+                    first = self._partition(first, by, partition, partitions)
                 self._digests[0].update(first)
                 for chunk in self._cross(first, rest):
                     self.size += len(chunk)
@@ -95,11 +126,12 @@ class Domain:
 
     # -- reading factors ----------------------------------------------------
 
-    def _read(self, factor: Factor) -> Iterator[pd.DataFrame]:
+    def _read(self, factor: Factor, narrowed: tuple[int, int, list[str]] | None = None) -> Iterator[pd.DataFrame]:
+        self._pushed_down = False
         if factor.file is not None:
             yield from self._read_file(factor.file)
         else:
-            yield from self._read_query(factor)
+            yield from self._read_query(factor, narrowed)
 
     def _read_file(self, path: Path) -> Iterator[pd.DataFrame]:
         size = self.spec.chunk_size
@@ -122,12 +154,20 @@ class Domain:
             self._engines[source] = make_engine(source)
         return self._engines[source]
 
-    def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
+    def _read_query(self, factor: Factor,
+                    narrowed: tuple[int, int, list[str]] | None = None) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
         engine = self._engine(factor.source)
+        reader = reader_for(engine)
+        query = factor.query
+        if narrowed is not None:
+            partition, partitions, by = narrowed
+            pushed = reader.partition_query(query, by, partition, partitions)
+            if pushed is not None:
+                query, self._pushed_down = pushed, True
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:
-            yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size)
+            yield from reader.read_query(engine, query, self.run_date, self.spec.chunk_size)
         except SourceError as exc:
             raise SourceError(f"domain query failed{where}: {exc}") from None
 
@@ -146,8 +186,9 @@ class Domain:
             raise SourceError(f"domain key(s) {', '.join(missing)} not among the domain's columns: "
                               f"{', '.join(map(str, seen))}")
 
-    def _partition(self, frame: pd.DataFrame, partition: int, partitions: int) -> pd.DataFrame:
-        keys = [k for k in self.spec.keys if k in frame.columns] or list(frame.columns)
+    def _partition(self, frame: pd.DataFrame, by: Sequence[str] | None, partition: int,
+                   partitions: int) -> pd.DataFrame:
+        keys = list(by or partition_columns(self.spec.keys, list(frame.columns)))
         buckets = pd.util.hash_pandas_object(frame[keys], index=False).to_numpy() % np.uint64(partitions)
         return frame[buckets == partition]
 

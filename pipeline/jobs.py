@@ -6,6 +6,7 @@ so that every later stage can trust the fields it is handed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -18,6 +19,7 @@ from pipeline.errors import JobFileError
 from pipeline.versions import check_identifier, check_table_name
 
 METHODS = ("predict", "predict_proba", "decision_function")
+EXECUTORS = ("local", "dask")
 DEFAULT_CHUNK_SIZE = 100_000
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -87,6 +89,19 @@ class AuditSpec:
 
 
 @dataclass(frozen=True)
+class ExecutorSpec:
+    """Where a run scores and writes: in this process, or as partitions on a Dask cluster."""
+
+    kind: str = "local"
+    #: A running Dask scheduler (``tcp://host:8786``); None: ``$DASK_SCHEDULER_ADDRESS``, else a local cluster.
+    address: str | None = None
+    #: Worker processes of the local cluster started when there is no address.
+    workers: int | None = None
+    #: Partitions of the domain; None: four per worker thread.
+    partitions: int | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     """A validated job file."""
 
@@ -104,6 +119,16 @@ class Job:
     catchup: bool = False
     #: How late a tick may still start (a busy or restarted scheduler); later ones count as missed.
     misfire_grace_seconds: int = 300
+    executor: ExecutorSpec = ExecutorSpec()
+
+
+def with_executor(job: Job, **overrides: Any) -> Job:
+    """``job`` with the ``[executor]`` settings the caller gives (None keeps the job file's); asking for a
+    cluster address or a worker count implies the dask executor."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if (given.get("address") or given.get("workers")) and "kind" not in given:
+        given["kind"] = "dask"
+    return dataclasses.replace(job, executor=dataclasses.replace(job.executor, **given)) if given else job
 
 
 def load_job(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Job:
@@ -213,7 +238,7 @@ class _Reader:
 
     def job(self, raw: dict[str, Any]) -> Job:
         self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target", "catchup",
-                              "misfire_grace_seconds", "domain", "model", "output", "audits"})
+                              "misfire_grace_seconds", "domain", "model", "output", "audits", "executor"})
         name = self.get(raw, "name", str, "name", default=self.path.stem)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise self.fail("name", f"{name!r} may hold only letters, digits, '_', '.' and '-'")
@@ -245,6 +270,8 @@ class _Reader:
             output=self.output(self.section(raw, "output", {"table", "keep", "default"})),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
+            executor=self.executor(self.section(raw, "executor", {"kind", "address", "workers", "partitions"})
+                                   if "executor" in raw else {}),
         )
 
     def cron(self, expression: str, timezone: str) -> None:
@@ -334,6 +361,18 @@ class _Reader:
             default.append((column, value))
         return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
                           default=tuple(default))
+
+    def executor(self, raw: dict[str, Any]) -> ExecutorSpec:
+        kind = self.get(raw, "kind", str, "executor.kind", default="local")
+        if kind not in EXECUTORS:
+            raise self.fail("executor.kind", f"must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+        address = self.get(raw, "address", str, "executor.address")
+        counts = {}
+        for key in ("workers", "partitions"):
+            counts[key] = self.get(raw, key, int, f"executor.{key}")
+            if counts[key] is not None and counts[key] < 1:
+                raise self.fail(f"executor.{key}", "must be at least 1")
+        return ExecutorSpec(kind, None if address is None else self.expand(address, "executor.address"), **counts)
 
     def number(self, raw: dict[str, Any], key: str, where: str, minimum: float | None = None) -> float | None:
         value = self.get(raw, key, (int, float), where)

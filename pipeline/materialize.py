@@ -16,21 +16,20 @@ from datetime import date, datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
 
-import pandas as pd
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from pipeline import state
 from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain
-from pipeline.errors import AuditError, ModelError, PipelineError, SourceError, first_line
+from pipeline.errors import AuditError, PipelineError, SourceError, first_line
 from pipeline.jobs import AuditSpec, Job
+from pipeline.executors import Target, executor_for
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish, write_default
 from pipeline.retention import gc, reap_locked
-from pipeline.stages import overlapped
-from pipeline.store import VersionWriter
+from pipeline.scoring import check_default
 from pipeline.transactions import reading, transaction
 from pipeline.versions import version_table
 
@@ -38,8 +37,6 @@ log = logging.getLogger("pipeline")
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int, "int | None"], None]
-EMPTY_DOMAIN = ("the domain is empty: the query or file listed no rows; refusing to publish an empty version "
-                "(set [audits] allow_empty = true to allow it)")
 
 
 @dataclass(frozen=True)
@@ -172,6 +169,8 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     dialect = dialect_for(engine)
     table = job.output.table
     check_default(job, model)
+    executor = executor_for(job.executor)
+    executor.check(dialect)
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
@@ -184,12 +183,12 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         mark = time.monotonic()
 
     try:
-        rows, columns, domain = _load(engine, dialect, job, model, physical, logical_date, progress)
+        loaded = executor.load(engine, Target(job, model, version, physical, logical_date), progress)
         lap("load")
-        results = _audit(engine, dialect, job, version, columns, domain.size, logical_date, clock)
+        results = _audit(engine, job, version, loaded.columns, loaded.domain_size, logical_date, clock)
         lap("audit")
-        ready = dict(finished_at=clock(), row_count=rows, columns=columns, domain_size=domain.size,
-                     domain_fingerprint=domain.fingerprint)
+        ready = dict(finished_at=clock(), row_count=loaded.rows, columns=loaded.columns,
+                     domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint)
         still_held()
         flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
                        clock=clock)
@@ -197,12 +196,12 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     except BaseException as exc:
         _fail(engine, table, version, exc, clock)
         raise
-    log.info("%s: version %d ready, %d rows%s", table, version, rows, ", active" if activate else "")
+    log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
     if job.output.default:
         write_default(engine, table, job.output.default)
     if job.output.keep is not None:
         gc(engine, table, job.output.keep, clock=clock)
-    return RunResult(table, version, physical, rows, activate, flip.from_version if flip else None, 0.0,
+    return RunResult(table, version, physical, loaded.rows, activate, flip.from_version if flip else None, 0.0,
                      tuple(results), phases=phases)
 
 
@@ -217,85 +216,7 @@ def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_
     return version
 
 
-def _load(engine: Engine, dialect: Dialect, job: Job, model: Model, physical: str, logical_date: date,
-          progress: Progress | None = None) -> tuple[int, list[tuple[str, str]], Domain]:
-    """Stream, score and write the whole domain in one transaction, then check its keys and index them."""
-    keys = list(job.domain.keys)
-    domain = Domain(job.domain, engine, logical_date)
-    try:
-        with transaction(engine) as conn:
-            writer = VersionWriter(dialect, conn, physical, keys)
-
-            checked: list[bool] = []
-
-            def score(chunk: pd.DataFrame) -> pd.DataFrame:
-                if not checked:
-                    check_inputs(model, keys, list(map(str, chunk.columns)))
-                    checked.append(True)
-                return score_chunk(model, keys, chunk)
-
-            expected = _expected_rows(conn, job.output.table)
-
-            def write(frame: pd.DataFrame) -> None:
-                first = writer.rows == 0
-                writer.write(frame)
-                if first:
-                    checkpoint("loading")  # a partial table exists from here on
-                if progress is not None:
-                    progress(writer.rows, expected)
-
-            overlapped(domain.chunks(), score, write)
-            if domain.size == 0:
-                if not job.audits.allow_empty:
-                    raise AuditError(EMPTY_DOMAIN)
-                _create_empty(conn, dialect, writer, job.output.table)
-            checkpoint("indexing")
-            rows = writer.finish()
-    finally:
-        domain.close()
-    return rows, writer.columns, domain
-
-
-def _expected_rows(conn: Connection, table: str) -> int | None:
-    """What the progress bar expects: the active version's row count, the best guess before counting."""
-    pointer = state.get_pointer(conn, table)
-    active = state.get_version(conn, table, pointer.version) if pointer else None
-    return active.row_count if active else None
-
-
-def _create_empty(conn, dialect: Dialect, writer: VersionWriter, table: str) -> None:
-    """An allowed empty domain has no rows to tell column types from: take the active version's."""
-    pointer = state.get_pointer(conn, table)
-    active = state.get_version(conn, table, pointer.version) if pointer else None
-    if active is None:
-        raise AuditError("the domain is empty and there is no active version to take column types from")
-    writer.columns = list(active.columns)
-    dialect.create_table(conn, writer.name, writer.columns)
-
-
-def check_default(job: Job, model: Model) -> None:
-    """``[output] default`` may only name columns the model outputs."""
-    unknown = [c for c, _ in job.output.default if c not in model.outputs]
-    if unknown:
-        raise ModelError(f"[output] default names column(s) the model does not output: {', '.join(unknown)} "
-                         f"(outputs: {', '.join(model.outputs)})")
-
-
-def score_chunk(model: Model, keys: list[str], chunk: pd.DataFrame) -> pd.DataFrame:
-    """The rows a version table receives for ``chunk``: its keys, then the model's outputs."""
-    scores = model.score(chunk)
-    return pd.concat([chunk[keys].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
-
-
-def check_inputs(model: Model, keys: list[str], columns: list[str]) -> None:
-    """The domain's first chunk holds the model's features, and no key is named like an output."""
-    model.check_features(columns)
-    clash = sorted(set(keys) & set(model.outputs))
-    if clash:
-        raise ModelError(f"key column(s) {', '.join(clash)} have the name of a model output; rename them")
-
-
-def _audit(engine: Engine, dialect: Dialect, job: Job, version: int, columns: list[tuple[str, str]],
+def _audit(engine: Engine, job: Job, version: int, columns: list[tuple[str, str]],
            domain_size: int, logical_date: date, clock: Clock) -> list[AuditResult]:
     """Write-audit-publish: the checks that must pass before the flip; results are stored either way."""
     checkpoint("auditing")

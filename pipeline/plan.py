@@ -22,7 +22,8 @@ from pipeline.domain import Domain
 from pipeline.errors import AuditError
 from pipeline.audits import planned_audits
 from pipeline.jobs import Job
-from pipeline.materialize import EMPTY_DOMAIN, check_default, check_inputs, score_chunk
+from pipeline.executors import EMPTY_DOMAIN, describe, executor_for
+from pipeline.scoring import check_default, check_inputs, score_chunk
 from pipeline.model import load_model
 from pipeline.store import infer_type
 from pipeline.transactions import reading
@@ -49,6 +50,7 @@ class Plan:
     sql: tuple[str, ...]
     schedule: str | None
     next_tick: datetime | None
+    executor: str
 
 
 def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
@@ -59,6 +61,7 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
     """
     model = load_model(job.model)
     check_default(job, model)
+    executor_for(job.executor).check(dialect_for(engine))
     keys = list(job.domain.keys)
     domain = Domain(job.domain, engine, logical_date)
     sample = None
@@ -95,4 +98,5 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
                 domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
                 model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits)), sql=sql,
-                schedule=job.schedule, next_tick=next_tick(job))
+                schedule=job.schedule, next_tick=next_tick(job),
+                executor=describe(job.executor))

@@ -36,7 +36,7 @@ def checkpoint(phase: str) -> None:
     log.debug("phase: %s", phase)
     wanted, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
     if wanted == phase:
-        print(f"pipeline: paused at {phase}", file=sys.stderr, flush=True)
+        print(f"pipeline: paused at {phase} (pid {os.getpid()})", file=sys.stderr, flush=True)
         time.sleep(float(seconds or 3600))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, String,
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Float, Index, Integer, MetaData, String,
                         Table, Text, delete, func, select, update)
 from sqlalchemy.engine import Connection
 
@@ -78,6 +78,20 @@ audits = Table(
     Column("checked_at", DateTime(timezone=True), nullable=False),
 )
 
+# One row per partition a distributed run wrote, committed with the partition's rows:
+# a retried task finds its partition done here and does not write it twice.
+partitions = Table(
+    "pipeline_partitions", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("partitions", Integer, nullable=False),
+    Column("row_count", BigInteger, nullable=False),
+    Column("digest", Text, nullable=False),        # JSON: the domain fingerprint's part from this partition
+    Column("worker", Text),
+    Column("seconds", Float, nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+)
 
 RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
 TRIGGERS = ("manual", "schedule", "cron", "backfill")

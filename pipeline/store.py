@@ -44,21 +44,28 @@ def infer_type(name: str, series: pd.Series) -> str:
     raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
 
 
+def columns_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """A version table's columns and portable types, told from its first rows."""
+    return [(str(c), infer_type(str(c), frame[c])) for c in frame.columns]
+
+
 class VersionWriter:
     """Appends scored chunks to a new version table inside the caller's transaction."""
 
-    def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str]) -> None:
+    def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str],
+                 columns: list[tuple[str, str]] | None = None, rows: int = 0) -> None:
+        """``columns``: the table exists already with these columns (a distributed run's coordinator made it)."""
         self.dialect = dialect
         self.conn = conn
         self.name = name
         self.keys = list(keys)
-        self.columns: list[tuple[str, str]] = []
-        self.rows = 0
+        self.columns: list[tuple[str, str]] = columns or []
+        self.rows = rows
 
     def write(self, frame: pd.DataFrame) -> None:
         """Append ``frame``; the first call creates the table with the types of its columns."""
         if not self.columns:
-            self.columns = [(str(c), infer_type(str(c), frame[c])) for c in frame.columns]
+            self.columns = columns_of(frame)
             self.dialect.create_table(self.conn, self.name, self.columns)
         self.dialect.load(self.conn, self.name, self.columns, frame)
         self.rows += len(frame)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
+import subprocess
+import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -167,3 +171,43 @@ def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -
     """Everything the stable view serves, in key order."""
     with engine.connect() as conn:
         return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)
+
+
+# -- child runs -------------------------------------------------------------------
+
+def start_run(tmp_path: Path, db_url: str, pause: str, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """``pipeline run scores --force`` in a child process that pauses at phase ``pause``; its stderr lines."""
+    env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
+    env.pop("PIPELINE_DATABASE_URL", None)
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", db_url, *args],
+                             cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    def pump() -> None:
+        for line in child.stderr:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    return child, lines
+
+
+def rest(lines: "queue.Queue[str]") -> str:
+    """Everything the child printed after what was already read, up to its end."""
+    out = []
+    while (line := lines.get(timeout=60)) != "":
+        out.append(line)
+    return "".join(out)
+
+
+def wait_for(lines: "queue.Queue[str]", marker: str, timeout: float = 60) -> str:
+    """Read the child's lines up to the first that holds ``marker``, and return that one."""
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the run never printed {marker!r}; it printed: {''.join(seen)}") from None
+        seen.append(line)
+        if marker in line:
+            return line

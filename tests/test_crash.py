@@ -8,59 +8,18 @@ next run must succeed.
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, view_rows, write_table
+from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
 from pipeline import catalog, load_job, run_job
 from pipeline.cli import main
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')
-
-
-def start_run(tmp_path: Path, db_url: str, pause: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
-    env.pop("PIPELINE_DATABASE_URL", None)
-    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", db_url], cwd=tmp_path,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    def pump() -> None:
-        for line in child.stderr:
-            lines.put(line)
-        lines.put("")  # end of output
-
-    threading.Thread(target=pump, daemon=True).start()
-    return child, lines
-
-
-def rest(lines: "queue.Queue[str]") -> str:
-    """Everything the child printed after what was already read, up to its end."""
-    out = []
-    while (line := lines.get(timeout=60)) != "":
-        out.append(line)
-    return "".join(out)
-
-
-def wait_for(lines: "queue.Queue[str]", marker: str, timeout: float = 60) -> None:
-    seen = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"the run never printed {marker!r}; it printed: {''.join(seen)}") from None
-        seen.append(line)
-        if marker in line:
-            return
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import customers_frame, write_table
-from pipeline.domain import Domain
+from pipeline.domain import Domain, merged_fingerprint
 from pipeline.errors import SourceError
 from pipeline.jobs import DomainSpec, Factor
 
@@ -72,17 +72,41 @@ def test_product_is_generated_chunk_by_chunk(engine):
     assert (whole.age == whole.user_id).all()
 
 
-def test_partitions_are_disjoint_and_cover_the_domain(engine):
-    write_table(engine, "users", pd.DataFrame({"user_id": range(101)}))
+@pytest.mark.parametrize("by", [None, ("user_id",)])
+def test_partitions_are_disjoint_and_cover_the_domain(engine, by):
+    """With ``by`` a PostgreSQL query reads only its partition (hashed in the server); else rows are filtered here."""
+    write_table(engine, "users", pd.DataFrame({"user_id": range(101), "age": range(101)}))
     write_table(engine, "items", pd.DataFrame({"item_id": range(7)}))
-    spec = DomainSpec(("user_id", "item_id"), (Factor(query="SELECT * FROM users"),
+    spec = DomainSpec(("user_id", "item_id"), (Factor(query="SELECT * FROM users;"),
                                                Factor(query="SELECT * FROM items")), chunk_size=50)
-    parts = [collect(Domain(spec, engine), partition=i, partitions=4) for i in range(4)]
+    whole = Domain(spec, engine)
+    collect(whole)
+    domains = [Domain(spec, engine) for _ in range(4)]
+    parts = [collect(d, partition=i, partitions=4, by=by) for i, d in enumerate(domains)]
     keys = [set(zip(p.user_id, p.item_id)) for p in parts]
     assert sum(len(k) for k in keys) == 707 == len(set().union(*keys))
     assert all(len(k) > 0 for k in keys)
+    assert sum(d.size for d in domains) == 707
+    assert merged_fingerprint([d.digest for d in domains]) == whole.fingerprint
+    assert whole.first_columns == ["user_id", "age"]
     with pytest.raises(ValueError):
         next(Domain(spec, engine).chunks(partition=4, partitions=4))
+
+
+@pytest.mark.postgres
+def test_postgresql_reads_only_the_partition_it_is_asked_for(postgresql_url):
+    from pipeline.dialects import dialect_for
+    from pipeline.db import make_engine
+
+    engine = make_engine(postgresql_url)
+    query = dialect_for(engine).partition_query("SELECT 1 AS a;", ["a"], 0, 4)
+    assert query.startswith("SELECT * FROM (SELECT 1 AS a\n) AS pipeline_domain WHERE ((hashtextextended(")
+    write_table(engine, "users", pd.DataFrame({"user_id": range(1000)}))
+    spec = DomainSpec(("user_id",), (Factor(query="SELECT * FROM users"),), chunk_size=100)
+    domain = Domain(spec, engine)
+    part = collect(domain, partition=1, partitions=4, by=("user_id",))
+    assert domain._pushed_down and 150 < len(part) < 350
+    engine.dispose()
 
 
 def test_fingerprint_ignores_order_and_sees_changes(engine):

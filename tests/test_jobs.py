@@ -13,6 +13,7 @@ from pipeline.errors import JobFileError, PipelineError
 from pipeline.jobs import (
     DEFAULT_CHUNK_SIZE,
     DomainSpec,
+    ExecutorSpec,
     Factor,
     Job,
     ModelSpec,
@@ -20,6 +21,7 @@ from pipeline.jobs import (
     find_job,
     iter_jobs,
     load_job,
+    with_executor,
 )
 
 SHA = "0123456789abcdef" * 4
@@ -69,6 +71,17 @@ def compose(top: str | None = None, domain: str | None = None, model: str | None
 
 
 # -- valid files ---------------------------------------------------------------------
+
+def test_executor_section_and_overrides(jobs_dir):
+    body = compose(output='table = "scores"\n[executor]\nkind = "dask"\naddress = "${SCHED}"\npartitions = 16')
+    job = load_job(write(jobs_dir, body), environ={"SCHED": "tcp://10.0.0.5:8786"})
+    assert job.executor == ExecutorSpec("dask", "tcp://10.0.0.5:8786", None, 16)
+    assert with_executor(job, kind="local").executor.kind == "local"
+    assert with_executor(job, workers=None) is job  # None keeps the file's setting
+    plain = load_job(write(jobs_dir, compose()), environ={})
+    assert plain.executor == ExecutorSpec()  # local: the default
+    assert with_executor(plain, workers=3).executor == ExecutorSpec("dask", workers=3)  # a worker count means dask
+
 
 def test_minimal_job_gets_the_defaults(jobs_dir):
     path = write(jobs_dir, compose(), stem="nightly_scores")
@@ -390,6 +403,15 @@ BAD = [
      "must be one of predict, predict_proba, decision_function, got 'predict_log_proba'"),
     ("method-case", dict(model='path = "models/m.joblib"\nmethod = "Predict"'), "model.method",
      "must be one of predict, predict_proba, decision_function, got 'Predict'"),
+    # executor
+    ("executor-kind", dict(output='table = "scores"\n[executor]\nkind = "ray"'), "executor.kind",
+     "must be one of local, dask, got 'ray'"),
+    ("executor-workers", dict(output='table = "scores"\n[executor]\nworkers = 0'), "executor.workers",
+     "must be at least 1"),
+    ("executor-partitions", dict(output='table = "scores"\n[executor]\npartitions = "8"'), "executor.partitions",
+     "must be an integer, got str"),
+    ("executor-unknown", dict(output='table = "scores"\n[executor]\nthreads = 2'), "executor.threads",
+     "unknown key (expected one of: address, kind, partitions, workers)"),
 ]
 
 

@@ -43,6 +43,10 @@ class Settings:
         self.quiet = quiet
 
 
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.name.split(".")[0] == "pipeline" or record.levelno >= logging.WARNING
+
+
 def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Print an error as one line and exit 1; the traceback only with ``--debug``."""
 
@@ -51,6 +55,8 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         settings = click.get_current_context().find_object(Settings)
         try:
             return func(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors already speak click's language
         except PipelineError as exc:
             if settings and settings.debug:
                 raise
@@ -134,6 +140,9 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format
         logging.basicConfig(level=level, handlers=[handler], force=True)
     else:  # leaves a host application's (or pytest's) handlers alone, as basicConfig does
         logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if not debug:  # other libraries (dask, apscheduler) speak up only to warn
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_warning)
     ctx.obj = Settings(debug, jobs_dir, quiet)
 
 

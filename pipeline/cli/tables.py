@@ -18,7 +18,7 @@ from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table
                           print_table, table_engine)
 from pipeline.db import make_engine, redact, resolve_url
 from pipeline.errors import AuditError
-from pipeline.jobs import AuditSpec, find_job, iter_jobs, load_job
+from pipeline.jobs import EXECUTORS, AuditSpec, find_job, iter_jobs, load_job, with_executor
 from pipeline.progress import reporter
 
 
@@ -33,11 +33,19 @@ from pipeline.progress import reporter
               help="After the run, write Prometheus metrics there (for node_exporter's textfile collector).")
 @click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
                                                 "once per tick, and exit 0 if another process has it.")
+@click.option("--executor", type=click.Choice(EXECUTORS), help="Score here (local, the default) or as partitions "
+                                                                  "on a Dask cluster (dask); overrides [executor].")
+@click.option("--dask-address", metavar="ADDRESS", help="A running Dask scheduler, e.g. tcp://host:8786 (default: "
+                                                         "$DASK_SCHEDULER_ADDRESS, else a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local Dask cluster.")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions of the domain (default: 4 per worker "
+                                                               "thread).")
 @db_option
 @click.pass_obj
 @pipeline_errors
 def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
-        metrics_file: str | None, scheduled: bool, db_url: str | None) -> None:
+        metrics_file: str | None, scheduled: bool, executor: str | None, dask_address: str | None,
+        workers: int | None, partitions: int | None, db_url: str | None) -> None:
     """Score a job's domain into a new version and flip to it.
 
     JOB is a job file's path or the name of a job in the jobs directory. A run for a
@@ -48,9 +56,14 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     Example:
       pipeline run churn --date 2026-01-31
       pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
+      pipeline run churn --executor dask --dask-address tcp://scheduler:8786
     """
     path = find_job(job, settings.jobs_dir)
+    overrides = dict(kind=executor, address=dask_address, workers=workers, partitions=partitions)
     if scheduled:
+        if any(v is not None for v in overrides.values()):
+            raise click.UsageError("--scheduled runs with the job file's [executor]; drop --executor, "
+                                   "--dask-address, --workers and --partitions")
         done = scheduler.run_tick(path, db_url, trigger="cron")
         if done is None:
             click.echo(f"{job}: another process is running this tick; nothing to do")
@@ -59,7 +72,7 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         else:
             click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
         return
-    loaded = load_job(path)
+    loaded = with_executor(load_job(path), **overrides)
     engine = make_engine(resolve_url(db_url, loaded.target))
     result = None
     try:
@@ -300,6 +313,7 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         ("features", ", ".join(found.features)),
         ("outputs", ", ".join(f"{c} {t}" for c, t in found.columns if c not in found.keys)),
         ("audits", ", ".join(found.audits)),
+        ("executor", found.executor),
         ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),
     ]:
         click.echo(f"{label + ':':<10} {value}")

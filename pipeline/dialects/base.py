@@ -53,6 +53,8 @@ class Dialect:
     TRANSACTIONAL_DDL: ClassVar[bool] = True
     #: The database offers transaction-scoped advisory locks.
     HAS_ADVISORY_LOCK: ClassVar[bool] = False
+    #: Several processes may load one table at once (a distributed run's workers do).
+    CONCURRENT_WRITERS: ClassVar[bool] = True
     #: ``CREATE OR REPLACE VIEW`` exists (and keeps the view's grants and dependants).
     HAS_REPLACE_VIEW: ClassVar[bool] = False
 
@@ -100,6 +102,11 @@ class Dialect:
                     result.close()  # a server-side cursor left open warns, and holds the snapshot
         except SQLAlchemyError as exc:
             raise SourceError(first_line(exc)) from None
+
+    def partition_query(self, query: str, columns: Sequence[str], partition: int, partitions: int) -> str | None:
+        """``query`` narrowed to partition ``partition`` of ``partitions`` by a hash of ``columns``, or None
+        where the database has no stable hash (the caller then filters the rows it reads)."""
+        return None
 
     # -- locks --------------------------------------------------------------
 

@@ -116,6 +116,13 @@ class PostgresqlDialect(Dialect):
         except adbc_driver_manager.Error as exc:
             raise SourceError(_adbc_message(exc)) from None
 
+    def partition_query(self, query: str, columns: Sequence[str], partition: int, partitions: int) -> str | None:
+        """Hash the rows' key columns in the server, so a worker reads only its own partition."""
+        row = ", ".join(f"pipeline_domain.{self.quote(c)}" for c in columns)
+        bucket = f"((hashtextextended(ROW({row})::text, 0) % {partitions}) + {partitions}) % {partitions}"
+        return (f"SELECT * FROM ({query.strip().rstrip(';')}\n) AS pipeline_domain "
+                f"WHERE {bucket} = {partition}")
+
     def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
         conn.exec_driver_sql(
             f"ALTER TABLE {self.quote(name)} ADD CONSTRAINT {self.quote(name + '__key')} "

@@ -26,6 +26,7 @@ WRITE_OPTION = "pipeline_write"
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+    CONCURRENT_WRITERS = False  # one writer per database file
 
     @classmethod
     def configure(cls, engine: Engine) -> None:

@@ -24,6 +24,19 @@ CREATE TABLE pipeline_flips (
 
 CREATE INDEX pipeline_flips_table ON pipeline_flips (table_name, alias, id);
 
+CREATE TABLE pipeline_partitions (
+	table_name VARCHAR(63) NOT NULL,
+	version INTEGER NOT NULL,
+	partition INTEGER NOT NULL,
+	partitions INTEGER NOT NULL,
+	row_count BIGINT NOT NULL,
+	digest TEXT NOT NULL,
+	worker TEXT,
+	seconds FLOAT NOT NULL,
+	finished_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	PRIMARY KEY (table_name, version, partition)
+);
+
 CREATE TABLE pipeline_pointer (
 	table_name VARCHAR(63) NOT NULL,
 	alias VARCHAR(63) DEFAULT 'champion' NOT NULL,

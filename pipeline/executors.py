@@ -1,0 +1,270 @@
+"""Where a run reads, scores and writes its domain: in this process, or as partitions on a Dask cluster.
+
+Both executors fill the version table with the same rows (built by :mod:`pipeline.scoring`)
+and hand back what the run records; the key, the audits and the flip come after, once,
+in the run's own process (:mod:`pipeline.materialize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline import state
+from pipeline.dialects import Dialect, dialect_for
+from pipeline.domain import Domain, merged_fingerprint, partition_columns
+from pipeline.errors import AuditError, PipelineError, first_line
+from pipeline.jobs import ExecutorSpec, Job
+from pipeline.model import Model
+from pipeline.partitions import PartitionResult, PartitionTask, write_partition
+from pipeline.pointer import checkpoint
+from pipeline.scoring import Scorer
+from pipeline.stages import overlapped
+from pipeline.store import VersionWriter, columns_of
+from pipeline.transactions import transaction
+
+log = logging.getLogger("pipeline")
+
+Progress = Callable[[int, "int | None"], None]
+EMPTY_DOMAIN = ("the domain is empty: the query or file listed no rows; refusing to publish an empty version "
+                "(set [audits] allow_empty = true to allow it)")
+DASK_MISSING = "the dask executor needs dask.distributed: pip install 'prediction-pipeline[dask]'"
+#: Partitions per worker thread when the job does not say: small enough to spread and to retry cheaply.
+PARTITIONS_PER_THREAD = 4
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A filled and keyed version table, with what the run records about its domain."""
+
+    rows: int
+    columns: list[tuple[str, str]]
+    domain_size: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version table a run fills."""
+
+    job: Job
+    model: Model
+    version: int
+    physical: str
+    logical_date: date
+
+
+class LocalExecutor:
+    """Stream, score and write the whole domain in this process, in one transaction."""
+
+    def check(self, dialect: Dialect) -> None:
+        """Any database will do."""
+
+    def load(self, engine: Engine, target: Target, progress: Progress | None = None) -> Loaded:
+        job = target.job
+        dialect = dialect_for(engine)
+        domain = Domain(job.domain, engine, target.logical_date)
+        try:
+            with transaction(engine) as conn:
+                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
+                expected = expected_rows(conn, job.output.table)
+
+                def write(frame: pd.DataFrame) -> None:
+                    first = writer.rows == 0
+                    writer.write(frame)
+                    if first:
+                        checkpoint("loading")  # a partial table exists from here on
+                    if progress is not None:
+                        progress(writer.rows, expected)
+
+                overlapped(domain.chunks(), Scorer(target.model, job.domain.keys), write)
+                if domain.size == 0:
+                    writer.columns = empty_columns(conn, job)
+                    dialect.create_table(conn, writer.name, writer.columns)
+                checkpoint("indexing")
+                rows = writer.finish()
+        finally:
+            domain.close()
+        return Loaded(rows, writer.columns, domain.size, domain.fingerprint)
+
+
+class DaskExecutor:
+    """Score and load disjoint partitions of the domain on a Dask cluster, each worker writing its own.
+
+    The coordinator (this process) creates the table from a first scored chunk, sends
+    the model to every worker once, and keys the table after every partition committed.
+    """
+
+    def __init__(self, spec: ExecutorSpec) -> None:
+        self.spec = spec
+
+    def check(self, dialect: Dialect) -> None:
+        """Refuse databases with a single writer, and a missing dask, before anything is built."""
+        if not dialect.CONCURRENT_WRITERS:
+            raise PipelineError(f"the dask executor needs a database that takes concurrent writers, such as "
+                                f"PostgreSQL; {dialect.name} has a single writer (use --executor local)")
+        try:
+            import distributed  # noqa: F401 - only to fail early
+        except ImportError:
+            raise PipelineError(DASK_MISSING) from None
+
+    def load(self, engine: Engine, target: Target, progress: Progress | None = None) -> Loaded:
+        job = target.job
+        dialect = dialect_for(engine)
+        columns, by, fingerprint = self._sample(engine, target)
+        if not columns:
+            with transaction(engine) as conn:
+                columns = empty_columns(conn, job)
+                dialect.create_table(conn, target.physical, columns)
+            return Loaded(0, columns, 0, fingerprint)
+        with transaction(engine) as conn:
+            dialect.create_table(conn, target.physical, columns)  # committed: the workers write into it
+            expected = expected_rows(conn, job.output.table)
+        try:
+            checkpoint("loading")
+            with self._client() as client:
+                results = self._run(client, engine, target, columns, by,
+                                    None if progress is None else (lambda rows: progress(rows, expected)))
+            rows = sum(r.rows for r in results)
+            checkpoint("indexing")
+            with transaction(engine) as conn:
+                VersionWriter(dialect, conn, target.physical, job.domain.keys, columns, rows).finish()
+        except BaseException:
+            # Like a local load's rolled-back transaction: a load that failed leaves no table behind.
+            with transaction(engine) as conn:
+                dialect.drop_table(conn, target.physical)
+            raise
+        return Loaded(rows, columns, rows, merged_fingerprint([r.digest for r in results]))
+
+    # -- steps ----------------------------------------------------------------
+
+    def _sample(self, engine: Engine, target: Target) -> tuple[list[tuple[str, str]], tuple[str, ...], str]:
+        """The table's columns and the partitions' hash columns, from the first chunk (none: an empty
+        domain, whose fingerprint comes third)."""
+        domain = Domain(target.job.domain, engine, target.logical_date)
+        chunks = domain.chunks()
+        try:
+            first = next(chunks, None)
+            if first is None:
+                return [], (), domain.fingerprint
+            frame = Scorer(target.model, target.job.domain.keys)(first)
+            return columns_of(frame), tuple(partition_columns(target.job.domain.keys, domain.first_columns)), ""
+        finally:
+            chunks.close()
+            domain.close()
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[Any]:
+        """A client of the cluster at the configured address, or of a local cluster started for this run."""
+        from distributed import Client, LocalCluster
+
+        address = self.spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        with contextlib.ExitStack() as stack:
+            try:
+                if address:
+                    client = stack.enter_context(Client(address, timeout="10s"))
+                else:
+                    cluster = stack.enter_context(LocalCluster(
+                        n_workers=self.spec.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                        silence_logs=logging.ERROR))
+                    client = stack.enter_context(Client(cluster))
+            except (OSError, TimeoutError) as exc:
+                where = f"the Dask scheduler at {address}" if address else "a local Dask cluster"
+                raise PipelineError(f"cannot reach {where}: {first_line(exc)}") from None
+            log.info("dask: %d workers, dashboard at %s", len(client.scheduler_info()["workers"]),
+                     client.dashboard_link)
+            yield client
+
+    def _run(self, client: Any, engine: Engine, target: Target, columns: list[tuple[str, str]],
+             by: tuple[str, ...], progress: Callable[[int], None] | None) -> list[PartitionResult]:
+        """Write every partition; the first one that fails for good cancels the rest and is raised."""
+        from distributed import as_completed
+
+        partitions = self.spec.partitions or PARTITIONS_PER_THREAD * max(1, sum(client.nthreads().values()))
+        url = engine.url.render_as_string(hide_password=False)
+        tasks = [PartitionTask(url, target.job, target.version, target.physical, tuple(columns), i, partitions, by,
+                               target.logical_date) for i in range(partitions)]
+        topic = f"pipeline-progress-{target.physical}-{os.getpid()}"
+        counts: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def tally(event: tuple[float, tuple[int, int]]) -> None:
+            partition, rows = event[1]
+            with lock:
+                counts[partition] = rows  # a retried partition starts again from 0
+                if progress is not None:
+                    progress(sum(counts.values()))
+
+        client.subscribe_topic(topic, tally)
+        model = client.scatter(target.model, broadcast=True)  # sent once to each worker, not once per task
+        futures = [client.submit(_task, task, model, topic, key=f"pipeline-{target.physical}-p{task.partition}",
+                                 pure=False) for task in tasks]
+        log.info("%s: %d partitions on %d workers", target.physical, partitions,
+                 len(client.scheduler_info()["workers"]))
+        results = []
+        try:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    client.cancel(futures)
+                    raise _partition_error(future)
+                results.append(future.result())
+        finally:
+            client.unsubscribe_topic(topic)
+        return sorted(results, key=lambda r: r.partition)
+
+
+def _task(task: PartitionTask, model: Model, topic: str) -> PartitionResult:
+    """What a worker runs: one partition, reporting its rows on ``topic`` (shown by the CLI's bar)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    return write_partition(task, model, progress=lambda rows: worker.log_event(topic, (task.partition, rows)))
+
+
+def _partition_error(future: Any) -> PipelineError:
+    exc = future.exception()
+    if isinstance(exc, PipelineError):
+        return exc
+    what = f"partition {future.key.rsplit('-p', 1)[-1]}"
+    return PipelineError(f"{what} failed on the Dask cluster: {type(exc).__name__}: {first_line(exc)}")
+
+
+def describe(spec: ExecutorSpec) -> str:
+    """One line on where a run of ``spec`` would score, for plans and logs."""
+    if spec.kind != "dask":
+        return "local (this process)"
+    address = spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    where = f"the cluster at {address}" if address else f"a local cluster of {spec.workers or os.cpu_count()} workers"
+    count = f"{spec.partitions} partitions" if spec.partitions else f"{PARTITIONS_PER_THREAD} partitions per thread"
+    return f"dask: {count} on {where}"
+
+
+def executor_for(spec: ExecutorSpec) -> LocalExecutor | DaskExecutor:
+    """The executor a job's ``[executor]`` (or the CLI's ``--executor``) asks for."""
+    return DaskExecutor(spec) if spec.kind == "dask" else LocalExecutor()
+
+
+def expected_rows(conn: Connection, table: str) -> int | None:
+    """What the progress bar expects: the active version's row count, the best guess before counting."""
+    pointer = state.get_pointer(conn, table)
+    active = state.get_version(conn, table, pointer.version) if pointer else None
+    return active.row_count if active else None
+
+
+def empty_columns(conn: Connection, job: Job) -> list[tuple[str, str]]:
+    """An empty domain has no rows to tell column types from: take the active version's, if it may be empty."""
+    if not job.audits.allow_empty:
+        raise AuditError(EMPTY_DOMAIN)
+    pointer = state.get_pointer(conn, job.output.table)
+    active = state.get_version(conn, job.output.table, pointer.version) if pointer else None
+    if active is None:
+        raise AuditError("the domain is empty and there is no active version to take column types from")
+    return list(active.columns)

@@ -1,0 +1,114 @@
+"""Write one partition of a version table, exactly once, from whichever process runs it.
+
+A distributed run splits its domain into disjoint partitions. Each partition is read,
+scored and loaded in one transaction that also records it in ``pipeline_partitions``:
+a worker that dies mid-partition leaves nothing (its transaction rolls back), and a
+task retried after its partition committed finds the record and writes nothing again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import date
+from typing import Callable
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline import state
+from pipeline.db import make_engine
+from pipeline.dialects import dialect_for
+from pipeline.domain import Domain
+from pipeline.jobs import Job
+from pipeline.model import Model
+from pipeline.pointer import checkpoint
+from pipeline.scoring import Scorer
+from pipeline.stages import overlapped
+from pipeline.store import VersionWriter
+from pipeline.transactions import transaction
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """Everything a worker needs to write one partition (the model travels apart, sent once)."""
+
+    url: str                              # the target database, password included
+    job: Job
+    version: int
+    physical: str
+    columns: tuple[tuple[str, str], ...]  # the version table's columns, created by the coordinator
+    partition: int
+    partitions: int
+    by: tuple[str, ...]                   # the first factor's columns the partitions hash
+    logical_date: date
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    partition: int
+    rows: int
+    digest: list[list[object]]  # the domain fingerprint's part (see Domain.digest)
+    worker: str
+    seconds: float
+    #: False when an earlier attempt had committed the partition already.
+    written: bool = True
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(url: str) -> Engine:
+    """One engine (and connection pool) per database and worker process, reused by its tasks."""
+    return make_engine(url)
+
+
+def write_partition(task: PartitionTask, model: Model,
+                    progress: Callable[[int], None] | None = None) -> PartitionResult:
+    """Read, score and load ``task``'s partition in one transaction, unless it was committed before.
+
+    ``progress`` is called with the partition's rows so far after each chunk.
+    """
+    engine = _engine(task.url)
+    dialect = dialect_for(engine)
+    table = task.job.output.table
+    started = time.monotonic()
+    with transaction(engine) as conn:
+        dialect.lock(conn, f"pipeline:{task.physical}:{task.partition}")  # one attempt at a time
+        done = recorded(conn, table, task.version, task.partition)
+        if done is not None:
+            return done
+        writer = VersionWriter(dialect, conn, task.physical, task.job.domain.keys, columns=list(task.columns))
+        domain = Domain(task.job.domain, engine, task.logical_date)
+
+        def write(frame) -> None:
+            writer.write(frame)
+            checkpoint("partition-loading")  # rows are written, not committed
+            if progress is not None:
+                progress(writer.rows)
+
+        try:
+            overlapped(domain.chunks(task.partition, task.partitions, task.by),
+                       Scorer(model, task.job.domain.keys), write)
+        finally:
+            domain.close()
+        result = PartitionResult(task.partition, writer.rows, domain.digest, f"{socket.gethostname()}:{os.getpid()}",
+                                 time.monotonic() - started)
+        conn.execute(insert(state.partitions).values(
+            table_name=table, version=task.version, partition=task.partition, partitions=task.partitions,
+            row_count=result.rows, digest=json.dumps(result.digest), worker=result.worker, seconds=result.seconds,
+            finished_at=state.utcnow()))
+    return result
+
+
+def recorded(conn: Connection, table: str, version: int, partition: int) -> PartitionResult | None:
+    """The committed record of a partition, or None."""
+    p = state.partitions.c
+    row = conn.execute(select(state.partitions).where(p.table_name == table, p.version == version,
+                                                      p.partition == partition)).first()
+    if row is None:
+        return None
+    return PartitionResult(row.partition, row.row_count, json.loads(row.digest), row.worker or "", row.seconds,
+                           written=False)
