@@ -43,6 +43,7 @@ class Subject:
     expected_rows: int | None               # the domain size the run listed
     baseline: str | None = None             # the active version's table, for drift
     logical_date: date | None = None
+    top_k: tuple[tuple[str, ...], int] | None = None  # (group_by, K) of a top-k version
 
 
 def failures(results: Sequence[AuditResult]) -> str:
@@ -50,16 +51,18 @@ def failures(results: Sequence[AuditResult]) -> str:
     return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.passed)
 
 
-def planned_audits(spec: AuditSpec) -> list[str]:
+def planned_audits(spec: AuditSpec, top_k: bool = False) -> list[str]:
     """The names of the audits :func:`run_audits` will report for ``spec``, in its order."""
     return (["row_count", "keys_not_null", "outputs_finite"] + [f"bounds:{c}" for c, _, _ in spec.bounds]
-            + ["keys_unique"] + [f"drift:{d.column}" for d in spec.drift] + [f"sql:{a.name}" for a in spec.sql])
+            + (["top_k"] if top_k else []) + ["keys_unique"] + [f"drift:{d.column}" for d in spec.drift] + [f"sql:{a.name}" for a in spec.sql])
 
 
 def run_audits(conn: Connection, dialect: Dialect, subject: Subject, spec: AuditSpec,
                check_unique: bool = True) -> list[AuditResult]:
     """Run every audit on ``subject``. A failing custom query is a failed audit, not a crash."""
     results = _scan(conn, dialect, subject, spec)
+    if subject.top_k is not None:
+        results.append(_top_k(conn, dialect, subject))
     if check_unique:
         results.append(_unique(conn, dialect, subject))
     else:
@@ -115,6 +118,21 @@ def _scan(conn: Connection, dialect: Dialect, subject: Subject, spec: AuditSpec)
                                    f"values within {span}" if not problems else f"outside {span}: "
                                    + ", ".join(problems)))
     return results
+
+
+def _top_k(conn: Connection, dialect: Dialect, subject: Subject) -> AuditResult:
+    """Every group holds at most K rows, ranked 1..n with no gap or tie (fewer than K only for small groups,
+    which the row count against the run's expected rows checks)."""
+    assert subject.top_k is not None
+    group_by, k = subject.top_k
+    q = dialect.quote
+    groups = dialect.column_list(group_by)
+    bad = conn.execute(text(
+        f"SELECT COUNT(*) FROM (SELECT COUNT(*) AS n, MIN({q('rank')}) AS lo, MAX({q('rank')}) AS hi, "
+        f"COUNT(DISTINCT {q('rank')}) AS ranks FROM {q(subject.table)} GROUP BY {groups}) g "
+        f"WHERE n > {int(k)} OR lo <> 1 OR hi <> n OR ranks <> n")).scalar_one()
+    return AuditResult("top_k", bad == 0, f"every group holds its best rows ranked 1..n (n <= {k})" if not bad
+                       else f"{bad} group(s) with more than {k} rows or ranks other than 1..n")
 
 
 def duplicate_keys(conn: Connection, dialect: Dialect, table: str, keys: Sequence[str],

@@ -61,6 +61,14 @@ def merged_fingerprint(digests: Sequence[list[list[object]]]) -> str:
     return hashlib.sha256(json.dumps(merged).encode()).hexdigest()
 
 
+def merged_size(digests: Sequence[list[list[object]]]) -> int:
+    """The size of the union of disjoint partitions: the first factor's rows times the other factors'."""
+    size = sum(int(part[0][1]) for part in digests)
+    for _, rows, _ in digests[0][1:] if digests else []:
+        size *= int(rows)
+    return size
+
+
 class Domain:
     """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
 

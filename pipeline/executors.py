@@ -20,14 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import state
 from pipeline.dialects import Dialect, dialect_for
-from pipeline.domain import Domain, merged_fingerprint, partition_columns
+from pipeline.domain import Domain, merged_fingerprint, merged_size, partition_columns
 from pipeline.errors import AuditError, PipelineError, first_line
 from pipeline.jobs import ExecutorSpec, Job
 from pipeline.model import Model
-from pipeline.partitions import PartitionResult, PartitionTask, write_partition
+from pipeline.partitions import PartitionResult, PartitionTask, fill, write_partition
 from pipeline.pointer import checkpoint
-from pipeline.scoring import Scorer
-from pipeline.stages import overlapped
+from pipeline.scoring import Scorer, TopK
 from pipeline.store import VersionWriter, columns_of
 from pipeline.transactions import transaction
 
@@ -49,6 +48,8 @@ class Loaded:
     columns: list[tuple[str, str]]
     domain_size: int
     fingerprint: str
+    #: The rows the table must hold: the domain size, or with top_k each group's best rows.
+    expected_rows: int
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,9 @@ class LocalExecutor:
         try:
             with transaction(engine) as conn:
                 writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
-                expected = expected_rows(conn, job.output.table)
-
-                def write(frame: pd.DataFrame) -> None:
-                    first = writer.rows == 0
-                    writer.write(frame)
-                    if first:
-                        checkpoint("loading")  # a partial table exists from here on
-                    if progress is not None:
-                        progress(writer.rows, expected)
-
-                overlapped(domain.chunks(), Scorer(target.model, job.domain.keys), write)
+                total = expected_rows(conn, job)
+                expected = fill(writer, domain.chunks(), target.model, job,
+                                None if progress is None else (lambda rows: progress(rows, total)))
                 if domain.size == 0:
                     writer.columns = empty_columns(conn, job)
                     dialect.create_table(conn, writer.name, writer.columns)
@@ -93,7 +86,7 @@ class LocalExecutor:
                 rows = writer.finish()
         finally:
             domain.close()
-        return Loaded(rows, writer.columns, domain.size, domain.fingerprint)
+        return Loaded(rows, writer.columns, domain.size, domain.fingerprint, expected)
 
 
 class DaskExecutor:
@@ -124,10 +117,10 @@ class DaskExecutor:
             with transaction(engine) as conn:
                 columns = empty_columns(conn, job)
                 dialect.create_table(conn, target.physical, columns)
-            return Loaded(0, columns, 0, fingerprint)
+            return Loaded(0, columns, 0, fingerprint, 0)
         with transaction(engine) as conn:
             dialect.create_table(conn, target.physical, columns)  # committed: the workers write into it
-            expected = expected_rows(conn, job.output.table)
+            expected = expected_rows(conn, job)
         try:
             checkpoint("loading")
             with self._client() as client:
@@ -142,7 +135,9 @@ class DaskExecutor:
             with transaction(engine) as conn:
                 dialect.drop_table(conn, target.physical)
             raise
-        return Loaded(rows, columns, rows, merged_fingerprint([r.digest for r in results]))
+        size = merged_size([r.digest for r in results])
+        return Loaded(rows, columns, size, merged_fingerprint([r.digest for r in results]),
+                      sum(r.expected_rows for r in results))
 
     # -- steps ----------------------------------------------------------------
 
@@ -155,8 +150,18 @@ class DaskExecutor:
             first = next(chunks, None)
             if first is None:
                 return [], (), domain.fingerprint
-            frame = Scorer(target.model, target.job.domain.keys)(first)
-            return columns_of(frame), tuple(partition_columns(target.job.domain.keys, domain.first_columns)), ""
+            job = target.job
+            frame = Scorer(target.model, job.domain.keys)(first)
+            if job.output.top_k:
+                top = TopK(job.output, job.domain.keys)
+                top.add(frame)
+                frame = next(top.frames(len(frame)))
+                outside = [g for g in job.output.group_by if g not in domain.first_columns]
+                if outside:  # a partition must hold whole groups
+                    raise PipelineError(f"the dask executor splits the domain's first factor: top_k's group_by "
+                                        f"({', '.join(outside)}) must be among its columns")
+                return columns_of(frame), job.output.group_by, ""
+            return columns_of(frame), tuple(partition_columns(job.domain.keys, domain.first_columns)), ""
         finally:
             chunks.close()
             domain.close()
@@ -252,11 +257,11 @@ def executor_for(spec: ExecutorSpec) -> LocalExecutor | DaskExecutor:
     return DaskExecutor(spec) if spec.kind == "dask" else LocalExecutor()
 
 
-def expected_rows(conn: Connection, table: str) -> int | None:
-    """What the progress bar expects: the active version's row count, the best guess before counting."""
-    pointer = state.get_pointer(conn, table)
-    active = state.get_version(conn, table, pointer.version) if pointer else None
-    return active.row_count if active else None
+def expected_rows(conn: Connection, job: Job) -> int | None:
+    """What the progress bar expects: the active version's domain size, the best guess before counting."""
+    pointer = state.get_pointer(conn, job.output.table)
+    active = state.get_version(conn, job.output.table, pointer.version) if pointer else None
+    return active.domain_size if active else None
 
 
 def empty_columns(conn: Connection, job: Job) -> list[tuple[str, str]]:

@@ -58,6 +58,11 @@ class OutputSpec:
     table: str
     #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
     keep: int | None = None
+    #: Keep only the ``top_k`` best rows of each ``group_by`` group, ranked by the output ``rank_by``.
+    top_k: int | None = None
+    group_by: tuple[str, ...] = ()
+    rank_by: str | None = None
+    ascending: bool = False
     #: Values for keys outside the domain, served by the one-row view ``<table>__default``.
     default: tuple[tuple[str, Any], ...] = ()
 
@@ -251,6 +256,8 @@ class _Reader:
         if schedule is not None:
             self.cron(schedule, timezone)
         target = self.get(raw, "target", str, "target")
+        domain = self.domain(self.section(raw, "domain", {"keys", "query", "file", "source", "product", "chunk_size"}))
+        domain_keys = domain.keys
         grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
         if grace < 1:
             raise self.fail("misfire_grace_seconds", "must be at least 1")
@@ -263,11 +270,11 @@ class _Reader:
             schedule=schedule,
             timezone=timezone,
             target=None if target is None else self.expand(target, "target"),
-            domain=self.domain(self.section(raw, "domain", {"keys", "query", "file", "source",
-                                                            "product", "chunk_size"})),
+            domain=domain,
             model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features", "format",
                                                           "trusted"})),
-            output=self.output(self.section(raw, "output", {"table", "keep", "default"})),
+            output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by",
+                                                            "rank_by", "ascending"}), domain_keys),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
             executor=self.executor(self.section(raw, "executor", {"kind", "address", "workers", "partitions"})
@@ -345,8 +352,25 @@ class _Reader:
         return ModelSpec(path=path, method=method, sha256=sha256,
                          features=self.names(raw, "features", "model.features"), format=fmt, trusted=tuple(trusted))
 
-    def output(self, raw: dict[str, Any]) -> OutputSpec:
+    def output(self, raw: dict[str, Any], keys: tuple[str, ...]) -> OutputSpec:
         table = self.get(raw, "table", str, "output.table", required=True)
+        top_k = self.get(raw, "top_k", int, "output.top_k")
+        group_by = self.names(raw, "group_by", "output.group_by") or ()
+        rank_by = self.get(raw, "rank_by", str, "output.rank_by")
+        ascending = self.get(raw, "ascending", bool, "output.ascending", default=False)
+        if top_k is None:
+            for key in ("group_by", "rank_by", "ascending"):
+                if key in raw:
+                    raise self.fail(f"output.{key}", "goes with top_k")
+        else:
+            if top_k < 1:
+                raise self.fail("output.top_k", "must be at least 1")
+            if not group_by or rank_by is None:
+                raise self.fail("output.top_k", "needs group_by (key columns) and rank_by (an output column)")
+            outside = [g for g in group_by if g not in keys]
+            if outside or len(group_by) == len(keys):
+                raise self.fail("output.group_by", f"must be some, not all, of the domain keys ({', '.join(keys)})")
+            self.identifier(rank_by, "output.rank_by")
         keep = self.get(raw, "keep", int, "output.keep")
         if keep is not None and keep < 1:
             raise self.fail("output.keep", "must be at least 1")
@@ -360,7 +384,7 @@ class _Reader:
                                                             f"{type(value).__name__}")
             default.append((column, value))
         return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
-                          default=tuple(default))
+                          default=tuple(default), top_k=top_k, group_by=group_by, rank_by=rank_by, ascending=ascending)
 
     def executor(self, raw: dict[str, Any]) -> ExecutorSpec:
         kind = self.get(raw, "kind", str, "executor.kind", default="local")

@@ -24,14 +24,14 @@ from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain
 from pipeline.errors import AuditError, PipelineError, SourceError, first_line
-from pipeline.jobs import AuditSpec, Job
+from pipeline.jobs import AuditSpec, Job, OutputSpec
 from pipeline.executors import Target, executor_for
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish, write_default
 from pipeline.retention import gc, reap_locked
-from pipeline.scoring import check_default
+from pipeline.scoring import check_output
 from pipeline.transactions import reading, transaction
-from pipeline.versions import version_table
+from pipeline.versions import RANK, outputs_of, version_table
 
 log = logging.getLogger("pipeline")
 
@@ -168,7 +168,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
            still_held: Callable[[], None], progress: Progress | None) -> RunResult:
     dialect = dialect_for(engine)
     table = job.output.table
-    check_default(job, model)
+    check_output(job, model)
     executor = executor_for(job.executor)
     executor.check(dialect)
     version = _allocate(engine, dialect, job, model, logical_date, clock)
@@ -185,7 +185,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     try:
         loaded = executor.load(engine, Target(job, model, version, physical, logical_date), progress)
         lap("load")
-        results = _audit(engine, job, version, loaded.columns, loaded.domain_size, logical_date, clock)
+        results = _audit(engine, job, version, loaded.columns, loaded.expected_rows, logical_date, clock)
         lap("audit")
         ready = dict(finished_at=clock(), row_count=loaded.rows, columns=loaded.columns,
                      domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint)
@@ -217,24 +217,27 @@ def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_
 
 
 def _audit(engine: Engine, job: Job, version: int, columns: list[tuple[str, str]],
-           domain_size: int, logical_date: date, clock: Clock) -> list[AuditResult]:
+           expected_rows: int, logical_date: date, clock: Clock) -> list[AuditResult]:
     """Write-audit-publish: the checks that must pass before the flip; results are stored either way."""
     checkpoint("auditing")
-    results = audit_version(engine, job.output.table, version, job.audits, domain_size=domain_size,
+    results = audit_version(engine, job.output.table, version, job.audits, expected_rows=expected_rows,
                             columns=columns, keys=job.domain.keys, logical_date=logical_date,
-                            check_unique=False, clock=clock)
+                            check_unique=False, clock=clock, output=job.output)
     if any(not r.passed for r in results):
         raise AuditError(f"audit failed: {failures(results)}")
     return results
 
 
 def audit_version(engine: Engine, table: str, version: int, spec: AuditSpec = AuditSpec(), *,
-                  domain_size: int | None = None, columns: list[tuple[str, str]] | None = None,
+                  expected_rows: int | None = None, columns: list[tuple[str, str]] | None = None,
                   keys: tuple[str, ...] | None = None, logical_date: date | None = None,
-                  check_unique: bool = True, clock: Clock = state.utcnow) -> list[AuditResult]:
+                  check_unique: bool = True, clock: Clock = state.utcnow,
+                  output: OutputSpec | None = None) -> list[AuditResult]:
     """Run ``spec``'s audits (and the built-in ones) on a version, store the results and return them.
 
-    Drift compares with the active version, unless ``version`` is the active one.
+    Drift compares with the active version, unless ``version`` is the active one. With
+    ``output.top_k``, each group must hold its K best rows ranked 1..n; the row count of a
+    top-k version is known only to the run that made it (``expected_rows``).
     """
     dialect = dialect_for(engine)
     with reading(engine) as conn:
@@ -249,10 +252,11 @@ def audit_version(engine: Engine, table: str, version: int, spec: AuditSpec = Au
         baseline = None
         if pointer is not None and pointer.version != version:
             baseline = version_table(table, pointer.version)
-        subject = Subject(version_table(table, version), tuple(keys),
-                          tuple(c for c in columns if c[0] not in keys),
-                          found.domain_size if domain_size is None else domain_size, baseline,
-                          logical_date or found.logical_date)
+        top_k = (output.group_by, output.top_k) if output is not None and output.top_k else None
+        if expected_rows is None and top_k is None and RANK not in dict(columns):
+            expected_rows = found.domain_size
+        subject = Subject(version_table(table, version), tuple(keys), tuple(outputs_of(columns, keys)),
+                          expected_rows, baseline, logical_date or found.logical_date, top_k)
         results = run_audits(conn, dialect, subject, spec, check_unique=check_unique)
     with transaction(engine) as conn:
         state.save_audits(conn, table, version, results, clock())

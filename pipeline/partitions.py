@@ -15,7 +15,9 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable
+from typing import Callable, Iterator
+
+import pandas as pd
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
@@ -27,7 +29,7 @@ from pipeline.domain import Domain
 from pipeline.jobs import Job
 from pipeline.model import Model
 from pipeline.pointer import checkpoint
-from pipeline.scoring import Scorer
+from pipeline.scoring import Scorer, TopK
 from pipeline.stages import overlapped
 from pipeline.store import VersionWriter
 from pipeline.transactions import transaction
@@ -52,6 +54,7 @@ class PartitionTask:
 class PartitionResult:
     partition: int
     rows: int
+    expected_rows: int          # what the partition must hold (its domain size, or its groups' top rows)
     digest: list[list[object]]  # the domain fingerprint's part (see Domain.digest)
     worker: str
     seconds: float
@@ -82,24 +85,17 @@ def write_partition(task: PartitionTask, model: Model,
             return done
         writer = VersionWriter(dialect, conn, task.physical, task.job.domain.keys, columns=list(task.columns))
         domain = Domain(task.job.domain, engine, task.logical_date)
-
-        def write(frame) -> None:
-            writer.write(frame)
-            checkpoint("partition-loading")  # rows are written, not committed
-            if progress is not None:
-                progress(writer.rows)
-
         try:
-            overlapped(domain.chunks(task.partition, task.partitions, task.by),
-                       Scorer(model, task.job.domain.keys), write)
+            expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by), model, task.job,
+                            progress, phase="partition-loading")
         finally:
             domain.close()
-        result = PartitionResult(task.partition, writer.rows, domain.digest, f"{socket.gethostname()}:{os.getpid()}",
-                                 time.monotonic() - started)
+        result = PartitionResult(task.partition, writer.rows, expected, domain.digest,
+                                 f"{socket.gethostname()}:{os.getpid()}", time.monotonic() - started)
         conn.execute(insert(state.partitions).values(
             table_name=table, version=task.version, partition=task.partition, partitions=task.partitions,
-            row_count=result.rows, digest=json.dumps(result.digest), worker=result.worker, seconds=result.seconds,
-            finished_at=state.utcnow()))
+            row_count=result.rows, expected_rows=expected, digest=json.dumps(result.digest), worker=result.worker,
+            seconds=result.seconds, finished_at=state.utcnow()))
     return result
 
 
@@ -110,5 +106,36 @@ def recorded(conn: Connection, table: str, version: int, partition: int) -> Part
                                                       p.partition == partition)).first()
     if row is None:
         return None
-    return PartitionResult(row.partition, row.row_count, json.loads(row.digest), row.worker or "", row.seconds,
-                           written=False)
+    return PartitionResult(row.partition, row.row_count, row.expected_rows, json.loads(row.digest), row.worker or "",
+                           row.seconds, written=False)
+
+
+def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], model: Model, job: Job,
+         progress: Callable[[int], None] | None = None, phase: str = "loading") -> int:
+    """Score ``chunks`` into ``writer``, keeping only each group's best rows when the job has top_k.
+
+    Returns the rows the table must hold. ``progress`` gets the rows scored so far;
+    ``phase`` is the checkpoint marked once rows are written (and not yet committed).
+    """
+    keys = job.domain.keys
+    top = TopK(job.output, keys) if job.output.top_k else None
+    scored = 0
+
+    def put(frame: pd.DataFrame) -> None:
+        writer.write(frame)
+        if writer.rows == len(frame):
+            checkpoint(phase)  # a partial table exists from here on
+
+    def write(frame: pd.DataFrame) -> None:
+        nonlocal scored
+        scored += len(frame)
+        top.add(frame) if top is not None else put(frame)
+        if progress is not None:
+            progress(scored)
+
+    overlapped(chunks, Scorer(model, keys), write)
+    if top is None:
+        return writer.rows
+    for frame in top.frames(job.domain.chunk_size):
+        put(frame)
+    return top.expected_rows

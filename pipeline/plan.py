@@ -23,7 +23,7 @@ from pipeline.errors import AuditError
 from pipeline.audits import planned_audits
 from pipeline.jobs import Job
 from pipeline.executors import EMPTY_DOMAIN, describe, executor_for
-from pipeline.scoring import check_default, check_inputs, score_chunk
+from pipeline.scoring import TopK, check_inputs, check_output, score_chunk
 from pipeline.model import load_model
 from pipeline.store import infer_type
 from pipeline.transactions import reading
@@ -60,7 +60,7 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
         PipelineError: the first problem a run would hit (job file, model, domain, scoring).
     """
     model = load_model(job.model)
-    check_default(job, model)
+    check_output(job, model)
     executor_for(job.executor).check(dialect_for(engine))
     keys = list(job.domain.keys)
     domain = Domain(job.domain, engine, logical_date)
@@ -70,6 +70,10 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
             if sample is None:
                 check_inputs(model, keys, list(map(str, chunk.columns)))
                 sample = score_chunk(model, keys, chunk)
+                if job.output.top_k:
+                    top = TopK(job.output, keys)
+                    top.add(sample)
+                    sample = next(top.frames(len(sample)))
                 columns_seen = tuple(map(str, chunk.columns))
     finally:
         domain.close()
@@ -97,6 +101,6 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
                 domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
-                model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits)), sql=sql,
+                model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
                 schedule=job.schedule, next_tick=next_tick(job),
                 executor=describe(job.executor))

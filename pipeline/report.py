@@ -20,7 +20,7 @@ from pipeline.diff import NUMERIC_TYPES, diff_versions
 from pipeline.dialects import dialect_for
 from pipeline.errors import FlipError
 from pipeline.transactions import reading
-from pipeline.versions import previous_version, version_table
+from pipeline.versions import outputs_of, previous_version, version_table
 
 BINS = 20
 RECENT = 20  # versions in the history plots
@@ -66,7 +66,7 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
             raise FlipError(f"{table} has no version {v} with a table to report on")
     dialect = dialect_for(engine)
     versions = [v for v in (a, b) if v is not None]
-    outputs = [(c, t) for c, t in by_number[b].columns if c not in by_number[b].keys and t in NUMERIC_TYPES]
+    outputs = [(c, t) for c, t in outputs_of(by_number[b].columns, by_number[b].keys) if t in NUMERIC_TYPES]
     sections, plots = [], 0
     with reading(engine) as conn:
         for column, _ in outputs:

@@ -87,6 +87,7 @@ partitions = Table(
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("partitions", Integer, nullable=False),
     Column("row_count", BigInteger, nullable=False),
+    Column("expected_rows", BigInteger, nullable=False),
     Column("digest", Text, nullable=False),        # JSON: the domain fingerprint's part from this partition
     Column("worker", Text),
     Column("seconds", Float, nullable=False),

@@ -13,6 +13,18 @@ RESERVED_PREFIX = "pipeline_"
 #: Room left in an identifier for a version table's suffixes (``__v12345__key``).
 MAX_TABLE_LENGTH = MAX_IDENTIFIER_LENGTH - len("__v12345__key")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Columns the pipeline stores beside keys and outputs: the key's A/B bucket (0..99) and a hash
+#: of the row's features (what an incremental run compares); ``rank`` with top_k.
+BUCKET = "ab_bucket"
+INPUT_HASH = "input_hash"
+RANK = "rank"
+SYSTEM_COLUMNS = (BUCKET, INPUT_HASH)
+
+
+def outputs_of(columns: Iterable[tuple[str, str]], keys: Iterable[str]) -> list[tuple[str, str]]:
+    """The model's output columns (and ``rank``) of a version: neither keys nor the pipeline's own columns."""
+    skip = set(keys) | set(SYSTEM_COLUMNS)
+    return [(c, t) for c, t in columns if c not in skip]
 
 
 def check_identifier(name: str) -> str:

@@ -403,6 +403,14 @@ BAD = [
      "must be one of predict, predict_proba, decision_function, got 'predict_log_proba'"),
     ("method-case", dict(model='path = "models/m.joblib"\nmethod = "Predict"'), "model.method",
      "must be one of predict, predict_proba, decision_function, got 'Predict'"),
+    # top-k
+    ("topk-alone", dict(output='table = "scores"\ntop_k = 3'), "output.top_k",
+     "needs group_by (key columns) and rank_by (an output column)"),
+    ("topk-zero", dict(output='table = "scores"\ntop_k = 0\ngroup_by = ["id"]\nrank_by = "score"'), "output.top_k",
+     "must be at least 1"),
+    ("topk-all-keys", dict(output='table = "scores"\ntop_k = 3\ngroup_by = ["id"]\nrank_by = "score"'),
+     "output.group_by", "must be some, not all, of the domain keys (id)"),
+    ("rank-without-topk", dict(output='table = "scores"\nrank_by = "score"'), "output.rank_by", "goes with top_k"),
     # executor
     ("executor-kind", dict(output='table = "scores"\n[executor]\nkind = "ray"'), "executor.kind",
      "must be one of local, dask, got 'ray'"),

@@ -38,7 +38,8 @@ def test_run_writes_one_row_per_key_with_the_models_outputs(engine, customers, w
     result = run_job(job, engine)
     assert (result.version, result.rows, result.activated, result.previous) == (1, 500, True, None)
     view = read_view(engine)
-    assert list(view.columns) == ["customer_id", "proba_false", "proba_true", "model_version"]
+    assert list(view.columns) == ["customer_id", "proba_false", "proba_true", "ab_bucket", "input_hash",
+                                  "model_version"]
     assert view.customer_id.tolist() == customers.customer_id.tolist()
     np.testing.assert_allclose(view[["proba_false", "proba_true"]].to_numpy(), expected(job, customers), rtol=1e-12)
     assert set(view.model_version) == {1}
@@ -284,6 +285,6 @@ def test_a_default_for_keys_outside_the_domain(engine, customers, write_job):
     assert len(rows) == 505 and rows.model_version.isna().sum() == 5
     assert (rows.proba_true.tail(5) == 0.1).all() and (rows.proba_true.head(500) != 0.1).all()
     bad = load_job(write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { score = 1 }')))
-    with pytest.raises(ModelError, match="default names column.* the model does not output: score"):
+    with pytest.raises(ModelError, match=r"\[output\] names column.* the model does not output: score"):
         run_job(bad, engine, force=True)
     assert len(catalog.versions(engine, "scores")) == 1  # refused before anything was built

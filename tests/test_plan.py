@@ -28,7 +28,8 @@ def test_plan_counts_and_writes_nothing(engine, write_job):
     found = plan_job(job, engine, dt.date(2026, 1, 2))
     assert tables(engine) == before == {"customers"}
     assert (found.version, found.active_version, found.domain_size) == (1, None, 250)
-    assert found.columns == (("customer_id", "integer"), ("proba_false", "float"), ("proba_true", "float"))
+    assert found.columns == (("customer_id", "integer"), ("proba_false", "float"), ("proba_true", "float"),
+                             ("ab_bucket", "integer"), ("input_hash", "integer"))
     assert found.features == ("x1", "x2", "x3") and found.method == "predict_proba"
     assert "bounds:proba_true" in found.audits and "CREATE TABLE" in found.sql[0] and "scores__v1" in found.sql[0]
     run_job(job, engine)

@@ -20,6 +20,7 @@ from pipeline.db import make_engine, redact, resolve_url
 from pipeline.errors import AuditError
 from pipeline.jobs import EXECUTORS, AuditSpec, find_job, iter_jobs, load_job, with_executor
 from pipeline.progress import reporter
+from pipeline.versions import outputs_of
 
 
 @main.command()
@@ -246,7 +247,7 @@ def audit(table: str, version: int, db_url: str | None) -> None:
     """
     job = job_for_table(table)
     results = materialize.audit_version(table_engine(db_url, table), table, version,
-                                        job.audits if job else AuditSpec())
+                                        job.audits if job else AuditSpec(), output=job.output if job else None)
     print_table(["audit", "result", "detail"], [[r.name, "pass" if r.passed else "FAIL", r.detail] for r in results])
     if any(not r.passed for r in results):
         raise AuditError(f"{table} version {version}: audit failed: {failures(results)}")
@@ -311,7 +312,7 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
                    f"{', '.join(found.domain_columns)}"),
         ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
         ("features", ", ".join(found.features)),
-        ("outputs", ", ".join(f"{c} {t}" for c, t in found.columns if c not in found.keys)),
+        ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
         ("audits", ", ".join(found.audits)),
         ("executor", found.executor),
         ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),

@@ -30,6 +30,7 @@ CREATE TABLE pipeline_partitions (
 	partition INTEGER NOT NULL,
 	partitions INTEGER NOT NULL,
 	row_count BIGINT NOT NULL,
+	expected_rows BIGINT NOT NULL,
 	digest TEXT NOT NULL,
 	worker TEXT,
 	seconds FLOAT NOT NULL,
