@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from sqlalchemy.engine import Engine
 
-from pipeline import state
+from pipeline import split, state
 from pipeline.transactions import reading
 
 
@@ -31,6 +31,8 @@ class TableStatus:
     latest_error: str | None
     last_run: state.Run | None = None          # the newest run of the table, whatever its outcome
     failed_runs: int = 0                       # failed runs since the last success
+    aliases: tuple[tuple[str, int], ...] = ()  # other aliases and the versions they serve
+    split: str | None = None                   # the A/B split view, e.g. "20% challenger"
 
 
 def versions(engine: Engine, table: str) -> list[VersionRow]:
@@ -59,7 +61,9 @@ def status(engine: Engine) -> list[TableStatus]:
             return []
         for table in state.list_tables(conn):
             found = state.list_versions(conn, table)
-            pointer = state.get_pointer(conn, table)
+            pointers = state.list_pointers(conn, table)
+            pointer = next((p for p in pointers if p.alias == state.DEFAULT_ALIAS), None)
+            ab = split.read(conn, table)
             active = next((v for v in found if pointer and v.version == pointer.version), None)
             latest = found[-1]
             recent = state.list_runs(conn, table=table, limit=200)
@@ -80,6 +84,8 @@ def status(engine: Engine) -> list[TableStatus]:
                 latest_error=latest.error,
                 last_run=recent[0] if recent else None,
                 failed_runs=failed,
+                aliases=tuple((p.alias, p.version) for p in pointers if p.alias != state.DEFAULT_ALIAS),
+                split=f"{ab.percent}% {ab.alias}" if ab else None,
             ))
     return rows
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable, Iterator
 
-import pandas as pd
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import state

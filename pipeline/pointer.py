@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline import state
+from pipeline import split, state
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.errors import FlipError
 from pipeline.transactions import reading, retry_on_lock
-from pipeline.versions import check_identifier, previous_version, version_table
+from pipeline.versions import check_identifier, previous_version, version_table, view_name
 
 log = logging.getLogger("pipeline")
 Clock = Callable[[], Any]
@@ -48,10 +48,6 @@ class FlipResult:
     to_version: int
 
 
-def view_name(table: str, alias: str = state.DEFAULT_ALIAS) -> str:
-    return table if alias == state.DEFAULT_ALIAS else f"{table}__{alias}"
-
-
 def members(conn: Connection, table: str, columns: tuple[tuple[str, str], ...]) -> list[int]:
     """The versions a view of ``columns`` lists: every ready version with exactly those columns."""
     return [v.version for v in state.list_versions(conn, table) if v.status == "ready" and v.columns == columns]
@@ -62,7 +58,11 @@ def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, versi
     """Make the view list exactly ``versions`` and record that on the pointer row."""
     branches = [(version_table(table, v), v) for v in versions]
     select_sql = dialect.view_select(table, alias, branches, [c for c, _ in columns])
+    if not same_columns:
+        split.drop_view(conn, dialect, table)  # it reads the alias views; made again below
     dialect.replace_view(conn, view_name(table, alias), select_sql, same_columns)
+    if not same_columns:
+        split.refresh(conn, dialect, table)
 
 
 def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,

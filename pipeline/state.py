@@ -94,6 +94,15 @@ partitions = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False),
 )
 
+# The A/B split of a table: the share of keys (by ab_bucket) its <table>__ab view serves from an alias.
+splits = Table(
+    "pipeline_splits", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("alias", String(63), nullable=False),
+    Column("percent", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
 TRIGGERS = ("manual", "schedule", "cron", "backfill")
 

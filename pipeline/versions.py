@@ -59,6 +59,11 @@ def version_table(table: str, version: int) -> str:
     return check_identifier(f"{table}__v{version}")
 
 
+def view_name(table: str, alias: str = "champion") -> str:
+    """The view an alias serves: the table's own name for ``champion``, else ``<table>__<alias>``."""
+    return table if alias == "champion" else f"{table}__{alias}"
+
+
 def column_suffix(label: object) -> str:
     """Turn a class label into the tail of a column name (``proba_<label>``)."""
     text = str(label).strip()

@@ -18,7 +18,7 @@ from pipeline import catalog, load_job, run_job
 from pipeline.cli import main
 from pipeline.db import make_engine
 from pipeline.domain import Domain
-from pipeline.errors import ModelError, PipelineError
+from pipeline.errors import ModelError
 from pipeline.jobs import ExecutorSpec, with_executor
 from pipeline.materialize import prepare
 from pipeline.model import load_model

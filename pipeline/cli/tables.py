@@ -216,11 +216,13 @@ def status(settings: Settings, as_json: bool, db_url: str | None) -> None:
         click.echo(f"no prediction tables yet in {', '.join(redact(u) for u in urls)}")
         return
     print_table(["table", "active", "logical_date", "rows", "model", "age", "last run", "failing", "next tick",
-                 "database"],
+                 "aliases", "database"],
                 [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
                   _age(now - s.activated_at) if s.activated_at else None,
                   f"{s.last_run.status} {s.last_run.logical_date}" if s.last_run else None,
-                  s.failed_runs or None, ticks.get(s.table), url] for url, s in rows])
+                  s.failed_runs or None, ticks.get(s.table),
+                  ", ".join([f"{a}=v{v}" for a, v in s.aliases] + ([f"ab {s.split}"] if s.split else [])) or None,
+                  url] for url, s in rows])
 
 
 def _age(delta: timedelta) -> str:

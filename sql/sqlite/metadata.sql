@@ -69,6 +69,14 @@ CREATE INDEX pipeline_runs_job ON pipeline_runs (job, id);
 
 CREATE UNIQUE INDEX pipeline_runs_tick ON pipeline_runs (job, scheduled_for);
 
+CREATE TABLE pipeline_splits (
+	table_name VARCHAR(63) NOT NULL,
+	alias VARCHAR(63) NOT NULL,
+	percent INTEGER NOT NULL,
+	updated_at DATETIME NOT NULL,
+	PRIMARY KEY (table_name)
+);
+
 CREATE TABLE pipeline_versions (
 	table_name VARCHAR(63) NOT NULL,
 	version INTEGER NOT NULL,
