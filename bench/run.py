@@ -14,6 +14,7 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
             (executemany in one transaction on SQLite), each step timed alone
 - pipeline: `python -m pipeline run` (versioned table, key index, audits, flip)
 - dask:     the same run with `--executor dask --workers 1` and `--workers 2` (PostgreSQL, 1M rows and up)
+- incremental: 100 keys added, `run --incremental` against a full `run --force` (1M rows and up)
 """
 
 from __future__ import annotations
@@ -216,6 +217,35 @@ def dask_row(url: str, job: Path, size: str, local: dict) -> str:
             f" | {two['wall']:.1f} s, {two['rss_mb']:.0f} MB | {two['wall'] / local['wall']:.2f}x |")
 
 
+def incremental_row(url: str, job: Path, database: str, name: str, table: str, size: str, n: int) -> str:
+    """Add 100 keys to the inputs, then time an incremental run against a full one and compare their tables."""
+    from sqlalchemy import text
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.db import make_engine
+
+    engine = make_engine(url)
+    features = ", ".join("random() / 9223372036854775807.0 / 2 + 0.5" if database == "sqlite" else "random()"
+                         for _ in FEATURES)
+    with engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {table} WHERE id > {n}"))
+        conn.execute(text(f"INSERT INTO {table} SELECT id + {n}, {features} FROM {table} WHERE id <= 100"))
+    run = [sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url]
+    top_up = measure(run + ["--incremental"])
+    full = measure(run + ["--force"])
+    with engine.connect() as conn:
+        last = conn.execute(text("SELECT MAX(version) FROM pipeline_versions WHERE table_name = :t"), {"t": name})
+        b = last.scalar_one()
+        columns = "id, proba_false, proba_true, ab_bucket, input_hash"
+        differ = conn.execute(text(
+            f"SELECT COUNT(*) FROM ((SELECT {columns} FROM {name}__v{b - 1} EXCEPT SELECT {columns} FROM "
+            f"{name}__v{b}) UNION ALL (SELECT {columns} FROM {name}__v{b} EXCEPT SELECT {columns} FROM "
+            f"{name}__v{b - 1})) d")).scalar_one()
+    engine.dispose()
+    return (f"| {database} | {size} + 100 | {full['wall']:.1f} s | {top_up['wall']:.1f} s | "
+            f"{top_up['wall'] / full['wall']:.2f}x | {'yes' if differ == 0 else f'NO: {differ} rows differ'} |")
+
+
 def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     """Median flip and rollback times, and point lookups through the view against the version table."""
     import numpy as np
@@ -286,7 +316,7 @@ def main() -> None:
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     models = make_models(workdir)
-    rows_md, flips_md, dask_md, notes = [], [], [], []
+    rows_md, flips_md, dask_md, incremental_md, notes = [], [], [], [], []
     for database in databases:
         url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
         for size in sizes:
@@ -315,6 +345,9 @@ def main() -> None:
                 if database == "postgresql" and kind == "hgb" and n >= 1_000_000:
                     dask_md.append(dask_row(url, job, size, found["pipeline"]))
                     print(dask_md[-1], flush=True)
+                if kind == "hgb" and n >= 1_000_000:
+                    incremental_md.append(incremental_row(url, job, database, name, table, size, n))
+                    print(incremental_md[-1], flush=True)
         largest = max((s for s in sizes if database == "postgresql" or SIZES[s] <= 1_000_000), key=SIZES.get)
         for size in ("1k", largest):
             n, name = SIZES[size], f"bench_hgb_{size.lower()}"
@@ -351,7 +384,12 @@ def main() -> None:
               "on PostgreSQL with the HGB model. Wall time includes starting the cluster; RSS is the "
               "coordinator's own.", "",
               "| rows | local | dask, 1 worker | dask, 2 workers | 2 workers / local |", "|---|---|---|---|---|",
-              *dask_md, "", *notes, ""]
+              *dask_md, "",
+              "Incremental top-up: 100 keys added to the domain, then `pipeline run --incremental` (scores the "
+              "100 new keys, copies the rest inside the database) against a full `pipeline run --force` of the "
+              "same domain, HGB model; `same table` compares the two versions row for row in the database.", "",
+              "| database | rows | full run | incremental run | incremental / full | same table |",
+              "|---|---|---|---|---|---|", *incremental_md, "", *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 

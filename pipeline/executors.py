@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline import state
+from pipeline import incremental, state
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain, merged_fingerprint, merged_size, partition_columns
 from pipeline.errors import AuditError, PipelineError, first_line
@@ -49,6 +49,8 @@ class Loaded:
     fingerprint: str
     #: The rows the table must hold: the domain size, or with top_k each group's best rows.
     expected_rows: int
+    #: Rows an incremental run copied from the active version instead of scoring them.
+    copied: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Target:
     version: int
     physical: str
     logical_date: date
+    #: The active version to top up: score only new and changed keys, copy the rest (--incremental).
+    top_up: incremental.TopUp | None = None
 
 
 class LocalExecutor:
@@ -71,21 +75,33 @@ class LocalExecutor:
     def load(self, engine: Engine, target: Target, progress: Progress | None = None) -> Loaded:
         job = target.job
         dialect = dialect_for(engine)
+        top_up = target.top_up
         domain = Domain(job.domain, engine, target.logical_date)
         try:
             with transaction(engine) as conn:
-                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
                 total = expected_rows(conn, job)
-                expected = fill(writer, domain.chunks(), target.model, job,
-                                None if progress is None else (lambda rows: progress(rows, total)))
+                report = None if progress is None else (lambda rows: progress(rows, total))
+                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
+                chunks = domain.chunks()
+                if top_up is not None:
+                    writer.columns = top_up.columns
+                    dialect.create_table(conn, target.physical, writer.columns)
+                    chunks = (c for c in map(incremental.progress_of(top_up, report), chunks) if len(c))
+                    report = None
+                expected = fill(writer, chunks, target.model, job, report)
+                if top_up is not None:
+                    writer.rows += top_up.copy(conn, dialect, target.physical, job.output.table)
+                    expected = domain.size
                 if domain.size == 0:
                     writer.columns = empty_columns(conn, job)
-                    dialect.create_table(conn, writer.name, writer.columns)
+                    if top_up is None:
+                        dialect.create_table(conn, writer.name, writer.columns)
                 checkpoint("indexing")
                 rows = writer.finish()
         finally:
             domain.close()
-        return Loaded(rows, writer.columns, domain.size, domain.fingerprint, expected)
+        return Loaded(rows, writer.columns, domain.size, domain.fingerprint, expected,
+                      top_up.copied if top_up is not None else 0)
 
 
 class DaskExecutor:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
-from pipeline import state
+from pipeline import incremental, state
 from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
@@ -53,11 +53,14 @@ class RunResult:
     skipped: str | None = None
     #: Seconds spent in each phase: load (read, score, write, key), audit, publish.
     phases: dict[str, float] = field(default_factory=dict)
+    #: Rows an incremental run copied from the active version (the rest were scored).
+    copied: int = 0
 
 
 def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
             force: bool = False, trigger: str = "manual", scheduled_for: datetime | None = None,
-            clock: Clock = state.utcnow, progress: Progress | None = None) -> RunResult:
+            clock: Clock = state.utcnow, progress: Progress | None = None,
+            incremental: bool = False) -> RunResult:
     """Materialize ``job`` into a new version of its table and, unless told not to, flip to it.
 
     Args:
@@ -72,6 +75,8 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
         clock: the source of timestamps (tests pass a fixed one).
         progress: called as rows are written with (rows so far, expected rows: the active
             version's count, or None).
+        incremental: build the version from the active one, scoring only new and changed keys
+            (the model must be the active version's).
 
     Raises:
         JobLocked: another run of the same table is in progress; nothing was done.
@@ -85,7 +90,7 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
             prepare(engine, job.output.table, clock)
             return run_locked(job, engine, logical_date=logical_date or today(job, clock), activate=activate,
                               force=force, trigger=trigger, scheduled_for=scheduled_for, clock=clock,
-                              still_held=still_held, progress=progress)
+                              still_held=still_held, progress=progress, incremental=incremental)
     finally:
         if owned:
             engine.dispose()
@@ -107,7 +112,8 @@ def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
 
 def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, force: bool, trigger: str,
                scheduled_for: datetime | None, clock: Clock,
-               still_held: Callable[[], None] = lambda: None, progress: Progress | None = None) -> RunResult:
+               still_held: Callable[[], None] = lambda: None, progress: Progress | None = None,
+               incremental: bool = False) -> RunResult:
     """One run, for a caller that holds the table's run lock and called :func:`prepare`."""
     started = time.monotonic()
     model = load_model(job.model)
@@ -128,7 +134,7 @@ def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, 
                              None, time.monotonic() - started, skipped=(
                                  f"version {done.version} already holds {logical_date} with the same model and "
                                  "domain (--force runs it anyway)"))
-        result = _build(job, engine, model, logical_date, activate, clock, still_held, progress)
+        result = _build(job, engine, model, logical_date, activate, clock, still_held, progress, incremental)
     except BaseException as exc:
         _finish(engine, run_id, "failed", clock, error=_reason(exc))
         raise
@@ -165,12 +171,15 @@ def _finish(engine: Engine, run_id: int, status: str, clock: Clock, version: int
 
 
 def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate: bool, clock: Clock,
-           still_held: Callable[[], None], progress: Progress | None) -> RunResult:
+           still_held: Callable[[], None], progress: Progress | None, top_up: bool) -> RunResult:
     dialect = dialect_for(engine)
     table = job.output.table
     check_output(job, model)
     executor = executor_for(job.executor)
     executor.check(dialect)
+    if top_up:
+        incremental.check(job)
+    previous = incremental.prepare(engine, job, model) if top_up else None
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
@@ -183,7 +192,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         mark = time.monotonic()
 
     try:
-        loaded = executor.load(engine, Target(job, model, version, physical, logical_date), progress)
+        loaded = executor.load(engine, Target(job, model, version, physical, logical_date, previous), progress)
         lap("load")
         results = _audit(engine, job, version, loaded.columns, loaded.expected_rows, logical_date, clock)
         lap("audit")
@@ -202,7 +211,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     if job.output.keep is not None:
         gc(engine, table, job.output.keep, clock=clock)
     return RunResult(table, version, physical, loaded.rows, activate, flip.from_version if flip else None, 0.0,
-                     tuple(results), phases=phases)
+                     tuple(results), phases=phases, copied=loaded.copied)
 
 
 def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_date: date, clock: Clock) -> int:

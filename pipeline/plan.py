@@ -14,7 +14,8 @@ from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateTable
 
-from pipeline import state
+from pipeline import incremental as top_ups
+from pipeline import split, state
 from pipeline.db import redact
 from pipeline.dialects import dialect_for
 from pipeline.dialects.base import COLUMN_TYPES
@@ -27,7 +28,7 @@ from pipeline.scoring import TopK, check_inputs, check_output, score_chunk
 from pipeline.model import load_model
 from pipeline.store import infer_type
 from pipeline.transactions import reading
-from pipeline.versions import version_table
+from pipeline.versions import version_table, view_name
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,16 @@ class Plan:
     schedule: str | None
     next_tick: datetime | None
     executor: str
+    #: How the version is cut and served: top_k, aliases, the A/B split, the default row.
+    serving: tuple[str, ...] = ()
+    #: With --incremental: rows to score (new or changed keys), rows copied, active rows changed or gone.
+    incremental: tuple[int, int, int] | None = None
 
 
-def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
+def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = False) -> Plan:
     """Everything a run of ``job`` would do on ``engine``, without writing anything.
+
+    With ``incremental``, it also counts the keys an incremental run would score and copy.
 
     Raises:
         PipelineError: the first problem a run would hit (job file, model, domain, scoring).
@@ -63,10 +70,16 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
     check_output(job, model)
     executor_for(job.executor).check(dialect_for(engine))
     keys = list(job.domain.keys)
+    if incremental:
+        top_ups.check(job)
+    top_up = top_ups.prepare(engine, job, model) if incremental else None
+    to_score = 0
     domain = Domain(job.domain, engine, logical_date)
     sample = None
     try:
         for chunk in domain.chunks():
+            if top_up is not None:
+                to_score += len(top_up.split(chunk))
             if sample is None:
                 check_inputs(model, keys, list(map(str, chunk.columns)))
                 sample = score_chunk(model, keys, chunk)
@@ -103,4 +116,26 @@ def plan_job(job: Job, engine: Engine, logical_date: date) -> Plan:
                 features=model.features, columns=columns, model_class=model.class_name,
                 model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
                 schedule=job.schedule, next_tick=next_tick(job),
-                executor=describe(job.executor))
+                executor=describe(job.executor), serving=tuple(serving(job, engine)),
+                incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied))
+
+
+def serving(job: Job, engine: Engine) -> list[str]:
+    """How the table is cut and served, one phrase each: top_k, aliases, the A/B split, the default row."""
+    found = []
+    output = job.output
+    if output.top_k:
+        found.append(f"top {output.top_k} per {', '.join(output.group_by)} by {output.rank_by} "
+                     f"({'ascending' if output.ascending else 'descending'}), with rank")
+    with reading(engine) as conn:
+        if state.has_schema(conn):
+            found += [f"alias {p.alias} on v{p.version} ({view_name(job.output.table, p.alias)})"
+                      for p in state.list_pointers(conn, job.output.table) if p.alias != state.DEFAULT_ALIAS]
+            ab = split.read(conn, job.output.table)
+            if ab is not None:
+                found.append(f"A/B split: {ab.percent}% of keys from {ab.alias} in "
+                             f"{view_name(job.output.table, 'ab')}")
+    if output.default:
+        found.append(f"default for unseen keys in {view_name(output.table, 'default')}: "
+                     + ", ".join(f"{c} = {v!r}" for c, v in output.default))
+    return found

@@ -67,6 +67,9 @@ class VersionWriter:
         if not self.columns:
             self.columns = columns_of(frame)
             self.dialect.create_table(self.conn, self.name, self.columns)
+        names = [c for c, _ in self.columns]
+        if list(frame.columns) != names:
+            frame = frame[names]  # a table made elsewhere (a coordinator, the active version) sets the order
         self.dialect.load(self.conn, self.name, self.columns, frame)
         self.rows += len(frame)
 

@@ -56,3 +56,22 @@ def test_plan_command(engine, db_url, write_job, tmp_path, monkeypatch):
     out = CliRunner().invoke(main, ["plan", "scores", "--json", "--db", db_url])
     data = json.loads(out.output)
     assert data["domain_size"] == 30 and data["version"] == 1 and data["schedule"] == "0 3 * * *"
+
+
+def test_plan_shows_how_the_table_is_served_and_what_a_top_up_would_score(engine, write_job):
+    from pipeline import activate
+    from pipeline.split import set_split
+
+    write_table(engine, "customers", customers_frame(100))
+    path = write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { proba_true = 0.1 }'))
+    run_job(load_job(path), engine)
+    activate(engine, "scores", 1, alias="challenger")
+    set_split(engine, "scores", "challenger", 10)
+    frame = customers_frame(100)
+    frame.loc[frame.customer_id <= 3, "x1"] += 1
+    write_table(engine, "customers", frame[frame.customer_id != 100])
+    found = plan_job(load_job(path), engine, dt.date(2026, 1, 2), incremental=True)
+    assert found.serving == ("alias challenger on v1 (scores__challenger)",
+                             "A/B split: 10% of keys from challenger in scores__ab",
+                             "default for unseen keys in scores__default: proba_true = 0.1")
+    assert found.incremental == (3, 96, 4)  # 3 changed rows to score, 96 copied, 3 changed and 1 gone

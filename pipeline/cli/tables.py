@@ -34,6 +34,8 @@ from pipeline.versions import outputs_of
               help="After the run, write Prometheus metrics there (for node_exporter's textfile collector).")
 @click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
                                                 "once per tick, and exit 0 if another process has it.")
+@click.option("--incremental", is_flag=True, help="Build from the active version: score only new and changed keys, "
+                                                  "copy the rest (the model must be the active version's).")
 @click.option("--executor", type=click.Choice(EXECUTORS), help="Score here (local, the default) or as partitions "
                                                                   "on a Dask cluster (dask); overrides [executor].")
 @click.option("--dask-address", metavar="ADDRESS", help="A running Dask scheduler, e.g. tcp://host:8786 (default: "
@@ -45,7 +47,7 @@ from pipeline.versions import outputs_of
 @click.pass_obj
 @pipeline_errors
 def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
-        metrics_file: str | None, scheduled: bool, executor: str | None, dask_address: str | None,
+        metrics_file: str | None, scheduled: bool, incremental: bool, executor: str | None, dask_address: str | None,
         workers: int | None, partitions: int | None, db_url: str | None) -> None:
     """Score a job's domain into a new version and flip to it.
 
@@ -79,19 +81,22 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     try:
         with reporter(loaded.output.table, quiet=settings.quiet) as progress:
             result = materialize.run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
-                                         activate=not no_activate, force=force, progress=progress)
+                                         activate=not no_activate, force=force, progress=progress,
+                                         incremental=incremental)
     finally:
         if metrics_file:
             metrics.write_metrics(metrics_file, engine, loaded.name, loaded.output.table, result)
         engine.dispose()
     where = redact(str(engine.url))
+    rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} copied"
+                                    if incremental and not result.skipped else "")
     if result.skipped:
         click.echo(f"{result.table}: skipped: {result.skipped}")
     elif result.activated:
-        click.echo(f"{result.table}: version {result.version} is active ({result.rows} rows, "
+        click.echo(f"{result.table}: version {result.version} is active ({rows}, "
                    f"{result.seconds:.1f}s, previous: {result.previous or 'none'}) on {where}")
     else:
-        click.echo(f"{result.table}: version {result.version} is ready, not active ({result.rows} rows, "
+        click.echo(f"{result.table}: version {result.version} is ready, not active ({rows}, "
                    f"{result.seconds:.1f}s) on {where}; `pipeline activate {result.table} {result.version}` "
                    "serves it")
 
@@ -284,10 +289,12 @@ def gc(table: str, keep: int | None, db_url: str | None) -> None:
 @click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Logical date to plan for (default: today in the job's time zone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--incremental", is_flag=True, help="Also count the keys an incremental run would score and copy.")
 @db_option
 @click.pass_obj
 @pipeline_errors
-def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: bool, db_url: str | None) -> None:
+def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: bool, incremental: bool,
+         db_url: str | None) -> None:
     """Show what a run would do, without writing: domain size, features, outputs, model, audits, SQL.
 
     It loads the model, lists and counts the domain and scores its first chunk, so it
@@ -300,7 +307,8 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
     loaded = load_job(find_job(job, settings.jobs_dir))
     engine = make_engine(resolve_url(db_url, loaded.target))
     try:
-        found = plans.plan_job(loaded, engine, logical_date.date() if logical_date else materialize.today(loaded))
+        found = plans.plan_job(loaded, engine, logical_date.date() if logical_date else materialize.today(loaded),
+                               incremental=incremental)
     finally:
         engine.dispose()
     if as_json:
@@ -317,6 +325,9 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
         ("audits", ", ".join(found.audits)),
         ("executor", found.executor),
+        *(("serving", line) for line in found.serving),
+        *([("top-up", f"{found.incremental[0]} rows to score (new or changed), {found.incremental[1]} copied, "
+                      f"{found.incremental[2]} active rows changed or gone")] if found.incremental else []),
         ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),
     ]:
         click.echo(f"{label + ':':<10} {value}")
