@@ -41,3 +41,9 @@ SELECT c.customer_id,
 FROM customers AS c
 CROSS JOIN churn_scores__default AS d
 LEFT JOIN churn_scores AS s ON s.customer_id = c.customer_id;
+
+-- 7. An A/B split (`pipeline split churn_scores --alias challenger --percent 20`): one row per
+--    key from the challenger or the champion. Log variant and model_version with the decision.
+SELECT customer_id, proba_true, variant, model_version
+FROM churn_scores__ab
+WHERE customer_id = :customer_id;
