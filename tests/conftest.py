@@ -173,6 +173,14 @@ def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -
         return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)
 
 
+def reference_query(number: int, table: str = "scores") -> str:
+    """Query ``number`` of sql/queries.sql (what applications copy), for ``table``, without its comments."""
+    text_ = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text()
+    body = text_.split(f"-- {number}.")[1].split(f"-- {number + 1}.")[0]
+    sql = "\n".join(line for line in body.splitlines()[1:] if not line.lstrip().startswith("--"))
+    return sql.strip().rstrip(";").replace("churn_scores", table)
+
+
 # -- child runs -------------------------------------------------------------------
 
 def start_run(tmp_path: Path, db_url: str, pause: str, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, FEATURES, customers_frame, train_model, write_table
+from conftest import CUSTOMERS_JOB, FEATURES, customers_frame, reference_query, train_model, write_table
 from pipeline import activate, load_job, rollback, run_job
 from pipeline import catalog
 from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
@@ -278,10 +277,8 @@ def test_a_default_for_keys_outside_the_domain(engine, customers, write_job):
     run_job(job, engine)
     extra = customers_frame(505)  # five customers the last run did not know
     write_table(engine, "customers", extra)
-    query = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text().split("-- 6.")[1]
-    query = query[query.index("SELECT"):].rstrip().rstrip(";").replace("churn_scores", "scores")
     with engine.connect() as conn:
-        rows = pd.read_sql(text(query), conn).sort_values("customer_id")
+        rows = pd.read_sql(text(reference_query(6)), conn).sort_values("customer_id")
     assert len(rows) == 505 and rows.model_version.isna().sum() == 5
     assert (rows.proba_true.tail(5) == 0.1).all() and (rows.proba_true.head(500) != 0.1).all()
     bad = load_job(write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { score = 1 }')))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
+from conftest import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 from pipeline import activate, load_job, run_job
 from pipeline.cli import main
 from pipeline.db import make_engine
@@ -49,10 +47,8 @@ def test_a_20_percent_split_serves_every_key_once(engine, db_url, two_versions, 
     assert set(rows.loc[rows.variant == "challenger", "model_version"]) == {2}
     assert set(rows.loc[rows.variant == "champion", "model_version"]) == {1}
     assert (rows.ab_bucket < 20).eq(rows.variant == "challenger").all()
-    query = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text().split("-- 7.")[1]
     with engine.connect() as conn:
-        sql = "\n".join(line for line in query.splitlines()[1:] if not line.lstrip().startswith("--"))
-        one = conn.execute(text(sql.replace("churn_scores", "scores").split(";")[0]), {"customer_id": 7}).one()
+        one = conn.execute(text(reference_query(7)), {"customer_id": 7}).one()
     assert (one.customer_id, one.variant) == (7, rows.variant[6])
     with engine.connect() as conn:
         v1 = pd.read_sql(text("SELECT customer_id, proba_true FROM scores__v1 ORDER BY customer_id"), conn)
