@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
@@ -21,6 +22,8 @@ from conftest import FEATURES, customers_frame, train_model, view_rows, write_ta
 from pipeline import state
 from pipeline.errors import ModelError, PipelineError
 from pipeline.jobs import ModelSpec, load_job
+from pipeline.cli import main
+from pipeline.db import make_engine
 from pipeline.materialize import run_job
 from pipeline.model import load_model
 
@@ -161,3 +164,20 @@ def test_without_mlflow_a_registry_model_names_the_extra_to_install(monkeypatch)
     assert str(info.value) == ("models:/churn@champion: registry models need MLflow: "
                                "pip install 'prediction-pipeline[mlflow]'")
     assert isinstance(info.value, PipelineError)
+
+
+def test_plan_and_versions_show_where_the_model_came_from(sqlite_url, write_job, registry):
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(10))
+    engine.dispose()
+    write_job(registry_job(registry))
+    run_id = registry.client.get_model_version("churn", "1").run_id
+    runner = CliRunner()
+    result = runner.invoke(main, ["--quiet", "plan", "scores", "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert f"source:    models:/churn/1 (from models:/churn@champion), run {run_id}\n" in result.output
+    assert runner.invoke(main, ["--quiet", "run", "scores", "--db", sqlite_url]).exit_code == 0
+    result = runner.invoke(main, ["--quiet", "versions", "scores", "--db", sqlite_url])
+    assert result.output.splitlines()[0].split()[:6] == ["version", "status", "logical_date", "rows",
+                                                         "model_sha256", "model"]
+    assert result.output.splitlines()[1].split()[6] == "models:/churn/1"
