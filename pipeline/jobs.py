@@ -44,13 +44,24 @@ class DomainSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    path: Path
+    """A model file (``path``) or a registry model (``uri``, through MLflow): exactly one of them."""
+
+    path: Path | None = None
     method: str = "predict"
     sha256: str | None = None
     features: tuple[str, ...] | None = None
     #: ``joblib`` (pickle: the file is code) or ``skops`` (only the ``trusted`` types are loaded).
     format: str = "joblib"
     trusted: tuple[str, ...] = ()
+    #: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; the alias is resolved once per run.
+    uri: str | None = None
+    #: The MLflow tracking server (or database) to resolve ``uri`` at; None: MLflow's own default.
+    tracking_uri: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The model as the job file names it, for messages."""
+        return self.uri or str(self.path)
 
 
 @dataclass(frozen=True)
@@ -271,8 +282,8 @@ class _Reader:
             timezone=timezone,
             target=None if target is None else self.expand(target, "target"),
             domain=domain,
-            model=self.model(self.section(raw, "model", {"path", "sha256", "method", "features", "format",
-                                                          "trusted"})),
+            model=self.model(self.section(raw, "model", {"path", "uri", "tracking_uri", "sha256", "method",
+                                                          "features", "format", "trusted"})),
             output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by",
                                                             "rank_by", "ascending"}), domain_keys),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
@@ -331,7 +342,9 @@ class _Reader:
         return DomainSpec(keys, tuple(factors), chunk_size)
 
     def model(self, raw: dict[str, Any]) -> ModelSpec:
-        path = self.file(self.get(raw, "path", str, "model.path", required=True), "model.path")
+        path, uri = self.get(raw, "path", str, "model.path"), self.get(raw, "uri", str, "model.uri")
+        if (path is None) == (uri is None):
+            raise self.fail("model", "needs exactly one of 'path' or 'uri'")
         method = self.get(raw, "method", str, "model.method", default="predict")
         if method not in METHODS:
             raise self.fail("model.method", f"must be one of {', '.join(METHODS)}, got {method!r}")
@@ -340,6 +353,12 @@ class _Reader:
             sha256 = sha256.lower()
             if not re.fullmatch(r"[0-9a-f]{64}", sha256):
                 raise self.fail("model.sha256", "must be 64 hexadecimal digits")
+        common = dict(method=method, sha256=sha256, features=self.names(raw, "features", "model.features"))
+        if uri is not None:
+            return self.registry_model(raw, uri, common)
+        if "tracking_uri" in raw:
+            raise self.fail("model.tracking_uri", "goes with 'uri', not with 'path'")
+        path = self.file(path, "model.path")
         fmt = self.get(raw, "format", str, "model.format",
                        default="skops" if path.suffix.lower() == ".skops" else "joblib")
         if fmt not in ("joblib", "skops"):
@@ -349,8 +368,21 @@ class _Reader:
             raise self.fail("model.trusted", "must be a list of type names such as 'sklearn.linear_model.LogisticRegression'")
         if trusted and fmt != "skops":
             raise self.fail("model.trusted", "goes with format = 'skops' (a joblib file trusts everything it holds)")
-        return ModelSpec(path=path, method=method, sha256=sha256,
-                         features=self.names(raw, "features", "model.features"), format=fmt, trusted=tuple(trusted))
+        return ModelSpec(path=path, format=fmt, trusted=tuple(trusted), **common)
+
+    def registry_model(self, raw: dict[str, Any], uri: str, common: dict[str, Any]) -> ModelSpec:
+        from pipeline.registry import parse_uri
+
+        for key in ("format", "trusted"):
+            if key in raw:
+                raise self.fail(f"model.{key}", "goes with 'path' (the registry records how its model was saved)")
+        try:
+            parse_uri(uri)
+        except ValueError as exc:
+            raise self.fail("model.uri", str(exc)) from None
+        tracking_uri = self.get(raw, "tracking_uri", str, "model.tracking_uri")
+        return ModelSpec(uri=uri, tracking_uri=None if tracking_uri is None else self.expand(
+            tracking_uri, "model.tracking_uri"), **common)
 
     def output(self, raw: dict[str, Any], keys: tuple[str, ...]) -> OutputSpec:
         table = self.get(raw, "table", str, "output.table", required=True)

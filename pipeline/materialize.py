@@ -220,8 +220,9 @@ def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_
         dialect.lock(conn, f"pipeline:{job.output.table}")
         version = state.next_version(conn, job.output.table)
         state.insert_version(conn, table=job.output.table, version=version, job=job.name,
-                             logical_date=logical_date, keys=job.domain.keys, model_path=str(model.path),
-                             model_sha256=model.sha256, model_class=model.class_name, started_at=clock())
+                             logical_date=logical_date, keys=job.domain.keys, model_path=model.location,
+                             model_sha256=model.sha256, model_class=model.class_name, started_at=clock(),
+                             model_source=model.source.to_json() if model.source else None)
     return version
 
 

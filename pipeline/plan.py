@@ -26,6 +26,7 @@ from pipeline.jobs import Job
 from pipeline.executors import EMPTY_DOMAIN, describe, executor_for
 from pipeline.scoring import TopK, check_inputs, check_output, score_chunk
 from pipeline.model import load_model
+from pipeline.registry import Source
 from pipeline.store import infer_type
 from pipeline.transactions import reading
 from pipeline.versions import version_table, view_name
@@ -46,6 +47,8 @@ class Plan:
     columns: tuple[tuple[str, str], ...]  # the version table's columns and types
     model_class: str
     model_sha256: str
+    model_location: str                # the model file, or the registry version (models:/NAME/VERSION)
+    model_source: Source | None        # a registry model: the version its alias resolved to, and the run
     method: str
     audits: tuple[str, ...]
     sql: tuple[str, ...]
@@ -114,7 +117,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
                 domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
-                model_sha256=model.sha256, method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
+                model_sha256=model.sha256, model_location=model.location, model_source=model.source,
+                method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
                 schedule=job.schedule, next_tick=next_tick(job),
                 executor=describe(job.executor), serving=tuple(serving(job, engine)),
                 incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied))

@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Float, Index, Integer, MetaData, String,
-                        Table, Text, delete, func, select, update)
+                        Table, Text, delete, func, inspect, select, text, update)
 from sqlalchemy.engine import Connection
 
 from pipeline.errors import FlipError
@@ -39,6 +39,7 @@ versions = Table(
     Column("model_path", Text, nullable=False),
     Column("model_sha256", String(64), nullable=False),
     Column("model_class", Text),
+    Column("model_source", Text),                  # JSON: where a registry model came from (uri, version, run_id...)
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
@@ -156,6 +157,8 @@ class Version:
     started_at: datetime
     finished_at: datetime | None
     error: str | None
+    #: Where a registry model came from: uri, name, version, alias, run_id, signature; None for a model file.
+    model_source: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -167,6 +170,7 @@ class Version:
             row_count=m["row_count"], domain_size=m["domain_size"], domain_fingerprint=m["domain_fingerprint"],
             model_path=m["model_path"], model_sha256=m["model_sha256"], model_class=m["model_class"],
             started_at=_utc(m["started_at"]), finished_at=_utc(m["finished_at"]), error=m["error"],
+            model_source=json.loads(m["model_source"]) if m["model_source"] else None,
         )
 
 
@@ -225,8 +229,17 @@ class Flip:
 # -- schema -------------------------------------------------------------------
 
 def ensure_schema(conn: Connection) -> None:
-    """Create the bookkeeping tables that do not exist yet."""
+    """Create the bookkeeping tables that do not exist yet, and add the columns that a database made by an
+    earlier release lacks (such columns are nullable, so the rows it holds stay valid)."""
     metadata.create_all(conn, checkfirst=True)
+    quote = conn.dialect.identifier_preparer.quote
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                                  f"{column.type.compile(dialect=conn.dialect)}"))
 
 
 def has_schema(conn: Connection) -> bool:
@@ -315,11 +328,12 @@ def next_version(conn: Connection, table: str) -> int:
 
 def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
                    keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
-                   started_at: datetime) -> None:
+                   started_at: datetime, model_source: str | None = None) -> None:
+    """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.registry.Source`)."""
     conn.execute(versions.insert().values(
         table_name=table, version=version, job=job, logical_date=logical_date, status="building",
         keys=json.dumps(list(keys)), model_path=model_path, model_sha256=model_sha256,
-        model_class=model_class, started_at=started_at))
+        model_class=model_class, model_source=model_source, started_at=started_at))
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:

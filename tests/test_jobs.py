@@ -156,6 +156,14 @@ def test_full_job_file(jobs_dir):
     assert job.output == OutputSpec(table="churn_scores")
 
 
+@pytest.mark.parametrize("uri", ["models:/churn@champion", "models:/churn/3", "models:/main.ml.churn@best-1"])
+def test_a_registry_model(jobs_dir, uri):
+    model = f'uri = "{uri}"\nmethod = "predict_proba"\nsha256 = "{SHA}"\ntracking_uri = "${{MLFLOW_AT}}/x"'
+    job = load_job(write(jobs_dir, compose(model=model)), environ={"MLFLOW_AT": "http://mlflow:5000"})
+    assert job.model == ModelSpec(uri=uri, tracking_uri="http://mlflow:5000/x", method="predict_proba", sha256=SHA)
+    assert job.model.location == uri
+
+
 def test_domain_from_a_file(jobs_dir):
     job = load_job(write(jobs_dir, compose(domain='keys = ["month"]\nfile = "data/months.csv"\nchunk_size = 1')),
                    environ={})
@@ -310,7 +318,7 @@ BAD = [
     ("description-blank", dict(top='description = ""'), "description", "must not be empty"),
     ("query-not-string", dict(domain='keys = ["id"]\nquery = ["SELECT 1"]'), "domain.query", "string, got list"),
     ("model-path-int", dict(model="path = 1"), "model.path", "string, got int"),
-    ("model-path-missing", dict(model='method = "predict"'), "model.path", "is required"),
+    ("model-path-missing", dict(model='method = "predict"'), "model", "needs exactly one of 'path' or 'uri'"),
     ("features-string", dict(model='path = "models/m.joblib"\nfeatures = "x1"'), "model.features",
      "array, got str"),
     ("product-not-array", dict(domain='keys = ["id"]\nproduct = "x"'), "domain.product", "array, got str"),
@@ -411,6 +419,20 @@ BAD = [
     ("topk-all-keys", dict(output='table = "scores"\ntop_k = 3\ngroup_by = ["id"]\nrank_by = "score"'),
      "output.group_by", "must be some, not all, of the domain keys (id)"),
     ("rank-without-topk", dict(output='table = "scores"\nrank_by = "score"'), "output.rank_by", "goes with top_k"),
+    # registry models
+    ("model-path-and-uri", dict(model='path = "models/m.joblib"\nuri = "models:/churn@champion"'), "model",
+     "needs exactly one of 'path' or 'uri'"),
+    ("model-uri-not-models", dict(model='uri = "runs:/abc/model"'), "model.uri",
+     "must be models:/NAME@ALIAS or models:/NAME/VERSION, got 'runs:/abc/model'"),
+    ("model-uri-stage", dict(model='uri = "models:/churn/Production"'), "model.uri",
+     "must be models:/NAME@ALIAS or models:/NAME/VERSION, got 'models:/churn/Production'"),
+    ("model-uri-int", dict(model="uri = 3"), "model.uri", "string, got int"),
+    ("model-uri-with-format", dict(model='uri = "models:/churn/3"\nformat = "skops"'), "model.format",
+     "goes with 'path' (the registry records how its model was saved)"),
+    ("tracking-uri-with-path", dict(model='path = "models/m.joblib"\ntracking_uri = "sqlite:///m.db"'),
+     "model.tracking_uri", "goes with 'uri', not with 'path'"),
+    ("tracking-uri-unset-variable", dict(model='uri = "models:/churn@champion"\ntracking_uri = "${MLFLOW_AT}"'),
+     "model.tracking_uri", "environment variable MLFLOW_AT is not set"),
     # executor
     ("executor-kind", dict(output='table = "scores"\n[executor]\nkind = "ray"'), "executor.kind",
      "must be one of local, dask, got 'ray'"),

@@ -130,7 +130,7 @@ def test_matching_pin_loads(logistic):
     pin = hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = load_model(ModelSpec(path=path, method="predict_proba", sha256=pin))
     assert loaded.sha256 == pin
-    assert loaded.path == path
+    assert loaded.location == str(path)
     assert loaded.class_name == "sklearn.linear_model._logistic.LogisticRegression"
 
 

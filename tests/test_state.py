@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeline import state
@@ -25,3 +26,21 @@ def test_schema_is_created_once_and_found(engine):
         state.ensure_schema(conn)
         assert state.has_schema(conn)
         assert state.list_tables(conn) == []
+
+
+def test_a_database_made_before_model_source_gains_the_column_and_keeps_its_rows(engine):
+    with engine.begin() as conn:
+        state.ensure_schema(conn)
+        conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))  # as an earlier release made it
+        conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
+                          "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "
+                          "'models/m.joblib', :sha, :now)"), dict(sha="0" * 64, now=state.utcnow()))
+    with engine.begin() as conn:
+        state.ensure_schema(conn)
+        state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["id"],
+                             model_path="models:/churn/3", model_sha256="1" * 64, model_class="x",
+                             started_at=state.utcnow(), model_source='{"name": "churn", "version": 3}')
+    with engine.connect() as conn:
+        old, new = state.list_versions(conn, "scores")
+    assert (old.model_path, old.model_source) == ("models/m.joblib", None)
+    assert new.model_source == {"name": "churn", "version": 3}

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import click
 
@@ -120,9 +121,11 @@ def versions(table: str, db_url: str | None) -> None:
     engine = table_engine(db_url, table)
     rows = catalog.versions(engine, table)
     print_table(
-        ["", "version", "status", "logical_date", "rows", "model_sha256", "started", "finished", "error", "aliases"],
+        ["", "version", "status", "logical_date", "rows", "model_sha256", "model", "started", "finished", "error",
+         "aliases"],
         [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
-          v.started_at, v.finished_at, v.error, ", ".join(r.aliases) or None] for r in rows for v in [r.version]],
+          v.model_path if v.model_source else Path(v.model_path).name, v.started_at, v.finished_at, v.error,
+          ", ".join(r.aliases) or None] for r in rows for v in [r.version]],
     )
 
 
@@ -315,12 +318,15 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
         return
     active = f"v{found.active_version}" if found.active_version else "none"
+    source = found.model_source
     for label, value in [
         ("job", f"{found.job} -> {found.table} on {found.target}"),
         ("run", f"version {found.version} for {found.logical_date} (active: {active})"),
         ("domain", f"{found.domain_size} rows; keys {', '.join(found.keys)}; columns "
                    f"{', '.join(found.domain_columns)}"),
         ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
+        ("source", found.model_location if source is None else
+                   f"{found.model_location} (from {source.uri}), run {source.run_id or 'none'}"),
         ("features", ", ".join(found.features)),
         ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
         ("audits", ", ".join(found.audits)),

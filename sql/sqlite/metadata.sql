@@ -91,6 +91,7 @@ CREATE TABLE pipeline_versions (
 	model_path TEXT NOT NULL,
 	model_sha256 VARCHAR(64) NOT NULL,
 	model_class TEXT,
+	model_source TEXT,
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,
