@@ -110,6 +110,18 @@ def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
     reap_locked(engine, dialect, table, clock)
 
 
+def upgrade(engine: Engine) -> None:
+    """Bring a database's bookkeeping tables up to this release (new nullable columns), so commands that
+    only read work on a database an older release made; a database without them is left alone."""
+    with reading(engine) as conn:
+        if not state.has_schema(conn):
+            return
+    dialect = dialect_for(engine)
+    with transaction(engine) as conn:
+        dialect.lock(conn, "pipeline:schema")
+        state.ensure_schema(conn)
+
+
 def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, force: bool, trigger: str,
                scheduled_for: datetime | None, clock: Clock,
                still_held: Callable[[], None] = lambda: None, progress: Progress | None = None,

@@ -100,12 +100,16 @@ def test_postgresql_reads_only_the_partition_it_is_asked_for(postgresql_url):
 
     engine = make_engine(postgresql_url)
     query = dialect_for(engine).partition_query("SELECT 1 AS a;", ["a"], 0, 4)
-    assert query.startswith("SELECT * FROM (SELECT 1 AS a\n) AS pipeline_domain WHERE ((hashtextextended(")
+    assert query.startswith("SELECT * FROM (SELECT 1 AS a\n) AS pipeline_domain WHERE ((hashtextextended(COALESCE(")
     write_table(engine, "users", pd.DataFrame({"user_id": range(1000)}))
     spec = DomainSpec(("user_id",), (Factor(query="SELECT * FROM users"),), chunk_size=100)
     domain = Domain(spec, engine)
     part = collect(domain, partition=1, partitions=4, by=("user_id",))
     assert domain._pushed_down and 150 < len(part) < 350
+    nulls = pd.DataFrame({"user_id": [1.0, None, 3.0]})  # a NULL key still lands in exactly one partition
+    write_table(engine, "users", nulls)
+    counts = [sum(map(len, Domain(spec, engine).chunks(i, 4, ("user_id",)))) for i in range(4)]
+    assert sum(counts) == 3
     engine.dispose()
 
 

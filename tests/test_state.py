@@ -44,3 +44,20 @@ def test_a_database_made_before_model_source_gains_the_column_and_keeps_its_rows
         old, new = state.list_versions(conn, "scores")
     assert (old.model_path, old.model_source) == ("models/m.joblib", None)
     assert new.model_source == {"name": "churn", "version": 3}
+
+
+def test_read_commands_upgrade_a_database_an_older_release_made(engine, db_url):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    with engine.begin() as conn:
+        state.ensure_schema(conn)
+        conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))
+        conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
+                          "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "
+                          "'models/m.joblib', :sha, :now)"), dict(sha="0" * 64, now=state.utcnow()))
+    for command in (["versions", "scores"], ["status"]):
+        out = CliRunner().invoke(main, [*command, "--db", db_url])
+        assert out.exit_code == 0, out.output
+    assert " m.joblib " in CliRunner().invoke(main, ["versions", "scores", "--db", db_url]).output

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import click
 from sqlalchemy.engine import Engine
 
+from pipeline.materialize import upgrade
 from pipeline.db import URL_ENV, make_engine, resolve_url
 from pipeline.errors import JobLocked, PipelineError, first_line
 from pipeline.jobs import Job, iter_jobs
@@ -92,7 +93,9 @@ def table_engine(db_url: str | None, table: str) -> Engine:
     if not (db_url or os.environ.get(URL_ENV)):
         job = job_for_table(table)
         target = job.target if job else None
-    return make_engine(resolve_url(db_url, target))
+    engine = make_engine(resolve_url(db_url, target))
+    upgrade(engine)
+    return engine
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -146,4 +149,4 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format
     ctx.obj = Settings(debug, jobs_dir, quiet)
 
 
-from pipeline.cli import operations, tables  # noqa: E402,F401  (registers the commands)
+from pipeline.cli import operations, tables, tools  # noqa: E402,F401  (registers the commands)

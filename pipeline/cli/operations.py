@@ -1,4 +1,4 @@
-"""Commands that start runs over time (backfill, schedule, cron, the run history) and the A/B split."""
+"""Commands that start runs over time: backfill, schedule, cron, and the run history."""
 
 from __future__ import annotations
 
@@ -9,41 +9,10 @@ import click
 
 from pipeline import backfill as backfills
 from pipeline import catalog, scheduler
-from pipeline import split as splits
-from pipeline.cli import Settings, db_option, main, pipeline_errors, print_table, table_engine
+from pipeline.cli import Settings, db_option, main, pipeline_errors, print_table
 from pipeline.db import make_engine, resolve_url
 from pipeline.errors import PipelineError
 from pipeline.jobs import find_job, load_job
-
-
-@main.command()
-@click.argument("table")
-@click.option("--alias", required=True, help="The alias whose versions serve the split's share (e.g. challenger).")
-@click.option("--percent", required=True, type=int, help="Share of keys, 0..100, served by the alias (0 removes "
-                                                          "the split).")
-@db_option
-@pipeline_errors
-def split(table: str, alias: str, percent: int, db_url: str | None) -> None:
-    """Serve an A/B split in the view TABLE__ab: keys whose ab_bucket is below PERCENT get the alias's row.
-
-    Every key appears once, with variant (the alias or champion) and model_version. A
-    key's bucket is a hash of the key, so it stays in its arm across runs and flips.
-
-    \b
-    Example:
-      pipeline activate churn_scores 7 --alias challenger
-      pipeline split churn_scores --alias challenger --percent 20
-      pipeline split churn_scores --alias challenger --percent 0    # remove it
-    """
-    engine = table_engine(db_url, table)
-    try:
-        found = splits.set_split(engine, table, alias, percent)
-    finally:
-        engine.dispose()
-    if found is None:
-        click.echo(f"{table}__ab: removed; {table} serves every key")
-    else:
-        click.echo(f"{table}__ab: {percent}% of keys from {alias} ({table}__{alias}), the rest from {table}")
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""Commands about one run and the pointer: run, versions, activate, rollback, history, status, audit, gc."""
+"""Commands about runs and the pointer: run, versions, activate, rollback, split, history, status, audit, gc."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline import catalog, materialize, metrics, pointer, retention, scheduler, state
-from pipeline import diff as diffs
-from pipeline import plan as plans
-from pipeline import report as reports
+from pipeline import split as splits
 from pipeline.audits import failures
 from pipeline.cli import (URL_ENV, Settings, _versions, db_option, job_for_table, main, pipeline_errors,
                           print_table, table_engine)
@@ -21,7 +19,6 @@ from pipeline.db import make_engine, redact, resolve_url
 from pipeline.errors import AuditError
 from pipeline.jobs import EXECUTORS, AuditSpec, find_job, iter_jobs, load_job, with_executor
 from pipeline.progress import reporter
-from pipeline.versions import outputs_of
 
 
 @main.command()
@@ -168,6 +165,36 @@ def rollback(table: str, to: int | None, alias: str, db_url: str | None) -> None
 
 @main.command()
 @click.argument("table")
+@click.option("--alias", required=True, help="The alias whose versions serve the split's share (e.g. challenger).")
+@click.option("--percent", required=True, type=int, help="Share of keys, 0..100, served by the alias (0 removes "
+                                                          "the split).")
+@db_option
+@pipeline_errors
+def split(table: str, alias: str, percent: int, db_url: str | None) -> None:
+    """Serve an A/B split in the view TABLE__ab: keys whose ab_bucket is below PERCENT get the alias's row.
+
+    Every key appears once, with variant (the alias or champion) and model_version. A
+    key's bucket is a hash of the key, so it stays in its arm across runs and flips.
+
+    \b
+    Example:
+      pipeline activate churn_scores 7 --alias challenger
+      pipeline split churn_scores --alias challenger --percent 20
+      pipeline split churn_scores --alias challenger --percent 0    # remove it
+    """
+    engine = table_engine(db_url, table)
+    try:
+        found = splits.set_split(engine, table, alias, percent)
+    finally:
+        engine.dispose()
+    if found is None:
+        click.echo(f"{table}__ab: removed; {table} serves every key")
+    else:
+        click.echo(f"{table}__ab: {percent}% of keys from {alias} ({table}__{alias}), the rest from {table}")
+
+
+@main.command()
+@click.argument("table")
 @alias_option
 @db_option
 @pipeline_errors
@@ -209,6 +236,7 @@ def status(settings: Settings, as_json: bool, db_url: str | None) -> None:
     for url in urls:
         engine = make_engine(url)
         try:
+            materialize.upgrade(engine)
             for table, version in retention.reap(engine):
                 click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
             rows.extend((redact(url), s) for s in catalog.status(engine))
@@ -285,121 +313,3 @@ def gc(table: str, keep: int | None, db_url: str | None) -> None:
     click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
     for version, why in result.kept.items():
         click.echo(f"{table}: kept version {version}: {why}")
-
-
-@main.command()
-@click.argument("job")
-@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
-              help="Logical date to plan for (default: today in the job's time zone).")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.option("--incremental", is_flag=True, help="Also count the keys an incremental run would score and copy.")
-@db_option
-@click.pass_obj
-@pipeline_errors
-def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: bool, incremental: bool,
-         db_url: str | None) -> None:
-    """Show what a run would do, without writing: domain size, features, outputs, model, audits, SQL.
-
-    It loads the model, lists and counts the domain and scores its first chunk, so it
-    fails (exit 1) on the mistakes a run would fail on.
-
-    \b
-    Example:
-      pipeline plan churn --date 2026-01-31
-    """
-    loaded = load_job(find_job(job, settings.jobs_dir))
-    engine = make_engine(resolve_url(db_url, loaded.target))
-    try:
-        found = plans.plan_job(loaded, engine, logical_date.date() if logical_date else materialize.today(loaded),
-                               incremental=incremental)
-    finally:
-        engine.dispose()
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
-        return
-    active = f"v{found.active_version}" if found.active_version else "none"
-    source = found.model_source
-    for label, value in [
-        ("job", f"{found.job} -> {found.table} on {found.target}"),
-        ("run", f"version {found.version} for {found.logical_date} (active: {active})"),
-        ("domain", f"{found.domain_size} rows; keys {', '.join(found.keys)}; columns "
-                   f"{', '.join(found.domain_columns)}"),
-        ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
-        ("source", found.model_location if source is None else
-                   f"{found.model_location} (from {source.uri}), run {source.run_id or 'none'}"),
-        ("features", ", ".join(found.features)),
-        ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
-        ("audits", ", ".join(found.audits)),
-        ("executor", found.executor),
-        *(("serving", line) for line in found.serving),
-        *([("top-up", f"{found.incremental[0]} rows to score (new or changed), {found.incremental[1]} copied, "
-                      f"{found.incremental[2]} active rows changed or gone")] if found.incremental else []),
-        ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),
-    ]:
-        click.echo(f"{label + ':':<10} {value}")
-    click.echo("\nSQL:\n" + ";\n".join(found.sql) + ";")
-
-
-@main.command()
-@click.argument("table")
-@click.argument("a", type=click.IntRange(min=1))
-@click.argument("b", type=click.IntRange(min=1))
-@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Biggest movers to show.")
-@db_option
-@pipeline_errors
-def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
-    """Compare versions A and B: keys only in one, and how each output moved (B - A).
-
-    Computed in the database; only figures and the top movers come back.
-
-    \b
-    Example:
-      pipeline diff churn_scores 3 4 --top 5
-    """
-    found = diffs.diff_versions(table_engine(db_url, table), table, a, b, top)
-    click.echo(f"{table}: v{a} {found.rows_a} rows, v{b} {found.rows_b} rows; keys only in v{a}: {found.only_in_a}, "
-               f"only in v{b}: {found.only_in_b}, in both: {found.in_both}")
-    for names, side in ((found.columns_only_in_a, a), (found.columns_only_in_b, b)):
-        if names:
-            click.echo(f"columns only in v{side}: {', '.join(names)}")
-    for column in found.numeric:
-        if column.mean_change is None:
-            click.echo(f"\n{column.column}: nothing to compare")
-            continue
-        click.echo(f"\n{column.column}: {column.changed} of {column.shared} shared keys changed "
-                   f"({column.changed_share:.1%}); mean change {column.mean_change:+.6g}, mean |change| "
-                   f"{column.mean_abs_change:.6g}, max |change| {column.max_abs_change:.6g}")
-        widest = max((b_.count for b_ in column.histogram), default=0) or 1
-        for bar in column.histogram:
-            span = f"[{bar.low:+.4g}, {bar.high:+.4g})"
-            click.echo(f"  {span:<22} {bar.count:>9}  {'#' * round(30 * bar.count / widest)}")
-        if column.top:
-            print_table([*found.keys, f"v{a}", f"v{b}", "change"],
-                        [[*m.key, m.a, m.b, f"{m.change:+.6g}"] for m in column.top])
-    for column in found.labels:
-        click.echo(f"\n{column.column}: {column.changed} of {column.shared} shared keys changed "
-                   f"({column.changed_share:.1%})")
-        for change in column.top:
-            click.echo(f"  {change.a} -> {change.b}: {change.count}")
-
-
-@main.command()
-@click.argument("table")
-@click.option("--out", "out", default=None, metavar="FILE.html", help="Where to write it (default: TABLE.html).")
-@click.option("--a", "a", type=click.IntRange(min=1), help="The version to compare with (default: the previous).")
-@click.option("--b", "b", type=click.IntRange(min=1), help="The version to show (default: the active one).")
-@db_option
-@pipeline_errors
-def report(table: str, out: str | None, a: int | None, b: int | None, db_url: str | None) -> None:
-    """Write a self-contained HTML report with plots: distributions, drift, versions, flips.
-
-    \b
-    Example:
-      pipeline report churn_scores --out churn.html
-    """
-    found = reports.build_report(table_engine(db_url, table), table, a, b)
-    path = out or f"{table}.html"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(found.html)
-    click.echo(f"{table}: report of v{found.b}" + (f" against v{found.a}" if found.a else "")
-               + f" with {found.plots} plots written to {path}")

@@ -117,9 +117,16 @@ class PostgresqlDialect(Dialect):
             raise SourceError(_adbc_message(exc)) from None
 
     def partition_query(self, query: str, columns: Sequence[str], partition: int, partitions: int) -> str | None:
-        """Hash the rows' key columns in the server, so a worker reads only its own partition."""
-        row = ", ".join(f"pipeline_domain.{self.quote(c)}" for c in columns)
-        bucket = f"((hashtextextended(ROW({row})::text, 0) % {partitions}) + {partitions}) % {partitions}"
+        """Hash the rows' key columns in the server, so a worker reads only its own partition.
+
+        Each column's text is hashed, seeded with the hash of the columns before it (about
+        twice as fast as hashing the whole ``ROW(...)::text``); NULL hashes like '', so a
+        row with a NULL key lands in a partition, and the key check then refuses it.
+        """
+        hashed = "0"
+        for column in columns:
+            hashed = f"hashtextextended(COALESCE(pipeline_domain.{self.quote(column)}::text, ''), {hashed})"
+        bucket = f"(({hashed} % {partitions}) + {partitions}) % {partitions}"
         return (f"SELECT * FROM ({query.strip().rstrip(';')}\n) AS pipeline_domain "
                 f"WHERE {bucket} = {partition}")
 

@@ -1,0 +1,138 @@
+"""What a job is: the frozen settings a validated job file holds (read by :mod:`pipeline.jobs`).
+
+Every later stage takes these and trusts them; nothing here reads files or checks values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METHODS = ("predict", "predict_proba", "decision_function")
+EXECUTORS = ("local", "dask")
+DEFAULT_CHUNK_SIZE = 100_000
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One table of the domain: the rows of a query, or of a CSV/Parquet file."""
+
+    query: str | None = None
+    file: Path | None = None
+    source: str | None = None  # None: the job's target database
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The bounded input domain: a cartesian product of one or more factors."""
+
+    keys: tuple[str, ...]
+    factors: tuple[Factor, ...]
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model file (``path``) or a registry model (``uri``, through MLflow): exactly one of them."""
+
+    path: Path | None = None
+    method: str = "predict"
+    sha256: str | None = None
+    features: tuple[str, ...] | None = None
+    #: ``joblib`` (pickle: the file is code) or ``skops`` (only the ``trusted`` types are loaded).
+    format: str = "joblib"
+    trusted: tuple[str, ...] = ()
+    #: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; the alias is resolved once per run.
+    uri: str | None = None
+    #: The MLflow tracking server (or database) to resolve ``uri`` at; None: MLflow's own default.
+    tracking_uri: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The model as the job file names it, for messages."""
+        return self.uri or str(self.path)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    table: str
+    #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
+    keep: int | None = None
+    #: Keep only the ``top_k`` best rows of each ``group_by`` group, ranked by the output ``rank_by``.
+    top_k: int | None = None
+    group_by: tuple[str, ...] = ()
+    rank_by: str | None = None
+    ascending: bool = False
+    #: Values for keys outside the domain, served by the one-row view ``<table>__default``.
+    default: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """Refuse a version whose ``column`` moved too far from the active version's."""
+
+    column: str
+    max_psi: float | None = None
+    max_moved_share: float | None = None
+    moved_by: float = 0.0
+
+
+@dataclass(frozen=True)
+class SqlAudit:
+    """A query over the new version (``{table}``) that must return no rows, like a dbt test."""
+
+    name: str
+    query: str
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    allow_empty: bool = False
+    bounds: tuple[tuple[str, float | None, float | None], ...] = ()
+    drift: tuple[DriftSpec, ...] = ()
+    sql: tuple[SqlAudit, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where a run scores and writes: in this process, or as partitions on a Dask cluster."""
+
+    kind: str = "local"
+    #: A running Dask scheduler (``tcp://host:8786``); None: ``$DASK_SCHEDULER_ADDRESS``, else a local cluster.
+    address: str | None = None
+    #: Worker processes of the local cluster started when there is no address.
+    workers: int | None = None
+    #: Partitions of the domain; None: four per worker thread.
+    partitions: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job file."""
+
+    name: str
+    path: Path
+    domain: DomainSpec
+    model: ModelSpec
+    output: OutputSpec
+    target: str | None = None
+    schedule: str | None = None
+    timezone: str = "UTC"
+    description: str = ""
+    audits: AuditSpec = AuditSpec()
+    #: Run the ticks missed while no scheduler was up (one run each), instead of only reporting them.
+    catchup: bool = False
+    #: How late a tick may still start (a busy or restarted scheduler); later ones count as missed.
+    misfire_grace_seconds: int = 300
+    executor: ExecutorSpec = ExecutorSpec()
+
+
+def with_executor(job: Job, **overrides: Any) -> Job:
+    """``job`` with the ``[executor]`` settings the caller gives (None keeps the job file's); asking for a
+    cluster address or a worker count implies the dask executor."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if (given.get("address") or given.get("workers")) and "kind" not in given:
+        given["kind"] = "dask"
+    return dataclasses.replace(job, executor=dataclasses.replace(job.executor, **given)) if given else job
