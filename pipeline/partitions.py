@@ -4,6 +4,8 @@ A distributed run splits its domain into disjoint partitions. Each partition is 
 scored and loaded in one transaction that also records it in ``pipeline_partitions``:
 a worker that dies mid-partition leaves nothing (its transaction rolls back), and a
 task retried after its partition committed finds the record and writes nothing again.
+:func:`fill` (score a stream of chunks into a table) serves a local run too: its whole
+domain is one partition.
 """
 
 from __future__ import annotations
