@@ -46,7 +46,8 @@ class TopUp:
     columns: list[tuple[str, str]]
     keys: list[str]
     model: Model
-    index: pd.MultiIndex            # (keys..., input_hash) of every active row
+    index: pd.Index                 # the key of every active row (unique: the version's key)
+    hashes: np.ndarray              # and its input_hash, position for position
     #: Active rows whose key and inputs the domain listed again: they are copied, not scored.
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     checked: bool = False
@@ -60,16 +61,17 @@ class TopUp:
         if not self.checked:
             check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
             self.checked = True
-        found = _identity(chunk[self.keys], input_hashes(chunk[list(self.model.features)]))
-        positions = self.index.get_indexer(found)
-        same = positions >= 0
+        positions = self.index.get_indexer(_keys(chunk[self.keys]))
+        known = positions >= 0
+        same = known & (self.hashes[np.where(known, positions, 0)] == input_hashes(chunk[list(self.model.features)]))
         self.kept[positions[same]] = True
         return chunk[~same]
 
     def copy(self, conn: Connection, dialect: Dialect, target: str, table: str) -> int:
         """Copy the kept rows of the active version into ``target`` inside the database; their count."""
         q = dialect.quote
-        gone = self.index[~self.kept].droplevel(-1).to_frame(index=False)  # changed or left the domain
+        gone = self.index[~self.kept].to_frame(index=False)  # changed or left the domain
+        gone.columns = self.keys
         source = q(version_table(table, self.version))
         columns = dialect.column_list([c for c, _ in self.columns])
         if gone.empty:
@@ -89,8 +91,11 @@ class TopUp:
         return self.copied
 
 
-def _identity(keys: pd.DataFrame, hashes: np.ndarray) -> pd.MultiIndex:
-    return pd.MultiIndex.from_arrays([*(keys[k].to_numpy() for k in keys.columns), hashes])
+def _keys(keys: pd.DataFrame) -> pd.Index:
+    """The keys as an index: a plain one for a single key column (much faster to build and probe)."""
+    if len(keys.columns) == 1:
+        return pd.Index(keys.iloc[:, 0].to_numpy())
+    return pd.MultiIndex.from_arrays([keys[k].to_numpy() for k in keys.columns])
 
 
 def prepare(engine: Engine, job: Job, model: Model) -> TopUp:
@@ -118,8 +123,9 @@ def prepare(engine: Engine, job: Job, model: Model) -> TopUp:
     select = f"SELECT {reader.column_list(keys + [INPUT_HASH])} FROM {reader.quote(version_table(table, active.version))}"
     parts = list(reader.read_query(engine, select, None, READ_CHUNK))
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keys + [INPUT_HASH])
-    index = _identity(frame[keys], frame[INPUT_HASH].to_numpy(dtype=np.int64))
-    return TopUp(active.version, columns, keys, model, index, np.zeros(len(index), dtype=bool))
+    index = _keys(frame[keys])
+    return TopUp(active.version, columns, keys, model, index, frame[INPUT_HASH].to_numpy(dtype=np.int64),
+                 np.zeros(len(index), dtype=bool))
 
 
 def progress_of(top_up: TopUp, progress: Callable[[int], None] | None) -> Callable[[pd.DataFrame], pd.DataFrame]:

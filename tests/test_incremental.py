@@ -72,3 +72,22 @@ def test_incremental_is_refused_for_another_model_or_without_an_active_version(e
     with engine.connect() as conn:
         versions = conn.execute(text("SELECT COUNT(*) FROM pipeline_versions")).scalar()
     assert versions == 1  # refused before a version was made
+
+
+def test_a_composite_key_tops_up_only_the_changed_rows(engine, write_job):
+    write_table(engine, "users", pd.DataFrame({"user_id": range(20), "x1": [float(i) for i in range(20)]}))
+    write_table(engine, "items", pd.DataFrame({"item_id": range(10), "x2": [0.5] * 10, "x3": [0.1] * 10}))
+    body = CUSTOMERS_JOB.replace('keys = ["customer_id"]\n    query = "SELECT customer_id, x1, x2, x3 FROM customers"',
+                                 'keys = ["user_id", "item_id"]\n    [[domain.product]]\n'
+                                 '    query = "SELECT user_id, x1 FROM users"\n    [[domain.product]]\n'
+                                 '    query = "SELECT item_id, x2, x3 FROM items"')
+    job = load_job(write_job(body))
+    run_job(job, engine)
+    write_table(engine, "users", pd.DataFrame({"user_id": range(20), "x1": [float(i) for i in range(19)] + [0.0]}))
+    top_up = run_job(job, engine, incremental=True)
+    assert (top_up.rows, top_up.copied) == (200, 190)  # user 19's ten rows were scored again
+    full = run_job(job, engine, force=True)
+    with engine.connect() as conn:
+        a, b = (pd.read_sql(text(f"SELECT * FROM scores__v{v} ORDER BY user_id, item_id"), conn)
+                for v in (top_up.version, full.version))
+    pd.testing.assert_frame_equal(a, b)
