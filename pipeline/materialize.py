@@ -112,9 +112,12 @@ def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
 
 def upgrade(engine: Engine) -> None:
     """Bring a database's bookkeeping tables up to this release (new nullable columns), so commands that
-    only read work on a database an older release made; a database without them is left alone."""
+    only read work on a database an older release made; a database without them is left alone.
+
+    It writes only when a column is missing: a read command must not wait for a running load's write lock.
+    """
     with reading(engine) as conn:
-        if not state.has_schema(conn):
+        if not state.has_schema(conn) or not state.missing_columns(conn):
             return
     dialect = dialect_for(engine)
     with transaction(engine) as conn:

@@ -233,13 +233,20 @@ def ensure_schema(conn: Connection) -> None:
     earlier release lacks (such columns are nullable, so the rows it holds stay valid)."""
     metadata.create_all(conn, checkfirst=True)
     quote = conn.dialect.identifier_preparer.quote
+    for table, column in missing_columns(conn):
+        conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                          f"{column.type.compile(dialect=conn.dialect)}"))
+
+
+def missing_columns(conn: Connection) -> list[tuple[Table, Column]]:
+    """The columns of existing bookkeeping tables that this release has and the database does not."""
     inspector = inspect(conn)
+    missing = []
     for table in metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in present:
-                conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
-                                  f"{column.type.compile(dialect=conn.dialect)}"))
+        if inspector.has_table(table.name):
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            missing += [(table, column) for column in table.columns if column.name not in present]
+    return missing
 
 
 def has_schema(conn: Connection) -> bool:

@@ -98,3 +98,20 @@ def test_connections_terminated_mid_load_fail_the_run_cleanly(postgresql_url, wr
     assert version.status == "failed" and "database error" in version.error
     assert run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine, force=True).version == 3
     engine.dispose()
+
+
+def test_read_commands_answer_while_a_run_holds_the_write_lock(db_url, engine, served, tmp_path):
+    """`versions` and `status` during a load: reading never waits for the writer (SQLite's lock included)."""
+    import time
+
+    child, lines = start_run(tmp_path, db_url, "loading:30")
+    try:
+        wait_for(lines, "pipeline: paused at loading")
+        for command in (["versions", "scores"], ["status"]):
+            started = time.monotonic()
+            out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), *command, "--db", db_url])
+            assert out.exit_code == 0, out.output
+            assert time.monotonic() - started < 10  # SQLite's busy timeout is 30 s
+    finally:
+        child.kill()
+        child.wait(10)
