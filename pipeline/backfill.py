@@ -103,8 +103,7 @@ def _activate_latest(engine: Engine, table: str, result: BackfillResult, clock: 
     newest_day = max(result.done)
     newest = result.done[newest_day]
     with reading(engine) as conn:
-        pointer = state.get_pointer(conn, table)
-        active = state.get_version(conn, table, pointer.version) if pointer else None
+        active = state.active_version(conn, table)
     if active is not None and active.version == newest.version:
         return
     if active is not None and active.logical_date is not None and active.logical_date > newest_day:

@@ -79,7 +79,7 @@ class LocalExecutor:
         domain = Domain(job.domain, engine, target.logical_date)
         try:
             with transaction(engine) as conn:
-                total = expected_rows(conn, job)
+                total = progress_total(conn, job)
                 report = None if progress is None else (lambda rows: progress(rows, total))
                 writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
                 chunks = domain.chunks()
@@ -135,7 +135,7 @@ class DaskExecutor:
             return Loaded(0, columns, 0, fingerprint, 0)
         with transaction(engine) as conn:
             dialect.create_table(conn, target.physical, columns)  # committed: the workers write into it
-            expected = expected_rows(conn, job)
+            expected = progress_total(conn, job)
         try:
             checkpoint("loading")
             with self._client() as client:
@@ -272,10 +272,9 @@ def executor_for(spec: ExecutorSpec) -> LocalExecutor | DaskExecutor:
     return DaskExecutor(spec) if spec.kind == "dask" else LocalExecutor()
 
 
-def expected_rows(conn: Connection, job: Job) -> int | None:
+def progress_total(conn: Connection, job: Job) -> int | None:
     """What the progress bar expects: the active version's domain size, the best guess before counting."""
-    pointer = state.get_pointer(conn, job.output.table)
-    active = state.get_version(conn, job.output.table, pointer.version) if pointer else None
+    active = state.active_version(conn, job.output.table)
     return active.domain_size if active else None
 
 
@@ -283,8 +282,7 @@ def empty_columns(conn: Connection, job: Job) -> list[tuple[str, str]]:
     """An empty domain has no rows to tell column types from: take the active version's, if it may be empty."""
     if not job.audits.allow_empty:
         raise AuditError(EMPTY_DOMAIN)
-    pointer = state.get_pointer(conn, job.output.table)
-    active = state.get_version(conn, job.output.table, pointer.version) if pointer else None
+    active = state.active_version(conn, job.output.table)
     if active is None:
         raise AuditError("the domain is empty and there is no active version to take column types from")
     return list(active.columns)

@@ -106,8 +106,7 @@ def prepare(engine: Engine, job: Job, model: Model) -> TopUp:
     """
     table = job.output.table
     with reading(engine) as conn:
-        pointer = state.get_pointer(conn, table) if state.has_schema(conn) else None
-        active = state.get_version(conn, table, pointer.version) if pointer else None
+        active = state.active_version(conn, table) if state.has_schema(conn) else None
     if active is None:
         raise PipelineError(f"{table} has no active version to top up; run without --incremental first")
     if active.model_sha256 != model.sha256:

@@ -95,12 +95,10 @@ def _columns(conn: Connection, table: str, alias: str) -> list[str]:
     """The columns both arms serve: keys, outputs, the bucket. Both aliases must serve the same ones."""
     served = []
     for name in (state.DEFAULT_ALIAS, alias):
-        pointer = state.get_pointer(conn, table, name)
-        if pointer is None:
+        version = state.active_version(conn, table, name)
+        if version is None:
             raise FlipError(f"{table} has no version active for {name}; activate one first "
                             f"(pipeline activate {table} N{'' if name == state.DEFAULT_ALIAS else ' --alias ' + name})")
-        version = state.get_version(conn, table, pointer.version)
-        assert version is not None
         served.append((version.keys, tuple(version.columns)))
     if served[0] != served[1]:
         raise FlipError(f"{table}: {alias} and {state.DEFAULT_ALIAS} serve different columns; an A/B split needs the "

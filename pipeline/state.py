@@ -287,6 +287,12 @@ def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Poi
     return None if row is None else _pointer(row)
 
 
+def active_version(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Version | None:
+    """The version ``alias`` (the table's own pointer by default) serves, or None."""
+    found = get_pointer(conn, table, alias)
+    return None if found is None else get_version(conn, table, found.version)
+
+
 def list_pointers(conn: Connection, table: str) -> list[Pointer]:
     """Every alias of ``table`` (the default one, champion, included)."""
     rows = conn.execute(select(pointer).where(pointer.c.table_name == table).order_by(pointer.c.alias))
