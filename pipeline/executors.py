@@ -25,7 +25,7 @@ from pipeline.jobs import ExecutorSpec, Job
 from pipeline.model import Model
 from pipeline.partitions import PartitionResult, PartitionTask, fill, write_partition
 from pipeline.pointer import checkpoint
-from pipeline.scoring import Scorer, TopK
+from pipeline.scoring import first_rows
 from pipeline.store import VersionWriter, columns_of
 from pipeline.transactions import transaction
 
@@ -166,11 +166,8 @@ class DaskExecutor:
             if first is None:
                 return [], (), domain.fingerprint
             job = target.job
-            frame = Scorer(target.model, job.domain.keys)(first)
+            frame = first_rows(target.model, job, first)
             if job.output.top_k:
-                top = TopK(job.output, job.domain.keys)
-                top.add(frame)
-                frame = next(top.frames(len(frame)))
                 outside = [g for g in job.output.group_by if g not in domain.first_columns]
                 if outside:  # a partition must hold whole groups
                     raise PipelineError(f"the dask executor splits the domain's first factor: top_k's group_by "

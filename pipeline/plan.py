@@ -24,10 +24,10 @@ from pipeline.errors import AuditError
 from pipeline.audits import planned_audits
 from pipeline.jobs import Job
 from pipeline.executors import EMPTY_DOMAIN, describe, executor_for
-from pipeline.scoring import TopK, check_inputs, check_output, score_chunk
+from pipeline.scoring import check_output, first_rows
 from pipeline.model import load_model
 from pipeline.registry import Source
-from pipeline.store import infer_type
+from pipeline.store import columns_of
 from pipeline.transactions import reading
 from pipeline.versions import version_table, view_name
 
@@ -84,18 +84,13 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
             if top_up is not None:
                 to_score += len(top_up.split(chunk))
             if sample is None:
-                check_inputs(model, keys, list(map(str, chunk.columns)))
-                sample = score_chunk(model, keys, chunk)
-                if job.output.top_k:
-                    top = TopK(job.output, keys)
-                    top.add(sample)
-                    sample = next(top.frames(len(sample)))
+                sample = first_rows(model, job, chunk)
                 columns_seen = tuple(map(str, chunk.columns))
     finally:
         domain.close()
     if sample is None and not job.audits.allow_empty:
         raise AuditError(EMPTY_DOMAIN)
-    columns = tuple((str(c), infer_type(str(c), sample[c])) for c in sample.columns) if sample is not None else ()
+    columns = tuple(columns_of(sample)) if sample is not None else ()
     with reading(engine) as conn:
         known = state.has_schema(conn)
         version = state.next_version(conn, job.output.table) if known else 1

@@ -136,6 +136,17 @@ class TopK:
             yield best.iloc[start:start + size].reset_index(drop=True)
 
 
+def first_rows(model: Model, job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
+    """The rows the version table receives for a first ``chunk`` (ranked with top_k), to tell its columns
+    before a run writes anything."""
+    rows = Scorer(model, job.domain.keys)(chunk)
+    if job.output.top_k:
+        top = TopK(job.output, job.domain.keys)
+        top.add(rows)
+        rows = next(top.frames(len(rows)))
+    return rows
+
+
 class Scorer:
     """:func:`score_chunk` for a stream of chunks, checking the inputs on the first one."""
 
