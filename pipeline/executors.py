@@ -86,7 +86,7 @@ class LocalExecutor:
                 if top_up is not None:
                     writer.columns = top_up.columns
                     dialect.create_table(conn, target.physical, writer.columns)
-                    chunks = (c for c in map(incremental.progress_of(top_up, report), chunks) if len(c))
+                    chunks = top_up.changed(chunks, report)
                     report = None
                 expected = fill(writer, chunks, target.model, job, report)
                 if top_up is not None:

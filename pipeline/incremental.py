@@ -10,7 +10,7 @@ version's (same sha256): a new model means every row must be scored again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -67,6 +67,19 @@ class TopUp:
         self.kept[positions[same]] = True
         return chunk[~same]
 
+    def changed(self, chunks: Iterable[pd.DataFrame],
+                progress: Callable[[int], None] | None = None) -> Iterator[pd.DataFrame]:
+        """The rows of ``chunks`` to score, chunk by chunk (empty ones left out); ``progress`` gets the
+        domain rows read so far."""
+        read = 0
+        for chunk in chunks:
+            read += len(chunk)
+            if progress is not None:
+                progress(read)
+            rows = self.split(chunk)
+            if len(rows):
+                yield rows
+
     def copy(self, conn: Connection, dialect: Dialect, target: str, table: str) -> int:
         """Copy the kept rows of the active version into ``target`` inside the database; their count."""
         q = dialect.quote
@@ -102,8 +115,10 @@ def prepare(engine: Engine, job: Job, model: Model) -> TopUp:
     """Read the active version's keys and input hashes, after checking it can be topped up.
 
     Raises:
-        PipelineError: no active version, another model, or a version made before input hashes.
+        PipelineError: what :func:`check` refuses, no active version, another model, or a version made
+            before input hashes.
     """
+    check(job)
     table = job.output.table
     with reading(engine) as conn:
         active = state.active_version(conn, table) if state.has_schema(conn) else None
@@ -125,18 +140,3 @@ def prepare(engine: Engine, job: Job, model: Model) -> TopUp:
     index = _keys(frame[keys])
     return TopUp(active.version, columns, keys, model, index, frame[INPUT_HASH].to_numpy(dtype=np.int64),
                  np.zeros(len(index), dtype=bool))
-
-
-def progress_of(top_up: TopUp, progress: Callable[[int], None] | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """:meth:`TopUp.split` that also reports the domain rows read so far."""
-    read = 0
-
-    def split(chunk: pd.DataFrame) -> pd.DataFrame:
-        nonlocal read
-        read += len(chunk)
-        if progress is not None:
-            progress(read)
-        return top_up.split(chunk)
-
-    return split
-

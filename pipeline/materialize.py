@@ -192,8 +192,6 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     check_output(job, model)
     executor = executor_for(job.executor)
     executor.check(dialect)
-    if top_up:
-        incremental.check(job)
     previous = incremental.prepare(engine, job, model) if top_up else None
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)

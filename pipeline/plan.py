@@ -73,8 +73,6 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     check_output(job, model)
     executor_for(job.executor).check(dialect_for(engine))
     keys = list(job.domain.keys)
-    if incremental:
-        top_ups.check(job)
     top_up = top_ups.prepare(engine, job, model) if incremental else None
     to_score = 0
     domain = Domain(job.domain, engine, logical_date)

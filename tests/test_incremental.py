@@ -91,3 +91,35 @@ def test_a_composite_key_tops_up_only_the_changed_rows(engine, write_job):
         a, b = (pd.read_sql(text(f"SELECT * FROM scores__v{v} ORDER BY user_id, item_id"), conn)
                 for v in (top_up.version, full.version))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_incremental_is_refused_for_top_k(engine, write_job):
+    import dataclasses
+
+    write_table(engine, "customers", customers_frame(50))
+    job = load_job(write_job(CUSTOMERS_JOB))
+    run_job(job, engine)
+    ranked = dataclasses.replace(job, output=dataclasses.replace(job.output, top_k=3, group_by=("x",),
+                                                                 rank_by="proba_true"))
+    with pytest.raises(PipelineError, match="--incremental cannot keep top_k rankings"):
+        run_job(ranked, engine, incremental=True, force=True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM pipeline_versions")).scalar() == 1
+
+
+@pytest.mark.postgres
+def test_incremental_is_refused_on_the_dask_executor(postgresql_url, write_job):
+    import dataclasses
+
+    from pipeline.db import make_engine
+    from pipeline.jobs import ExecutorSpec
+
+    engine = make_engine(postgresql_url)
+    write_table(engine, "customers", customers_frame(50))
+    job = load_job(write_job(CUSTOMERS_JOB))
+    run_job(job, engine)
+    with pytest.raises(PipelineError, match="--incremental runs on the local executor"):
+        run_job(dataclasses.replace(job, executor=ExecutorSpec("dask")), engine, incremental=True, force=True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM pipeline_versions")).scalar() == 1
+    engine.dispose()
