@@ -21,6 +21,7 @@ from pipeline.dialects import Dialect
 from pipeline.dialects.base import bind_run_date
 from pipeline.errors import first_line
 from pipeline.jobs import AuditSpec, DriftSpec
+from pipeline.versions import RANK
 
 PSI_BINS = 10
 _FLOAT_MAX = "1.7976931348623157e308"  # anything beyond is infinite; NaN sorts above it on PostgreSQL
@@ -128,8 +129,8 @@ def _top_k(conn: Connection, dialect: Dialect, subject: Subject) -> AuditResult:
     q = dialect.quote
     groups = dialect.column_list(group_by)
     bad = conn.execute(text(
-        f"SELECT COUNT(*) FROM (SELECT COUNT(*) AS n, MIN({q('rank')}) AS lo, MAX({q('rank')}) AS hi, "
-        f"COUNT(DISTINCT {q('rank')}) AS ranks FROM {q(subject.table)} GROUP BY {groups}) g "
+        f"SELECT COUNT(*) FROM (SELECT COUNT(*) AS n, MIN({q(RANK)}) AS lo, MAX({q(RANK)}) AS hi, "
+        f"COUNT(DISTINCT {q(RANK)}) AS ranks FROM {q(subject.table)} GROUP BY {groups}) g "
         f"WHERE n > {int(k)} OR lo <> 1 OR hi <> n OR ranks <> n")).scalar_one()
     return AuditResult("top_k", bad == 0, f"every group holds its best rows ranked 1..n (n <= {k})" if not bad
                        else f"{bad} group(s) with more than {k} rows or ranks other than 1..n")

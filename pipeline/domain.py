@@ -9,6 +9,7 @@ blocks of ``chunk_size`` rows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from datetime import date
@@ -119,8 +120,12 @@ class Domain:
             digest.update(frame)
             rest.append(frame)
         checked = False
-        narrowed = (partition, partitions, list(by)) if partitions > 1 and by else None
-        with contextlib.closing(self._read(self.spec.factors[0], narrowed)) as stream:
+        first_factor = self.spec.factors[0]
+        pushed = self._partition_query(first_factor, by, partition, partitions) if partitions > 1 and by else None
+        self._pushed_down = pushed is not None
+        if pushed is not None:
+            first_factor = dataclasses.replace(first_factor, query=pushed)
+        with contextlib.closing(self._read(first_factor)) as stream:
             for first in stream:
                 if not checked:
                     self._check_columns([first, *rest])
@@ -134,12 +139,17 @@ class Domain:
 
     # -- reading factors ----------------------------------------------------
 
-    def _read(self, factor: Factor, narrowed: tuple[int, int, list[str]] | None = None) -> Iterator[pd.DataFrame]:
-        self._pushed_down = False
+    def _read(self, factor: Factor) -> Iterator[pd.DataFrame]:
         if factor.file is not None:
             yield from self._read_file(factor.file)
         else:
-            yield from self._read_query(factor, narrowed)
+            yield from self._read_query(factor)
+
+    def _partition_query(self, factor: Factor, by: Sequence[str], partition: int, partitions: int) -> str | None:
+        """The factor's query narrowed to one partition in its database, where the database can hash."""
+        if factor.query is None:
+            return None
+        return reader_for(self._engine(factor.source)).partition_query(factor.query, by, partition, partitions)
 
     def _read_file(self, path: Path) -> Iterator[pd.DataFrame]:
         size = self.spec.chunk_size
@@ -162,20 +172,12 @@ class Domain:
             self._engines[source] = make_engine(source)
         return self._engines[source]
 
-    def _read_query(self, factor: Factor,
-                    narrowed: tuple[int, int, list[str]] | None = None) -> Iterator[pd.DataFrame]:
+    def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
         engine = self._engine(factor.source)
-        reader = reader_for(engine)
-        query = factor.query
-        if narrowed is not None:
-            partition, partitions, by = narrowed
-            pushed = reader.partition_query(query, by, partition, partitions)
-            if pushed is not None:
-                query, self._pushed_down = pushed, True
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:
-            yield from reader.read_query(engine, query, self.run_date, self.spec.chunk_size)
+            yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size)
         except SourceError as exc:
             raise SourceError(f"domain query failed{where}: {exc}") from None
 
