@@ -164,6 +164,30 @@ CUSTOMERS_JOB = """
     table = "scores"
 """
 
+#: A users x items product domain over the tables :func:`write_users_items` makes.
+PRODUCT_JOB = """
+    [domain]
+    keys = ["user_id", "item_id"]
+    [[domain.product]]
+    query = "SELECT user_id, x1 FROM users"
+    [[domain.product]]
+    query = "SELECT item_id, x2, x3 FROM items"
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+"""
+
+
+def write_users_items(engine: Engine, users: int, items: int, seed: int = 0, first_item: int = 0) -> None:
+    """Tables users (user_id, x1) and items (item_id, x2, x3) of random features, for PRODUCT_JOB."""
+    rng = np.random.default_rng(seed)
+    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(users), "x1": rng.normal(size=users)}))
+    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(first_item, first_item + items),
+                                               "x2": rng.normal(size=items), "x3": rng.normal(size=items)}))
+
+
 SCRIPTED_JOB = CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"')
 
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
+from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, write_table
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
@@ -77,11 +77,7 @@ def test_incremental_is_refused_for_another_model_or_without_an_active_version(e
 def test_a_composite_key_tops_up_only_the_changed_rows(engine, write_job):
     write_table(engine, "users", pd.DataFrame({"user_id": range(20), "x1": [float(i) for i in range(20)]}))
     write_table(engine, "items", pd.DataFrame({"item_id": range(10), "x2": [0.5] * 10, "x3": [0.1] * 10}))
-    body = CUSTOMERS_JOB.replace('keys = ["customer_id"]\n    query = "SELECT customer_id, x1, x2, x3 FROM customers"',
-                                 'keys = ["user_id", "item_id"]\n    [[domain.product]]\n'
-                                 '    query = "SELECT user_id, x1 FROM users"\n    [[domain.product]]\n'
-                                 '    query = "SELECT item_id, x2, x3 FROM items"')
-    job = load_job(write_job(body))
+    job = load_job(write_job(PRODUCT_JOB))
     run_job(job, engine)
     write_table(engine, "users", pd.DataFrame({"user_id": range(20), "x1": [float(i) for i in range(19)] + [0.0]}))
     top_up = run_job(job, engine, incremental=True)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, FEATURES, customers_frame, reference_query, train_model, write_table
+from conftest import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model,
+                      write_table, write_users_items)
 from pipeline import activate, load_job, rollback, run_job
 from pipeline import catalog
 from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
@@ -117,24 +118,9 @@ def test_logical_date_reaches_the_query_and_the_version(engine, write_job):
 
 
 def test_product_domain_of_300_by_200_gives_60000_rows_with_the_right_keys(engine, write_job):
-    rng = np.random.default_rng(1)
-    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(300), "x1": rng.normal(size=300)}))
-    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(1000, 1200), "x2": rng.normal(size=200),
-                                               "x3": rng.normal(size=200)}))
-    job = load_job(write_job("""
-        [domain]
-        keys = ["user_id", "item_id"]
-        chunk_size = 7000
-        [[domain.product]]
-        query = "SELECT user_id, x1 FROM users"
-        [[domain.product]]
-        query = "SELECT item_id, x2, x3 FROM items"
-        [model]
-        path = "models/{model}"
-        method = "predict_proba"
-        [output]
-        table = "scores"
-    """))
+    write_users_items(engine, 300, 200, seed=1, first_item=1000)
+    job = load_job(write_job(PRODUCT_JOB.replace('keys = ["user_id", "item_id"]',
+                                                 'keys = ["user_id", "item_id"]\n    chunk_size = 7000')))
     assert run_job(job, engine).rows == 60_000
     with engine.connect() as conn:
         count, users, items, pairs = conn.execute(text(

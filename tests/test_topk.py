@@ -9,26 +9,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
-from conftest import write_table
+from conftest import PRODUCT_JOB, write_users_items
 from pipeline import load_job, run_job
 from pipeline.jobs import ExecutorSpec, OutputSpec
 from pipeline.materialize import audit_version
 from pipeline.scoring import TopK
 
 USERS, ITEMS, K = 60, 45, 4
-JOB = """
-    [domain]
-    keys = ["user_id", "item_id"]
-    chunk_size = 250
-    [[domain.product]]
-    query = "SELECT user_id, x1 FROM users"
-    [[domain.product]]
-    query = "SELECT item_id, x2, x3 FROM items"
-    [model]
-    path = "models/{model}"
-    method = "predict_proba"
-    [output]
-    table = "scores"
+JOB = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\n    chunk_size = 250') + """\
     top_k = 4
     group_by = ["user_id"]
     rank_by = "proba_true"
@@ -37,10 +25,7 @@ JOB = """
 
 @pytest.fixture
 def inputs(engine):
-    rng = np.random.default_rng(3)
-    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(USERS), "x1": rng.normal(size=USERS)}))
-    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(ITEMS), "x2": rng.normal(size=ITEMS),
-                                               "x3": rng.normal(size=ITEMS)}))
+    write_users_items(engine, USERS, ITEMS, seed=3)
     return engine
 
 
@@ -118,10 +103,7 @@ def test_dask_partitions_keep_whole_groups(postgresql_url, write_job):
     from pipeline.db import make_engine
 
     engine = make_engine(postgresql_url)
-    rng = np.random.default_rng(3)
-    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(USERS), "x1": rng.normal(size=USERS)}))
-    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(ITEMS), "x2": rng.normal(size=ITEMS),
-                                               "x3": rng.normal(size=ITEMS)}))
+    write_users_items(engine, USERS, ITEMS, seed=3)
     job = load_job(write_job(JOB))
     run_job(dataclasses.replace(job, executor=ExecutorSpec("dask", workers=2, partitions=3)), engine)
     pd.testing.assert_frame_equal(served(engine).drop(columns="model_version"), expected(engine, job),
