@@ -183,14 +183,14 @@ class DaskExecutor:
         """A client of the cluster at the configured address, or of a local cluster started for this run."""
         from distributed import Client, LocalCluster
 
-        address = self.spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        address = _address(self.spec)
         with contextlib.ExitStack() as stack:
             try:
                 if address:
                     client = stack.enter_context(Client(address, timeout="10s"))
                 else:
                     cluster = stack.enter_context(LocalCluster(
-                        n_workers=self.spec.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                        n_workers=_workers(self.spec), threads_per_worker=1, processes=True,
                         silence_logs=logging.ERROR))
                     client = stack.enter_context(Client(cluster))
             except (OSError, TimeoutError) as exc:
@@ -254,12 +254,22 @@ def _partition_error(future: Any) -> PipelineError:
     return PipelineError(f"{what} failed on the Dask cluster: {type(exc).__name__}: {first_line(exc)}")
 
 
+def _address(spec: ExecutorSpec) -> str | None:
+    """The scheduler to use: the job's or the CLI's, else ``$DASK_SCHEDULER_ADDRESS``; None: a local cluster."""
+    return spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+
+
+def _workers(spec: ExecutorSpec) -> int:
+    """Worker processes of a local cluster: as asked, else one per core."""
+    return spec.workers or os.cpu_count() or 1
+
+
 def describe(spec: ExecutorSpec) -> str:
     """One line on where a run of ``spec`` would score, for plans and logs."""
     if spec.kind != "dask":
         return "local (this process)"
-    address = spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    where = f"the cluster at {address}" if address else f"a local cluster of {spec.workers or os.cpu_count()} workers"
+    address = _address(spec)
+    where = f"the cluster at {address}" if address else f"a local cluster of {_workers(spec)} workers"
     count = f"{spec.partitions} partitions" if spec.partitions else f"{PARTITIONS_PER_THREAD} partitions per thread"
     return f"dask: {count} on {where}"
 
