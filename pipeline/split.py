@@ -42,7 +42,7 @@ def set_split(engine: Engine, table: str, alias: str, percent: int,
         FlipError: a bad percent, an alias or champion without an active version, or the two
             serving different columns.
     """
-    from pipeline.pointer import check_alias, require_table
+    from pipeline.pointer import check_alias, require_table  # pointer imports this module: it rebuilds the view
 
     if not 0 <= percent <= 100:
         raise FlipError(f"--percent must be between 0 and 100, got {percent}")
@@ -59,10 +59,10 @@ def set_split(engine: Engine, table: str, alias: str, percent: int,
             drop_view(conn, dialect, table)
             return None
         found = Split(table, alias, percent, clock())
-        _columns(conn, table, alias)  # refuses an alias that cannot be split against the champion
+        columns = _columns(conn, table, alias)  # refuses an alias that cannot be split against the champion
         conn.execute(insert(state.splits).values(table_name=table, alias=alias, percent=percent,
                                                  updated_at=found.updated_at))
-        _write(conn, dialect, found)
+        _write(conn, dialect, found, columns)
         return found
 
     result = retry_on_lock(engine, dialect, f"{table}: split view", step)
@@ -77,7 +77,7 @@ def refresh(conn: Connection, dialect: Dialect, table: str) -> None:
     if found is None:
         return
     try:
-        _write(conn, dialect, found)
+        _write(conn, dialect, found, _columns(conn, table, found.alias))
     except FlipError as exc:
         log.warning("%s: %s no longer served: %s", table, view_name(table, AB), exc)
 
@@ -109,8 +109,8 @@ def _columns(conn: Connection, table: str, alias: str) -> list[str]:
     return [*keys, *(c for c, _ in outputs_of(columns, keys)), BUCKET]
 
 
-def _write(conn: Connection, dialect: Dialect, split: Split) -> None:
-    columns = dialect.column_list(_columns(conn, split.table, split.alias))
+def _write(conn: Connection, dialect: Dialect, split: Split, names: list[str]) -> None:
+    columns = dialect.column_list(names)
     q = dialect.quote
     select_sql = (
         f"SELECT {columns}, '{split.alias}' AS variant, model_version FROM {q(view_name(split.table, split.alias))} "
