@@ -1,12 +1,14 @@
-"""Load a scikit-learn model (checking its pin first) from a file or a registry, and score one chunk at a time.
+"""Load a model (checking its pin first) from a file or a registry, and score one chunk at a time.
 
-No database code here: scoring is a pure function of a DataFrame.
+How each model family is loaded and called is in :mod:`pipeline.flavors`; this module pins
+the bytes, works out features, categories and output columns, and casts each chunk to
+what the model was fitted on. No database code here: scoring is a pure function of a DataFrame.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,16 +18,16 @@ import pandas as pd
 
 from pipeline.errors import ModelError
 from pipeline.jobs import ModelSpec
-from pipeline import registry
-from pipeline.versions import output_columns
+from pipeline import flavors, registry
+from pipeline.versions import output_columns, output_labels
+
+log = logging.getLogger("pipeline")
 
 
-def _unpickle(data: bytes, spec: ModelSpec) -> Any:
+def _unpickle(data: bytes, spec: ModelSpec) -> flavors.Flavor:
     """joblib runs whatever the pickle says; skops loads only the types the job trusts."""
     if spec.format == "joblib":
-        import joblib
-
-        return joblib.load(io.BytesIO(data))
+        return flavors.unpickle(data)
     import skops.io
 
     needed = skops.io.get_untrusted_types(data=data)
@@ -33,14 +35,14 @@ def _unpickle(data: bytes, spec: ModelSpec) -> Any:
     if untrusted:
         raise ModelError(f"{spec.location}: the skops file holds types the job does not trust: {', '.join(untrusted)} "
                          "(review them, then list them in [model] trusted)")
-    return skops.io.loads(data, trusted=needed)
+    return flavors.from_estimator(skops.io.loads(data, trusted=needed))
 
 
 @dataclass(frozen=True)
 class Model:
     """A loaded model with everything a run needs to know about its inputs and outputs."""
 
-    estimator: Any
+    flavor: flavors.Flavor
     #: The model file's path, or the registry version's URI (``models:/NAME/VERSION``).
     location: str
     sha256: str
@@ -49,11 +51,25 @@ class Model:
     outputs: tuple[str, ...]
     #: Where a registry model came from; None for a model file.
     source: registry.Source | None = None
+    #: Which class each output column holds: ``((column, label), ...)``; empty for a single prediction.
+    labels: tuple[tuple[str, Any], ...] = ()
+    #: Features the model was fitted on as pandas ``category`` columns, with their categories.
+    categories: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def estimator(self) -> Any:
+        """The loaded object itself (an estimator, a booster, an ONNX session...)."""
+        return self.flavor.obj
 
     @property
     def class_name(self) -> str:
-        cls = type(self.estimator)
-        return f"{cls.__module__}.{cls.__qualname__}"
+        return self.flavor.class_name
+
+    @property
+    def library(self) -> dict[str, str | None]:
+        """The model's library, the version it was trained with (where the file says) and the one installed."""
+        return {"name": self.flavor.library, "trained_with": self.flavor.trained_with,
+                "installed": self.flavor.installed}
 
     def check_features(self, columns: list[str]) -> None:
         missing = [f for f in self.features if f not in columns]
@@ -63,15 +79,30 @@ class Model:
                 f"(domain columns: {', '.join(columns)})"
             )
 
+    def inputs(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """The features of ``chunk`` in the model's order, category features cast to their fitted categories
+        (a value outside them becomes missing, as the model's library itself treats an unknown category)."""
+        inputs = chunk.loc[:, list(self.features)]
+        for column, categories in self.categories:
+            dtype = pd.CategoricalDtype(list(categories))
+            if inputs[column].dtype != dtype:
+                inputs[column] = _as_categories(inputs[column], dtype)
+        return inputs
+
+    def input_schema(self, chunk: pd.DataFrame) -> list[list[Any]]:
+        """What the model is handed, as recorded per version: ``[[column, dtype, categories or None], ...]``."""
+        inputs = self.inputs(chunk.iloc[:0])
+        return [[c, str(inputs[c].dtype), list(inputs[c].dtype.categories)
+                 if isinstance(inputs[c].dtype, pd.CategoricalDtype) else None] for c in inputs.columns]
+
     def score(self, chunk: pd.DataFrame) -> pd.DataFrame:
         """The model's outputs for every row of ``chunk``, one named column per output."""
-        inputs = chunk.loc[:, list(self.features)]
-        if not hasattr(self.estimator, "feature_names_in_"):
-            inputs = inputs.to_numpy()
         try:
-            result = getattr(self.estimator, self.method)(inputs)
+            result = self.flavor.call(self.method, self.inputs(chunk))
+        except ModelError:
+            raise
         except Exception as exc:  # the model's own code: any failure is the model's
-            raise ModelError(f"{self.method} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ModelError(f"{self.method} failed: {type(exc).__name__}: {model_message(exc)}") from exc
         values = np.asarray(result)
         if values.ndim == 2 and values.shape[1] == 1 and len(self.outputs) == 1:
             values = values[:, 0]
@@ -86,31 +117,55 @@ class Model:
         return pd.DataFrame(values, columns=list(self.outputs), index=chunk.index)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _as_categories(column: pd.Series, dtype: pd.CategoricalDtype) -> pd.Series:
+    """``column`` as ``dtype``; integer categories take a nullable integer column's values as they are."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.set_categories(dtype.categories)
+    return column.astype(object).where(column.notna(), None).astype(dtype)
+
+
+#: At most this many lines of a model library's error are kept: enough for the one naming the column.
+MESSAGE_LINES = 4
+
+
+def model_message(exc: BaseException) -> str:
+    """A model library's error in one line: its first few non-blank lines joined, no traceback.
+
+    Libraries often name the column or dtype at fault on a later line (LightGBM's
+    ``Fields with bad pandas dtypes: balance: object``), so the first line alone is not enough.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kept = [line if len(line) <= 300 else line[:297] + "..." for line in lines[:MESSAGE_LINES]]
+    return " | ".join(kept) if kept else type(exc).__name__
 
 
 def load_model(spec: ModelSpec) -> Model:
-    """Check the pin, load the estimator, and work out features and output columns.
+    """Check the pin, load the model through its family's library, and work out features and outputs.
 
-    The sha256 pin is checked before the estimator is loaded: unpickling runs code, so a
+    The sha256 pin is checked before the model is loaded: unpickling runs code, so a
     tampered file must be refused before it is opened. A registry model (``spec.uri``) is
-    pinned on the bytes of its serialized estimator, in the directory MLflow downloaded.
+    pinned on the bytes of its serialized model, in the directory MLflow downloaded.
     """
     if spec.uri is None:
         data = _read(spec.path, spec)  # read once: the bytes checked are the bytes loaded
         sha256 = _check_pin(data, spec)
-        return _inspect(_load(lambda: _unpickle(data, spec), spec), spec, sha256, None)
+        return _inspect(_load(lambda: _open(data, spec), spec), spec, sha256, None)
     with registry.download(spec) as found:
         sha256 = _check_pin(_read(found.file, spec), spec)
-        estimator = _load(found.load, spec)
-    return _inspect(estimator, spec, sha256, found.source)
+        flavor = _load(found.load, spec)
+    return _inspect(flavor, spec, sha256, found.source)
+
+
+def _open(data: bytes, spec: ModelSpec) -> flavors.Flavor:
+    """The model file's bytes as a flavor, by ``[model] format``."""
+    if spec.format in ("joblib", "skops"):
+        return _unpickle(data, spec)
+    return flavors.load(spec.format, data, spec.path)
 
 
 def _read(path: Path, spec: ModelSpec) -> bytes:
     try:
-        return path.read_bytes()
+        return flavors.read_bytes(path)
     except OSError as exc:
         raise ModelError(f"{spec.location}: cannot read model file: {exc.strerror or exc}") from None
 
@@ -123,41 +178,51 @@ def _check_pin(data: bytes, spec: ModelSpec) -> str:
     return sha256
 
 
-def _load(load: Callable[[], Any], spec: ModelSpec) -> Any:
+def _load(load: Callable[[], flavors.Flavor], spec: ModelSpec) -> flavors.Flavor:
     try:
         return load()
     except ModelError:
         raise
     except Exception as exc:  # unpickling can raise anything
-        raise ModelError(f"{spec.location}: cannot load model file: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelError(f"{spec.location}: cannot load model file: {type(exc).__name__}: "
+                         f"{model_message(exc)}") from None
 
 
-def _inspect(estimator: Any, spec: ModelSpec, sha256: str, source: registry.Source | None) -> Model:
-    """The loaded estimator as a :class:`Model`, once it proved it can do what the job asks."""
-    if not callable(getattr(estimator, spec.method, None)):
-        raise ModelError(f"{spec.location}: a {type(estimator).__name__} has no {spec.method}() method")
-    features = _features(estimator, spec)
-    classes = getattr(estimator, "classes_", None)
-    if spec.method == "predict_proba" and classes is None:
-        raise ModelError(f"{spec.location}: predict_proba needs a fitted classifier with classes_")
-    if spec.method == "predict_proba":
-        width = len(classes)
-    elif spec.method == "decision_function" and classes is not None and len(classes) > 2:
-        width = len(classes)  # one score per class; binary classifiers give a single column
-    else:
-        width = 1
+def _inspect(flavor: flavors.Flavor, spec: ModelSpec, sha256: str, source: registry.Source | None) -> Model:
+    """The loaded model as a :class:`Model`, once it proved it can do what the job asks."""
+    if not flavor.has_method(spec.method):
+        raise ModelError(f"{spec.location}: a {type(flavor.obj).__name__} has no {spec.method}() method")
+    features = _features(flavor, spec)
+    classes = flavor.classes()
     try:
-        outputs = output_columns(spec.method, None if classes is None else list(classes), width)
-    except ValueError as exc:
+        width = flavor.width(spec.method)
+    except ModelError as exc:
         raise ModelError(f"{spec.location}: {exc}") from None
+    outputs = output_columns(spec.method, classes, width)
+    categories = flavor.categories()
+    unknown = [c for c in categories if c not in features]
+    if unknown:
+        raise ModelError(f"{spec.location}: category feature(s) {', '.join(unknown)} are not among the model's "
+                         f"features {list(features)}")
+    _warn_version(flavor, spec)
     location = str(spec.path) if source is None else source.resolved
-    return Model(estimator, location, sha256, spec.method, features, tuple(outputs), source)
+    return Model(flavor, location, sha256, spec.method, features, tuple(outputs), source,
+                 labels=tuple(output_labels(spec.method, classes, outputs)),
+                 categories=tuple((c, tuple(v)) for c, v in categories.items()))
 
 
-def _features(estimator: Any, spec: ModelSpec) -> tuple[str, ...]:
-    fitted = getattr(estimator, "feature_names_in_", None)
+def _warn_version(flavor: flavors.Flavor, spec: ModelSpec) -> None:
+    """A model written by another release of its library may score differently: say so, loudly."""
+    installed = flavor.installed
+    if flavor.trained_with and installed and flavor.trained_with != installed:
+        log.warning("%s: the model was written by %s %s, but %s %s is installed; its predictions may differ "
+                    "(retrain it, or install %s==%s)", spec.location, flavor.library, flavor.trained_with,
+                    flavor.library, installed, flavor.library, flavor.trained_with)
+
+
+def _features(flavor: flavors.Flavor, spec: ModelSpec) -> tuple[str, ...]:
+    fitted = flavor.features()
     if fitted is not None:
-        fitted = tuple(str(f) for f in fitted)
         if spec.features is not None and tuple(spec.features) != fitted:
             raise ModelError(
                 f"{spec.location}: [model] features {list(spec.features)} differ from the features the model was "
@@ -169,7 +234,7 @@ def _features(estimator: Any, spec: ModelSpec) -> tuple[str, ...]:
             f"{spec.location}: the model does not record its feature names (it was fitted on an array); "
             "list them in [model] features"
         )
-    n = getattr(estimator, "n_features_in_", None)
+    n = flavor.n_features()
     if n is not None and n != len(spec.features):
         raise ModelError(f"{spec.location}: the model takes {n} features but [model] features lists {len(spec.features)}")
     return tuple(spec.features)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline import flavors
 from pipeline.errors import ModelError, first_line
 from pipeline.jobs import ModelSpec
 
@@ -60,7 +61,7 @@ class Source:
 class Download:
     source: Source
     file: Path                  # the serialized estimator (model.pkl, model.skops), for the sha256 pin
-    load: Callable[[], Any]     # the scikit-learn estimator, loaded by MLflow from the same directory
+    load: Callable[[], flavors.Flavor]  # the model, loaded by MLflow from the same directory
 
 
 @contextmanager
@@ -99,4 +100,4 @@ def download(spec: ModelSpec) -> Iterator[Download]:
         source = Source(spec.uri, name, int(found.version), alias, found.run_id or None,
                         meta.signature.to_dict() if meta.signature is not None else None)
         yield Download(source, directory / flavor["pickled_model"],
-                       lambda: mlflow.sklearn.load_model(str(directory)))
+                       lambda: flavors.from_estimator(mlflow.sklearn.load_model(str(directory))))

@@ -6,6 +6,7 @@ Nothing here touches a database, so every rule is tested without one.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable, Sequence
 
 MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL silently truncates longer names; refuse them instead.
@@ -65,12 +66,29 @@ def view_name(table: str, alias: str = "champion") -> str:
 
 
 def column_suffix(label: object) -> str:
-    """Turn a class label into the tail of a column name (``proba_<label>``)."""
-    text = str(label).strip()
+    """The tail of a column name for a class label: accents transliterated, other characters folded to ``_``.
+
+    ``"Élevé"`` gives ``eleve``, ``"high risk"`` ``high_risk``, ``-1`` ``neg1``, ``True`` ``true``. A label
+    with letters that have no ASCII form (``"高"``) gives ``""``: it cannot name a column.
+    """
+    text = unicodedata.normalize("NFKD", str(label).strip())
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    if any(ch.isalnum() and not ch.isascii() for ch in text):
+        return ""
     if text.startswith("-"):
         text = "neg" + text[1:]  # labels -1 and 1 must not both become proba_1
-    text = re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_").lower()
-    return text or "blank"
+    return re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_").lower()
+
+
+def class_columns(prefix: str, labels: Sequence[object]) -> list[str]:
+    """One column name per class label, injective: ``<prefix>_<suffix>`` when every label gives a distinct,
+    valid name that way, else ``<prefix>_<index>`` for every class (the mapping is recorded per version)."""
+    names = [f"{prefix}_{column_suffix(label)}" for label in labels]
+    usable = all(column_suffix(label) and _IDENTIFIER.fullmatch(name) and len(name) <= MAX_IDENTIFIER_LENGTH
+                 for label, name in zip(labels, names))
+    if usable and len(set(names)) == len(names):
+        return names
+    return [f"{prefix}_{i}" for i in range(len(labels))]
 
 
 def output_columns(method: str, classes: Sequence[object] | None, width: int) -> list[str]:
@@ -78,22 +96,22 @@ def output_columns(method: str, classes: Sequence[object] | None, width: int) ->
 
     ``predict`` gives ``prediction``; ``predict_proba`` one ``proba_<class>`` per class;
     ``decision_function`` gives ``score``, or ``score_<class>`` when it has a column per class.
+    Class labels become names by :func:`class_columns`.
     """
-    if method == "predict":
-        names = ["prediction"]
-    elif method == "predict_proba":
-        labels = list(classes) if classes is not None else list(range(width))
-        names = [f"proba_{column_suffix(c)}" for c in labels]
-    elif width == 1:
-        names = ["score"]
-    else:
-        labels = list(classes) if classes is not None and len(classes) == width else list(range(width))
-        names = [f"score_{column_suffix(c)}" for c in labels]
-    for name in names:
-        check_identifier(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"class labels collide as column names: {', '.join(names)}")
-    return names
+    if method == "predict" or (method == "decision_function" and width == 1):
+        return ["prediction" if method == "predict" else "score"]
+    prefix = "proba" if method == "predict_proba" else "score"
+    usable = classes is not None and len(classes) == width
+    return class_columns(prefix, list(classes) if usable else list(range(width)))
+
+
+def output_labels(method: str, classes: Sequence[object] | None, outputs: Sequence[str]) -> list[tuple[str, object]]:
+    """Which class each output column holds, as recorded per version: ``[(column, label), ...]``; empty for
+    ``prediction`` and a binary ``score``. Labels are plain JSON values (numpy scalars unwrapped)."""
+    if len(outputs) == 1 and method != "predict_proba":
+        return []
+    labels = list(classes) if classes is not None and len(classes) == len(outputs) else list(range(len(outputs)))
+    return [(column, label.item() if hasattr(label, "item") else label) for column, label in zip(outputs, labels)]
 
 
 def previous_version(usable: Iterable[int], active: int) -> int | None:

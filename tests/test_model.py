@@ -349,12 +349,20 @@ def test_decision_function_multiclass_is_one_score_per_class(tmp_path, data):
     pd.testing.assert_frame_equal(scores, expected)
 
 
-def test_classes_that_collide_as_column_names_are_refused(tmp_path, data):
+def test_classes_that_collide_as_column_names_are_numbered_and_recorded(tmp_path, data):
     model = LogisticRegression().fit(data[FEATURES], np.where(binary_target(data), "a b", "a_b"))
     path = save(model, tmp_path / "collide.joblib")
-    with pytest.raises(ModelError) as info:
-        load_model(ModelSpec(path=path, method="predict_proba"))
-    assert str(info.value) == f"{path}: class labels collide as column names: proba_a_b, proba_a_b"
+    loaded = load_model(ModelSpec(path=path, method="predict_proba"))
+    assert loaded.outputs == ("proba_0", "proba_1")
+    assert loaded.labels == (("proba_0", "a b"), ("proba_1", "a_b"))
+
+
+def test_accented_labels_are_transliterated_and_recorded(tmp_path, data):
+    labels = np.where(binary_target(data), "Élevé", "faible")
+    path = save(LogisticRegression().fit(data[FEATURES], labels), tmp_path / "accents.joblib")
+    loaded = load_model(ModelSpec(path=path, method="predict_proba"))
+    assert loaded.outputs == ("proba_faible", "proba_eleve")  # classes_ order: "faible" < "Élevé"
+    assert dict(loaded.labels) == {"proba_eleve": "Élevé", "proba_faible": "faible"}
 
 
 def test_an_n_by_1_prediction_becomes_one_column(tmp_path):
@@ -393,7 +401,7 @@ def test_a_model_that_fails_while_scoring(tmp_path):
     loaded = load_model(ModelSpec(path=save(Broken(), tmp_path / "broken.joblib"), method="predict"))
     with pytest.raises(ModelError) as info:
         loaded.score(chunk(3))
-    assert str(info.value) == "predict failed: RuntimeError: boom"
+    assert str(info.value) == "predict failed: RuntimeError: boom | second line of the traceback text"
     assert isinstance(info.value, PipelineError) and isinstance(info.value.__cause__, RuntimeError)
 
 

@@ -12,6 +12,7 @@ from pipeline.versions import (
     check_table_name,
     column_suffix,
     output_columns,
+    output_labels,
     previous_version,
     version_table,
 )
@@ -122,9 +123,11 @@ def test_version_table_refuses_an_unsafe_table():
     (1.5, "1_5"),
     (-1, "neg1"),
     (-0.5, "neg0_5"),
-    ("", "blank"),
-    ("!!!", "blank"),
-    ("né", "n"),
+    ("", ""),
+    ("!!!", ""),
+    ("né", "ne"),
+    ("Élevé", "eleve"),
+    ("高", ""),
 ])
 def test_column_suffix(label, suffix):
     assert column_suffix(label) == suffix
@@ -171,16 +174,22 @@ def test_decision_function_numbers_columns_when_classes_do_not_match_the_width()
     pytest.param("predict_proba", ["a b", "a_b"], id="proba-sanitised"),
     pytest.param("predict_proba", ["A", "a"], id="proba-case"),
     pytest.param("predict_proba", ["", "!"], id="proba-blank"),
+    pytest.param("predict_proba", ["高", "低"], id="proba-no-ascii-form"),
+    pytest.param("predict_proba", ["x" * 60, "y"], id="proba-too-long"),
     pytest.param("decision_function", ["x", "X", "y"], id="decision"),
 ])
-def test_colliding_labels_are_refused(method, classes):
-    with pytest.raises(ValueError, match="class labels collide as column names"):
-        output_columns(method, classes, len(classes))
+def test_labels_that_cannot_name_distinct_columns_number_every_column(method, classes):
+    prefix = "proba" if method == "predict_proba" else "score"
+    assert output_columns(method, classes, len(classes)) == [f"{prefix}_{i}" for i in range(len(classes))]
 
 
-def test_a_label_too_long_for_a_column_name_is_refused():
-    with pytest.raises(ValueError, match=f"is longer than {MAX_IDENTIFIER_LENGTH} characters"):
-        output_columns("predict_proba", ["x" * 60, "y"], 2)
+def test_output_labels_record_which_class_each_column_holds():
+    columns = output_columns("predict_proba", ["高", "低"], 2)
+    assert output_labels("predict_proba", ["高", "低"], columns) == [("proba_0", "高"), ("proba_1", "低")]
+    assert output_labels("predict_proba", np.array([False, True]), ["proba_false", "proba_true"]) == [
+        ("proba_false", False), ("proba_true", True)]
+    assert output_labels("predict", [0, 1], ["prediction"]) == []
+    assert output_labels("decision_function", [0, 1], ["score"]) == []
 
 
 # -- previous_version -----------------------------------------------------------------------
