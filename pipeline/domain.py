@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from pipeline.contract import Contract
 from pipeline.db import make_engine, redact
 from pipeline.dialects import reader_for
 from pipeline.errors import SourceError, first_line
@@ -81,6 +82,8 @@ class Domain:
         self._digests = [_Digest() for _ in spec.factors]
         self._engines: dict[str, Engine] = {}
         self._pushed_down = False
+        #: Each factor's column kinds, decided at its first read and kept for every later one.
+        self.contracts = [Contract() for _ in spec.factors]
 
     @property
     def fingerprint(self) -> str:
@@ -115,8 +118,8 @@ class Domain:
         self.size = 0
         self._digests = [_Digest() for _ in self.spec.factors]
         rest = []
-        for digest, factor in zip(self._digests[1:], self.spec.factors[1:]):
-            frame = pd.concat(list(self._read(factor)), ignore_index=True)
+        for digest, factor, contract in zip(self._digests[1:], self.spec.factors[1:], self.contracts[1:]):
+            frame = pd.concat(list(self._read(factor, contract)), ignore_index=True)
             digest.update(frame)
             rest.append(frame)
         checked = False
@@ -125,7 +128,7 @@ class Domain:
         self._pushed_down = pushed is not None
         if pushed is not None:
             first_factor = dataclasses.replace(first_factor, query=pushed)
-        with contextlib.closing(self._read(first_factor)) as stream:
+        with contextlib.closing(self._read(first_factor, self.contracts[0])) as stream:
             for first in stream:
                 if not checked:
                     self._check_columns([first, *rest])
@@ -139,11 +142,11 @@ class Domain:
 
     # -- reading factors ----------------------------------------------------
 
-    def _read(self, factor: Factor) -> Iterator[pd.DataFrame]:
+    def _read(self, factor: Factor, contract: Contract) -> Iterator[pd.DataFrame]:
         if factor.file is not None:
-            yield from self._read_file(factor.file)
+            yield from self._read_file(factor.file, contract)
         else:
-            yield from self._read_query(factor)
+            yield from self._read_query(factor, contract)
 
     def _partition_query(self, factor: Factor, by: Sequence[str], partition: int, partitions: int) -> str | None:
         """The factor's query narrowed to one partition in its database, where the database can hash."""
@@ -151,17 +154,19 @@ class Domain:
             return None
         return reader_for(self._engine(factor.source)).partition_query(factor.query, by, partition, partitions)
 
-    def _read_file(self, path: Path) -> Iterator[pd.DataFrame]:
+    def _read_file(self, path: Path, contract: Contract) -> Iterator[pd.DataFrame]:
+        """A Parquet file declares its column types; a CSV file's are told from the first values of each column."""
         size = self.spec.chunk_size
         try:
             if path.suffix.lower() == ".csv":
                 with pd.read_csv(path, chunksize=size) as reader:
-                    yield from reader
+                    for chunk in reader:
+                        yield contract.conform(chunk)
             else:
                 import pyarrow.parquet as pq
 
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
-                    yield batch.to_pandas()
+                    yield contract.arrow(batch)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise SourceError(f"cannot read domain file {path}: {first_line(exc)}") from None
 
@@ -172,12 +177,13 @@ class Domain:
             self._engines[source] = make_engine(source)
         return self._engines[source]
 
-    def _read_query(self, factor: Factor) -> Iterator[pd.DataFrame]:
+    def _read_query(self, factor: Factor, contract: Contract) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
         engine = self._engine(factor.source)
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:
-            yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size)
+            yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size,
+                                                     contract)
         except SourceError as exc:
             raise SourceError(f"domain query failed{where}: {exc}") from None
 

@@ -25,7 +25,7 @@ from pipeline.jobs import ExecutorSpec, Job
 from pipeline.model import Model
 from pipeline.partitions import PartitionResult, PartitionTask, fill, write_partition
 from pipeline.pointer import checkpoint
-from pipeline.scoring import first_rows
+from pipeline.scoring import Scorer, TypeGuard, first_rows
 from pipeline.store import VersionWriter, columns_of
 from pipeline.transactions import transaction
 
@@ -51,6 +51,8 @@ class Loaded:
     expected_rows: int
     #: Rows an incremental run copied from the active version instead of scoring them.
     copied: int = 0
+    #: What the model was handed (see :meth:`pipeline.model.Model.input_schema`); None for an empty domain.
+    input_schema: list[list[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class Target:
     logical_date: date
     #: The active version to top up: score only new and changed keys, copy the rest (--incremental).
     top_up: incremental.TopUp | None = None
+    #: The active version's input types, which the domain must keep unless the job allows a change.
+    guard: TypeGuard | None = None
+
+    def scorer(self) -> Scorer:
+        return Scorer(self.model, self.job.domain.keys, self.guard)
 
 
 class LocalExecutor:
@@ -82,13 +89,14 @@ class LocalExecutor:
                 total = progress_total(conn, job)
                 report = None if progress is None else (lambda rows: progress(rows, total))
                 writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
-                chunks = domain.chunks()
+                scorer = target.scorer()
+                chunks = scorer.checking(domain.chunks())
                 if top_up is not None:
                     writer.columns = top_up.columns
                     dialect.create_table(conn, target.physical, writer.columns)
                     chunks = top_up.changed(chunks, report)
                     report = None
-                expected = fill(writer, chunks, target.model, job, report)
+                expected = fill(writer, chunks, scorer, job, report)
                 if top_up is not None:
                     writer.rows += top_up.copy(conn, dialect, target.physical, job.output.table)
                     expected = domain.size
@@ -101,7 +109,7 @@ class LocalExecutor:
         finally:
             domain.close()
         return Loaded(rows, writer.columns, domain.size, domain.fingerprint, expected,
-                      top_up.copied if top_up is not None else 0)
+                      top_up.copied if top_up is not None else 0, scorer.schema)
 
 
 class DaskExecutor:
@@ -127,7 +135,7 @@ class DaskExecutor:
     def load(self, engine: Engine, target: Target, progress: Progress | None = None) -> Loaded:
         job = target.job
         dialect = dialect_for(engine)
-        columns, by, fingerprint = self._sample(engine, target)
+        columns, by, fingerprint, schema = self._sample(engine, target)
         if not columns:
             with transaction(engine) as conn:
                 columns = empty_columns(conn, job)
@@ -152,28 +160,31 @@ class DaskExecutor:
             raise
         size = merged_size([r.digest for r in results])
         return Loaded(rows, columns, size, merged_fingerprint([r.digest for r in results]),
-                      sum(r.expected_rows for r in results))
+                      sum(r.expected_rows for r in results), input_schema=schema)
 
     # -- steps ----------------------------------------------------------------
 
-    def _sample(self, engine: Engine, target: Target) -> tuple[list[tuple[str, str]], tuple[str, ...], str]:
-        """The table's columns and the partitions' hash columns, from the first chunk (none: an empty
-        domain, whose fingerprint comes third)."""
+    def _sample(self, engine: Engine, target: Target) -> tuple[list[tuple[str, str]], tuple[str, ...], str,
+                                                               list[list[Any]] | None]:
+        """The table's columns, the partitions' hash columns and the input schema, from the first chunk
+        (none: an empty domain, whose fingerprint comes third)."""
         domain = Domain(target.job.domain, engine, target.logical_date)
         chunks = domain.chunks()
         try:
             first = next(chunks, None)
             if first is None:
-                return [], (), domain.fingerprint
+                return [], (), domain.fingerprint, None
             job = target.job
-            frame = first_rows(target.model, job, first)
+            scorer = target.scorer()
+            frame = first_rows(scorer, job, first)
             if job.output.top_k:
                 outside = [g for g in job.output.group_by if g not in domain.first_columns]
                 if outside:  # a partition must hold whole groups
                     raise PipelineError(f"the dask executor splits the domain's first factor: top_k's group_by "
                                         f"({', '.join(outside)}) must be among its columns")
-                return columns_of(frame), job.output.group_by, ""
-            return columns_of(frame), tuple(partition_columns(job.domain.keys, domain.first_columns)), ""
+                return columns_of(frame), job.output.group_by, "", scorer.schema
+            return (columns_of(frame), tuple(partition_columns(job.domain.keys, domain.first_columns)), "",
+                    scorer.schema)
         finally:
             chunks.close()
             domain.close()

@@ -145,7 +145,8 @@ class _Reader:
         if schedule is not None:
             self.cron(schedule, timezone)
         target = self.get(raw, "target", str, "target")
-        domain = self.domain(self.section(raw, "domain", {"keys", "query", "file", "source", "product", "chunk_size"}))
+        domain = self.domain(self.section(raw, "domain", {"keys", "query", "file", "source", "product", "chunk_size",
+                                                                      "allow_type_changes"}))
         domain_keys = domain.keys
         grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
         if grace < 1:
@@ -199,12 +200,13 @@ class _Reader:
         chunk_size = self.get(raw, "chunk_size", int, "domain.chunk_size", default=DEFAULT_CHUNK_SIZE)
         if chunk_size < 1:
             raise self.fail("domain.chunk_size", "must be at least 1")
+        allow = self.get(raw, "allow_type_changes", bool, "domain.allow_type_changes", default=False)
         source = self.get(raw, "source", str, "domain.source")
         source = None if source is None else self.expand(source, "domain.source")
         product = self.get(raw, "product", list, "domain.product")
         if product is None:
             plain = {k: v for k, v in raw.items() if k in ("query", "file", "source")}
-            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size)
+            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size, allow)
         for key in ("query", "file"):
             if key in raw:
                 raise self.fail(f"domain.{key}", "cannot be combined with [[domain.product]]")
@@ -217,7 +219,7 @@ class _Reader:
                 raise self.fail(where, "must be a table ([[domain.product]])")
             self.no_unknown(item, {"query", "file", "source"}, f"{where}.")
             factors.append(self.factor(item, where, source))
-        return DomainSpec(keys, tuple(factors), chunk_size)
+        return DomainSpec(keys, tuple(factors), chunk_size, allow)
 
     def model(self, raw: dict[str, Any]) -> ModelSpec:
         path, uri = self.get(raw, "path", str, "model.path"), self.get(raw, "uri", str, "model.uri")

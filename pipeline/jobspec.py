@@ -31,6 +31,8 @@ class DomainSpec:
     keys: tuple[str, ...]
     factors: tuple[Factor, ...]
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    #: Let a run publish when a feature's type differs from the active version's (the change is recorded).
+    allow_type_changes: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pipeline.executors import Target, executor_for
 from pipeline.model import Model, load_model
 from pipeline.pointer import checkpoint, publish, write_default
 from pipeline.retention import gc, reap_locked
-from pipeline.scoring import check_output
+from pipeline.scoring import TypeGuard, check_output
 from pipeline.transactions import reading, transaction
 from pipeline.versions import RANK, outputs_of, version_table
 
@@ -193,6 +193,7 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     executor = executor_for(job.executor)
     executor.check(dialect)
     previous = incremental.prepare(engine, job, model) if top_up else None
+    guard = type_guard(engine, job)
     version = _allocate(engine, dialect, job, model, logical_date, clock)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
@@ -205,12 +206,16 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         mark = time.monotonic()
 
     try:
-        loaded = executor.load(engine, Target(job, model, version, physical, logical_date, previous), progress)
+        loaded = executor.load(engine, Target(job, model, version, physical, logical_date, previous, guard), progress)
         lap("load")
         results = _audit(engine, job, version, loaded.columns, loaded.expected_rows, logical_date, clock)
         lap("audit")
         ready = dict(finished_at=clock(), row_count=loaded.rows, columns=loaded.columns,
-                     domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint)
+                     domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint,
+                     input_schema=loaded.input_schema, type_changes="; ".join(guard.changes) or None)
+        if guard.changes:
+            log.warning("%s: version %d has other feature types than version %s (allowed by the job): %s",
+                        table, version, guard.version, "; ".join(guard.changes))
         still_held()
         flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
                        clock=clock)
@@ -227,6 +232,15 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
                      tuple(results), phases=phases, copied=loaded.copied)
 
 
+def type_guard(engine: Engine, job: Job) -> TypeGuard:
+    """What the active version's model was handed, which the run's domain must match (unless allowed)."""
+    with reading(engine) as conn:
+        active = state.active_version(conn, job.output.table) if state.has_schema(conn) else None
+    if active is None:
+        return TypeGuard()
+    return TypeGuard(active.input_schema, active.version, job.domain.allow_type_changes)
+
+
 def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_date: date, clock: Clock) -> int:
     """Record a new ``building`` version; committed at once so a crash leaves a trace."""
     with transaction(engine) as conn:
@@ -235,7 +249,8 @@ def _allocate(engine: Engine, dialect: Dialect, job: Job, model: Model, logical_
         state.insert_version(conn, table=job.output.table, version=version, job=job.name,
                              logical_date=logical_date, keys=job.domain.keys, model_path=model.location,
                              model_sha256=model.sha256, model_class=model.class_name, started_at=clock(),
-                             model_source=model.source.to_json() if model.source else None)
+                             model_source=model.source.to_json() if model.source else None,
+                             model_library=model.library, output_labels=model.labels)
     return version
 
 

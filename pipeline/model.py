@@ -90,10 +90,10 @@ class Model:
         return inputs
 
     def input_schema(self, chunk: pd.DataFrame) -> list[list[Any]]:
-        """What the model is handed, as recorded per version: ``[[column, dtype, categories or None], ...]``."""
-        inputs = self.inputs(chunk.iloc[:0])
-        return [[c, str(inputs[c].dtype), list(inputs[c].dtype.categories)
-                 if isinstance(inputs[c].dtype, pd.CategoricalDtype) else None] for c in inputs.columns]
+        """What the model is handed, as recorded per version: ``[[feature, dtype, categories or None], ...]``,
+        with the domain's dtype (see :mod:`pipeline.contract`) and the categories it is cast to, if any."""
+        categories = dict(self.categories)
+        return [[f, str(chunk[f].dtype), list(categories[f]) if f in categories else None] for f in self.features]
 
     def score(self, chunk: pd.DataFrame) -> pd.DataFrame:
         """The model's outputs for every row of ``chunk``, one named column per output."""
@@ -118,10 +118,12 @@ class Model:
 
 
 def _as_categories(column: pd.Series, dtype: pd.CategoricalDtype) -> pd.Series:
-    """``column`` as ``dtype``; integer categories take a nullable integer column's values as they are."""
+    """``column`` as ``dtype``, a value outside its categories missing (as the model's library would treat it)."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         return column.cat.set_categories(dtype.categories)
-    return column.astype(object).where(column.notna(), None).astype(dtype)
+    values = column.astype(object).where(column.notna(), None)
+    values = values.where(values.isin(dtype.categories), None)
+    return pd.Series(pd.Categorical(values, dtype=dtype), index=column.index, name=column.name)
 
 
 #: At most this many lines of a model library's error are kept: enough for the one naming the column.

@@ -88,8 +88,8 @@ def write_partition(task: PartitionTask, model: Model,
         writer = VersionWriter(dialect, conn, task.physical, task.job.domain.keys, columns=list(task.columns))
         domain = Domain(task.job.domain, engine, task.logical_date)
         try:
-            expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by), model, task.job,
-                            progress, phase="partition-loading")
+            expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by),
+                            Scorer(model, task.job.domain.keys), task.job, progress, phase="partition-loading")
         finally:
             domain.close()
         result = PartitionResult(task.partition, writer.rows, expected, domain.digest,
@@ -112,9 +112,9 @@ def recorded(conn: Connection, table: str, version: int, partition: int) -> Part
                            row.seconds, written=False)
 
 
-def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], model: Model, job: Job,
+def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, job: Job,
          progress: Callable[[int], None] | None = None, phase: str = "loading") -> int:
-    """Score ``chunks`` into ``writer``, keeping only each group's best rows when the job has top_k.
+    """Score ``chunks`` with ``scorer`` into ``writer``, keeping only each group's best rows when the job has top_k.
 
     Returns the rows the table must hold. ``progress`` gets the rows scored so far;
     ``phase`` is the checkpoint marked once rows are written (and not yet committed).
@@ -135,7 +135,7 @@ def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], model: Model, jo
         if progress is not None:
             progress(scored)
 
-    overlapped(chunks, Scorer(model, keys), write)
+    overlapped(chunks, scorer, write)
     if top is None:
         return writer.rows
     for frame in top.frames(job.domain.chunk_size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.engine import Engine
@@ -24,7 +25,8 @@ from pipeline.errors import AuditError
 from pipeline.audits import planned_audits
 from pipeline.jobs import Job
 from pipeline.executors import EMPTY_DOMAIN, describe, executor_for
-from pipeline.scoring import check_output, first_rows
+from pipeline.scoring import Scorer, check_output, first_rows
+from pipeline.materialize import type_guard
 from pipeline.model import load_model
 from pipeline.registry import Source
 from pipeline.store import columns_of
@@ -59,6 +61,14 @@ class Plan:
     serving: tuple[str, ...] = ()
     #: With --incremental: rows to score (new or changed keys), rows copied, active rows changed or gone.
     incremental: tuple[int, int, int] | None = None
+    #: What the model is handed: (feature, dtype, categories or None) each.
+    input_schema: tuple[tuple[Any, ...], ...] = ()
+    #: Which class each output column holds.
+    labels: tuple[tuple[str, Any], ...] = ()
+    #: Feature types that differ from the active version's (allowed by the job, else the plan fails).
+    type_changes: tuple[str, ...] = ()
+    #: The model's library, the version it was trained with and the one installed.
+    library: dict[str, str | None] | None = None
 
 
 def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = False) -> Plan:
@@ -77,12 +87,13 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     to_score = 0
     domain = Domain(job.domain, engine, logical_date)
     sample = None
+    scorer = Scorer(model, keys, type_guard(engine, job))
     try:
         for chunk in domain.chunks():
             if top_up is not None:
                 to_score += len(top_up.split(chunk))
             if sample is None:
-                sample = first_rows(model, job, chunk)
+                sample = first_rows(scorer, job, chunk)
                 columns_seen = tuple(map(str, chunk.columns))
     finally:
         domain.close()
@@ -114,6 +125,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
                 method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
                 schedule=job.schedule, next_tick=next_tick(job),
                 executor=describe(job.executor), serving=tuple(serving(job, engine)),
+                input_schema=tuple(tuple(row) for row in scorer.schema or ()), labels=model.labels,
+                type_changes=tuple(scorer.guard.changes) if scorer.guard else (), library=model.library,
                 incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied))
 
 

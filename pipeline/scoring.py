@@ -8,12 +8,14 @@ the same row for row.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import ModelError
+from pipeline.contract import type_changes
+from pipeline.errors import ModelError, SourceError
 from pipeline.jobs import Job, OutputSpec
 from pipeline.model import Model
 from pipeline.versions import BUCKET, INPUT_HASH, RANK, SYSTEM_COLUMNS
@@ -136,10 +138,10 @@ class TopK:
             yield best.iloc[start:start + size].reset_index(drop=True)
 
 
-def first_rows(model: Model, job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
+def first_rows(scorer: "Scorer", job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
     """The rows the version table receives for a first ``chunk`` (ranked with top_k), to tell its columns
     before a run writes anything."""
-    rows = Scorer(model, job.domain.keys)(chunk)
+    rows = scorer(chunk)
     if job.output.top_k:
         top = TopK(job.output, job.domain.keys)
         top.add(rows)
@@ -147,16 +149,54 @@ def first_rows(model: Model, job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-class Scorer:
-    """:func:`score_chunk` for a stream of chunks, checking the inputs on the first one."""
+@dataclass
+class TypeGuard:
+    """The input types of the active version, which a run must keep unless its job allows them to change."""
 
-    def __init__(self, model: Model, keys: Sequence[str]) -> None:
+    expected: list[list[Any]] | None = None
+    version: int | None = None
+    allow: bool = False
+    #: The changes found (and allowed), as ``"feature: before -> after"``.
+    changes: list[str] = field(default_factory=list)
+
+    def check(self, schema: list[list[Any]]) -> None:
+        """Raises:
+            SourceError: a feature's type differs from the active version's and the job does not allow it.
+        """
+        if self.expected is None:
+            return
+        self.changes = type_changes(self.expected, schema)
+        if self.changes and not self.allow:
+            raise SourceError(f"the domain's types differ from active version {self.version}'s: "
+                              f"{'; '.join(self.changes)} (cast them back in the domain query, or set "
+                              "[domain] allow_type_changes = true to publish with the new types)")
+
+
+class Scorer:
+    """:func:`score_chunk` for a stream of chunks, checking the inputs (and their types) on the first one."""
+
+    def __init__(self, model: Model, keys: Sequence[str], guard: TypeGuard | None = None) -> None:
         self.model = model
         self.keys = list(keys)
-        self.checked = False
+        self.guard = guard
+        #: The first chunk's input schema (see :meth:`Model.input_schema`), once it was seen.
+        self.schema: list[list[Any]] | None = None
+
+    def check(self, chunk: pd.DataFrame) -> None:
+        """On the first chunk only: the features are there and their types are the active version's."""
+        if self.schema is None:
+            check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
+            schema = self.model.input_schema(chunk)
+            if self.guard is not None:
+                self.guard.check(schema)
+            self.schema = schema
+
+    def checking(self, chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """``chunks``, the first one checked before anything downstream sees it."""
+        for chunk in chunks:
+            self.check(chunk)
+            yield chunk
 
     def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        if not self.checked:
-            check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
-            self.checked = True
+        self.check(chunk)
         return score_chunk(self.model, self.keys, chunk)

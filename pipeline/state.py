@@ -40,6 +40,10 @@ versions = Table(
     Column("model_sha256", String(64), nullable=False),
     Column("model_class", Text),
     Column("model_source", Text),                  # JSON: where a registry model came from (uri, version, run_id...)
+    Column("model_library", Text),                 # JSON: the model's library, trained-with and installed versions
+    Column("input_schema", Text),                  # JSON [[feature, dtype, categories or null], ...] the model got
+    Column("type_changes", Text),                  # the feature types that changed from the active version (allowed)
+    Column("output_labels", Text),                 # JSON [[column, class label], ...] of class-per-column outputs
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
@@ -132,6 +136,10 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _json(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands timestamps back naive; every stored timestamp is UTC."""
     if value is not None and value.tzinfo is None:
@@ -159,6 +167,14 @@ class Version:
     error: str | None
     #: Where a registry model came from: uri, name, version, alias, run_id, signature; None for a model file.
     model_source: dict[str, Any] | None = None
+    #: The model's library: name, trained_with (where the file says) and installed versions.
+    model_library: dict[str, Any] | None = None
+    #: What the model was handed: ``[[feature, dtype, categories or None], ...]``.
+    input_schema: list[list[Any]] | None = None
+    #: Feature types that differ from the version active when this one was made (allowed by the job).
+    type_changes: str | None = None
+    #: Which class each output column holds: ``[[column, label], ...]``.
+    output_labels: list[list[Any]] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -170,7 +186,9 @@ class Version:
             row_count=m["row_count"], domain_size=m["domain_size"], domain_fingerprint=m["domain_fingerprint"],
             model_path=m["model_path"], model_sha256=m["model_sha256"], model_class=m["model_class"],
             started_at=_utc(m["started_at"]), finished_at=_utc(m["finished_at"]), error=m["error"],
-            model_source=json.loads(m["model_source"]) if m["model_source"] else None,
+            model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
+            input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
+            output_labels=_json(m["output_labels"]),
         )
 
 
@@ -341,18 +359,22 @@ def next_version(conn: Connection, table: str) -> int:
 
 def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
                    keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
-                   started_at: datetime, model_source: str | None = None) -> None:
+                   started_at: datetime, model_source: str | None = None, model_library: dict[str, Any] | None = None,
+                   output_labels: Sequence[Sequence[Any]] = ()) -> None:
     """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.registry.Source`)."""
     conn.execute(versions.insert().values(
         table_name=table, version=version, job=job, logical_date=logical_date, status="building",
         keys=json.dumps(list(keys)), model_path=model_path, model_sha256=model_sha256,
-        model_class=model_class, model_source=model_source, started_at=started_at))
+        model_class=model_class, model_source=model_source, started_at=started_at,
+        model_library=json.dumps(model_library) if model_library else None,
+        output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None))
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:
-    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs."""
-    if "columns" in values and values["columns"] is not None:
-        values["columns"] = json.dumps([list(c) for c in values["columns"]])
+    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs, ``input_schema`` as a list."""
+    for key in ("columns", "input_schema"):
+        if values.get(key) is not None:
+            values[key] = json.dumps([list(c) for c in values[key]])
     if "status" in values and values["status"] not in STATUSES:
         raise ValueError(f"unknown status {values['status']!r}")
     conn.execute(update(versions).where(versions.c.table_name == table, versions.c.version == version)

@@ -31,7 +31,7 @@ def infer_type(name: str, series: pd.Series) -> str:
     if pd.api.types.is_float_dtype(dtype):
         return "float"
     if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "timestamp"
+        return "timestamptz" if getattr(dtype, "tz", None) is not None else "timestamp"
     if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
         return "text"
     sample = series.dropna()

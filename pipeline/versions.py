@@ -118,3 +118,8 @@ def previous_version(usable: Iterable[int], active: int) -> int | None:
     """The version a rollback goes to: the newest usable version older than ``active``."""
     older = [v for v in usable if v < active]
     return max(older) if older else None
+
+
+def labels_text(labels: Iterable[Sequence[object]]) -> str:
+    """The class each output column holds, for people: ``proba_eleve=Élevé, proba_faible=faible``."""
+    return ", ".join(f"{column}={label}" for column, label in labels)

@@ -19,6 +19,7 @@ from pipeline.db import make_engine, redact, resolve_url
 from pipeline.errors import AuditError
 from pipeline.jobs import EXECUTORS, AuditSpec, find_job, iter_jobs, load_job, with_executor
 from pipeline.progress import reporter
+from pipeline.versions import labels_text
 
 
 @main.command()
@@ -119,10 +120,11 @@ def versions(table: str, db_url: str | None) -> None:
     rows = catalog.versions(engine, table)
     print_table(
         ["", "version", "status", "logical_date", "rows", "model_sha256", "model", "started", "finished", "error",
-         "aliases"],
+         "classes", "type changes", "aliases"],
         [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
           v.model_path if v.model_source else Path(v.model_path).name, v.started_at, v.finished_at, v.error,
-          ", ".join(r.aliases) or None] for r in rows for v in [r.version]],
+          labels_text(v.output_labels or ()) or None, v.type_changes, ", ".join(r.aliases) or None]
+         for r in rows for v in [r.version]],
     )
 
 

@@ -15,7 +15,7 @@ from pipeline import report as reports
 from pipeline.cli import Settings, db_option, main, pipeline_errors, print_table, table_engine
 from pipeline.db import make_engine, resolve_url
 from pipeline.jobs import find_job, load_job
-from pipeline.versions import outputs_of
+from pipeline.versions import labels_text, outputs_of
 
 
 @main.command()
@@ -58,8 +58,13 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
         ("source", found.model_location if source is None else
                    f"{found.model_location} (from {source.uri}), run {source.run_id or 'none'}"),
+        ("library", _library(found.library)),
         ("features", ", ".join(found.features)),
+        ("inputs", ", ".join(f"{f} {d}" + (f" categories {c}" if c is not None else "") for f, d, c in found.input_schema)),
+        *([("changed", "; ".join(found.type_changes) + " (allowed by [domain] allow_type_changes)")]
+          if found.type_changes else []),
         ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
+        *([("classes", labels_text(found.labels))] if found.labels else []),
         ("audits", ", ".join(found.audits)),
         ("executor", found.executor),
         *(("serving", line) for line in found.serving),
@@ -69,6 +74,15 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
     ]:
         click.echo(f"{label + ':':<10} {value}")
     click.echo("\nSQL:\n" + ";\n".join(found.sql) + ";")
+
+
+def _library(library: dict[str, str | None] | None) -> str:
+    """The model's library and version, and the version it was trained with where that differs."""
+    if not library:
+        return "unknown"
+    trained = library.get("trained_with")
+    line = f"{library['name']} {library.get('installed') or '(not installed)'}"
+    return line if not trained or trained == library.get("installed") else f"{line} (trained with {trained})"
 
 
 @main.command()

@@ -18,16 +18,18 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipeline.contract import Contract
 from pipeline.errors import SourceError, first_line
 
 # The portable column types a version table may hold, by the name recorded in metadata.
-COLUMN_TYPES: dict[str, type[sqltypes.TypeEngine[Any]]] = {
+COLUMN_TYPES: dict[str, Callable[[], sqltypes.TypeEngine[Any]]] = {
     "integer": sqltypes.BigInteger,
     "float": sqltypes.Double,
     "text": sqltypes.Text,
     "boolean": sqltypes.Boolean,
     "date": sqltypes.Date,
     "timestamp": sqltypes.DateTime,
+    "timestamptz": lambda: sqltypes.DateTime(timezone=True),
     "numeric": sqltypes.Numeric,
 }
 
@@ -81,9 +83,13 @@ class Dialect:
 
     # -- reading the domain ---------------------------------------------------
 
-    def read_query(self, engine: Engine, query: str, run_date: date | None,
-                   chunk_size: int) -> Iterator[pd.DataFrame]:
+    def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
+                   contract: Contract | None = None) -> Iterator[pd.DataFrame]:
         """Stream a query's rows in chunks of ``chunk_size`` through a server-side cursor.
+
+        Each chunk is conformed to ``contract`` (a fresh one by default): a database this
+        package has no dialect for declares no types it can read, so each column's kind is
+        told from its first non-NULL values and kept for the run.
 
         Raises:
             SourceError: the query failed, or returns no rows to score.
@@ -95,9 +101,10 @@ class Dialect:
                 if not result.returns_rows:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")
                 columns = list(result.keys())
+                contract = contract or Contract()
                 try:
                     for part in result.partitions(chunk_size):
-                        yield pd.DataFrame.from_records([tuple(r) for r in part], columns=columns)
+                        yield contract.records([tuple(r) for r in part], columns)
                 finally:
                     result.close()  # a server-side cursor left open warns, and holds the snapshot
         except SQLAlchemyError as exc:
@@ -215,8 +222,9 @@ class Dialect:
         return list(zip(*columns))
 
 
-def arrow_chunks(batches: Iterable[Any], chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Re-slice Arrow record batches of whatever size a driver sends into DataFrames of ``chunk_size`` rows."""
+def arrow_chunks(batches: Iterable[Any], chunk_size: int, contract: Contract) -> Iterator[pd.DataFrame]:
+    """Re-slice Arrow record batches of whatever size a driver sends into DataFrames of ``chunk_size`` rows,
+    conformed to ``contract`` (the Arrow schema declares the kinds)."""
     import pyarrow as pa
 
     pending: list[Any] = []
@@ -226,8 +234,8 @@ def arrow_chunks(batches: Iterable[Any], chunk_size: int) -> Iterator[pd.DataFra
         held += batch.num_rows
         while held >= chunk_size:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_size).to_pandas()
+            yield contract.arrow(table.slice(0, chunk_size))
             rest = table.slice(chunk_size)
             pending, held = rest.to_batches(), rest.num_rows
     if held:
-        yield pa.Table.from_batches(pending).to_pandas()
+        yield contract.arrow(pa.Table.from_batches(pending))

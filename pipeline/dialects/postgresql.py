@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipeline.contract import Contract
 from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 
@@ -97,9 +98,10 @@ class PostgresqlDialect(Dialect):
             for row in self.rows(frame):
                 copy.write_row(row)
 
-    def read_query(self, engine: Engine, query: str, run_date: date | None,
-                   chunk_size: int) -> Iterator[pd.DataFrame]:
-        """Read through ADBC: rows arrive as Arrow record batches, several times faster than a cursor."""
+    def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
+                   contract: Contract | None = None) -> Iterator[pd.DataFrame]:
+        """Read through ADBC: rows arrive as Arrow record batches, several times faster than a cursor,
+        and their schema carries the server's column types."""
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
 
@@ -112,7 +114,7 @@ class PostgresqlDialect(Dialect):
                 cursor.execute(query, params or None)
                 if cursor.description is None:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")
-                yield from arrow_chunks(cursor.fetch_record_batch(), chunk_size)
+                yield from arrow_chunks(cursor.fetch_record_batch(), chunk_size, contract or Contract())
         except adbc_driver_manager.Error as exc:
             raise SourceError(_adbc_message(exc)) from None
 
