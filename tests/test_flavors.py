@@ -33,8 +33,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from conftest import MlflowRegistry
-from pipeline import flavors
+from conftest import MlflowRegistry, view_rows, write_table
+from pipeline import flavors, load_job, run_job
 from pipeline.errors import ModelError, PipelineError
 from pipeline.jobs import ModelSpec
 from pipeline.model import Model, load_model
@@ -478,3 +478,43 @@ def test_a_missing_library_names_the_extra_to_install(tmp_path, monkeypatch, fmt
     monkeypatch.setitem(sys.modules, module, None)  # what `import <module>` meets when it is not installed
     assert refused(ModelSpec(path=path, format=fmt)) == (
         f"{path}: format = {fmt!r} needs {module.split('.')[0]}: pip install 'prediction-pipeline[{fmt}]'")
+
+
+# -- end to end: a run on SQLite and PostgreSQL reads what the library answers ------------------
+
+def run_scores(engine, tmp_path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Run a job over ``rows`` (table customers, key id, chunks of 7) with this ``[model]`` section; the view."""
+    write_table(engine, "customers", rows)
+    job = tmp_path / "scores.toml"
+    job.write_text(f'[domain]\nkeys = ["id"]\nquery = "SELECT * FROM customers"\nchunk_size = 7\n'
+                   f'[model]\n{model}\n[output]\ntable = "scores"\n', encoding="utf-8")
+    run_job(load_job(job), engine)
+    return view_rows(engine, "scores", "id")
+
+
+@pytest.mark.parametrize("fmt", ["lightgbm", "xgboost"])
+def test_a_run_with_a_booster_on_native_categories(engine, tmp_path, fmt):
+    path, _ = saved(fmt, tmp_path)
+    rows = text_rows()
+    view = run_scores(engine, tmp_path, rows, f'path = "{path}"\nformat = "{fmt}"\nmethod = "predict_proba"')
+    booster = read_booster(fmt, path)
+    p = direct(booster, as_categories(rows))
+    np.testing.assert_array_equal(view[["proba_0", "proba_1"]].to_numpy(), np.column_stack([1 - p, p]))
+
+
+def test_a_run_with_an_onnx_pipeline(engine, tmp_path):
+    path, _ = saved("onnx", tmp_path)
+    rows = visits_rows()
+    view = run_scores(engine, tmp_path, rows, f'path = "{path}"\nmethod = "predict_proba"')
+    _, proba = run_session(path, column_feeds(rows))
+    expected = unzip(proba)
+    np.testing.assert_array_equal(view[["proba_faible", "proba_eleve"]].to_numpy(), expected)
+
+
+def test_a_run_with_an_mlflow_pyfunc_directory(engine, tmp_path):
+    path, _ = saved("mlflow", tmp_path)
+    rows = pyfunc_rows().assign(id=range(30))
+    view = run_scores(engine, tmp_path, rows, f'path = "{path}"')
+    expected = Banded().predict(None, rows)
+    np.testing.assert_array_equal(view.prediction_score, expected.score)
+    assert view.prediction_band.tolist() == expected.band.tolist()
