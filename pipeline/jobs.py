@@ -14,14 +14,16 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import JobFileError
-from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, EXECUTORS, METHODS, AuditSpec, DomainSpec, DriftSpec, ExecutorSpec,
-                              Factor, Job, ModelSpec, OutputSpec, SqlAudit, with_executor)
+from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, EXECUTORS, FORMATS, METHODS, AuditSpec, DomainSpec, DriftSpec,
+                              ExecutorSpec, Factor, Job, ModelSpec, OutputSpec, SqlAudit, with_executor)
 from pipeline.versions import check_identifier, check_table_name
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "EXECUTORS", "METHODS", "AuditSpec", "DomainSpec", "DriftSpec", "ExecutorSpec",
-           "Factor", "Job", "ModelSpec", "OutputSpec", "SqlAudit", "find_job", "iter_jobs", "load_job",
+__all__ = ["DEFAULT_CHUNK_SIZE", "EXECUTORS", "FORMATS", "METHODS", "AuditSpec", "DomainSpec", "DriftSpec",
+           "ExecutorSpec", "Factor", "Job", "ModelSpec", "OutputSpec", "SqlAudit", "find_job", "iter_jobs", "load_job",
            "with_executor"]
 
+#: ``[model] format`` when the job does not say, by the model file's suffix (else joblib, or mlflow for a directory).
+_FORMAT_BY_SUFFIX = {".skops": "skops", ".onnx": "onnx", ".ubj": "xgboost"}
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -121,10 +123,12 @@ class _Reader:
             raise self.fail(where, f"is empty once the environment is expanded: {value}")
         return expanded
 
-    def file(self, value: str, where: str) -> Path:
+    def file(self, value: str, where: str, directory: bool = False) -> Path:
+        """``value`` resolved against the job file's directory; a file that exists (or, with ``directory``,
+        a directory)."""
         path = Path(value)
         path = path if path.is_absolute() else self.base / path
-        if not path.is_file():
+        if not (path.is_file() or (directory and path.is_dir())):
             raise self.fail(where, f"file not found: {value}")
         return path
 
@@ -238,16 +242,25 @@ class _Reader:
             return self.registry_model(raw, uri, common)
         if "tracking_uri" in raw:
             raise self.fail("model.tracking_uri", "goes with 'uri', not with 'path'")
-        path = self.file(path, "model.path")
+        path = self.file(path, "model.path", directory=True)
+        mlflow = (path / "MLmodel").is_file()
         fmt = self.get(raw, "format", str, "model.format",
-                       default="skops" if path.suffix.lower() == ".skops" else "joblib")
-        if fmt not in ("joblib", "skops"):
-            raise self.fail("model.format", f"must be 'joblib' or 'skops', got {fmt!r}")
+                       default="mlflow" if mlflow else _FORMAT_BY_SUFFIX.get(path.suffix.lower(), "joblib"))
+        if fmt not in FORMATS:
+            raise self.fail("model.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if path.is_dir() and not mlflow:
+            raise self.fail("model.path", f"{raw['path']} is a directory, but not an MLflow model "
+                            "(no MLmodel in it)")
+        if path.is_dir() and fmt != "mlflow":
+            raise self.fail("model.format", f"{raw['path']} is an MLflow model directory, so format must be 'mlflow'")
+        if fmt == "mlflow" and not path.is_dir():
+            raise self.fail("model.format", "'mlflow' takes an MLflow model directory (holding MLmodel), not a file")
         trusted = self.get(raw, "trusted", list, "model.trusted", default=[])
         if any(not isinstance(t, str) or not t for t in trusted):
             raise self.fail("model.trusted", "must be a list of type names such as 'sklearn.linear_model.LogisticRegression'")
         if trusted and fmt != "skops":
-            raise self.fail("model.trusted", "goes with format = 'skops' (a joblib file trusts everything it holds)")
+            raise self.fail("model.trusted", f"goes with format = 'skops', not {fmt!r} (only skops loads just the "
+                            "types a job trusts)")
         return ModelSpec(path=path, format=fmt, trusted=tuple(trusted), **common)
 
     def registry_model(self, raw: dict[str, Any], uri: str, common: dict[str, Any]) -> ModelSpec:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("predict", "predict_proba", "decision_function")
+#: ``[model] format`` values: the model families (see :mod:`pipeline.flavors`).
+FORMATS = ("joblib", "skops", "lightgbm", "xgboost", "onnx", "mlflow")
 EXECUTORS = ("local", "dask")
 DEFAULT_CHUNK_SIZE = 100_000
 
@@ -43,7 +45,8 @@ class ModelSpec:
     method: str = "predict"
     sha256: str | None = None
     features: tuple[str, ...] | None = None
-    #: ``joblib`` (pickle: the file is code) or ``skops`` (only the ``trusted`` types are loaded).
+    #: One of :data:`FORMATS`: ``joblib`` (pickle: the file is code), ``skops`` (only the ``trusted`` types
+    #: are loaded), a booster's native file, ONNX, or an MLflow model directory (``path`` is then a directory).
     format: str = "joblib"
     trusted: tuple[str, ...] = ()
     #: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; the alias is resolved once per run.

@@ -114,6 +114,8 @@ class Model:
             )
         if values.ndim == 1:
             return pd.DataFrame({self.outputs[0]: values}, index=chunk.index)
+        if isinstance(result, pd.DataFrame):  # several named outputs (MLflow) keep each column's own dtype
+            return result.set_axis(list(self.outputs), axis=1).set_axis(chunk.index, axis=0)
         return pd.DataFrame(values, columns=list(self.outputs), index=chunk.index)
 
 
@@ -145,8 +147,10 @@ def load_model(spec: ModelSpec) -> Model:
     """Check the pin, load the model through its family's library, and work out features and outputs.
 
     The sha256 pin is checked before the model is loaded: unpickling runs code, so a
-    tampered file must be refused before it is opened. A registry model (``spec.uri``) is
-    pinned on the bytes of its serialized model, in the directory MLflow downloaded.
+    tampered file must be refused before it is opened. An MLflow model directory is pinned on
+    the manifest of its files (:func:`flavors.read_bytes`); a registry model (``spec.uri``) on its
+    serialized estimator (``model.pkl``) when it has a scikit-learn flavor, else on the manifest of
+    the directory MLflow downloaded.
     """
     if spec.uri is None:
         data = _read(spec.path, spec)  # read once: the bytes checked are the bytes loaded
@@ -187,15 +191,26 @@ def _load(load: Callable[[], flavors.Flavor], spec: ModelSpec) -> flavors.Flavor
         raise
     except Exception as exc:  # unpickling can raise anything
         raise ModelError(f"{spec.location}: cannot load model file: {type(exc).__name__}: "
-                         f"{model_message(exc)}") from None
+                         f"{model_message(exc)}{_format_hint(spec)}") from None
+
+
+#: Native model files whose suffix does not tell their format, which ``[model] format`` must then name.
+_AMBIGUOUS_SUFFIXES = {".txt": "lightgbm", ".json": "xgboost"}
+
+
+def _format_hint(spec: ModelSpec) -> str:
+    """For a .txt or .json file that failed to load as a pickle: the ``[model] format`` it may need."""
+    guessed = spec.path is not None and spec.format == "joblib"
+    fmt = _AMBIGUOUS_SUFFIXES.get(spec.path.suffix.lower()) if guessed else None
+    return "" if fmt is None else f" (if it is a {fmt} model file, set [model] format = \"{fmt}\")"
 
 
 def _inspect(flavor: flavors.Flavor, spec: ModelSpec, sha256: str, source: registry.Source | None) -> Model:
     """The loaded model as a :class:`Model`, once it proved it can do what the job asks."""
     if not flavor.has_method(spec.method):
-        raise ModelError(f"{spec.location}: a {type(flavor.obj).__name__} has no {spec.method}() method")
+        raise ModelError(f"{spec.location}: {flavor.description} has no {spec.method}() method")
     features = _features(flavor, spec)
-    classes = flavor.classes()
+    classes = flavor.labels(spec.method)
     try:
         width = flavor.width(spec.method)
     except ModelError as exc:
@@ -216,7 +231,7 @@ def _inspect(flavor: flavors.Flavor, spec: ModelSpec, sha256: str, source: regis
 def _warn_version(flavor: flavors.Flavor, spec: ModelSpec) -> None:
     """A model written by another release of its library may score differently: say so, loudly."""
     installed = flavor.installed
-    if flavor.trained_with and installed and flavor.trained_with != installed:
+    if flavor.compares_versions and flavor.trained_with and installed and flavor.trained_with != installed:
         log.warning("%s: the model was written by %s %s, but %s %s is installed; its predictions may differ "
                     "(retrain it, or install %s==%s)", spec.location, flavor.library, flavor.trained_with,
                     flavor.library, installed, flavor.library, flavor.trained_with)

@@ -21,7 +21,7 @@ from pipeline.errors import ModelError, first_line
 from pipeline.jobs import ModelSpec
 
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))")
-EXTRA = "pip install 'prediction-pipeline[mlflow]'"
+EXTRA = flavors.pip_install("mlflow")
 
 
 def parse_uri(uri: str) -> tuple[str, str | None, int | None]:
@@ -60,7 +60,9 @@ class Source:
 @dataclass(frozen=True)
 class Download:
     source: Source
-    file: Path                  # the serialized estimator (model.pkl, model.skops), for the sha256 pin
+    #: What the sha256 pin covers: a scikit-learn model's serialized estimator (model.pkl), else the whole
+    #: downloaded directory (the manifest :func:`pipeline.flavors.read_bytes` makes of it).
+    file: Path
     load: Callable[[], flavors.Flavor]  # the model, loaded by MLflow from the same directory
 
 
@@ -72,7 +74,7 @@ def download(spec: ModelSpec) -> Iterator[Download]:
         ModelError: MLflow is not installed, or the registry has no such model, alias or version.
     """
     try:
-        import mlflow.sklearn
+        import mlflow.artifacts
         from mlflow import MlflowClient
         from mlflow.models import Model as MlflowModel
     except ImportError:
@@ -93,11 +95,8 @@ def download(spec: ModelSpec) -> Iterator[Download]:
             meta = MlflowModel.load(str(directory))
         except Exception as exc:  # MLflow raises its own exceptions, and the HTTP and store ones beneath
             raise ModelError(f"{spec.uri}: cannot resolve it in the MLflow registry: {first_line(exc)}") from None
-        flavor = meta.flavors.get("sklearn")
-        if flavor is None:
-            raise ModelError(f"{spec.uri}: version {found.version} is not a scikit-learn model "
-                             f"(flavors: {', '.join(sorted(meta.flavors))})")
+        sklearn = meta.flavors.get("sklearn")
         source = Source(spec.uri, name, int(found.version), alias, found.run_id or None,
                         meta.signature.to_dict() if meta.signature is not None else None)
-        yield Download(source, directory / flavor["pickled_model"],
-                       lambda: flavors.from_estimator(mlflow.sklearn.load_model(str(directory))))
+        yield Download(source, directory if sklearn is None else directory / sklearn["pickled_model"],
+                       lambda: flavors.from_mlflow(directory))

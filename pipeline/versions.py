@@ -96,11 +96,12 @@ def output_columns(method: str, classes: Sequence[object] | None, width: int) ->
 
     ``predict`` gives ``prediction``; ``predict_proba`` one ``proba_<class>`` per class;
     ``decision_function`` gives ``score``, or ``score_<class>`` when it has a column per class.
-    Class labels become names by :func:`class_columns`.
+    A ``predict`` of several named outputs (an MLflow signature's columns, passed as ``classes``)
+    gives ``prediction_<name>`` each. Class labels and names become columns by :func:`class_columns`.
     """
-    if method == "predict" or (method == "decision_function" and width == 1):
+    if width == 1 and method != "predict_proba":
         return ["prediction" if method == "predict" else "score"]
-    prefix = "proba" if method == "predict_proba" else "score"
+    prefix = {"predict": "prediction", "predict_proba": "proba", "decision_function": "score"}[method]
     usable = classes is not None and len(classes) == width
     return class_columns(prefix, list(classes) if usable else list(range(width)))
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import joblib
 import numpy as np
@@ -203,6 +205,54 @@ def reference_query(number: int, table: str = "scores") -> str:
     body = text_.split(f"-- {number}.")[1].split(f"-- {number + 1}.")[0]
     sql = "\n".join(line for line in body.splitlines()[1:] if not line.lstrip().startswith("--"))
     return sql.strip().rstrip(";").replace("churn_scores", table)
+
+
+# -- MLflow registries ----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables made once (MLflow's migrations take seconds); each test copies it."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@dataclass
+class MlflowRegistry:
+    """A private MLflow registry in a SQLite file, with one experiment; no server."""
+
+    tracking_uri: str
+    client: Any  # mlflow.MlflowClient, imported only by the tests that use a registry
+    experiment: str
+    monkeypatch: pytest.MonkeyPatch
+
+    def log(self, log_model: Callable[[], Any]) -> Any:
+        """``log_model()`` (an ``mlflow.<flavor>.log_model`` with ``registered_model_name``) in a run of its own.
+
+        Models are logged the usual way, through the process's tracking URI; afterwards none is left, so a
+        job's ``tracking_uri`` is what must find the registry.
+        """
+        import mlflow
+
+        with self.monkeypatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", self.tracking_uri)
+            with mlflow.start_run(experiment_id=self.experiment):
+                return log_model()
+
+
+@pytest.fixture
+def mlflow_registry(tmp_path: Path, empty_registry: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowRegistry:
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # whatever MLflow would write by default lands here, not in the repository
+    # Not ./mlflow.db, MLflow's default: a run that ignored the job's tracking_uri would find no model.
+    shutil.copy(empty_registry, tmp_path / "registry.db")
+    tracking_uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.create_experiment("models", artifact_location=(tmp_path / "artifacts").as_uri())
+    return MlflowRegistry(tracking_uri, client, experiment, monkeypatch)
 
 
 # -- child runs -------------------------------------------------------------------

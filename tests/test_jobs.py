@@ -164,6 +164,41 @@ def test_a_registry_model(jobs_dir, uri):
     assert job.model.location == uri
 
 
+@pytest.mark.parametrize("name, given, expected", [
+    ("m.joblib", None, "joblib"), ("m.pkl", None, "joblib"), ("m.skops", None, "skops"), ("m.onnx", None, "onnx"),
+    ("m.ubj", None, "xgboost"), ("m.json", "xgboost", "xgboost"), ("m.txt", "lightgbm", "lightgbm"),
+    ("m.txt", None, "joblib"),  # LightGBM's .txt and XGBoost's .json must say so: the suffix is not enough
+    ("model.bin", "onnx", "onnx"),
+])
+def test_the_model_format_defaults_by_suffix(jobs_dir, name, given, expected):
+    (jobs_dir / "models" / name).write_bytes(b"load_job only checks that the model file exists")
+    model = f'path = "models/{name}"' + ("" if given is None else f'\nformat = "{given}"')
+    job = load_job(write(jobs_dir, compose(model=model)), environ={})
+    assert job.model == ModelSpec(path=(jobs_dir / "models" / name).resolve(), format=expected)
+
+
+@pytest.fixture
+def mlflow_dir(jobs_dir: Path) -> Path:
+    """An MLflow model directory (MLmodel is all load_job looks for)."""
+    directory = jobs_dir / "models" / "churn"
+    directory.mkdir()
+    (directory / "MLmodel").write_text("flavors: {}\n", encoding="utf-8")
+    return directory
+
+
+def test_an_mlflow_model_directory(jobs_dir, mlflow_dir):
+    for model in ('path = "models/churn"', 'path = "models/churn"\nformat = "mlflow"'):
+        job = load_job(write(jobs_dir, compose(model=model)), environ={})
+        assert job.model == ModelSpec(path=mlflow_dir.resolve(), format="mlflow")
+
+
+def test_an_mlflow_model_directory_takes_no_other_format(jobs_dir, mlflow_dir):
+    path = write(jobs_dir, compose(model='path = "models/churn"\nformat = "joblib"'))
+    with pytest.raises(JobFileError) as info:
+        load_job(path, environ={})
+    assert str(info.value) == f"{path}: model.format: models/churn is an MLflow model directory, so format must be 'mlflow'"
+
+
 def test_domain_from_a_file(jobs_dir):
     job = load_job(write(jobs_dir, compose(domain='keys = ["month"]\nfile = "data/months.csv"\nchunk_size = 1')),
                    environ={})
@@ -332,7 +367,14 @@ BAD = [
     # files
     ("missing-model-file", dict(model='path = "models/missing.joblib"'), "model.path",
      "file not found: models/missing.joblib"),
-    ("model-path-is-a-directory", dict(model='path = "models"'), "model.path", "file not found: models"),
+    ("model-path-is-a-directory", dict(model='path = "models"'), "model.path",
+     "models is a directory, but not an MLflow model (no MLmodel in it)"),
+    ("model-format-unknown", dict(model='path = "models/m.joblib"\nformat = "pickle"'), "model.format",
+     "must be one of joblib, skops, lightgbm, xgboost, onnx, mlflow, got 'pickle'"),
+    ("model-format-mlflow-file", dict(model='path = "models/m.joblib"\nformat = "mlflow"'), "model.format",
+     "'mlflow' takes an MLflow model directory (holding MLmodel), not a file"),
+    ("model-trusted-not-skops", dict(model='path = "models/m.joblib"\nformat = "onnx"\ntrusted = ["a.B"]'),
+     "model.trusted", "goes with format = 'skops', not 'onnx' (only skops loads just the types a job trusts)"),
     ("missing-domain-file", dict(domain='keys = ["id"]\nfile = "data/missing.csv"'), "domain.file",
      "file not found: data/missing.csv"),
     ("domain-file-suffix", dict(domain='keys = ["id"]\nfile = "models/m.joblib"'), "domain.file",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from conftest import FEATURES, customers_frame, train_model, view_rows, write_table
+from conftest import FEATURES, MlflowRegistry, customers_frame, train_model, view_rows, write_table
 from pipeline import state
 from pipeline.errors import ModelError, PipelineError
 from pipeline.jobs import ModelSpec, load_job
@@ -26,14 +25,6 @@ from pipeline.cli import main
 from pipeline.db import make_engine
 from pipeline.materialize import run_job
 from pipeline.model import load_model
-
-
-@pytest.fixture(scope="session")
-def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow database with its tables made once (MLflow's migrations take seconds); each test copies it."""
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
 
 
 @dataclass
@@ -50,32 +41,19 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, empty_registry: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
-    """A private registry holding model 'churn' at versions 1 and 2 (two trainings), alias champion on 1.
-
-    The models are logged the usual way (``log_model`` with ``registered_model_name``); afterwards no
-    tracking URI is left in the process, so the job's ``tracking_uri`` is what finds the registry.
-    """
-    monkeypatch.chdir(tmp_path)  # whatever MLflow would write by default lands here, not in the repository
-    # Not ./mlflow.db, MLflow's default: a run that ignored the job's tracking_uri would find no model.
-    shutil.copy(empty_registry, tmp_path / "registry.db")
-    tracking_uri = f"sqlite:///{tmp_path / 'registry.db'}"
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.create_experiment("churn", artifact_location=(tmp_path / "artifacts").as_uri())
+def registry(tmp_path: Path, mlflow_registry: MlflowRegistry) -> Registry:
+    """A private registry holding model 'churn' at versions 1 and 2 (two trainings), alias champion on 1."""
     sample = customers_frame(20)[FEATURES]
     estimators = {}
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     for version, seed in ((1, 0), (2, 4)):
         estimator = joblib.load(train_model(tmp_path / "trained" / f"{seed}.joblib", seed=seed))
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.sklearn.log_model(estimator, name="model", registered_model_name="churn",
-                                            signature=infer_signature(sample, estimator.predict_proba(sample)),
-                                            pip_requirements=[])
+        info = mlflow_registry.log(lambda: mlflow.sklearn.log_model(
+            estimator, name="model", registered_model_name="churn",
+            signature=infer_signature(sample, estimator.predict_proba(sample)), pip_requirements=[]))
         assert int(info.registered_model_version) == version
         estimators[version] = estimator
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    client.set_registered_model_alias("churn", "champion", "1")
-    return Registry(tracking_uri, client, "churn", estimators)
+    mlflow_registry.client.set_registered_model_alias("churn", "champion", "1")
+    return Registry(mlflow_registry.tracking_uri, mlflow_registry.client, "churn", estimators)
 
 
 def registry_job(registry: Registry, uri: str = "models:/churn@champion", extra: str = "") -> str:

@@ -140,6 +140,13 @@ def test_predict_is_one_prediction_column():
     assert output_columns("predict", [0, 1, 2], 1) == ["prediction"]
 
 
+def test_a_predict_of_several_named_outputs_is_one_column_each():
+    columns = output_columns("predict", ["score", "Band"], 2)
+    assert columns == ["prediction_score", "prediction_band"]
+    assert output_labels("predict", ["score", "Band"], columns) == [("prediction_score", "score"),
+                                                                    ("prediction_band", "Band")]
+
+
 @pytest.mark.parametrize("classes, expected", [
     pytest.param([0, 1], ["proba_0", "proba_1"], id="int"),
     pytest.param(np.array([3, 1, 2]), ["proba_3", "proba_1", "proba_2"], id="numpy-int-order-kept"),
