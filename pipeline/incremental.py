@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.jobs import Job
 from pipeline.model import Model
 from pipeline.scoring import check_inputs, input_hashes
+from pipeline.stages import closing
 from pipeline.transactions import reading
 from pipeline.versions import INPUT_HASH, version_table
 
@@ -72,13 +73,14 @@ class TopUp:
         """The rows of ``chunks`` to score, chunk by chunk (empty ones left out); ``progress`` gets the
         domain rows read so far."""
         read = 0
-        for chunk in chunks:
-            read += len(chunk)
-            if progress is not None:
-                progress(read)
-            rows = self.split(chunk)
-            if len(rows):
-                yield rows
+        with closing(chunks):
+            for chunk in chunks:
+                read += len(chunk)
+                if progress is not None:
+                    progress(read)
+                rows = self.split(chunk)
+                if len(rows):
+                    yield rows
 
     def copy(self, conn: Connection, dialect: Dialect, target: str, table: str) -> int:
         """Copy the kept rows of the active version into ``target`` inside the database; their count."""

@@ -18,6 +18,7 @@ from pipeline.contract import type_changes
 from pipeline.errors import ModelError, SourceError
 from pipeline.jobs import Job, OutputSpec
 from pipeline.model import Model
+from pipeline.stages import closing
 from pipeline.versions import BUCKET, INPUT_HASH, RANK, SYSTEM_COLUMNS
 
 #: siphash key for text keys: fixed, so a key's bucket never changes between runs or machines.
@@ -193,9 +194,10 @@ class Scorer:
 
     def checking(self, chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """``chunks``, the first one checked before anything downstream sees it."""
-        for chunk in chunks:
-            self.check(chunk)
-            yield chunk
+        with closing(chunks):
+            for chunk in chunks:
+                self.check(chunk)
+                yield chunk
 
     def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
         self.check(chunk)

@@ -9,9 +9,10 @@ enough here.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -22,6 +23,19 @@ _POLL = 0.1
 
 class _Stop(Exception):
     """Raised inside a stage when another stage failed."""
+
+
+@contextlib.contextmanager
+def closing(source: Iterable[Any]) -> Iterator[Iterable[Any]]:
+    """Close ``source`` however a loop over it ends, where it can be closed: a generator that wraps another
+    (a domain stream holding a database cursor) must close it, or the cursor stays open until the garbage
+    collector runs, holding its transaction and the locks that come with it."""
+    try:
+        yield source
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def overlapped(source: Iterator[T], transform: Callable[[T], U], sink: Callable[[U], None], depth: int = 2) -> None:
@@ -61,15 +75,12 @@ def overlapped(source: Iterator[T], transform: Callable[[T], U], sink: Callable[
 
     def read() -> None:
         try:
-            for item in source:
-                put(inbox, item)
+            with closing(source):
+                for item in source:
+                    put(inbox, item)
             put(inbox, _END)
         except BaseException as exc:  # handed to the calling thread
             fail(exc)
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
 
     def write() -> None:
         try:

@@ -197,3 +197,54 @@ def test_file_domains_keep_their_dtypes_across_chunks(tmp_path, sqlite_url, suff
 
 def test_every_kind_has_a_documented_dtype():
     assert set(DTYPES) == {"integer", "float", "numeric", "boolean", "text", "date", "timestamp", "timestamptz"}
+
+
+# -- across runs: the active version's input types are kept, or the change is allowed and recorded ----------
+
+TYPED_JOB = """
+    [domain]
+    keys = ["customer_id"]
+    query = "SELECT customer_id, x1, x2, x3 FROM customers"
+    {allow}
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+"""
+
+
+def test_a_feature_type_change_is_refused_naming_the_column(engine, write_job):
+    from click.testing import CliRunner
+
+    from conftest import customers_frame, view_rows, write_table
+    from pipeline import load_job, run_job
+    from pipeline.cli import main
+    from pipeline.errors import PipelineError
+
+    frame = customers_frame(50)
+    frame["x3"] = (frame["x3"] * 10).round().astype("int64")  # an integer column the model reads as a number
+    write_table(engine, "customers", frame)
+    path = write_job(TYPED_JOB.replace("{allow}", ""))
+    run_job(load_job(path), engine)
+    first = view_rows(engine)
+    with engine.connect() as conn:
+        schema = conn.execute(text("SELECT input_schema FROM pipeline_versions WHERE version = 1")).scalar_one()
+    assert '["x3", "Int64", null]' in schema
+
+    frame["x3"] = frame["x3"] + 0.5  # the source now holds floats in that column
+    write_table(engine, "customers", frame)
+    with pytest.raises(PipelineError, match=r"differ from active version 1's: x3: Int64 -> float64 .*"
+                                            r"allow_type_changes"):
+        run_job(load_job(path), engine, force=True)
+    pd.testing.assert_frame_equal(view_rows(engine), first)  # nothing readers see changed
+
+    allowed = write_job(TYPED_JOB.replace("{allow}", "allow_type_changes = true"))
+    result = run_job(load_job(allowed), engine, force=True)
+    assert result.version == 3 and result.activated
+    with engine.connect() as conn:
+        changes = conn.execute(text("SELECT type_changes FROM pipeline_versions WHERE version = 3")).scalar_one()
+    assert changes == "x3: Int64 -> float64"
+    out = CliRunner().invoke(main, ["versions", "scores", "--db", engine.url.render_as_string(hide_password=False)])
+    assert out.exit_code == 0 and "x3: Int64 -> float64" in out.output
+    assert "proba_false=False, proba_true=True" in out.output
