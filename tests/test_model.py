@@ -459,3 +459,40 @@ def test_skops_refuses_untrusted_types_until_the_job_lists_them(tmp_path):
         load_model(ModelSpec(path=path, method="predict", format="skops"))
     loaded = load_model(ModelSpec(path=path, method="predict", format="skops", trusted=(name,)))
     assert loaded.score(pd.DataFrame({"a": [1.5]})).prediction.tolist() == [3.0]
+
+
+def test_a_pickle_from_another_scikit_learn_release_is_recorded_and_warned_about(tmp_path, data, monkeypatch,
+                                                                                 caplog):
+    import logging
+
+    import sklearn
+    import sklearn.base
+
+    model = LogisticRegression().fit(data[FEATURES], binary_target(data))
+    with monkeypatch.context() as patched:
+        patched.setattr(sklearn.base, "__version__", "1.0.2")  # what BaseEstimator.__getstate__ writes down
+        path = save(model, tmp_path / "old.joblib")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        loaded = load_model(ModelSpec(path=path, method="predict_proba"))
+    assert loaded.library == {"name": "scikit-learn", "trained_with": "1.0.2", "installed": sklearn.__version__}
+    assert (f"the model was written by scikit-learn 1.0.2, but scikit-learn {sklearn.__version__} is installed"
+            in caplog.text)
+
+
+def test_a_model_of_this_release_records_it_without_a_warning(logistic, caplog):
+    import logging
+
+    import sklearn
+
+    _, path = logistic
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        loaded = load_model(ModelSpec(path=path, method="predict_proba"))
+    assert loaded.library["trained_with"] == sklearn.__version__ and "written by" not in caplog.text
+
+
+def test_a_wrapper_pickle_names_its_own_library(tmp_path, data):
+    import lightgbm
+
+    model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(data[FEATURES], binary_target(data))
+    loaded = load_model(ModelSpec(path=save(model, tmp_path / "lgbm.joblib"), method="predict_proba"))
+    assert loaded.library == {"name": "lightgbm", "trained_with": None, "installed": lightgbm.__version__}

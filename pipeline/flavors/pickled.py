@@ -10,11 +10,24 @@ from pipeline.flavors.base import Flavor
 
 
 class Joblib(Flavor):
-    """A joblib or pickle file: scikit-learn estimators and pipelines, LightGBM's and XGBoost's sklearn wrappers."""
+    """A joblib or pickle file: scikit-learn estimators and pipelines, LightGBM's and XGBoost's sklearn wrappers.
+
+    Its library is the one the object's class comes from (``lightgbm`` for an ``LGBMClassifier``).
+    """
+
+    def __init__(self, obj: Any, trained_with: str | None = None) -> None:
+        super().__init__(obj, trained_with)
+        root = type(obj).__module__.split(".")[0]
+        self.library = _DISTRIBUTIONS.get(root, root)
+
+
+#: Distribution names of the libraries whose import name differs.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 
 
 def unpickle(data: bytes) -> Flavor:
-    """A joblib or pickle file, with the scikit-learn version it was written by when that differs from ours."""
+    """A joblib or pickle file, with the scikit-learn version it was written by (scikit-learn's own objects
+    record it; other libraries' wrappers do not record theirs)."""
     import joblib
 
     with warnings.catch_warnings(record=True) as caught:
@@ -22,19 +35,15 @@ def unpickle(data: bytes) -> Flavor:
         obj = joblib.load(io.BytesIO(data))
     trained = next((str(getattr(w.message, "original_sklearn_version")) for w in caught
                     if hasattr(w.message, "original_sklearn_version")), None)
+    return from_estimator(obj, trained)
+
+
+def from_estimator(obj: Any, trained_with: str | None = None) -> Flavor:
+    """A scikit-learn-compatible object; a scikit-learn one that says nothing was written by this release
+    (unpickling warns when it was not, and skops and MLflow refuse other releases' files or say so)."""
     flavor = Joblib(obj)
-    flavor.trained_with = trained or (flavor.installed if _is_sklearn(obj) else None)
-    return flavor
-
-
-def _is_sklearn(obj: Any) -> bool:
-    return type(obj).__module__.startswith("sklearn.")
-
-
-def from_estimator(obj: Any) -> Flavor:
-    """A scikit-learn-compatible object loaded by someone else (skops, MLflow's sklearn flavor)."""
-    flavor = Joblib(obj)
-    flavor.trained_with = flavor.installed if _is_sklearn(obj) else None
+    if flavor.library == "scikit-learn":
+        flavor.trained_with = trained_with or flavor.installed
     return flavor
 
 
