@@ -55,6 +55,8 @@ class Model:
     labels: tuple[tuple[str, Any], ...] = ()
     #: Features the model was fitted on as pandas ``category`` columns, with their categories.
     categories: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    #: Category features whose unseen values go to the library as categories of their own (it maps them itself).
+    open_categories: frozenset[str] = frozenset()
 
     @property
     def estimator(self) -> Any:
@@ -80,13 +82,16 @@ class Model:
             )
 
     def inputs(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        """The features of ``chunk`` in the model's order, category features cast to their fitted categories
-        (a value outside them becomes missing, as the model's library itself treats an unknown category)."""
+        """The features of ``chunk`` in the model's order, category features cast to their fitted categories.
+
+        A value outside them is made missing, which is what LightGBM and HistGradientBoosting do
+        with an unknown category themselves; for XGBoost, which re-codes categories by value, it
+        stays a category of its own (:attr:`open_categories`), so each library answers (or refuses)
+        as it would alone.
+        """
         inputs = chunk.loc[:, list(self.features)]
         for column, categories in self.categories:
-            dtype = pd.CategoricalDtype(list(categories))
-            if inputs[column].dtype != dtype:
-                inputs[column] = _as_categories(inputs[column], dtype)
+            inputs[column] = _as_categories(inputs[column], list(categories), column in self.open_categories)
         return inputs
 
     def input_schema(self, chunk: pd.DataFrame) -> list[list[Any]]:
@@ -119,13 +124,18 @@ class Model:
         return pd.DataFrame(values, columns=list(self.outputs), index=chunk.index)
 
 
-def _as_categories(column: pd.Series, dtype: pd.CategoricalDtype) -> pd.Series:
-    """``column`` as ``dtype``, a value outside its categories missing (as the model's library would treat it)."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        return column.cat.set_categories(dtype.categories)
+def _as_categories(column: pd.Series, categories: list[Any], keep_unknown: bool) -> pd.Series:
+    """``column`` as a ``category`` column whose first categories are ``categories``, in order; an unseen value is
+    missing, or with ``keep_unknown`` a category of its own after them."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and list(column.dtype.categories) == categories:
+        return column
     values = column.astype(object).where(column.notna(), None)
-    values = values.where(values.isin(dtype.categories), None)
-    return pd.Series(pd.Categorical(values, dtype=dtype), index=column.index, name=column.name)
+    known = values.isin(categories) | values.isna()
+    if keep_unknown:
+        categories = categories + sorted(set(values[~known]), key=str)
+    else:
+        values = values.where(known, None)
+    return pd.Series(pd.Categorical(values, categories=categories), index=column.index, name=column.name)
 
 
 #: At most this many lines of a model library's error are kept: enough for the one naming the column.
@@ -136,10 +146,12 @@ def model_message(exc: BaseException) -> str:
     """A model library's error in one line: its first few non-blank lines joined, no traceback.
 
     Libraries often name the column or dtype at fault on a later line (LightGBM's
-    ``Fields with bad pandas dtypes: balance: object``), so the first line alone is not enough.
+    ``Fields with bad pandas dtypes: balance: object``), so the first line alone is not enough; a
+    very long line keeps its start and its end, where such messages put the cause.
     """
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    kept = [line if len(line) <= 300 else line[:297] + "..." for line in lines[:MESSAGE_LINES]]
+    text = str(exc).strip().split("Stack trace:")[0]  # a native library's own backtrace (XGBoost) says nothing
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kept = [line if len(line) <= 300 else f"{line[:150]} ... {line[-145:]}" for line in lines[:MESSAGE_LINES]]
     return " | ".join(kept) if kept else type(exc).__name__
 
 
@@ -225,7 +237,8 @@ def _inspect(flavor: flavors.Flavor, spec: ModelSpec, sha256: str, source: regis
     location = str(spec.path) if source is None else source.resolved
     return Model(flavor, location, sha256, spec.method, features, tuple(outputs), source,
                  labels=tuple(output_labels(spec.method, classes, outputs)),
-                 categories=tuple((c, tuple(v)) for c, v in categories.items()))
+                 categories=tuple((c, tuple(v)) for c, v in categories.items()),
+                 open_categories=frozenset(flavor.open_categories()))
 
 
 def _warn_version(flavor: flavors.Flavor, spec: ModelSpec) -> None:

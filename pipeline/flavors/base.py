@@ -90,6 +90,15 @@ class Flavor:
             found.update(_lightgbm_categories(step) or _xgboost_categories(step) or _hgb_categories(step))
         return found
 
+    def open_categories(self) -> set[str]:
+        """Category features whose library judges a value it never saw by itself: XGBoost (3.1 and later)
+        keeps its categories and re-codes by value (refusing a value it never saw), so such a value is
+        handed on as a category of its own rather than made missing behind the library's back."""
+        found: set[str] = set()
+        for step in _steps(self.obj):
+            found.update(_xgboost_categories(step))
+        return found
+
     @property
     def installed(self) -> str | None:
         """The version of the library installed here."""
@@ -161,7 +170,8 @@ def _hgb_categories(obj: Any) -> dict[str, list[Any]]:
     for name, encoder, mask in pre.transformers_:
         if name == "encoder" and hasattr(encoder, "categories_"):
             columns = [str(c) for c, m in zip(names, mask) if m]
-            return {c: list(cats) for c, cats in zip(columns, encoder.categories_)}
+            # the encoder lists a missing value seen in training as a category of its own; pandas has no such thing
+            return {c: [v for v in cats if not pd.isna(v)] for c, cats in zip(columns, encoder.categories_)}
     return {}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.flavors.base import Flavor
@@ -47,9 +48,41 @@ class Pyfunc(Flavor):
         return len(names) if names else 1
 
     def call(self, method: str, inputs: pd.DataFrame) -> Any:
-        result = self.obj.predict(inputs)
+        result = self.obj.predict(self.signed(inputs))
         names = self.labels(method)
         return result[names] if names and isinstance(result, pd.DataFrame) else result
+
+
+    def signed(self, inputs: pd.DataFrame) -> pd.DataFrame:
+        """``inputs`` in the types the signature names, where the contract's nullable integers and booleans are
+        not dtypes MLflow checks against it.
+
+        A ``double``/``float`` column gets NaN for a missing value (what ``read_sql`` gives a model's owner
+        for a nullable integer or boolean); a ``boolean`` one holds ``True``/``False``/``None`` as
+        ``read_sql`` gives them; ``long`` and ``integer`` columns without a missing value become numpy's.
+        Anything else is left to MLflow's own schema check, whose message names the column.
+        """
+        schema = self.obj.metadata.get_input_schema()
+        if schema is None or not schema.has_input_names():
+            return inputs
+        out = inputs.copy()
+        for spec in schema.inputs:
+            name, kind = spec.name, str(getattr(spec.type, "name", spec.type))
+            if name not in out.columns:
+                continue
+            column = out[name]
+            if kind in _FLOATS and not isinstance(column.dtype, pd.CategoricalDtype):
+                out[name] = column.to_numpy(dtype=_FLOATS[kind], na_value=np.nan)
+            elif kind == "boolean" and column.dtype == "boolean":
+                missing = column.isna()
+                out[name] = column.astype(object).where(~missing, None) if missing.any() else column.astype(bool)
+            elif kind in ("long", "integer") and column.dtype == "Int64" and not column.isna().any():
+                out[name] = column.astype(np.int64 if kind == "long" else np.int32)
+        return out
+
+
+#: The signature's floating types and the numpy dtype each is fed as.
+_FLOATS = {"double": np.float64, "float": np.float32}
 
 
 def from_mlflow(directory: Path) -> Flavor:
