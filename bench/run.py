@@ -3,6 +3,7 @@
     python bench/run.py                       # everything: PostgreSQL 100k/1M/10M, SQLite 100k/1M
     python bench/run.py --sizes 100k,1M       # a quicker pass
     python bench/run.py --databases sqlite
+    python bench/run.py --only contract --sizes 1M   # only the input contract's cost (and its pipeline run)
 
 Each contender runs as a whole process (imports included) under `measure`, which
 reports wall time and the child's own peak RSS (wait4). The data, the models and the
@@ -15,11 +16,17 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
 - pipeline: `python -m pipeline run` (versioned table, key index, audits, flip)
 - dask:     the same run with `--executor dask --workers 1` and `--workers 2` (PostgreSQL, 1M rows and up)
 - incremental: 100 keys added, `run --incremental` against a full `run --force` (1M rows and up)
+- contract: the job's domain read twice in one process, alternately, median of 3 each: raw, as the readers
+            did before the input contract (ADBC batches re-sliced and `to_pandas`; sqlite3 `fetchmany` and
+            `DataFrame.from_records`), and through the pipeline's reader (which conforms every chunk) plus
+            `Model.inputs`; the difference is set against the pipeline run of the same size (issue 12: at
+            most 5% of a 1M-row run)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -107,6 +114,94 @@ def raw(url: str, table: str, model_path: str, out: str) -> dict:
     return {"rows": len(frame), **steps}
 
 
+def contract(url: str, job_path: str, repeats: str = "3") -> dict:
+    """The input contract's cost: the job's domain read raw, the way the readers did before the contract, and
+    through the pipeline's own reader (which conforms each chunk to the contract) plus ``Model.inputs``;
+    alternately (raw first, then contract first...), ``repeats`` times each, after one untimed raw read."""
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.db import make_engine
+    from pipeline.dialects import reader_for
+    from pipeline.jobs import load_job
+    from pipeline.model import load_model
+
+    job = load_job(job_path)
+    query, chunk_size = job.domain.factors[0].query, job.domain.chunk_size
+    model = load_model(job.model)
+    engine = make_engine(url)
+    reader = reader_for(engine)
+    if url.startswith("postgresql"):
+        import adbc_driver_postgresql.dbapi as adbc
+        import pyarrow as pa
+
+        uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)  # as the reader does
+
+        def raw_chunks():
+            """ADBC record batches re-sliced into chunk_size rows, each to_pandas (arrow_chunks before the contract)."""
+            with adbc.connect(uri) as conn, conn.cursor() as cursor:
+                cursor.execute(query)
+                pending, held = [], 0
+                for batch in cursor.fetch_record_batch():
+                    pending.append(batch)
+                    held += batch.num_rows
+                    while held >= chunk_size:
+                        table = pa.Table.from_batches(pending)
+                        yield table.slice(0, chunk_size).to_pandas()
+                        rest = table.slice(chunk_size)
+                        pending, held = rest.to_batches(), rest.num_rows
+                if held:
+                    yield pa.Table.from_batches(pending).to_pandas()
+    else:
+        def raw_chunks():
+            """sqlite3 fetchmany, each chunk through DataFrame.from_records (the reader before the contract)."""
+            with engine.connect() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                try:
+                    cursor.execute(query)
+                    columns = [d[0] for d in cursor.description]
+                    while rows := cursor.fetchmany(chunk_size):
+                        yield pd.DataFrame.from_records(rows, columns=columns)
+                finally:
+                    cursor.close()
+
+    def raw_pass() -> tuple[int, float]:
+        return sum(len(chunk) for chunk in raw_chunks()), 0.0
+
+    def contract_pass() -> tuple[int, float]:
+        rows, inputs = 0, 0.0
+        for chunk in reader.read_query(engine, query, None, chunk_size):
+            started = time.perf_counter()
+            model.inputs(chunk)
+            inputs += time.perf_counter() - started
+            rows += len(chunk)
+        return rows, inputs
+
+    def timed(one_pass) -> tuple[int, float, float]:
+        gc.collect()
+        started = time.perf_counter()
+        rows, inputs = one_pass()
+        return rows, time.perf_counter() - started, inputs
+
+    timed(raw_pass)  # warms the caches, the connection pool and the driver's imports
+    found: dict[str, list[float]] = {"raw": [], "contract": [], "inputs": []}
+    for i in range(int(repeats)):
+        for name in ("raw", "contract") if i % 2 == 0 else ("contract", "raw"):
+            counted, seconds, inputs = timed(raw_pass if name == "raw" else contract_pass)
+            found[name].append(seconds)
+            if name == "contract":
+                rows = counted
+                found["inputs"].append(inputs)
+            else:
+                raw_rows = counted
+    engine.dispose()
+    if raw_rows != rows:
+        raise SystemExit(f"the raw read gave {raw_rows} rows, the pipeline's reader {rows}")
+    return {"rows": rows, "raw_read": statistics.median(found["raw"]),
+            "contract_read": statistics.median(found["contract"]), "inputs": statistics.median(found["inputs"]),
+            "all": found}
+
+
 def measure(command: list[str], env: dict | None = None) -> dict:
     """Run ``command`` to completion; its wall time, its own peak RSS, and the JSON it printed last."""
     started = time.perf_counter()
@@ -124,7 +219,7 @@ def measure(command: list[str], env: dict | None = None) -> dict:
 
 # -- set-up --------------------------------------------------------------------------------
 
-def make_models(workdir: Path) -> dict[str, Path]:
+def make_models(workdir: Path, names: tuple[str, ...] = ("hgb", "logistic", "hgb500")) -> dict[str, Path]:
     import joblib
     import numpy as np
     import pandas as pd
@@ -140,6 +235,8 @@ def make_models(workdir: Path) -> dict[str, Path]:
                         # a model as costly to score as many production ones: 500 trees of 63 leaves
                         ("hgb500", HistGradientBoostingClassifier(max_iter=500, max_leaf_nodes=63, early_stopping=False,
                                                                   random_state=0))):
+        if name not in names:
+            continue
         paths[name] = workdir / f"{name}.joblib"
         joblib.dump(model.fit(x, y), paths[name])
     return paths
@@ -210,6 +307,16 @@ def contenders(url: str, table: str, model: Path, job: Path, naive_too: bool) ->
     found["raw"] = measure(me + ["raw", url, table, str(model), "bench_raw_out"])
     found["pipeline"] = measure([sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url, "--force"])
     return found
+
+
+def contract_row(url: str, database: str, size: str, job: Path, run: dict) -> str:
+    """One row of the contract table: its extra read time against the pipeline run of the same job."""
+    found = measure([sys.executable, str(Path(__file__).resolve()), "contract", url, str(job)])
+    extra = found["contract_read"] - found["raw_read"]
+    share = extra / run["wall"]
+    target = ("met" if share <= 0.05 else "**not met**") if SIZES[size] == 1_000_000 else "-"
+    return (f"| {database} | {size} | {found['raw_read']:.2f} s | {found['contract_read']:.2f} s "
+            f"(inputs {found['inputs']:.2f} s) | {extra:+.2f} s | {run['wall']:.1f} s | {share:+.1%} | {target} |")
 
 
 def dask_row(url: str, job: Path, size: str, local: dict) -> str:
@@ -318,13 +425,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
-    parser.add_argument("--out", default=str(HERE / "results.md"))
+    parser.add_argument("--only", choices=("contract",),
+                        help="measure only this part (and the pipeline run it is set against); the report is "
+                             "printed, and written only where --out says")
+    parser.add_argument("--out", default=None, help="where the report goes (default bench/results.md, "
+                                                     "except with --only)")
     args = parser.parse_args()
+    if args.out is None and not args.only:
+        args.out = str(HERE / "results.md")
     sizes = [s for s in args.sizes.split(",") if s]
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
-    models = make_models(workdir)
-    rows_md, flips_md, dask_md, incremental_md, notes = [], [], [], [], []
+    models = make_models(workdir, ("hgb",) if args.only else ("hgb", "logistic", "hgb500"))
+    rows_md, flips_md, dask_md, incremental_md, contract_md, notes = [], [], [], [], [], []
     for database in databases:
         url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
         for size in sizes:
@@ -334,10 +447,16 @@ def main() -> None:
             table = f"bench_inputs_{size.lower()}"
             print(f"{database} {size}: making inputs", flush=True)
             make_inputs(url, table, n)
-            for kind in ("hgb", "logistic") if size == "1M" else ("hgb",):
+            for kind in ("hgb", "logistic") if size == "1M" and not args.only else ("hgb",):
                 name = f"bench_{kind}_{size.lower()}"
                 job = write_job(workdir, name, table, models[kind])
                 print(f"{database} {size} {kind}: measuring", flush=True)
+                if args.only == "contract":
+                    found = {"pipeline": measure([sys.executable, "-m", "pipeline", "-q", "run", str(job),
+                                                  "--db", url, "--force"])}
+                    contract_md.append(contract_row(url, database, size, job, found["pipeline"]))
+                    print(contract_md[-1], flush=True)
+                    continue
                 found = contenders(url, table, models[kind], job, SIZES[args.naive_max] >= n)
                 raw_sum = found["raw"]["read"] + found["raw"]["score"] + found["raw"]["write"]
                 base = found.get("naive", {}).get("wall")
@@ -350,6 +469,9 @@ def main() -> None:
                     f" | {found['pipeline']['wall'] / found['raw']['wall']:.2f}x"
                     f" | {(base / found['pipeline']['wall']) if base else float('nan'):.1f}x |")
                 print(rows_md[-1], flush=True)
+                if kind == "hgb":  # before the incremental rows add keys to the inputs
+                    contract_md.append(contract_row(url, database, size, job, found["pipeline"]))
+                    print(contract_md[-1], flush=True)
                 if database == "postgresql" and kind == "hgb" and n >= 1_000_000:
                     dask_md.append(dask_row(url, job, size, found["pipeline"]))
                     print(dask_md[-1], flush=True)
@@ -361,6 +483,8 @@ def main() -> None:
                                         "--db", url], check=True)
                     incremental_md.extend(incremental_rows(url, database, table, size, n, jobs))
                     print(*incremental_md[-len(jobs):], sep="\n", flush=True)
+        if args.only:
+            continue
         largest = max((s for s in sizes if database == "postgresql" or SIZES[s] <= 1_000_000), key=SIZES.get)
         for size in ("1k", largest):
             n, name = SIZES[size], f"bench_hgb_{size.lower()}"
@@ -382,6 +506,19 @@ def main() -> None:
             notes.append(f"Plan of a point lookup through the view ({database}, {size}, two versions):\n\n```\n"
                          + "\n".join(f["plan"]) + "\n```")
             print(flips_md[-1], flush=True)
+    contract_section = [
+        "The input contract's cost: the domain read in one process through the pipeline's reader, which "
+        "conforms every chunk to the contract, plus `Model.inputs` (contract), against the same rows read "
+        "the way the readers did before it (raw), median of 3 each; `extra` is contract - raw, set against the "
+        "pipeline run of the same size in this run. Target (issue 12): extra at most 5% of a 1M-row run.", "",
+        "| database | rows | raw read | contract read (of which Model.inputs) | extra | pipeline run "
+        "| extra / run | ≤ 5% at 1M |", "|---|---|---|---|---|---|---|---|", *contract_md, ""]
+    if args.only:
+        report = ["# Benchmark results (only the input contract)", "", *machine(PG_URL), "", *contract_section]
+        if args.out:
+            Path(args.out).write_text("\n".join(report))
+        print("\n".join(report))
+        return
     report = ["# Benchmark results", "", *machine(PG_URL), "",
               "Whole processes, imports included: wall time and peak RSS. Raw limit steps are timed alone "
               "inside one process (read + score + write). `vs raw` is pipeline wall / raw wall; "
@@ -403,13 +540,13 @@ def main() -> None:
               "same domain; hgb500 is a costlier model (500 trees of 63 leaves); `same table` compares the two "
               "versions row for row in the database.", "",
               "| database | rows | model | full run | incremental run | incremental / full | same table |",
-              "|---|---|---|---|---|---|---|", *incremental_md, "", *notes, ""]
+              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("naive", "raw"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("naive", "raw", "contract"):
         print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])))
     else:
         main()

@@ -181,7 +181,7 @@ class Contract:
         """Rows of plain Python values (a DB-API cursor's) as a conformed frame, built column by column."""
         if not rows:
             return self.conform(pd.DataFrame({c: pd.Series([], dtype=object) for c in columns}))
-        values = list(zip(*rows))
+        values = _columns(rows, len(columns))
         out = {}
         for i, column in enumerate(columns):
             kind = self.kinds.get(column)
@@ -189,7 +189,20 @@ class Contract:
         return self.conform(pd.DataFrame(out))
 
 
-def _from_python(values: tuple[Any, ...], kind: str, column: str) -> pd.Series:
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> Sequence[Sequence[Any]]:
+    """The rows' values column by column, through one 2-D object array: transposing with ``zip(*rows)`` made
+    a tuple per column and cost 0.8 s per 1M SQLite rows in garbage collection (measured in ``make bench``).
+    Values that are sequences themselves (arrays, from another database) take the slow way."""
+    try:
+        grid = np.array(rows, dtype=object)
+    except ValueError:
+        grid = None
+    if grid is None or grid.shape != (len(rows), width):
+        return list(zip(*rows))
+    return [grid[:, i] for i in range(width)]
+
+
+def _from_python(values: Sequence[Any], kind: str, column: str) -> pd.Series:
     """The fast paths from plain Python values; :func:`convert` finishes the job and checks."""
     try:
         if kind in ("float", "numeric") and not any(isinstance(v, (str, bytes)) for v in values[:1]):
