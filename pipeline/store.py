@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 from typing import Sequence
 
 import pandas as pd
@@ -12,36 +10,23 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.audits import describe_keys, duplicate_keys
+from pipeline.contract import value_kind
 from pipeline.dialects import Dialect
 from pipeline.errors import AuditError, SourceError
 
-_OBJECT_TYPES: list[tuple[type, str]] = [
-    (bool, "boolean"), (int, "integer"), (float, "float"), (decimal.Decimal, "numeric"),
-    (str, "text"), (dt.datetime, "timestamp"), (dt.date, "date"),
-]
-
 
 def infer_type(name: str, series: pd.Series) -> str:
-    """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``."""
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return "boolean"
-    if pd.api.types.is_integer_dtype(dtype):
-        return "integer"
-    if pd.api.types.is_float_dtype(dtype):
+    """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``: its kind in the
+    input contract (outputs of floats that are all NaN are still floats)."""
+    if pd.api.types.is_float_dtype(series.dtype):
         return "float"
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "timestamptz" if getattr(dtype, "tz", None) is not None else "timestamp"
-    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
-        return "text"
-    sample = series.dropna()
-    if sample.empty:
+    kind = value_kind(series)
+    if kind is None:
         raise SourceError(f"column {name!r} holds only NULLs in the first chunk; its type cannot be told")
-    value = sample.iloc[0]
-    for kind, type_name in _OBJECT_TYPES:
-        if isinstance(value, kind):
-            return type_name
-    raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
+    if kind == "other":
+        value = series.dropna().iloc[0]
+        raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
+    return kind
 
 
 def columns_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
