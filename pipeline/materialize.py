@@ -224,12 +224,24 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
         _fail(engine, table, version, exc, clock)
         raise
     log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
-    if job.output.default:
-        write_default(engine, table, job.output.default)
-    if job.output.keep is not None:
-        gc(engine, table, job.output.keep, clock=clock)
+    _tidy(engine, job, version, clock)
     return RunResult(table, version, physical, loaded.rows, activate, flip.from_version if flip else None, 0.0,
                      tuple(results), phases=phases, copied=loaded.copied)
+
+
+def _tidy(engine: Engine, job: Job, version: int, clock: Clock) -> None:
+    """What follows a publish: the default row's view and retention. The version is published by now, so
+    neither may turn the run into a failure: what cannot be done now is logged, and the next run or
+    ``pipeline gc`` does it."""
+    table = job.output.table
+    try:
+        if job.output.default:
+            write_default(engine, table, job.output.default)
+        if job.output.keep is not None:
+            gc(engine, table, job.output.keep, clock=clock)
+    except PipelineError as exc:
+        log.warning("%s: version %d is published; clean-up after it failed and is left for later: %s",
+                    table, version, exc)
 
 
 def type_guard(engine: Engine, job: Job) -> TypeGuard:

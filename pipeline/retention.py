@@ -1,8 +1,8 @@
 """Retention and clean-up: drop old version tables, and reap what dead runs left behind.
 
 Never drops the active version or its rollback target, never drops a table that
-another object still reads (it says so instead), and takes a version out of the view
-in the same transaction that drops its table.
+another object still reads (it says so instead), and takes a version out of the views
+before its table is dropped; a table readers hold is left for later, never waited on.
 """
 
 from __future__ import annotations
@@ -34,10 +34,17 @@ class GcResult:
     kept: dict[int, str] = field(default_factory=dict)      # version -> why it had to stay
 
 
+#: Tries at dropping one retired table that readers hold, before it is left to the next run or gc.
+DROP_ATTEMPTS = 5
+
+
 def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable = state.utcnow) -> GcResult:
     """Keep the newest ``keep`` ready versions (plus the active one and its rollback target); drop the rest.
 
-    Dropped ready versions become ``retired``; failed versions lose their partial tables.
+    Dropped ready versions become ``retired``; failed versions lose their partial tables. The
+    views stop listing the doomed versions first, in one transaction; then each table is
+    dropped in a transaction of its own, and one that readers still hold (a long transaction,
+    a backup) is skipped and named: the next run or ``gc`` drops it.
     """
     if keep < 1:
         raise FlipError("--keep must be at least 1")
@@ -45,9 +52,8 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
     dialect = dialect_for(engine)
     reap(engine, table)
 
-    def step(conn: Connection) -> GcResult:
+    def unlist(conn: Connection) -> list[state.Version]:
         dialect.lock(conn, f"pipeline:{table}")
-        result = GcResult(table)
         found = state.list_versions(conn, table)
         pointers = state.list_pointers(conn, table)
         ready = [v.version for v in found if v.status == "ready"]
@@ -59,8 +65,6 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
                 protected.add(back)
         doomed = [v for v in found if (v.status == "ready" and v.version not in protected)
                   or (v.status == "failed" and _exists(conn, table, v.version))]
-        if not doomed:
-            return result
         gone = {v.version for v in doomed}
         for pointer in pointers:
             if gone & set(pointer.view_versions):
@@ -68,21 +72,31 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
                 listed = [m for m in members(conn, table, active.columns) if m not in gone]
                 write_view(conn, dialect, table, pointer.alias, listed, active.columns, same_columns=True)
                 state.set_view_versions(conn, table, pointer.alias, listed)
-        for v in doomed:
-            physical = version_table(table, v.version)
+        return doomed
+
+    result = GcResult(table)
+    for v in retry_on_lock(engine, dialect, f"{table}: retention", unlist):
+        physical = version_table(table, v.version)
+
+        def drop(conn: Connection) -> str | None:
             users = dialect.dependents(conn, physical)
             if users:
-                result.kept[v.version] = f"{physical} is still read by {', '.join(users)}"
-                continue
+                return f"{physical} is still read by {', '.join(users)}"
             dialect.drop_table(conn, physical)
             if v.status == "ready":
                 state.update_version(conn, table, v.version, status="retired")
-                result.retired.append(v.version)
-            else:
-                result.cleaned.append(v.version)
-        return result
+            return None
 
-    result = retry_on_lock(engine, dialect, f"{table}: retention", step)
+        try:
+            why = retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop, attempts=DROP_ATTEMPTS)
+        except FlipError:
+            why = f"{physical} is held by a reader (a long transaction or a backup); the next run or gc drops it"
+        if why is not None:
+            result.kept[v.version] = why
+        elif v.status == "ready":
+            result.retired.append(v.version)
+        else:
+            result.cleaned.append(v.version)
     for version, why in result.kept.items():
         log.warning("%s: kept version %d: %s", table, version, why)
     return result

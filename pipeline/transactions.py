@@ -49,7 +49,8 @@ def reading(engine: Engine) -> Iterator[Connection]:
         raise DatabaseError(f"database error: {first_line(exc)}") from exc
 
 
-def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[Connection], T]) -> T:
+def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[Connection], T],
+                  attempts: int = LOCK_ATTEMPTS) -> T:
     """Run ``step`` in a transaction whose DDL gives way to readers, again and again with backoff.
 
     On PostgreSQL, view DDL and DROP TABLE wait for readers of the object and make
@@ -57,7 +58,7 @@ def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[C
     to a few milliseconds, and the step is simply tried again once readers moved on.
     """
     delay = 0.01
-    for _ in range(LOCK_ATTEMPTS):
+    for _ in range(attempts):
         try:
             with transaction(engine) as conn:
                 dialect.bound_lock_wait(conn)
@@ -68,4 +69,4 @@ def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[C
         log.info("%s: readers hold the view; trying again in %.2fs", what, delay)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-    raise FlipError(f"{what}: readers kept the view busy through {LOCK_ATTEMPTS} attempts; try again")
+    raise FlipError(f"{what}: readers kept the view busy through {attempts} attempts; try again")

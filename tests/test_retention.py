@@ -104,3 +104,38 @@ def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):
     with dialect_for(engine).run_lock(engine, "scores"):
         assert reap(engine) == []
     assert statuses(engine)[2] == "building"
+
+
+@pytest.mark.postgres
+def test_a_table_a_reader_holds_is_skipped_and_the_run_still_succeeds(postgresql_url, write_job):
+    """A transaction that read an old version table (what pg_dump does to every table) must not fail the run
+    that retires it: the run publishes and succeeds, the table is named and kept, and a later gc drops it."""
+    from pipeline.db import make_engine
+
+    engine = make_engine(postgresql_url)
+    try:
+        write_table(engine, "customers", customers_frame(50))
+        path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1'), model=Scripted())
+        for _ in range(2):
+            run_job(load_job(path), engine, force=True)
+        holder = engine.connect()
+        try:
+            holder.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+            held = holder.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar_one()
+            result = run_job(load_job(path), engine, force=True)  # retires v1 (and v2 is the rollback target)
+            assert result.version == 3 and result.activated
+            assert set(view_rows(engine).model_version) == {3}
+            assert "scores__v1" in tables(engine) and statuses(engine)[1] == "ready"
+            with engine.connect() as conn:
+                run = conn.execute(text("SELECT status FROM pipeline_runs ORDER BY id DESC LIMIT 1")).scalar_one()
+            assert run == "succeeded"
+            assert holder.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar_one() == held == 50
+            kept = gc(engine, "scores", keep=1).kept
+            assert "scores__v1 is held by a reader" in kept[1]
+        finally:
+            holder.rollback()
+            holder.close()
+        assert gc(engine, "scores", keep=1).retired == [1]
+        assert statuses(engine)[1] == "retired" and "scores__v1" not in tables(engine)
+    finally:
+        engine.dispose()
