@@ -55,14 +55,16 @@ def members(conn: Connection, table: str, columns: tuple[tuple[str, str], ...]) 
 
 def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, versions: list[int],
                columns: tuple[tuple[str, str], ...], same_columns: bool) -> None:
-    """Make the view list exactly ``versions`` and record that on the pointer row."""
+    """Make the view list exactly ``versions``.
+
+    A view of other columns is made anew; the A/B split view, which reads it, is dropped first
+    and must be made again by the caller once the pointer moved (:func:`split.refresh`).
+    """
     branches = [(version_table(table, v), v) for v in versions]
     select_sql = dialect.view_select(table, alias, branches, [c for c, _ in columns])
     if not same_columns:
-        split.drop_view(conn, dialect, table)  # it reads the alias views; made again below
-    dialect.replace_view(conn, view_name(table, alias), select_sql, same_columns)
-    if not same_columns:
-        split.refresh(conn, dialect, table)
+        split.drop_view(conn, dialect, table)
+    dialect.replace_view(conn, view_name(table, alias), select_sql, same_columns, grants_from=table)
 
 
 def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,
@@ -87,12 +89,14 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
                             "activated (see `pipeline versions`)")
         pointer = state.get_pointer(conn, table, alias)
         listed = list(pointer.view_versions) if pointer else []
+        remade = False
         if version not in listed:
             active = state.get_version(conn, table, pointer.version) if pointer else None
             same = active is not None and active.columns == target.columns
             if move or same:  # a version with other columns joins the view when it is activated
                 listed = members(conn, table, target.columns)
                 write_view(conn, dialect, table, alias, listed, target.columns, same)
+                remade = not same
                 if not move:
                     state.set_view_versions(conn, table, alias, listed)
         if not move:
@@ -100,6 +104,8 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         checkpoint("flipping")
         now = clock()
         state.set_pointer(conn, table, alias, version, listed, now)
+        if remade:  # the split compares what the aliases serve now
+            split.refresh(conn, dialect, table)
         from_version = pointer.version if pointer else None
         state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
         return FlipResult(table, alias, from_version, version)
@@ -187,7 +193,7 @@ def write_default(engine: Engine, table: str, default: tuple[tuple[str, Any], ..
 
     def step(conn: Connection) -> None:
         dialect.lock(conn, f"pipeline:{table}")
-        dialect.replace_view(conn, view_name(table, "default"), select_sql, same_columns=False)
+        dialect.replace_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table)
 
     retry_on_lock(engine, dialect, f"{table}: default view", step)
 

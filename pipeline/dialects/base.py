@@ -188,13 +188,28 @@ class Dialect:
             for physical, version in members
         )
 
-    def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool) -> None:
-        """Point ``view`` at ``select_sql`` within the caller's transaction."""
+    def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
+                     grants_from: str | None = None) -> None:
+        """Point ``view`` at ``select_sql`` within the caller's transaction, keeping who may read it.
+
+        A view made anew (other columns) gets its own grants again; one made for the first time
+        gets those of ``grants_from`` (the table's main view), so a role granted SELECT on the
+        table once reads its aliases, its A/B split and its default row too.
+        """
         if same_columns and self.HAS_REPLACE_VIEW:
             conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {self.quote(view)} AS\n{select_sql}")
             return
+        grants = self.grants(conn, view) or (self.grants(conn, grants_from) if grants_from else [])
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
         conn.exec_driver_sql(f"CREATE VIEW {self.quote(view)} AS\n{select_sql}")
+        for privilege, grantee, grantable in grants:
+            option = " WITH GRANT OPTION" if grantable else ""
+            conn.exec_driver_sql(f"GRANT {privilege} ON {self.quote(view)} TO {grantee}{option}")
+
+    def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
+        """Who besides its owner may use ``view``: (privilege, grantee as SQL, grantable) each; none where the
+        database has no grants."""
+        return []
 
     def dependents(self, conn: Connection, table: str) -> list[str]:
         """Views and other objects of the database that read ``table`` (dropping it would break them)."""

@@ -79,6 +79,15 @@ class PostgresqlDialect(Dialect):
         kinds = {"v": "view", "m": "materialized view", "f": "foreign key from"}
         return [f"{kinds.get(kind, 'object')} {name}" for kind, name in rows]
 
+    def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
+        rows = conn.exec_driver_sql(
+            "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+            "ELSE quote_ident(pg_get_userbyid(a.grantee)) END, a.is_grantable "
+            "FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a "
+            "WHERE c.oid = to_regclass(%(v)s) AND a.grantee <> c.relowner ORDER BY 2, 1",
+            {"v": self.quote(view)})
+        return [(privilege, grantee, bool(grantable)) for privilege, grantee, grantable in rows]
+
     def bound_lock_wait(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 

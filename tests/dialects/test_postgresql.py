@@ -96,3 +96,48 @@ def test_publishing_a_new_version_does_not_queue_readers_behind_a_slow_one(two_v
     fast_engine.dispose()
     assert result["run"].version == 3 and result["run"].activated
     assert max(latencies) < 0.25, f"a reader waited {max(latencies) * 1000:.0f} ms behind the view DDL"
+
+
+def test_a_role_granted_select_once_reads_every_view_whatever_the_pipeline_remakes(pg, write_job):
+    """Runs, a column change and back, an alias flip, a split change and the default row each (re)make views;
+    a reader role granted SELECT on the table's view once keeps reading all of them."""
+    import uuid
+
+    from pipeline import rollback
+    from pipeline.split import set_split
+
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    write_table(pg, "customers", customers_frame(100))
+    proba = write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { proba_true = 0.1 }'))
+    labels = write_job(CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"'), name="labels")
+    run_job(load_job(proba), pg, force=True)
+    with transaction(pg) as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        conn.execute(text(f'CREATE ROLE "{role}"'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT ON scores TO "{role}"'))
+
+    def readable() -> dict[str, int]:
+        with pg.connect() as conn:
+            views = [v for v in ("scores", "scores__challenger", "scores__ab", "scores__default")
+                     if conn.execute(text("SELECT to_regclass(:v)"), {"v": v}).scalar() is not None]
+            conn.execute(text(f'SET ROLE "{role}"'))
+            counts = {v: conn.execute(text(f"SELECT COUNT(*) FROM {v}")).scalar_one() for v in views}
+            conn.execute(text("RESET ROLE"))
+            return counts
+
+    try:
+        run_job(load_job(proba), pg, force=True)  # the default row's view is made again by every run
+        assert readable() == {"scores": 100, "scores__default": 1}
+        activate(pg, "scores", 1, alias="challenger")  # a view made for the first time
+        set_split(pg, "scores", alias="challenger", percent=20)
+        assert readable() == {"scores": 100, "scores__challenger": 100, "scores__ab": 100, "scores__default": 1}
+        run_job(load_job(labels), pg, force=True)  # other columns: the view is dropped and made again
+        assert readable()["scores"] == 100
+        rollback(pg, "scores")  # and back to the old columns
+        set_split(pg, "scores", alias="challenger", percent=50)
+        assert readable() == {"scores": 100, "scores__challenger": 100, "scores__ab": 100, "scores__default": 1}
+    finally:
+        with transaction(pg) as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
