@@ -38,6 +38,15 @@ class FlipError(PipelineError):
     """The pointer could not be moved: unknown table, unknown or unusable version."""
 
 
+class ViewBusy(FlipError):
+    """Readers kept a view (or a table) busy through every try of the DDL that needed it."""
+
+
+class PublishPending(PipelineError):
+    """A version passed its audits and is ready, but readers kept its view busy past the job's
+    ``publish_timeout``; ``pipeline activate`` publishes it later."""
+
+
 class DatabaseError(PipelineError):
     """The database refused or dropped a statement (unreachable, read-only, full)."""
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import JobFileError
-from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, EXECUTORS, FORMATS, METHODS, AuditSpec, DomainSpec, DriftSpec,
+from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DEFAULT_PUBLISH_TIMEOUT, EXECUTORS, FORMATS, METHODS, AuditSpec, DomainSpec, DriftSpec,
                               ExecutorSpec, Factor, Job, ModelSpec, OutputSpec, SqlAudit, with_executor)
 from pipeline.versions import check_identifier, check_table_name
 
@@ -167,7 +167,7 @@ class _Reader:
             domain=domain,
             model=self.model(self.section(raw, "model", {"path", "uri", "tracking_uri", "sha256", "method",
                                                           "features", "format", "trusted"})),
-            output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by",
+            output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by", "publish_timeout",
                                                             "rank_by", "ascending"}), domain_keys),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
@@ -299,6 +299,10 @@ class _Reader:
         keep = self.get(raw, "keep", int, "output.keep")
         if keep is not None and keep < 1:
             raise self.fail("output.keep", "must be at least 1")
+        publish_timeout = self.get(raw, "publish_timeout", int, "output.publish_timeout",
+                                   default=DEFAULT_PUBLISH_TIMEOUT)
+        if publish_timeout < 1:
+            raise self.fail("output.publish_timeout", "must be at least 1 (seconds)")
         default = []
         for column, value in self.get(raw, "default", dict, "output.default", default={}).items():
             self.identifier(column, f"output.default.{column}")
@@ -309,7 +313,8 @@ class _Reader:
                                                             f"{type(value).__name__}")
             default.append((column, value))
         return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
-                          default=tuple(default), top_k=top_k, group_by=group_by, rank_by=rank_by, ascending=ascending)
+                          default=tuple(default), top_k=top_k, group_by=group_by, rank_by=rank_by, ascending=ascending,
+                          publish_timeout=publish_timeout)
 
     def executor(self, raw: dict[str, Any]) -> ExecutorSpec:
         kind = self.get(raw, "kind", str, "executor.kind", default="local")

@@ -15,6 +15,9 @@ METHODS = ("predict", "predict_proba", "decision_function")
 FORMATS = ("joblib", "skops", "lightgbm", "xgboost", "onnx", "mlflow")
 EXECUTORS = ("local", "dask")
 DEFAULT_CHUNK_SIZE = 100_000
+#: Seconds a run keeps trying to publish while readers hold its view, before it leaves the version ready
+#: but unpublished: long enough for an ordinary report or backup, short enough to be told about at 3 am.
+DEFAULT_PUBLISH_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class OutputSpec:
     ascending: bool = False
     #: Values for keys outside the domain, served by the one-row view ``<table>__default``.
     default: tuple[tuple[str, Any], ...] = ()
+    #: Seconds to keep trying to publish while readers hold the view (see :data:`DEFAULT_PUBLISH_TIMEOUT`).
+    publish_timeout: int = DEFAULT_PUBLISH_TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain
-from pipeline.errors import AuditError, PipelineError, SourceError, first_line
+from pipeline.errors import AuditError, PipelineError, PublishPending, SourceError, ViewBusy, first_line
 from pipeline.jobs import AuditSpec, Job, OutputSpec
 from pipeline.executors import Target, executor_for
 from pipeline.model import Model, load_model
-from pipeline.pointer import checkpoint, publish, write_default
+from pipeline.pointer import FlipResult, checkpoint, publish, write_default
 from pipeline.retention import gc, reap_locked
 from pipeline.scoring import TypeGuard, check_output
 from pipeline.transactions import reading, transaction
@@ -217,9 +217,10 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
             log.warning("%s: version %d has other feature types than version %s (allowed by the job): %s",
                         table, version, guard.version, "; ".join(guard.changes))
         still_held()
-        flip = publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
-                       clock=clock)
+        flip = _publish(engine, job, version, ready, activate, clock)
         lap("publish")
+    except PublishPending:
+        raise  # the version is ready: `pipeline activate` publishes it
     except BaseException as exc:
         _fail(engine, table, version, exc, clock)
         raise
@@ -227,6 +228,25 @@ def _build(job: Job, engine: Engine, model: Model, logical_date: date, activate:
     _tidy(engine, job, version, clock)
     return RunResult(table, version, physical, loaded.rows, activate, flip.from_version if flip else None, 0.0,
                      tuple(results), phases=phases, copied=loaded.copied)
+
+
+def _publish(engine: Engine, job: Job, version: int, ready: dict, activate: bool, clock: Clock) -> FlipResult | None:
+    """Publish a version that passed its audits. When readers hold the view past ``publish_timeout``, the version
+    is still made ready, unpublished, rather than thrown away.
+
+    Raises:
+        PublishPending: it is ready but not published (``pipeline activate`` publishes it).
+    """
+    table = job.output.table
+    try:
+        return publish(engine, table, version, ready=ready, move=activate, reason=f"run of job {job.name}",
+                       clock=clock, timeout=job.output.publish_timeout)
+    except ViewBusy:
+        with transaction(engine) as conn:
+            state.update_version(conn, table, version, status="ready", **ready)
+        raise PublishPending(f"{table}: version {version} passed its audits and is ready, but readers held the view "
+                             f"for the whole publish_timeout ({job.output.publish_timeout} s), so it is not "
+                             f"published; `pipeline activate {table} {version}` publishes it") from None
 
 
 def _tidy(engine: Engine, job: Job, version: int, clock: Clock) -> None:

@@ -68,11 +68,16 @@ def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, versi
 
 
 def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,
-            reason: str, clock: Clock, alias: str = state.DEFAULT_ALIAS) -> FlipResult | None:
+            reason: str, clock: Clock, alias: str = state.DEFAULT_ALIAS,
+            timeout: float | None = None) -> FlipResult | None:
     """Make ``version`` ready (when ``ready`` holds its final figures) and, if ``move``, point the view at it.
 
     All of it is one transaction: a run that dies before it commits leaves its version
-    ``building`` (later reaped as failed) and readers exactly where they were.
+    ``building`` (later reaped as failed) and readers exactly where they were. While readers
+    hold the view, it tries again for ``timeout`` seconds (by default a minute's worth of tries).
+
+    Raises:
+        ViewBusy: readers held the view all that time; nothing changed.
     """
     dialect = dialect_for(engine)
 
@@ -110,7 +115,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
         return FlipResult(table, alias, from_version, version)
 
-    result = retry_on_lock(engine, dialect, f"{table}: publishing version {version}", step)
+    result = retry_on_lock(engine, dialect, f"{table}: publishing version {version}", step, timeout=timeout)
     if result is not None:
         log.info("%s: pointer moved from version %s to %d", table, result.from_version, version)
     return result

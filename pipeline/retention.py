@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import state
 from pipeline.dialects import Dialect, dialect_for
-from pipeline.errors import FlipError, JobLocked
+from pipeline.errors import FlipError, JobLocked, ViewBusy
 from pipeline.pointer import members, require_table, write_view
 from pipeline.transactions import reading, retry_on_lock, transaction
 from pipeline.versions import previous_version, version_table
@@ -89,7 +89,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
 
         try:
             why = retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop, attempts=DROP_ATTEMPTS)
-        except FlipError:
+        except ViewBusy:
             why = f"{physical} is held by a reader (a long transaction or a backup); the next run or gc drops it"
         if why is not None:
             result.kept[v.version] = why

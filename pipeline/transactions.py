@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.dialects import Dialect
 from pipeline.dialects.sqlite import WRITE_OPTION
-from pipeline.errors import DatabaseError, FlipError, PipelineError, first_line
+from pipeline.errors import DatabaseError, PipelineError, ViewBusy, first_line
 
 log = logging.getLogger("pipeline")
 T = TypeVar("T")
@@ -50,15 +50,19 @@ def reading(engine: Engine) -> Iterator[Connection]:
 
 
 def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[Connection], T],
-                  attempts: int = LOCK_ATTEMPTS) -> T:
+                  attempts: int = LOCK_ATTEMPTS, timeout: float | None = None) -> T:
     """Run ``step`` in a transaction whose DDL gives way to readers, again and again with backoff.
 
     On PostgreSQL, view DDL and DROP TABLE wait for readers of the object and make
     every later reader queue behind them; a short ``lock_timeout`` bounds that queue
     to a few milliseconds, and the step is simply tried again once readers moved on.
+    With ``timeout`` (seconds), it keeps trying that long instead of ``attempts`` times.
     """
     delay = 0.01
-    for _ in range(attempts):
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tried = 0
+    while tried < attempts if deadline is None else (tried == 0 or time.monotonic() < deadline):
+        tried += 1
         try:
             with transaction(engine) as conn:
                 dialect.bound_lock_wait(conn)
@@ -69,4 +73,4 @@ def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[C
         log.info("%s: readers hold the view; trying again in %.2fs", what, delay)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-    raise FlipError(f"{what}: readers kept the view busy through {attempts} attempts; try again")
+    raise ViewBusy(f"{what}: readers kept the view busy through {tried} attempts; try again")

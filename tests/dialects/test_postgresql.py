@@ -141,3 +141,37 @@ def test_a_role_granted_select_once_reads_every_view_whatever_the_pipeline_remak
         with transaction(pg) as conn:
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_a_version_readers_keep_from_publishing_is_left_ready_and_activate_publishes_it(pg, write_job):
+    """A REPEATABLE READ transaction that read the view holds it past the job's publish_timeout: the run does not
+    throw the audited version away; it leaves it ready, unpublished, says so, and `activate` publishes it later."""
+    from pipeline import catalog
+    from pipeline.errors import PublishPending
+
+    write_table(pg, "customers", customers_frame(100))
+    path = write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\npublish_timeout = 1'))
+    run_job(load_job(path), pg, force=True)
+    reader = pg.connect()
+    try:
+        reader.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        assert reader.execute(text("SELECT COUNT(*) FROM scores")).scalar_one() == 100
+        started = time.monotonic()
+        with pytest.raises(PublishPending, match=r"version 2 passed its audits and is ready, .* "
+                                                 r"`pipeline activate scores 2` publishes it"):
+            run_job(load_job(path), pg, force=True)
+        assert time.monotonic() - started < 30
+        assert set(reader.execute(text("SELECT model_version FROM scores")).scalars()) == {1}
+    finally:
+        reader.rollback()
+        reader.close()
+    versions = {r.version.version: r.version for r in catalog.versions(pg, "scores")}
+    assert versions[2].status == "ready" and versions[2].row_count == 100 and [r.active for r in
+                                                                              catalog.versions(pg, "scores")] == [True, False]
+    with pg.connect() as conn:
+        assert set(conn.execute(text("SELECT model_version FROM scores")).scalars()) == {1}
+        run = conn.execute(text("SELECT status, error FROM pipeline_runs ORDER BY id DESC LIMIT 1")).one()
+    assert run.status == "failed" and "is ready, but readers held the view" in run.error
+    activate(pg, "scores", 2)
+    with pg.connect() as conn:
+        assert set(conn.execute(text("SELECT model_version FROM scores")).scalars()) == {2}
