@@ -139,7 +139,7 @@ class TopK:
             yield best.iloc[start:start + size].reset_index(drop=True)
 
 
-def first_rows(scorer: "Scorer", job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
+def first_rows(scorer: Scorer, job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
     """The rows the version table receives for a first ``chunk`` (ranked with top_k), to tell its columns
     before a run writes anything."""
     rows = scorer(chunk)
