@@ -14,8 +14,9 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import JobFileError
-from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DEFAULT_PUBLISH_TIMEOUT, EXECUTORS, FORMATS, METHODS, AuditSpec, DomainSpec, DriftSpec,
-                              ExecutorSpec, Factor, Job, ModelSpec, OutputSpec, SqlAudit, with_executor)
+from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DEFAULT_KEEP, DEFAULT_PUBLISH_TIMEOUT, EXECUTORS, FORMATS, METHODS,
+                              AuditSpec, DomainSpec, DriftSpec, ExecutorSpec, Factor, Job, ModelSpec, OutputSpec,
+                              SqlAudit, with_executor)
 from pipeline.versions import check_identifier, check_table_name
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "EXECUTORS", "FORMATS", "METHODS", "AuditSpec", "DomainSpec", "DriftSpec",
@@ -296,8 +297,8 @@ class _Reader:
             if outside or len(group_by) == len(keys):
                 raise self.fail("output.group_by", f"must be some, not all, of the domain keys ({', '.join(keys)})")
             self.identifier(rank_by, "output.rank_by")
-        keep = self.get(raw, "keep", int, "output.keep")
-        if keep is not None and keep < 1:
+        keep = self.get(raw, "keep", int, "output.keep", default=DEFAULT_KEEP)
+        if keep < 1:
             raise self.fail("output.keep", "must be at least 1")
         publish_timeout = self.get(raw, "publish_timeout", int, "output.publish_timeout",
                                    default=DEFAULT_PUBLISH_TIMEOUT)

@@ -18,6 +18,9 @@ DEFAULT_CHUNK_SIZE = 100_000
 #: Seconds a run keeps trying to publish while readers hold its view, before it leaves the version ready
 #: but unpublished: long enough for an ordinary report or backup, short enough to be told about at 3 am.
 DEFAULT_PUBLISH_TIMEOUT = 600
+#: Ready versions a table keeps after each run (besides what every alias serves and its rollback target): every
+#: retained version is a branch of the view each lookup goes through, so the set must stay small.
+DEFAULT_KEEP = 5
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class ModelSpec:
 class OutputSpec:
     table: str
     #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
-    keep: int | None = None
+    keep: int = DEFAULT_KEEP
     #: Keep only the ``top_k`` best rows of each ``group_by`` group, ranked by the output ``rank_by``.
     top_k: int | None = None
     group_by: tuple[str, ...] = ()

@@ -257,8 +257,7 @@ def _tidy(engine: Engine, job: Job, version: int, clock: Clock) -> None:
     try:
         if job.output.default:
             write_default(engine, table, job.output.default)
-        if job.output.keep is not None:
-            gc(engine, table, job.output.keep, clock=clock)
+        gc(engine, table, job.output.keep, clock=clock)
     except PipelineError as exc:
         log.warning("%s: version %d is published; clean-up after it failed and is left for later: %s",
                     table, version, exc)

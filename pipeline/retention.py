@@ -16,13 +16,13 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline import state
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.errors import FlipError, JobLocked, ViewBusy
+from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.pointer import members, require_table, write_view
 from pipeline.transactions import reading, retry_on_lock, transaction
 from pipeline.versions import previous_version, version_table
 
 log = logging.getLogger("pipeline")
 
-DEFAULT_KEEP = 3
 ABANDONED = "abandoned: the run ended without finishing (killed, or its machine or connection was lost)"
 
 

@@ -31,6 +31,7 @@ def tables(engine) -> set[str]:
 
 
 def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path):
+    job_path.write_text(job_path.read_text().replace('table = "scores"', 'table = "scores"\nkeep = 100'))
     for _ in range(6):
         run_job(load_job(job_path), engine, force=True)
     rollback(engine, "scores", to=2)  # active 2; its rollback target is 1
@@ -46,18 +47,20 @@ def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path
 
 
 def test_gc_cleans_failed_tables_and_keeps_what_another_view_reads(engine, job_path, write_job):
+    job_path.write_text(job_path.read_text().replace('table = "scores"', 'table = "scores"\nkeep = 100'))
     run_job(load_job(job_path), engine, force=True)
     bad = load_job(write_job(SCRIPTED_JOB + '\n[audits]\nbounds = { prediction = { max = -100 } }',
                              name="strict", model=Scripted()))
     with pytest.raises(AuditError):
         run_job(bad, engine)
     assert "scores__v2" in tables(engine)  # a failed version's table stays for inspection
+    assert gc(engine, "scores", keep=100).cleaned == [2]  # until gc (or the next run's own retention) cleans it
     for _ in range(3):
         run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:
         conn.execute(text('CREATE VIEW report_v3 AS SELECT * FROM "scores__v3"'))
     result = gc(engine, "scores", keep=1)
-    assert result.cleaned == [2] and result.retired == [1]
+    assert result.cleaned == [] and result.retired == [1]
     assert "scores__v3 is still read by view report_v3" in result.kept[3]
     assert statuses(engine)[3] == "ready" and "scores__v3" in tables(engine)
     assert tables(engine) == {"scores__v3", "scores__v4", "scores__v5"}
@@ -139,3 +142,11 @@ def test_a_table_a_reader_holds_is_skipped_and_the_run_still_succeeds(postgresql
         assert statuses(engine)[1] == "retired" and "scores__v1" not in tables(engine)
     finally:
         engine.dispose()
+
+
+def test_a_job_keeps_five_versions_by_default(engine, job_path):
+    for _ in range(7):
+        run_job(load_job(job_path), engine, force=True)
+    assert statuses(engine) == {1: "retired", 2: "retired", 3: "ready", 4: "ready", 5: "ready", 6: "ready",
+                                7: "ready"}
+    assert tables(engine) == {f"scores__v{v}" for v in range(3, 8)}

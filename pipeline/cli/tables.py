@@ -310,7 +310,7 @@ def gc(table: str, keep: int | None, db_url: str | None) -> None:
       pipeline gc churn_scores --keep 2
     """
     job = job_for_table(table)
-    keep = keep or (job.output.keep if job else None) or retention.DEFAULT_KEEP
+    keep = keep or (job.output.keep if job else retention.DEFAULT_KEEP)
     result = retention.gc(table_engine(db_url, table), table, keep)
     click.echo(f"{table}: retired {_versions(result.retired)}; cleaned failed {_versions(result.cleaned)}")
     for version, why in result.kept.items():
