@@ -202,9 +202,7 @@ class Dialect:
         grants = self.grants(conn, view) or (self.grants(conn, grants_from) if grants_from else [])
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
         conn.exec_driver_sql(f"CREATE VIEW {self.quote(view)} AS\n{select_sql}")
-        for privilege, grantee, grantable in grants:
-            option = " WITH GRANT OPTION" if grantable else ""
-            conn.exec_driver_sql(f"GRANT {privilege} ON {self.quote(view)} TO {grantee}{option}")
+        grant(conn, self.quote(view), grants)
 
     def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
         """Who besides its owner may use ``view``: (privilege, grantee as SQL, grantable) each; none where the
@@ -236,6 +234,13 @@ class Dialect:
                 values = series.astype(object)
                 columns.append(values.where(series.notna(), None).tolist())
         return list(zip(*columns))
+
+
+def grant(conn: Connection, relation: str, grants: Sequence[tuple[str, str, bool]]) -> None:
+    """Give ``relation`` (an SQL name) the ``grants`` that :meth:`Dialect.grants` found."""
+    for privilege, grantee, grantable in grants:
+        option = " WITH GRANT OPTION" if grantable else ""
+        conn.exec_driver_sql(f"GRANT {privilege} ON {relation} TO {grantee}{option}")
 
 
 def arrow_chunks(batches: Iterable[Any], chunk_size: int, contract: Contract) -> Iterator[pd.DataFrame]:

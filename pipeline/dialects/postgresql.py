@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.contract import Contract
-from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks
+from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 
 #: How long view DDL may wait for readers before it gives up and retries.
@@ -80,13 +80,30 @@ class PostgresqlDialect(Dialect):
         return [f"{kinds.get(kind, 'object')} {name}" for kind, name in rows]
 
     def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
-        rows = conn.exec_driver_sql(
-            "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
-            "ELSE quote_ident(pg_get_userbyid(a.grantee)) END, a.is_grantable "
-            "FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a "
-            "WHERE c.oid = to_regclass(%(v)s) AND a.grantee <> c.relowner ORDER BY 2, 1",
-            {"v": self.quote(view)})
-        return [(privilege, grantee, bool(grantable)) for privilege, grantee, grantable in rows]
+        return _grants(conn, self.quote(view))
+
+    def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
+                     grants_from: str | None = None) -> None:
+        """As the generic one; and since PostgreSQL cannot drop a view other views read, the views built on
+        this one (an application's) are dropped with it when its columns change, and made again from their
+        own definitions, with their grants. One that reads a column the new version no longer has fails
+        the publish, naming it."""
+        if same_columns:
+            super().replace_view(conn, view, select_sql, same_columns, grants_from)
+            return
+        built_on = conn.exec_driver_sql(_VIEWS_ON, {"v": self.quote(view)}).all()
+        saved = [(name, definition, _grants(conn, name)) for name, definition in built_on]
+        for name, _, _ in reversed(saved):
+            conn.exec_driver_sql(f"DROP VIEW {name}")
+        super().replace_view(conn, view, select_sql, same_columns, grants_from)
+        for name, definition, grants in saved:
+            try:
+                with conn.begin_nested():
+                    conn.exec_driver_sql(f"CREATE VIEW {name} AS {definition}")
+            except SQLAlchemyError as exc:
+                raise DatabaseError(f"{view} changes its columns, and view {name}, which reads it, cannot be made "
+                                    f"again on the new ones: {first_line(exc)}") from None
+            grant(conn, name, grants)
 
     def bound_lock_wait(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
@@ -146,6 +163,32 @@ class PostgresqlDialect(Dialect):
             f"ALTER TABLE {self.quote(name)} ADD CONSTRAINT {self.quote(name + '__key')} "
             f"PRIMARY KEY ({self.column_list(keys)})"
         )
+
+
+#: The views built on a view (%(v)s), directly or through others, each with its definition, in an order they can
+#: be created in.
+_VIEWS_ON = """
+WITH RECURSIVE built_on(oid, depth) AS (
+    SELECT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE d.refobjid = to_regclass(%(v)s) AND r.ev_class <> d.refobjid
+    UNION
+    SELECT r.ev_class, b.depth + 1 FROM built_on b JOIN pg_depend d ON d.refobjid = b.oid
+      JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE r.ev_class <> d.refobjid AND b.depth < 32
+)
+SELECT c.oid::regclass::text, pg_get_viewdef(c.oid) FROM built_on b JOIN pg_class c ON c.oid = b.oid
+ WHERE c.relkind = 'v' GROUP BY c.oid ORDER BY max(b.depth), 1
+"""
+
+
+def _grants(conn: Connection, relation: str) -> list[tuple[str, str, bool]]:
+    """Who besides its owner may use ``relation`` (an SQL name): (privilege, grantee as SQL, grantable) each."""
+    rows = conn.exec_driver_sql(
+        "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+        "ELSE quote_ident(pg_get_userbyid(a.grantee)) END, a.is_grantable "
+        "FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a "
+        "WHERE c.oid = to_regclass(%(v)s) AND a.grantee <> c.relowner ORDER BY 2, 1", {"v": relation})
+    return [(privilege, grantee, bool(grantable)) for privilege, grantee, grantable in rows]
 
 
 def _lock_key(conn: Connection, name: str) -> int:

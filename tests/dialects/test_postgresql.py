@@ -175,3 +175,32 @@ def test_a_version_readers_keep_from_publishing_is_left_ready_and_activate_publi
     activate(pg, "scores", 2)
     with pg.connect() as conn:
         assert set(conn.execute(text("SELECT model_version FROM scores")).scalars()) == {2}
+
+
+def test_an_application_view_on_the_table_survives_a_column_change(pg, write_job):
+    """PostgreSQL cannot drop a view other views read: a column-changing run remakes the application's views on
+    the table from their own definitions, with their grants; one that reads a column the new version lacks fails
+    the publish, naming it, and changes nothing."""
+    from pipeline.errors import DatabaseError
+
+    write_table(pg, "customers", customers_frame(100))
+    proba = write_job(CUSTOMERS_JOB)
+    labels = write_job(CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"'), name="labels")
+    run_job(load_job(proba), pg, force=True)
+    with transaction(pg) as conn:
+        conn.execute(text("CREATE VIEW app_keys AS SELECT customer_id, model_version FROM scores"))
+        conn.execute(text("CREATE VIEW app_latest AS SELECT max(model_version) AS v FROM app_keys"))
+        conn.execute(text("GRANT SELECT ON app_latest TO PUBLIC"))
+    run_job(load_job(labels), pg, force=True)  # proba_* columns become prediction
+    with pg.connect() as conn:
+        assert conn.execute(text("SELECT v FROM app_latest")).scalar_one() == 2
+        assert conn.execute(text("SELECT COUNT(*) FROM app_keys")).scalar_one() == 100
+        assert conn.execute(text("SELECT has_table_privilege('public', 'app_latest', 'SELECT')")).scalar_one()
+    with transaction(pg) as conn:
+        conn.execute(text("CREATE VIEW app_labels AS SELECT customer_id FROM scores WHERE prediction"))
+    with pytest.raises(DatabaseError, match="view app_labels, which reads it, cannot be made again on the new "
+                                            "ones: .*prediction"):
+        run_job(load_job(proba), pg, force=True)
+    with pg.connect() as conn:
+        assert set(conn.execute(text("SELECT model_version FROM scores")).scalars()) == {2}
+        assert conn.execute(text("SELECT COUNT(*) FROM app_labels")).scalar_one() >= 0
