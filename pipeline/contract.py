@@ -48,7 +48,6 @@ DTYPES: dict[str, Any] = {
     "timestamp": "datetime64[us]",
     "timestamptz": "datetime64[us, UTC]",
 }
-KINDS = tuple(DTYPES)
 
 
 def sqlite_kind(declared: str | None) -> str | None:
@@ -184,8 +183,7 @@ class Contract:
         values = _columns(rows, len(columns))
         out = {}
         for i, column in enumerate(columns):
-            kind = self.kinds.get(column)
-            out[column] = _from_python(values[i], kind, column) if kind else pd.Series(values[i], dtype=object)
+            out[column] = _from_python(values[i], self.kinds.get(column))
         return self.conform(pd.DataFrame(out))
 
 
@@ -202,10 +200,11 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> Sequence[Sequence[A
     return [grid[:, i] for i in range(width)]
 
 
-def _from_python(values: Sequence[Any], kind: str, column: str) -> pd.Series:
-    """The fast paths from plain Python values; :func:`convert` finishes the job and checks."""
+def _from_python(values: Sequence[Any], kind: str | None) -> pd.Series:
+    """The fast paths from plain Python values (objects as they are for a kind not known yet);
+    :func:`convert` finishes the job and checks."""
     try:
-        if kind in ("float", "numeric") and not any(isinstance(v, (str, bytes)) for v in values[:1]):
+        if kind in ("float", "numeric"):
             return pd.Series(np.array(values, dtype=np.float64))
         if kind == "integer":
             return pd.Series(pd.array(values, dtype="Int64"))

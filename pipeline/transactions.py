@@ -61,7 +61,7 @@ def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[C
     delay = 0.01
     deadline = None if timeout is None else time.monotonic() + timeout
     tried = 0
-    while tried < attempts if deadline is None else (tried == 0 or time.monotonic() < deadline):
+    while True:
         tried += 1
         try:
             with transaction(engine) as conn:
@@ -70,7 +70,8 @@ def retry_on_lock(engine: Engine, dialect: Dialect, what: str, step: Callable[[C
         except DatabaseError as exc:
             if not dialect.is_lock_timeout(exc.__cause__):
                 raise
+        if tried >= attempts if deadline is None else time.monotonic() >= deadline:
+            raise ViewBusy(f"{what}: readers kept the view busy through {tried} attempts; try again")
         log.info("%s: readers hold the view; trying again in %.2fs", what, delay)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
-    raise ViewBusy(f"{what}: readers kept the view busy through {tried} attempts; try again")

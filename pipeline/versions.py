@@ -83,9 +83,10 @@ def column_suffix(label: object) -> str:
 def class_columns(prefix: str, labels: Sequence[object]) -> list[str]:
     """One column name per class label, injective: ``<prefix>_<suffix>`` when every label gives a distinct,
     valid name that way, else ``<prefix>_<index>`` for every class (the mapping is recorded per version)."""
-    names = [f"{prefix}_{column_suffix(label)}" for label in labels]
-    usable = all(column_suffix(label) and _IDENTIFIER.fullmatch(name) and len(name) <= MAX_IDENTIFIER_LENGTH
-                 for label, name in zip(labels, names))
+    suffixes = [column_suffix(label) for label in labels]
+    names = [f"{prefix}_{suffix}" for suffix in suffixes]
+    usable = all(suffix and _IDENTIFIER.fullmatch(name) and len(name) <= MAX_IDENTIFIER_LENGTH
+                 for suffix, name in zip(suffixes, names))
     if usable and len(set(names)) == len(names):
         return names
     return [f"{prefix}_{i}" for i in range(len(labels))]

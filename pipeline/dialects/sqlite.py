@@ -98,14 +98,14 @@ class SQLiteDialect(Dialect):
         try:
             with engine.connect() as conn:
                 raw = conn.connection.driver_connection
-                declared = declared_types(raw, query) if contract is None or not contract.declared else None
+                contract = contract or Contract()
+                declared = None if contract.declared else declared_types(raw, query)
                 cursor = raw.cursor()
                 try:
                     cursor.execute(query, params)
                     if cursor.description is None:
                         raise SourceError("it returns no rows to score (is it a SELECT?)")
                     columns = [d[0] for d in cursor.description]
-                    contract = contract or Contract()
                     if declared is not None and len(declared) == len(columns):
                         contract.declare(columns, [sqlite_kind(t) for t in declared])
                     while rows := cursor.fetchmany(chunk_size):

@@ -188,5 +188,3 @@ def read_bytes(path: Path) -> bytes:
 def pip_install(extra: str | None) -> str:
     """What installs an optional extra."""
     return f"pip install 'prediction-pipeline[{extra}]'"
-
-

@@ -128,5 +128,3 @@ def _xgboost_version(data: bytes) -> str | None:
         return ".".join(part.decode() for part in text.groups())
     binary = re.search(rb"version\[#L.{8}i(.)i(.)i(.)}\Z", data[-64:], re.DOTALL)  # a UBJSON array of 3 int8
     return ".".join(str(part[0]) for part in binary.groups()) if binary else None
-
-

@@ -138,5 +138,3 @@ def _onnx_tensor(frame: pd.DataFrame, kind: str) -> np.ndarray:
                              "int64 input cannot take")
         return frame.to_numpy(dtype=np.int64)
     return frame.to_numpy(dtype=_ONNX_TYPES[kind], na_value=np.nan)
-
-

@@ -45,5 +45,3 @@ def from_estimator(obj: Any, trained_with: str | None = None) -> Flavor:
     if flavor.library == "scikit-learn":
         flavor.trained_with = trained_with or flavor.installed
     return flavor
-
-

@@ -52,7 +52,6 @@ class Pyfunc(Flavor):
         names = self.labels(method)
         return result[names] if names and isinstance(result, pd.DataFrame) else result
 
-
     def signed(self, inputs: pd.DataFrame) -> pd.DataFrame:
         """``inputs`` in the types the signature names, where the contract's nullable integers and booleans are
         not dtypes MLflow checks against it.
@@ -96,5 +95,3 @@ def from_mlflow(directory: Path) -> Flavor:
         return from_estimator(mlflow.sklearn.load_model(str(directory)))
     model = mlflow.pyfunc.load_model(str(directory))
     return Pyfunc(model, model.metadata.mlflow_version)
-
-
