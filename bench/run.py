@@ -4,6 +4,7 @@
     python bench/run.py --sizes 100k,1M       # a quicker pass
     python bench/run.py --databases sqlite
     python bench/run.py --only contract --sizes 1M   # only the input contract's cost (and its pipeline run)
+    python bench/run.py --only serving               # only lookups through the view against the version table
 
 Each contender runs as a whole process (imports included) under `measure`, which
 reports wall time and the child's own peak RSS (wait4). The data, the models and the
@@ -21,6 +22,10 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
             `DataFrame.from_records`), and through the pipeline's reader (which conforms every chunk) plus
             `Model.inputs`; the difference is set against the pipeline run of the same size (issue 12: at
             most 5% of a 1M-row run)
+- serving:  PostgreSQL lookups through the view against the active version table directly, with 2, 10 and 50
+            retained versions: pgbench (8 clients, simple and prepared protocol, medians of three runs
+            interleaved view/direct) and one Python client (p50/p99 of 2,000 lookups), idle and while
+            another connection flips the pointer ten times a second (issue 13)
 """
 
 from __future__ import annotations
@@ -397,6 +402,111 @@ def flip_and_lookups(url: str, table: str, rows: int) -> dict:
             "view": timings["view"], "direct": timings["direct"], "plan": plan}
 
 
+PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+PGBENCH_SECONDS = int(os.environ.get("PIPELINE_BENCH_PGBENCH_SECONDS", "10"))
+
+
+def pgbench_tps(url: str, source: str, rows: int, protocol: str) -> float:
+    """Transactions per second of 8 pgbench clients doing point lookups on ``source``."""
+    from sqlalchemy.engine import make_url
+
+    script = Path(tempfile.mkstemp(suffix=".sql")[1])
+    script.write_text(f"\\set k random(1, {rows})\nSELECT proba_true FROM {source} WHERE id = :k;\n")
+    parsed = make_url(url)
+    options = parsed.query.get("options", "")
+    env = {**os.environ, "PGOPTIONS": options} if options else None
+    done = subprocess.run([PGBENCH, "-n", "-c", "8", "-j", "2", "-T", str(PGBENCH_SECONDS), "-M", protocol,
+                           "-f", str(script), "-h", parsed.host or "127.0.0.1", "-p", str(parsed.port or 5432),
+                           "-U", parsed.username or "postgres", parsed.database or "postgres"],
+                          capture_output=True, text=True, env=env, check=True)
+    script.unlink()
+    return float(next(line for line in done.stdout.splitlines() if line.startswith("tps")).split()[2])
+
+
+def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[str], str]:
+    """pgbench and a single client through the view and directly, at 2, 10 and 50 retained versions."""
+    import threading
+
+    import numpy as np
+    from sqlalchemy import text
+
+    from pipeline import activate, load_job, rollback, run_job
+    from pipeline.db import make_engine
+
+    rows = 100_000
+    table = "bench_inputs_serving"
+    make_inputs(url, table, rows)
+    job_path = write_job(workdir, "serving", table, model)
+    job_path.write_text(job_path.read_text().replace('table = "serving"', 'table = "serving"\nkeep = 100'))
+    engine = make_engine(url)
+    pg_rows, client_rows, made = [], [], 0
+    for versions in (2, 10, 50):
+        while made < versions:
+            run_job(load_job(job_path), engine, force=True)
+            made += 1
+        direct = f"serving__v{made}"
+        tps: dict[tuple[str, str], list[float]] = {}
+        for protocol in ("simple", "prepared"):
+            for _ in range(3):
+                for name, source in (("view", "serving"), ("direct", direct)):
+                    tps.setdefault((protocol, name), []).append(pgbench_tps(url, source, rows, protocol))
+        med = {k: statistics.median(v) for k, v in tps.items()}
+        pg_rows.append(f"| {versions} | {med['simple', 'view']:,.0f} | {med['simple', 'direct']:,.0f} | "
+                       f"{med['simple', 'view'] / med['simple', 'direct']:.2f}x | {med['prepared', 'view']:,.0f} | "
+                       f"{med['prepared', 'direct']:,.0f} | {med['prepared', 'view'] / med['prepared', 'direct']:.2f}x |")
+        print(pg_rows[-1], flush=True)
+        keys = np.random.default_rng(versions).integers(1, rows + 1, 2000).tolist()
+        for flipping in (False, True):
+            stop = threading.Event()
+
+            def flipper() -> None:
+                tick = time.monotonic()
+                while not stop.is_set():
+                    rollback(engine, "serving")
+                    activate(engine, "serving", made)
+                    tick += 0.2  # two flips every 0.2 s: ten a second
+                    time.sleep(max(0.0, tick - time.monotonic()))
+
+            thread = threading.Thread(target=flipper, daemon=True)
+            if flipping:
+                thread.start()
+            spent: dict[str, list[float]] = {"view": [], "direct": []}
+            with engine.connect() as conn:
+                for key in keys:
+                    for name, source in (("view", "serving"), ("direct", direct)):
+                        started = time.perf_counter()
+                        conn.execute(text(f"SELECT proba_true FROM {source} WHERE id = :k"), {"k": key}).scalar()
+                        spent[name].append(time.perf_counter() - started)
+                    conn.commit()
+            stop.set()
+            if flipping:
+                thread.join()
+            view, straight = (np.percentile(spent[n], [50, 99]) * 1000 for n in ("view", "direct"))
+            client_rows.append(f"| {versions} | {'during flips' if flipping else 'idle'} | {view[0]:.3f} / "
+                               f"{view[1]:.3f} ms | {straight[0]:.3f} / {straight[1]:.3f} ms | "
+                               f"{view[0] - straight[0]:+.3f} ms |")
+            print(client_rows[-1], flush=True)
+    with engine.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.execute(text(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT proba_true FROM serving WHERE id = 42")))
+    engine.dispose()
+    return pg_rows, client_rows, plan
+
+
+def serving_section(pg_rows: list[str], client_rows: list[str], plan: str) -> list[str]:
+    return [
+        "Serving cost (issue 13), PostgreSQL, 100k rows per version: point lookups through the view against the "
+        f"active version table directly. pgbench: 8 clients, {PGBENCH_SECONDS} s per run, medians of three runs "
+        "interleaved view/direct. Targets: with 50 versions within 10% of 2; view / direct at least 0.45x "
+        "simple and 0.7x prepared.", "",
+        "| retained versions | simple: view TPS | direct TPS | view / direct | prepared: view TPS | direct TPS "
+        "| view / direct |", "|---|---|---|---|---|---|---|", *pg_rows, "",
+        "One Python client (SQLAlchemy, psycopg), 2,000 lookups each, p50 / p99, idle and while another "
+        "connection flips the pointer ten times a second. Target: p50 within 0.1 ms of direct.", "",
+        "| retained versions | | via view | direct | p50 difference |", "|---|---|---|---|---|", *client_rows, "",
+        "Plan of a lookup through the view (50 versions retained):", "", "```", plan, "```", ""]
+
+
 def machine(pg_url: str) -> list[str]:
     import importlib.metadata as md
     import sqlite3
@@ -425,7 +535,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
-    parser.add_argument("--only", choices=("contract",),
+    parser.add_argument("--only", choices=("contract", "serving"),
                         help="measure only this part (and the pipeline run it is set against); the report is "
                              "printed, and written only where --out says")
     parser.add_argument("--out", default=None, help="where the report goes (default bench/results.md, "
@@ -437,6 +547,13 @@ def main() -> None:
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     models = make_models(workdir, ("hgb",) if args.only else ("hgb", "logistic", "hgb500"))
+    if args.only == "serving":
+        report = ["# Benchmark results (only serving)", "", *machine(PG_URL), "",
+                  *serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"]))]
+        if args.out:
+            Path(args.out).write_text("\n".join(report))
+        print("\n".join(report))
+        return
     rows_md, flips_md, dask_md, incremental_md, contract_md, notes = [], [], [], [], [], []
     for database in databases:
         url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
@@ -506,6 +623,8 @@ def main() -> None:
             notes.append(f"Plan of a point lookup through the view ({database}, {size}, two versions):\n\n```\n"
                          + "\n".join(f["plan"]) + "\n```")
             print(flips_md[-1], flush=True)
+    serving_md = (serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"]))
+                  if "postgresql" in databases and not args.only else [])
     contract_section = [
         "The input contract's cost: the domain read in one process through the pipeline's reader, which "
         "conforms every chunk to the contract, plus `Model.inputs` (contract), against the same rows read "
@@ -540,7 +659,7 @@ def main() -> None:
               "same domain; hgb500 is a costlier model (500 trees of 63 leaves); `same table` compares the two "
               "versions row for row in the database.", "",
               "| database | rows | model | full run | incremental run | incremental / full | same table |",
-              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *notes, ""]
+              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *serving_md, *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 

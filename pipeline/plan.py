@@ -107,14 +107,13 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     dialect = dialect_for(engine)
     physical = version_table(job.output.table, version)
     table = Table(physical, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
-    names = [c for c, _ in columns]
     sql = (
         str(CreateTable(table).compile(dialect=engine.dialect)).strip(),
         f"-- load {domain.size} rows in chunks of {job.domain.chunk_size}: "
         f"{dialect.load_sql(physical, columns)}",
         f"-- then the key: unique ({', '.join(keys)}); ANALYZE {physical}",
-        f"-- then the view {job.output.table}, one branch per retained version, e.g.\n"
-        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], names),
+        f"-- then the view {job.output.table}, which serves the active version and its rollback target, e.g.\n"
+        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], columns),
     )
     from pipeline.scheduler import next_tick
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,

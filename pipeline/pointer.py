@@ -1,13 +1,15 @@
 """The stable view and the pointer behind it: publish a version, activate, roll back.
 
-The view ``<table>`` is a UNION ALL of the retained ready versions, each branch gated
-by the ``pipeline_pointer`` row. Moving the pointer is a one-row UPDATE: readers see
-the old version or the new one, whole, and never wait for it. The view is rewritten
-only when its list of versions changes, inside the same transaction.
+The view ``<table>`` serves a small set of versions (the active one and its rollback
+target), each gated by the ``pipeline_pointer`` row. Moving the pointer is a one-row
+UPDATE: readers see the old version or the new one, whole, and never wait for it. How
+the set is kept is the dialect's: on PostgreSQL, partitions attached to and detached from
+a partitioned table the view reads; elsewhere, a UNION ALL the view lists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import split, state
 from pipeline.dialects import Dialect, dialect_for
-from pipeline.errors import FlipError
+from pipeline.errors import FlipError, PipelineError
 from pipeline.transactions import reading, retry_on_lock
 from pipeline.versions import check_identifier, previous_version, version_table, view_name
 
@@ -48,23 +51,55 @@ class FlipResult:
     to_version: int
 
 
-def members(conn: Connection, table: str, columns: tuple[tuple[str, str], ...]) -> list[int]:
-    """The versions a view of ``columns`` lists: every ready version with exactly those columns."""
-    return [v.version for v in state.list_versions(conn, table) if v.status == "ready" and v.columns == columns]
+def serving(conn: Connection, table: str, version: int, previous: int | None) -> list[state.Version]:
+    """What an alias pointing at ``version`` serves: that version, its rollback target (the newest ready version
+    older than it) and the version it served before (so flipping back costs nothing); nothing else, so a
+    lookup costs the same however many versions are kept."""
+    found = {v.version: v for v in state.list_versions(conn, table)}
+    back = previous_version([v for v, f in found.items() if f.status == "ready"], version)
+    return [found[v] for v in dict.fromkeys((version, back, previous)) if v in found]
 
 
-def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, versions: list[int],
-               columns: tuple[tuple[str, str], ...], same_columns: bool) -> None:
-    """Make the view list exactly ``versions``.
+def serving_set(conn: Connection, table: str) -> set[int]:
+    """Every version some alias serves: what must stay within the views' reach."""
+    return {v for p in state.list_pointers(conn, table) for v in (p.version, *p.view_versions)}
 
-    A view of other columns is made anew; the A/B split view, which reads it, is dropped first
-    and must be made again by the caller once the pointer moved (:func:`split.refresh`).
+
+def attach(conn: Connection, dialect: Dialect, table: str, kept: list[state.Version]) -> bool:
+    """Bring ``kept`` within the views' reach (:meth:`Dialect.serve`); whether any was newly attached.
+
+    The first is the version to serve and must be; the others may wait for readers that still
+    hold them from before, which the flip does not wait for.
     """
-    branches = [(version_table(table, v), v) for v in versions]
-    select_sql = dialect.view_select(table, alias, branches, [c for c, _ in columns])
-    if not same_columns:
+    attached = dialect.serve(conn, table, kept[0].version, kept[0].columns)
+    for v in kept[1:]:
+        try:
+            with conn.begin_nested():
+                attached = dialect.serve(conn, table, v.version, v.columns) or attached
+        except SQLAlchemyError as exc:
+            if not dialect.is_lock_timeout(exc):
+                raise
+            log.info("%s: version %d is still held by readers from before it was detached; activating it "
+                     "will wait for them", table, v.version)
+    return attached
+
+
+def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, kept: list[state.Version],
+               active: state.Version | None) -> None:
+    """Make the alias's view serve ``kept`` (the first is the version to serve), with no DDL when it does already.
+
+    Where the view reads a partitioned table, it changes only with its columns; where it lists its
+    versions, it is written again when the list changes. A view of other columns is made anew; the
+    A/B split view, which reads it, is dropped first and must be made again once the pointer moved
+    (:func:`split.refresh`).
+    """
+    target = kept[0]
+    listed = [(version_table(table, v.version), v.version) for v in kept if v.columns == target.columns]
+    select_sql = dialect.view_select(table, alias, listed, target.columns)
+    same = active is not None and active.columns == target.columns
+    if not same:
         split.drop_view(conn, dialect, table)
-    dialect.replace_view(conn, view_name(table, alias), select_sql, same_columns, grants_from=table)
+    dialect.ensure_view(conn, view_name(table, alias), select_sql, same, grants_from=table)
 
 
 def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,
@@ -72,53 +107,82 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             timeout: float | None = None) -> FlipResult | None:
     """Make ``version`` ready (when ``ready`` holds its final figures) and, if ``move``, point the view at it.
 
-    All of it is one transaction: a run that dies before it commits leaves its version
-    ``building`` (later reaped as failed) and readers exactly where they were. While readers
-    hold the view, it tries again for ``timeout`` seconds (by default a minute's worth of tries).
+    Where versions are served as partitions, they are attached first, in a transaction of their
+    own, and statements planned before that are let finish (:meth:`Dialect.wait_for_planners`).
+    The rest is one transaction: a run that dies before it commits leaves its version
+    ``building`` (later reaped as failed) and readers exactly where they were. Nothing takes a
+    lock a reader holds, except DDL on the view when its columns change: while readers hold the
+    view, that tries again for ``timeout`` seconds (by default a minute's worth of tries).
+    Versions that no alias serves any more are then taken out of the views' reach (:func:`settle`).
 
     Raises:
         ViewBusy: readers held the view all that time; nothing changed.
     """
     dialect = dialect_for(engine)
 
-    def step(conn: Connection) -> FlipResult | None:
-        dialect.lock(conn, f"pipeline:{table}")
+    def kept(conn: Connection, pointer: state.Pointer | None) -> list[state.Version]:
         target = state.get_version(conn, table, version)
         if target is None:
             raise FlipError(f"{table} has no version {version}")
-        if ready is not None:
-            state.update_version(conn, table, version, status="ready", **ready)
-            target = state.get_version(conn, table, version)
-        elif target.status != "ready":
+        if ready is None and target.status != "ready":
             raise FlipError(f"{table} version {version} is {target.status}, not ready; only ready versions can be "
                             "activated (see `pipeline versions`)")
+        found = serving(conn, table, version, pointer.version if pointer else None)
+        if ready is not None:  # its columns as they will be recorded
+            found[0] = dataclasses.replace(target, columns=tuple(tuple(c) for c in ready["columns"]))
+        return found
+
+    def serve(conn: Connection) -> bool:
+        dialect.lock(conn, f"pipeline:{table}")
+        return attach(conn, dialect, table, kept(conn, state.get_pointer(conn, table, alias)))
+
+    def flip(conn: Connection) -> FlipResult | None:
+        dialect.lock(conn, f"pipeline:{table}")
         pointer = state.get_pointer(conn, table, alias)
-        listed = list(pointer.view_versions) if pointer else []
-        remade = False
-        if version not in listed:
-            active = state.get_version(conn, table, pointer.version) if pointer else None
-            same = active is not None and active.columns == target.columns
-            if move or same:  # a version with other columns joins the view when it is activated
-                listed = members(conn, table, target.columns)
-                write_view(conn, dialect, table, alias, listed, target.columns, same)
-                remade = not same
-                if not move:
-                    state.set_view_versions(conn, table, alias, listed)
+        versions = kept(conn, pointer)
+        if ready is not None:
+            state.update_version(conn, table, version, status="ready", **ready)
         if not move:
             return None
+        attach(conn, dialect, table, versions)  # nothing to do unless another process detached one meanwhile
+        active = state.get_version(conn, table, pointer.version) if pointer else None
+        write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
         now = clock()
-        state.set_pointer(conn, table, alias, version, listed, now)
-        if remade:  # the split compares what the aliases serve now
+        state.set_pointer(conn, table, alias, version, [v.version for v in versions], now)
+        if active is None or active.columns != versions[0].columns:  # the split compares what the aliases serve
             split.refresh(conn, dialect, table)
         from_version = pointer.version if pointer else None
         state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
         return FlipResult(table, alias, from_version, version)
 
-    result = retry_on_lock(engine, dialect, f"{table}: publishing version {version}", step, timeout=timeout)
+    what = f"{table}: publishing version {version}"
+    if move and retry_on_lock(engine, dialect, what, serve, timeout=timeout):
+        dialect.wait_for_planners(engine)
+    result = retry_on_lock(engine, dialect, what, flip, timeout=timeout)
     if result is not None:
-        log.info("%s: pointer moved from version %s to %d", table, result.from_version, version)
+        if result.from_version is None:
+            log.info("%s: version %d is served now", table, version)
+        else:
+            log.info("%s: pointer moved from version %d to %d", table, result.from_version, version)
+        settle(engine, table)
     return result
+
+
+def settle(engine: Engine, table: str) -> dict[int, str]:
+    """Take the versions no alias serves out of the views' reach as far as readers allow now; those left, with
+    why. Never raises: it follows a flip that has happened, and the next publish or ``gc`` tries again."""
+    dialect = dialect_for(engine)
+    try:
+        with reading(engine) as conn:
+            wanted = serving_set(conn, table)
+        left = dialect.settle(engine, table, wanted)
+    except PipelineError as exc:
+        log.warning("%s: could not settle what the views serve: %s", table, exc)
+        return {}
+    for version, why in left.items():
+        log.info("%s: version %d: %s", table, version, why)
+    return left
 
 
 #: Alias names kept for views of the pipeline's own (the A/B split, the default row).
@@ -198,7 +262,7 @@ def write_default(engine: Engine, table: str, default: tuple[tuple[str, Any], ..
 
     def step(conn: Connection) -> None:
         dialect.lock(conn, f"pipeline:{table}")
-        dialect.replace_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table)
+        dialect.ensure_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table)
 
     retry_on_lock(engine, dialect, f"{table}: default view", step)
 

@@ -1,8 +1,9 @@
 """Retention and clean-up: drop old version tables, and reap what dead runs left behind.
 
-Never drops the active version or its rollback target, never drops a table that
-another object still reads (it says so instead), and takes a version out of the views
-before its table is dropped; a table readers hold is left for later, never waited on.
+Never drops what an alias serves (its active version and rollback target), never drops a
+table that another object still reads (it says so instead), and takes a version out of
+the views' reach before its table is dropped; a table readers hold is left for later,
+never waited on.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pipeline import state
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.errors import FlipError, JobLocked, ViewBusy
 from pipeline.jobspec import DEFAULT_KEEP
-from pipeline.pointer import members, require_table, write_view
+from pipeline.pointer import attach, require_table, serving, serving_set, settle, write_view
 from pipeline.transactions import reading, retry_on_lock, transaction
-from pipeline.versions import previous_version, version_table
+from pipeline.versions import version_table
 
 log = logging.getLogger("pipeline")
 
@@ -42,9 +43,9 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
     """Keep the newest ``keep`` ready versions (plus the active one and its rollback target); drop the rest.
 
     Dropped ready versions become ``retired``; failed versions lose their partial tables. The
-    views stop listing the doomed versions first, in one transaction; then each table is
-    dropped in a transaction of its own, and one that readers still hold (a long transaction,
-    a backup) is skipped and named: the next run or ``gc`` drops it.
+    views serve none of the doomed versions (a view from before serving sets were bounded is
+    made to); then each table is dropped in a transaction of its own, and one that readers still
+    hold (a long transaction, a backup) is skipped and named: the next run or ``gc`` drops it.
     """
     if keep < 1:
         raise FlipError("--keep must be at least 1")
@@ -57,25 +58,22 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
         found = state.list_versions(conn, table)
         pointers = state.list_pointers(conn, table)
         ready = [v.version for v in found if v.status == "ready"]
-        protected = set(sorted(ready)[-keep:])
-        for pointer in pointers:  # what every alias serves, and where it would roll back to
-            protected.add(pointer.version)
-            back = previous_version(ready, pointer.version)
-            if back is not None:
-                protected.add(back)
+        protected = set(sorted(ready)[-keep:]) | serving_set(conn, table)  # and what every alias serves
         doomed = [v for v in found if (v.status == "ready" and v.version not in protected)
                   or (v.status == "failed" and _exists(conn, table, v.version))]
         gone = {v.version for v in doomed}
-        for pointer in pointers:
+        for pointer in pointers:  # a view made before serving sets were bounded may list doomed versions
             if gone & set(pointer.view_versions):
-                active = state.get_version(conn, table, pointer.version)
-                listed = [m for m in members(conn, table, active.columns) if m not in gone]
-                write_view(conn, dialect, table, pointer.alias, listed, active.columns, same_columns=True)
-                state.set_view_versions(conn, table, pointer.alias, listed)
+                kept = serving(conn, table, pointer.version, None)
+                attach(conn, dialect, table, kept)
+                write_view(conn, dialect, table, pointer.alias, kept, kept[0])  # the view's DDL: no reader plans
+                state.set_view_versions(conn, table, pointer.alias, [v.version for v in kept])
         return doomed
 
     result = GcResult(table)
-    for v in retry_on_lock(engine, dialect, f"{table}: retention", unlist):
+    doomed = retry_on_lock(engine, dialect, f"{table}: retention", unlist)
+    held = settle(engine, table)
+    for v in doomed:
         physical = version_table(table, v.version)
 
         def drop(conn: Connection) -> str | None:
@@ -88,7 +86,8 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
             return None
 
         try:
-            why = retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop, attempts=DROP_ATTEMPTS)
+            why = held.get(v.version) or retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop,
+                                                       attempts=DROP_ATTEMPTS)
         except ViewBusy:
             why = f"{physical} is held by a reader (a long transaction or a backup); the next run or gc drops it"
         if why is not None:
@@ -129,12 +128,18 @@ def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.ut
 
 
 def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -> list[tuple[str, int]]:
-    """:func:`reap` for a caller that already holds ``table``'s run lock."""
+    """:func:`reap` for a caller that already holds ``table``'s run lock.
+
+    A run that died while publishing may have left its version attached for serving: it is
+    detached first, and a table readers still hold is left for ``gc`` (it drops failed versions' tables).
+    """
+    held = settle(engine, table)
     with transaction(engine) as conn:
         dialect.lock(conn, f"pipeline:{table}")
         stale = [v for v in state.list_versions(conn, table) if v.status == "building"]
         for v in stale:
-            dialect.drop_table(conn, version_table(table, v.version))
+            if v.version not in held:
+                dialect.drop_table(conn, version_table(table, v.version))
             state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
             log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
         for run in state.running_runs(conn, table):

@@ -5,6 +5,8 @@ Nothing here touches a database, so every rule is tested without one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from typing import Iterable, Sequence
@@ -58,6 +60,13 @@ def version_table(table: str, version: int) -> str:
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
     return check_identifier(f"{table}__v{version}")
+
+
+def serving_table(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    """Where a database serves from partitions, the parent that holds ``table``'s serving versions of these
+    ``columns``: ``<table>__p<hash of the columns>``, so versions of other columns get a parent of their own."""
+    digest = hashlib.sha1(json.dumps([list(c) for c in columns]).encode()).hexdigest()[:6]
+    return check_identifier(f"{table}__p{digest}")
 
 
 def view_name(table: str, alias: str = "champion") -> str:

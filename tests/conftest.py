@@ -199,6 +199,14 @@ def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -
         return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)
 
 
+def version_rows(engine: Engine, version: int, order: str = "customer_id", table: str = "scores") -> pd.DataFrame:
+    """A version table's rows as the run wrote them: without the ``model_version`` column by which PostgreSQL
+    serves it as a partition."""
+    with engine.connect() as conn:
+        frame = pd.read_sql(text(f'SELECT * FROM "{table}__v{version}" ORDER BY {order}'), conn)
+    return frame.drop(columns=["model_version"], errors="ignore")
+
+
 def reference_query(number: int, table: str = "scores") -> str:
     """Query ``number`` of sql/queries.sql (what applications copy), for ``table``, without its comments."""
     text_ = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text()

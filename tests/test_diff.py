@@ -7,9 +7,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, FEATURES, SCRIPTED_JOB, customers_frame, write_table
+from conftest import CUSTOMERS_JOB, FEATURES, SCRIPTED_JOB, customers_frame, version_rows, write_table
 from fakemodels import Scripted
 from pipeline import gc, load_job, run_job
 from pipeline.diff import HISTOGRAM_BINS, LabelChange, VersionDiff, diff_versions
@@ -37,8 +36,7 @@ def run(engine, write_job):
 
 def table(engine, version: int) -> pd.DataFrame:
     """A whole (small) version table, to work out in Python what the diff must say."""
-    with engine.connect() as conn:
-        return pd.read_sql(text(f'SELECT * FROM "scores__v{version}"'), conn)
+    return version_rows(engine, version)
 
 
 def only(diff: VersionDiff):

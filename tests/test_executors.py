@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
+from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for, write_table
 from fakemodels import Scripted
 from pipeline import catalog, load_job, run_job
 from pipeline.cli import main
@@ -31,11 +31,6 @@ from pipeline.dialects import dialect_for
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 400')
 DASK = ExecutorSpec("dask", workers=2, partitions=4)
-
-
-def version_rows(engine, version: int) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(text(f'SELECT * FROM "scores__v{version}" ORDER BY customer_id'), conn)
 
 
 @pytest.fixture

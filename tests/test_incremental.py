@@ -7,17 +7,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, write_table
+from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, version_rows, write_table
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 
 KEYS = 1000
-
-
-def version_rows(engine, version: int) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(text(f"SELECT * FROM scores__v{version} ORDER BY customer_id"), conn)
 
 
 def changed_domain(frame: pd.DataFrame) -> pd.DataFrame:
@@ -83,9 +78,7 @@ def test_a_composite_key_tops_up_only_the_changed_rows(engine, write_job):
     top_up = run_job(job, engine, incremental=True)
     assert (top_up.rows, top_up.copied) == (200, 190)  # user 19's ten rows were scored again
     full = run_job(job, engine, force=True)
-    with engine.connect() as conn:
-        a, b = (pd.read_sql(text(f"SELECT * FROM scores__v{v} ORDER BY user_id, item_id"), conn)
-                for v in (top_up.version, full.version))
+    a, b = (version_rows(engine, v, order="user_id, item_id") for v in (top_up.version, full.version))
     pd.testing.assert_frame_equal(a, b)
 
 

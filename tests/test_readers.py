@@ -112,3 +112,139 @@ def test_readers_never_notice_flips(db_url, engine, write_job, request):
     assert busy["mixed"] == [] and quiet["mixed"] == []
     assert busy["flips"] >= SECONDS * 8
     assert p["busy"][1] <= 5 * p["quiet"][1]
+
+
+def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_job):
+    """Held across a whole run with ``keep = 1`` and its publish: a REPEATABLE READ transaction that read the view,
+    a connection left idle in transaction, a long analytic query and a pg_dump. The run exits 0 and is recorded as
+    succeeded; new statements see the new version within a second of the flip while the long transaction keeps its
+    old version, whole; a reader looking up a key every 10 ms never waits 100 ms for a lock; a rollback meanwhile
+    takes effect at once; and the dump restores."""
+    import subprocess
+    import sys
+    import uuid
+
+    from pipeline import rollback
+    from pipeline.retention import gc
+
+    rows = 5000
+    engine = make_engine(postgresql_url)
+    frame = customers_frame(rows)
+    frame["x1"] = frame.customer_id.astype(float)
+    write_table(engine, "customers", frame)
+    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1'), model=Scripted())
+    for _ in range(2):
+        run_job(load_job(path), engine, force=True)
+    with engine.connect() as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    plain = postgresql_url.split("?")[0]
+    stop = threading.Event()
+    lookups: list[tuple[float, int]] = []
+    errors: list[str] = []
+
+    def look_up() -> None:
+        reader = make_engine(postgresql_url)
+        with reader.connect() as conn:
+            conn.execute(text("SET lock_timeout = '100ms'"))  # a wait for a lock past 100 ms is an error
+            conn.commit()
+            while not stop.is_set():
+                try:
+                    version = conn.execute(text("SELECT model_version FROM scores WHERE customer_id = 7")).scalar_one()
+                    conn.commit()
+                    lookups.append((time.time(), version))
+                except Exception as exc:  # every error is a failure of the publish
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    conn.rollback()
+                time.sleep(0.01)
+        reader.dispose()
+
+    def analyse(out: list) -> None:
+        with engine.connect() as conn:
+            try:
+                out.append(conn.execute(text("SELECT model_version, COUNT(*), pg_sleep(60) FROM scores "
+                                             "GROUP BY model_version")).all())
+            except Exception as exc:
+                out.append(exc)
+
+    repeatable, idle = engine.connect(), engine.connect()
+    analytic: list = []
+    dump = subprocess.Popen(["pg_dump", "-d", plain, "-n", schema, "--no-owner"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    threads = [threading.Thread(target=look_up, daemon=True), threading.Thread(target=analyse, args=(analytic,),
+                                                                                 daemon=True)]
+    restored = f"restored_{uuid.uuid4().hex[:8]}"
+    try:
+        repeatable.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        assert repeatable.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+        idle.execute(text("SELECT prediction FROM scores WHERE customer_id = 1")).all()  # and left idle in transaction
+        for thread in threads:
+            thread.start()
+        with engine.connect() as conn:  # pg_dump holds every table, stalled on its full pipe; the query sleeps
+            for _ in range(300):
+                dumping = conn.execute(text("SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                                            "WHERE a.application_name = 'pg_dump' "
+                                            "AND l.relation = to_regclass('scores__v2')")).scalar()
+                sleeping = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                                             " AND query LIKE '%GROUP BY model_version'")).scalar()
+                conn.commit()
+                if dumping and sleeping and dump.poll() is None:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("pg_dump and the analytic query never both held the tables")
+
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", postgresql_url],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})  # the scripted model
+        assert done.returncode == 0, done.stderr
+        ran = time.monotonic() - started
+        with engine.connect() as conn:
+            run = conn.execute(text("SELECT status, version FROM pipeline_runs ORDER BY id DESC LIMIT 1")).one()
+            flipped = conn.execute(text("SELECT flipped_at FROM pipeline_flips WHERE to_version = 3")).scalar_one()
+        assert tuple(run) == ("succeeded", 3)
+        seen = min(at for at, version in lookups if version == 3)
+        assert seen - flipped.timestamp() < 1.0
+        assert analytic == [] and dump.poll() is None  # both still held across the whole run
+        assert repeatable.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+        assert idle.execute(text("SELECT model_version FROM scores WHERE customer_id = 1")).scalar_one() == 3
+
+        started = time.monotonic()
+        assert rollback(engine, "scores").to_version == 2  # with all of them still held
+        took = time.monotonic() - started
+        time.sleep(0.2)
+        assert lookups[-1][1] == 2 and took < 5.0
+        assert repeatable.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+    finally:
+        stop.set()
+        repeatable.rollback(), idle.rollback()
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
+                              "AND pid <> pg_backend_pid()"))
+        sql, _ = dump.communicate(timeout=60)
+        for thread in threads:
+            thread.join(30)
+        repeatable.close(), idle.close()
+    report(f"held across a run on postgresql (RR transaction, idle in transaction, analytic query, pg_dump): the run "
+           f"{ran:.1f} s, exit 0; {len(lookups)} lookups, none waited 100 ms for a lock; rollback {took * 1000:.0f} ms")
+    assert errors == []
+    assert dump.returncode == 0 and len(sql) > 65536
+    admin = make_engine(plain)
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'CREATE DATABASE "{restored}"'))
+        loaded = subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", plain.rsplit("/", 1)[0] + "/" + restored],
+                                input=sql, capture_output=True, timeout=120)
+        assert loaded.returncode == 0, loaded.stderr.decode()
+        copy = make_engine(plain.rsplit("/", 1)[0] + "/" + restored)
+        with copy.connect() as conn:
+            assert conn.execute(text(f'SELECT model_version, COUNT(*) FROM "{schema}".scores GROUP BY 1')).all() \
+                == [(2, rows)]
+        copy.dispose()
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)'))
+        admin.dispose()
+    activate(engine, "scores", 3)
+    assert gc(engine, "scores", keep=1).retired == [1]  # what the readers held is dropped once they are gone
+    engine.dispose()

@@ -27,7 +27,7 @@ def statuses(engine) -> dict[int, str]:
 
 def tables(engine) -> set[str]:
     with engine.connect() as conn:
-        return {t for t in engine.dialect.get_table_names(conn) if t.startswith("scores__")}
+        return {t for t in engine.dialect.get_table_names(conn) if t.startswith("scores__v")}
 
 
 def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path):

@@ -51,10 +51,6 @@ class Dialect:
     """The generic implementation; subclasses override only what their database does differently."""
 
     name: ClassVar[str] = "generic"
-    #: DDL takes part in transactions, so a rolled-back load leaves no table behind.
-    TRANSACTIONAL_DDL: ClassVar[bool] = True
-    #: The database offers transaction-scoped advisory locks.
-    HAS_ADVISORY_LOCK: ClassVar[bool] = False
     #: Several processes may load one table at once (a distributed run's workers do).
     CONCURRENT_WRITERS: ClassVar[bool] = True
     #: ``CREATE OR REPLACE VIEW`` exists (and keeps the view's grants and dependants).
@@ -171,22 +167,40 @@ class Dialect:
 
     # -- the stable view ----------------------------------------------------
 
-    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Sequence[str]) -> str:
-        """The SELECT behind the stable view: one branch per retained version, gated by the pointer.
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:
+        """The SELECT behind the stable view: one branch per version it serves, gated by the pointer.
 
         Every branch compares its version with the pointer row, read once per statement
         in the statement's own snapshot: a reader sees exactly one version, and moving the
-        pointer is a one-row UPDATE that takes no lock readers wait on.
+        pointer is a one-row UPDATE that takes no lock readers wait on. ``members`` is the
+        small serving set (the alias's active version and its rollback target), so a
+        lookup costs the same however many versions are retained.
         """
-        pointer = (
-            "(SELECT p.version FROM pipeline_pointer p "
-            f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')"
-        )
-        cols = self.column_list(columns)
+        cols = self.column_list([c for c, _ in columns])
         return "\nUNION ALL\n".join(
-            f"SELECT {cols}, {version} AS model_version FROM {self.quote(physical)} WHERE {pointer} = {version}"
+            f"SELECT {cols}, {version} AS model_version FROM {self.quote(physical)} "
+            f"WHERE {pointer_sql(table, alias)} = {version}"
             for physical, version in members
         )
+
+    def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
+        """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
+        return False
+
+    def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
+        """Make ``version``'s table one the views can read; whether that changed anything readers plan with
+        (where the view names its tables, there is nothing to do)."""
+        return False
+
+    def wait_for_planners(self, engine: Engine) -> None:
+        """After :meth:`serve` changed something, let statements planned before it finish before the pointer
+        moves (where the view names its tables, a plan and its pointer always agree)."""
+
+    def settle(self, engine: Engine, table: str, serving: set[int]) -> dict[int, str]:
+        """Take what :meth:`serve` added for versions outside ``serving`` out of the views' reach, without
+        waiting on readers longer than a moment; the versions it left, each with why (the next publish or
+        ``gc`` tries again). Nothing to do where the view lists its versions."""
+        return {}
 
     def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
                      grants_from: str | None = None) -> None:
@@ -203,6 +217,19 @@ class Dialect:
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {self.quote(view)}")
         conn.exec_driver_sql(f"CREATE VIEW {self.quote(view)} AS\n{select_sql}")
         grant(conn, self.quote(view), grants)
+
+    def ensure_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
+                    grants_from: str | None = None) -> bool:
+        """:meth:`replace_view`, unless ``view`` is ``select_sql`` already: then it takes no lock a reader holds,
+        and only gains the grants of ``grants_from`` it lacks (a role granted the table once reads its aliases,
+        split and default row too). Whether the view was written."""
+        if not self.view_serves(conn, view, select_sql):
+            self.replace_view(conn, view, select_sql, same_columns, grants_from)
+            return True
+        if grants_from and grants_from != view:
+            have = set(self.grants(conn, view))
+            grant(conn, self.quote(view), [g for g in self.grants(conn, grants_from) if g not in have])
+        return False
 
     def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
         """Who besides its owner may use ``view``: (privilege, grantee as SQL, grantable) each; none where the
@@ -234,6 +261,12 @@ class Dialect:
                 values = series.astype(object)
                 columns.append(values.where(series.notna(), None).tolist())
         return list(zip(*columns))
+
+
+def pointer_sql(table: str, alias: str) -> str:
+    """The gate: the version ``alias`` of ``table`` serves, as a scalar subquery on the pointer row."""
+    return ("(SELECT p.version FROM pipeline_pointer p "
+            f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')")
 
 
 def grant(conn: Connection, relation: str, grants: Sequence[tuple[str, str, bool]]) -> None:

@@ -1,9 +1,12 @@
-"""PostgreSQL, the production target: binary COPY for loads, advisory locks, bounded DDL lock waits."""
+"""PostgreSQL, the production target: binary COPY for loads, advisory locks, bounded DDL lock waits, and
+serving from a partitioned table whose partitions come and go without a lock any reader holds."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 from datetime import date
 from typing import Callable, Iterator, Sequence
 
@@ -13,11 +16,21 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.contract import Contract
-from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant
+from pipeline.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant, pointer_sql
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+from pipeline.versions import serving_table, version_table
 
 #: How long view DDL may wait for readers before it gives up and retries.
 LOCK_TIMEOUT = "20ms"
+log = logging.getLogger("pipeline")
+
+#: How long the end of a publish waits for statements begun before it to let go of a version that leaves the
+#: serving set; past it the version is left "detach pending" (no new statement sees it) and finished later.
+DETACH_WAIT = "2s"
+#: How long a flip waits at most for statements that may have been planned before an attach.
+PLAN_WAIT = 0.5
+#: How long attaching a table no view reads may wait for its lock (past deadlock_timeout, so autovacuum yields).
+ATTACH_WAIT = "3s"
 #: pg_locks' row for a granted bigint advisory lock whose halves are %(hi)s and %(lo)s.
 _ADVISORY = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
              "AND l.classid = %(hi)s::bigint::oid AND l.objid = %(lo)s::bigint::oid")
@@ -25,7 +38,6 @@ _ADVISORY = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
 
 class PostgresqlDialect(Dialect):
     name = "postgresql"
-    HAS_ADVISORY_LOCK = True
     HAS_REPLACE_VIEW = True
 
     def lock(self, conn: Connection, key: str) -> None:
@@ -105,6 +117,111 @@ class PostgresqlDialect(Dialect):
                                     f"again on the new ones: {first_line(exc)}") from None
             grant(conn, name, grants)
 
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:
+        """The view reads the partitioned table of its columns through the pointer gate.
+
+        Each serving version is a partition (LIST on ``model_version``); the gate is an InitPlan
+        that runtime pruning compares with the partition bounds, so only the pointer's partition
+        is executed. Versions come and go by ATTACH and DETACH ... CONCURRENTLY, neither of which
+        conflicts with a reader's lock: the view itself changes only with its columns.
+        """
+        cols = self.column_list([c for c, _ in columns])
+        return (f"SELECT {cols}, model_version FROM {self.quote(serving_table(table, columns))} "
+                f"WHERE model_version = {pointer_sql(table, alias)}")
+
+    def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
+        """PostgreSQL keeps a view as a parse tree: compare its deparsed form with a temporary view's."""
+        if conn.exec_driver_sql("SELECT to_regclass(%(v)s)", {"v": self.quote(view)}).scalar() is None:
+            return False
+        conn.exec_driver_sql(f"CREATE TEMPORARY VIEW pipeline_wanted AS\n{select_sql}")
+        same = conn.exec_driver_sql("SELECT pg_get_viewdef(to_regclass(%(v)s)) = pg_get_viewdef('pipeline_wanted'::regclass)",
+                                    {"v": self.quote(view)}).scalar()
+        conn.exec_driver_sql("DROP VIEW pipeline_wanted")
+        return bool(same)
+
+    def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
+        """Attach the version's table to the partitioned table of its columns (made on first use).
+
+        ATTACH takes SHARE UPDATE EXCLUSIVE on the parent, which no reader conflicts with; the
+        table carries a ``model_version`` column (a default, stored in no row) and a CHECK that
+        matches the partition bound, so attaching skips the validation scan, again after a detach.
+        """
+        q = self.quote
+        parent, physical = serving_table(table, columns), version_table(table, version)
+        if conn.exec_driver_sql("SELECT to_regclass(%(p)s)", {"p": q(parent)}).scalar() is None:
+            typed = ", ".join(f"{q(c)} {self.type_sql(t)}" for c, t in columns)
+            conn.exec_driver_sql(f"CREATE TABLE {q(parent)} ({typed}, model_version integer NOT NULL) "
+                                 "PARTITION BY LIST (model_version)")
+            conn.exec_driver_sql(f"COMMENT ON TABLE {q(parent)} IS 'pipeline: the versions of {table} its views "
+                                 "can serve, one partition each; read the view, which picks the active one'")
+        found = conn.exec_driver_sql("SELECT inhparent::regclass::text, inhdetachpending FROM pg_inherits "
+                                     "WHERE inhrelid = to_regclass(%(t)s)", {"t": q(physical)}).first()
+        if found is not None and not found[1]:
+            return False
+        if found is not None:  # a detach that readers from before held up: finish it first, if they are gone
+            conn.exec_driver_sql(f"ALTER TABLE {found[0]} DETACH PARTITION {q(physical)} FINALIZE")
+        if not self.dependents(conn, physical):
+            # no view reads the table itself, so no reader can queue behind a lock on it: wait long enough
+            # for autovacuum, which gives way after deadlock_timeout, to let go of a freshly loaded table
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ATTACH_WAIT}'")
+        marked = conn.exec_driver_sql("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) "
+                                      "AND attname = 'model_version' AND NOT attisdropped", {"t": q(physical)}).scalar()
+        if not marked:
+            conn.exec_driver_sql(f"ALTER TABLE {q(physical)} ADD COLUMN model_version integer NOT NULL "
+                                 f"DEFAULT {version}, ADD CONSTRAINT {q(physical + '__ver')} "
+                                 f"CHECK (model_version = {version})")
+        conn.exec_driver_sql(f"ALTER TABLE {q(parent)} ATTACH PARTITION {q(physical)} FOR VALUES IN ({version})")
+        self.bound_lock_wait(conn)
+        return True
+
+    def wait_for_planners(self, engine: Engine) -> None:
+        """A statement plans with the partitions it sees then, and reads the pointer in the snapshot it executes
+        with, taken a moment later: one planned before an attach committed and executed after the flip would
+        find no partition for the new version, and return no rows. So the flip waits (at most
+        :data:`PLAN_WAIT`) for the statements running when the attach committed; one running longer took its
+        snapshot long before the flip, and reads the old version whole. Sessions of other roles show no
+        query_start without pg_read_all_stats: for them, the first pause alone stands."""
+        deadline = time.monotonic() + PLAN_WAIT
+        time.sleep(0.02)
+        try:
+            with engine.connect() as conn:
+                since = conn.exec_driver_sql("SELECT clock_timestamp() - interval '20 milliseconds'").scalar()
+                while time.monotonic() < deadline and conn.exec_driver_sql(_PLANNING, {"t": since}).scalar():
+                    conn.rollback()
+                    time.sleep(0.005)
+        except SQLAlchemyError as exc:
+            log.debug("could not watch running statements: %s", first_line(exc))
+
+    def settle(self, engine: Engine, table: str, serving: set[int]) -> dict[int, str]:
+        """Detach every other version, CONCURRENTLY: that waits for statements begun before it, never blocks
+        new ones, and from its first step on no new statement plans the partition. Past
+        :data:`DETACH_WAIT` the detach is left pending and finished (FINALIZE) by a later call;
+        PostgreSQL allows one pending detach per parent, so others wait their turn."""
+        left: dict[int, str] = {}
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                # no reader's lock conflicts with a detach's, and new statements no longer plan the partition:
+                # waiting blocks nobody, and lets autovacuum (which yields after deadlock_timeout) go
+                conn.exec_driver_sql(f"SET lock_timeout = '{DETACH_WAIT}'")
+                rows = conn.exec_driver_sql(_PARTITIONS, {"t": table}).all()
+                for parent, child, pending in sorted(rows, key=lambda r: not r[2]):  # pending ones first
+                    version = int(child.rsplit("__v", 1)[1])
+                    if version in serving:
+                        continue
+                    how = "FINALIZE" if pending else "CONCURRENTLY"
+                    try:
+                        conn.exec_driver_sql(f"SET statement_timeout = '{DETACH_WAIT}'")
+                        conn.exec_driver_sql(f"ALTER TABLE {self.quote(parent)} DETACH PARTITION "
+                                             f"{self.quote(child)} {how}")
+                    except SQLAlchemyError as exc:
+                        left[version] = (f"{child} is held by a reader (a statement or transaction begun before "
+                                         f"the publish); a later publish or gc detaches it ({first_line(exc)})")
+                    finally:
+                        conn.exec_driver_sql("SET statement_timeout = 0")
+        except SQLAlchemyError as exc:
+            log.warning("%s: could not look at its serving partitions: %s", table, first_line(exc))
+        return left
+
     def bound_lock_wait(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
@@ -178,6 +295,23 @@ WITH RECURSIVE built_on(oid, depth) AS (
 )
 SELECT c.oid::regclass::text, pg_get_viewdef(c.oid) FROM built_on b JOIN pg_class c ON c.oid = b.oid
  WHERE c.relkind = 'v' GROUP BY c.oid ORDER BY max(b.depth), 1
+"""
+
+
+#: Statements of this database running since before %(t)s, but this session's.
+_PLANNING = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+   AND datname = current_database() AND query_start < %(t)s
+"""
+
+#: The version tables of table %(t)s attached to a partitioned table of the current schema, and whether each one's
+#: detach is pending.
+_PARTITIONS = """
+SELECT p.relname, c.relname, i.inhdetachpending FROM pg_inherits i
+  JOIN pg_class p ON p.oid = i.inhparent JOIN pg_class c ON c.oid = i.inhrelid
+ WHERE p.relkind = 'p' AND p.relnamespace = current_schema()::regnamespace
+   AND c.relname ~ ('^' || %(t)s || '__v[0-9]+$')
 """
 
 

@@ -86,6 +86,12 @@ class SQLiteDialect(Dialect):
         rows = conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger')")
         return [f"{kind} {name}" for kind, name, sql in rows if sql and name != table and pattern.search(sql)]
 
+    def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
+        """SQLite keeps a view's CREATE statement as it was written: compare it with the one we would send."""
+        found = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?",
+                                     (view,)).scalar()
+        return found == f"CREATE VIEW {self.quote(view)} AS\n{select_sql}"
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None) -> Iterator[pd.DataFrame]:
         """Read with the sqlite3 cursor itself: 1.9 s for 1M rows x 9 columns here, against 6 s through

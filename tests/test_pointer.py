@@ -1,0 +1,55 @@
+"""The pointer and the serving set: a lookup reaches a small fixed set of versions, however many are kept."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import text
+
+from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
+from fakemodels import Scripted
+from pipeline import activate, load_job, rollback, run_job
+
+
+def served(engine) -> set[int]:
+    """The versions a lookup through the view can reach: the partitions attached to the table's parent on
+    PostgreSQL, the version tables the view's SQL names on SQLite."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            rows = conn.execute(text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname LIKE 'scores\\_\\_p%' "
+                "AND p.relnamespace = current_schema()::regnamespace AND NOT i.inhdetachpending")).scalars()
+            return {int(name.rsplit("__v", 1)[1]) for name in rows}
+        sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'scores'")).scalar_one()
+        return {int(v) for v in re.findall(r'"scores__v(\d+)"', sql)}
+
+
+def test_the_view_serves_the_active_version_its_rollback_target_and_the_one_before(engine, write_job):
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 100'), model=Scripted())
+    for _ in range(8):
+        run_job(load_job(path), engine, force=True)
+    assert served(engine) == {8, 7}  # active, and both its rollback target and the version before
+    rollback(engine, "scores")
+    assert served(engine) == {7, 6, 8} and set(view_rows(engine).model_version) == {7}
+    activate(engine, "scores", 2)  # far back: attached again, in O(1)
+    assert served(engine) == {2, 1, 7} and set(view_rows(engine).model_version) == {2}
+    assert len(view_rows(engine)) == 30
+    activate(engine, "scores", 8)
+    assert served(engine) == {8, 7, 2} and set(view_rows(engine).model_version) == {8}
+
+
+def test_aliases_share_the_serving_set_each_through_its_own_pointer(engine, write_job):
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 100'), model=Scripted())
+    for _ in range(6):
+        run_job(load_job(path), engine, force=True)
+    activate(engine, "scores", 3, alias="challenger")
+    assert set(view_rows(engine, "scores__challenger").model_version) == {3}
+    assert set(view_rows(engine).model_version) == {6}
+    if engine.dialect.name == "postgresql":  # one parent holds what both aliases serve
+        assert served(engine) == {6, 5, 3, 2}
+    rollback(engine, "scores", alias="challenger")
+    assert set(view_rows(engine, "scores__challenger").model_version) == {2}
+    assert set(view_rows(engine).model_version) == {6}
