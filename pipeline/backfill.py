@@ -60,6 +60,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     todo = dates(start, end)
     result = BackfillResult()
     table = job.output.table
+    engine = dialect_for(engine).patient(engine, job.output.publish_timeout)
 
     def one(day: date) -> RunResult:
         return run_locked(job, engine, logical_date=day, activate=False, force=force, trigger="backfill",

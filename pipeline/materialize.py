@@ -7,23 +7,25 @@ lock, reap, allocate, load (loading, indexing), audit, publish (flipping), retai
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from pipeline import incremental, state
 from pipeline.audits import AuditResult, Subject, failures, run_audits
 from pipeline.db import make_engine, resolve_url
 from pipeline.dialects import Dialect, dialect_for
 from pipeline.domain import Domain
-from pipeline.errors import AuditError, PipelineError, PublishPending, SourceError, ViewBusy, first_line
+from pipeline.errors import AuditError, DatabaseError, PipelineError, PublishPending, SourceError, ViewBusy, first_line
 from pipeline.jobs import AuditSpec, Job, OutputSpec
 from pipeline.executors import Target, executor_for
 from pipeline.model import Model, load_model
@@ -85,10 +87,15 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
     owned = engine is None
     engine = engine or make_engine(resolve_url(None, job.target))
     dialect = dialect_for(engine)
+    patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
+    logical_date = logical_date or today(job, clock)
     try:
         with dialect.run_lock(engine, job.output.table) as still_held:
-            prepare(engine, job.output.table, clock)
-            return run_locked(job, engine, logical_date=logical_date or today(job, clock), activate=activate,
+            try:
+                prepare(patient, job.output.table, clock)
+            except DatabaseError as exc:
+                _unrecorded(patient, job, logical_date, trigger, scheduled_for, clock, exc)
+            return run_locked(job, patient, logical_date=logical_date, activate=activate,
                               force=force, trigger=trigger, scheduled_for=scheduled_for, clock=clock,
                               still_held=still_held, progress=progress, incremental=incremental)
     finally:
@@ -104,10 +111,54 @@ def today(job: Job, clock: Clock = state.utcnow) -> date:
 def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
     """Create the bookkeeping tables and reap what dead runs of ``table`` left; the caller holds the run lock."""
     dialect = dialect_for(engine)
+    journal = dialect.journal(engine)
     with transaction(engine) as conn:
         dialect.lock(conn, "pipeline:schema")
         state.ensure_schema(conn)
+        folded = _fold(conn, journal)
+    if folded:
+        journal.unlink()
+        log.warning("%d run(s) that could not write their record are now in pipeline_runs (from %s)", folded,
+                    journal)
     reap_locked(engine, dialect, table, clock)
+
+
+def _unrecorded(engine: Engine, job: Job, logical_date: date, trigger: str, scheduled_for: datetime | None,
+                clock: Clock, exc: DatabaseError) -> None:
+    """A run that cannot even record its start (another writer holds an SQLite file past the job's
+    ``publish_timeout``) leaves its record in the database's journal file, which the next run folds into
+    ``pipeline_runs``; then it fails, saying so.
+
+    Raises:
+        DatabaseError: always.
+    """
+    journal = dialect_for(engine).journal(engine)
+    if journal is None:
+        raise exc
+    now = clock().isoformat()
+    record = dict(job=job.name, table=job.output.table, logical_date=logical_date.isoformat(), trigger=trigger,
+                  scheduled_for=scheduled_for.isoformat() if scheduled_for else None, started_at=now,
+                  finished_at=now, host=socket.gethostname(), pid=os.getpid(), error=f"could not start: {exc}")
+    with journal.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+    raise DatabaseError(f"{exc}; the run could not start (another process held the database's write lock for "
+                        f"longer than publish_timeout, {job.output.publish_timeout:g} s) and is recorded in "
+                        f"{journal} until the next run moves it to pipeline_runs") from exc
+
+
+def _fold(conn: Connection, journal: Path | None) -> int:
+    """Move the runs a journal file holds into ``pipeline_runs`` (as failed); how many."""
+    if journal is None or not journal.exists():
+        return 0
+    lines = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in lines:
+        run_id = state.start_run(
+            conn, job=r["job"], table=r["table"], logical_date=date.fromisoformat(r["logical_date"]),
+            trigger=r["trigger"], scheduled_for=datetime.fromisoformat(r["scheduled_for"]) if r["scheduled_for"]
+            else None, now=datetime.fromisoformat(r["started_at"]), host=r["host"], pid=r["pid"])
+        if run_id is not None:
+            state.finish_run(conn, run_id, "failed", datetime.fromisoformat(r["finished_at"]), None, r["error"])
+    return len(lines)
 
 
 def upgrade(engine: Engine) -> None:
@@ -133,10 +184,13 @@ def run_locked(job: Job, engine: Engine, *, logical_date: date, activate: bool, 
     started = time.monotonic()
     model = load_model(job.model)
     table = job.output.table
-    with transaction(engine) as conn:
-        run_id = state.start_run(conn, job=job.name, table=table, logical_date=logical_date, trigger=trigger,
-                                 scheduled_for=scheduled_for, now=clock(), host=socket.gethostname(),
-                                 pid=os.getpid())
+    try:
+        with transaction(engine) as conn:
+            run_id = state.start_run(conn, job=job.name, table=table, logical_date=logical_date, trigger=trigger,
+                                     scheduled_for=scheduled_for, now=clock(), host=socket.gethostname(),
+                                     pid=os.getpid())
+    except DatabaseError as exc:
+        _unrecorded(engine, job, logical_date, trigger, scheduled_for, clock, exc)
     if run_id is None:
         return RunResult(table, 0, "", 0, False, None, time.monotonic() - started,
                          skipped=f"a run of {job.name} for the tick {scheduled_for} was recorded already")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         checkpoint("flipping")
         now = clock()
         state.set_pointer(conn, table, alias, version, [v.version for v in versions], now)
+        dialect.set_gate(conn, table, alias, version)
         if active is None or active.columns != versions[0].columns:  # the split compares what the aliases serve
             split.refresh(conn, dialect, table)
         from_version = pointer.version if pointer else None
@@ -185,8 +187,8 @@ def settle(engine: Engine, table: str) -> dict[int, str]:
     return left
 
 
-#: Alias names kept for views of the pipeline's own (the A/B split, the default row).
-RESERVED_ALIASES = ("ab", "default")
+#: Alias names kept for objects of the pipeline's own (the A/B split, the default row, the gate).
+RESERVED_ALIASES = ("ab", "default", "gate")
 
 
 def check_alias(table: str, alias: str) -> str:
@@ -196,6 +198,9 @@ def check_alias(table: str, alias: str) -> str:
     if alias in RESERVED_ALIASES or not alias.isidentifier() or not alias.isascii() or alias != alias.lower():
         raise FlipError(f"alias {alias!r} must be lower-case letters, digits and '_', and not one of "
                         f"{', '.join(RESERVED_ALIASES)}")
+    if re.fullmatch(r"v[0-9]+|p[0-9a-f]{6}", alias):
+        raise FlipError(f"alias {alias!r} would name one of the pipeline's tables (<table>__v<N> holds a version, "
+                        "<table>__p<hash> the serving partitions); choose another")
     try:
         check_identifier(view_name(table, alias))
     except ValueError as exc:

@@ -69,6 +69,11 @@ def serving_table(table: str, columns: Sequence[tuple[str, str]]) -> str:
     return check_identifier(f"{table}__p{digest}")
 
 
+def gate_table(table: str) -> str:
+    """Where the views' gate is a table of its own: ``<table>__gate``, one row per alias."""
+    return check_identifier(f"{table}__gate")
+
+
 def view_name(table: str, alias: str = "champion") -> str:
     """The view an alias serves: the table's own name for ``champion``, else ``<table>__<alias>``."""
     return table if alias == "champion" else f"{table}__{alias}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from datetime import date
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import pandas as pd
@@ -136,6 +137,16 @@ class Dialect:
         """Whether ``exc`` is the database giving up on a lock after :meth:`bound_lock_wait`."""
         return False
 
+    def patient(self, engine: Engine, seconds: float) -> Engine:
+        """``engine`` with writes that wait up to ``seconds`` for another writer's lock where the database
+        makes them fail sooner (SQLite's busy timeout); others are given back as they are."""
+        return engine
+
+    def journal(self, engine: Engine) -> Path | None:
+        """A file beside the database where a run that could not write its own record leaves it, for the next
+        run to fold into ``pipeline_runs``; None where the database is a server (it records or is down)."""
+        return None
+
     # -- version tables -----------------------------------------------------
 
     def create_table(self, conn: Connection, name: str, columns: Columns) -> None:
@@ -179,9 +190,17 @@ class Dialect:
         cols = self.column_list([c for c, _ in columns])
         return "\nUNION ALL\n".join(
             f"SELECT {cols}, {version} AS model_version FROM {self.quote(physical)} "
-            f"WHERE {pointer_sql(table, alias)} = {version}"
+            f"WHERE {self.gate_sql(table, alias)} = {version}"
             for physical, version in members
         )
+
+    def gate_sql(self, table: str, alias: str) -> str:
+        """The gate: the version ``alias`` of ``table`` serves, as a scalar subquery on its pointer row."""
+        return ("(SELECT p.version FROM pipeline_pointer p "
+                f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')")
+
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int) -> None:
+        """Open the gate to ``version`` in the flip's transaction, where it is not the pointer row itself."""
 
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
@@ -261,12 +280,6 @@ class Dialect:
                 values = series.astype(object)
                 columns.append(values.where(series.notna(), None).tolist())
         return list(zip(*columns))
-
-
-def pointer_sql(table: str, alias: str) -> str:
-    """The gate: the version ``alias`` of ``table`` serves, as a scalar subquery on the pointer row."""
-    return ("(SELECT p.version FROM pipeline_pointer p "
-            f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')")
 
 
 def grant(conn: Connection, relation: str, grants: Sequence[tuple[str, str, bool]]) -> None:

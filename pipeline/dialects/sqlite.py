@@ -23,6 +23,9 @@ from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 
 #: Execution option a writer sets so its transaction takes the write lock up front.
 WRITE_OPTION = "pipeline_write"
+#: Execution option (milliseconds) for how long a transaction waits for another process's write lock.
+PATIENCE_OPTION = "pipeline_patience_ms"
+BUSY_TIMEOUT_MS = 30_000
 
 
 class SQLiteDialect(Dialect):
@@ -41,7 +44,7 @@ class SQLiteDialect(Dialect):
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
             dbapi_connection.isolation_level = None
-            dbapi_connection.execute("PRAGMA busy_timeout = 30000")
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             try:
                 dbapi_connection.execute("PRAGMA journal_mode = WAL")
             except sqlite3.OperationalError:
@@ -49,8 +52,10 @@ class SQLiteDialect(Dialect):
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            options = conn.get_execution_options()
+            # how long a writer waits for another process's write lock: a run waits as long as its job allows
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(options.get(PATIENCE_OPTION, BUSY_TIMEOUT_MS))}")
+            conn.exec_driver_sql(f"BEGIN {'IMMEDIATE' if options.get(WRITE_OPTION) else 'DEFERRED'}")
 
     @contextlib.contextmanager
     def run_lock(self, engine: Engine, name: str) -> Iterator[Callable[[], None]]:
@@ -85,6 +90,19 @@ class SQLiteDialect(Dialect):
         pattern = re.compile(rf"(?<![\w$]){re.escape(table)}(?![\w$])", re.IGNORECASE)
         rows = conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger')")
         return [f"{kind} {name}" for kind, name, sql in rows if sql and name != table and pattern.search(sql)]
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """SQLite gives up on another process's write lock after the busy timeout."""
+        return "database is locked" in str(getattr(exc, "orig", exc))
+
+    def patient(self, engine: Engine, seconds: float) -> Engine:
+        return engine.execution_options(**{PATIENCE_OPTION: max(BUSY_TIMEOUT_MS, seconds * 1000)})
+
+    def journal(self, engine: Engine) -> Path | None:
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(f"{database}-pipeline-runs.jsonl")
 
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """SQLite keeps a view's CREATE statement as it was written: compare it with the one we would send."""

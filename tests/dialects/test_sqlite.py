@@ -49,3 +49,69 @@ def test_point_lookup_through_the_view_uses_the_key_index(sqlite_engine, write_j
         assert "USING INDEX scores__v2__key (customer_id=?)" in plan
         assert "USING INDEX scores__v1__key (customer_id=?)" in plan
         assert "SCAN" not in plan
+
+
+HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+time.sleep(float(sys.argv[2])) if len(sys.argv) > 2 else sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+def hold_write_lock(path, seconds: float | None = None):
+    """Another process that holds the database's write lock (BEGIN IMMEDIATE), for ``seconds`` or until told."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), *([str(seconds)] if seconds else [])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_that_cannot_start_is_recorded_by_the_next_one(sqlite_url, sqlite_engine, write_job, tmp_path):
+    """A writer that holds the file past the job's publish_timeout: the run fails saying why and leaves its record in
+    the journal beside the database; the next run moves it into pipeline_runs."""
+    import subprocess
+    import sys
+
+    write_table(sqlite_engine, "customers", customers_frame(50))
+    write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\npublish_timeout = 1'))
+    holder = hold_write_lock(tmp_path / "predictions.db")
+    try:
+        first = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--db", sqlite_url],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert first.returncode == 1
+    assert "database is locked" in first.stderr and "could not start" in first.stderr
+    assert "predictions.db-pipeline-runs.jsonl" in first.stderr and "Traceback" not in first.stderr
+    second = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--db", sqlite_url],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    with sqlite_engine.connect() as conn:
+        runs = conn.execute(text("SELECT status, version, error FROM pipeline_runs ORDER BY id")).all()
+    assert [(r.status, r.version) for r in runs] == [("failed", None), ("succeeded", 1)]
+    assert "could not start" in runs[0].error and "database is locked" in runs[0].error
+    assert not (tmp_path / "predictions.db-pipeline-runs.jsonl").exists()
+
+
+def test_a_writer_met_while_auditing_is_waited_for_and_the_version_kept(sqlite_url, sqlite_engine, write_job,
+                                                                      tmp_path):
+    from conftest import rest, start_run, wait_for
+
+    write_table(sqlite_engine, "customers", customers_frame(50))
+    write_job(CUSTOMERS_JOB)
+    child, lines = start_run(tmp_path, sqlite_url, "auditing:1")
+    wait_for(lines, "paused at auditing")
+    holder = hold_write_lock(tmp_path / "predictions.db", seconds=4)  # outlasts the pause: the audit must wait
+    out = rest(lines)
+    assert child.wait(60) == 0, out
+    holder.wait(30)
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM pipeline_versions")).scalar_one() == "ready"
+        assert conn.execute(text("SELECT status FROM pipeline_runs")).scalar_one() == "succeeded"
+        assert conn.execute(text("SELECT COUNT(*), MIN(model_version) FROM scores")).one() == (50, 1)
