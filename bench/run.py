@@ -375,19 +375,22 @@ def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     from pipeline.db import make_engine
 
     engine = make_engine(url)
+    with engine.connect() as conn:
+        active = conn.execute(text("SELECT version FROM pipeline_pointer WHERE table_name = :t "
+                                   "AND alias = 'champion'"), {"t": table}).scalar_one()
     flips, backs = [], []
     for _ in range(10):
         started = time.perf_counter()
         rollback(engine, table)
         backs.append(time.perf_counter() - started)
         started = time.perf_counter()
-        activate(engine, table, 2)
+        activate(engine, table, active)
         flips.append(time.perf_counter() - started)
     rng = np.random.default_rng(1)
     keys = rng.integers(1, rows + 1, 2000).tolist()
     timings = {}
     with engine.connect() as conn:
-        for name, source in (("view", table), ("direct", f"{table}__v2")):
+        for name, source in (("view", table), ("direct", f"{table}__v{active}")):
             spent = []
             for key in keys:
                 started = time.perf_counter()

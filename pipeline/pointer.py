@@ -44,6 +44,10 @@ def checkpoint(phase: str) -> None:
         time.sleep(float(seconds or 3600))
 
 
+#: What a publish step answers when it attached versions (committed on their own, before the flip).
+ATTACHED = object()
+
+
 @dataclass(frozen=True)
 class FlipResult:
     table: str
@@ -108,9 +112,9 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             timeout: float | None = None) -> FlipResult | None:
     """Make ``version`` ready (when ``ready`` holds its final figures) and, if ``move``, point the view at it.
 
-    Where versions are served as partitions, they are attached first, in a transaction of their
-    own, and statements planned before that are let finish (:meth:`Dialect.wait_for_planners`).
-    The rest is one transaction: a run that dies before it commits leaves its version
+    Where versions are served as partitions, any not attached yet are attached first, in a
+    transaction of their own, and statements planned before that are let finish
+    (:meth:`Dialect.wait_for_planners`). The rest is one transaction: a run that dies before it commits leaves its version
     ``building`` (later reaped as failed) and readers exactly where they were. Nothing takes a
     lock a reader holds, except DDL on the view when its columns change: while readers hold the
     view, that tries again for ``timeout`` seconds (by default a minute's worth of tries).
@@ -133,19 +137,16 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             found[0] = dataclasses.replace(target, columns=tuple(tuple(c) for c in ready["columns"]))
         return found
 
-    def serve(conn: Connection) -> bool:
-        dialect.lock(conn, f"pipeline:{table}")
-        return attach(conn, dialect, table, kept(conn, state.get_pointer(conn, table, alias)))
-
-    def flip(conn: Connection) -> FlipResult | None:
+    def flip(conn: Connection) -> FlipResult | None | object:
         dialect.lock(conn, f"pipeline:{table}")
         pointer = state.get_pointer(conn, table, alias)
         versions = kept(conn, pointer)
+        if move and attach(conn, dialect, table, versions):
+            return ATTACHED  # committed alone: readers' plans catch up before the pointer moves
         if ready is not None:
             state.update_version(conn, table, version, status="ready", **ready)
         if not move:
             return None
-        attach(conn, dialect, table, versions)  # nothing to do unless another process detached one meanwhile
         active = state.get_version(conn, table, pointer.version) if pointer else None
         write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
@@ -159,9 +160,14 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         return FlipResult(table, alias, from_version, version)
 
     what = f"{table}: publishing version {version}"
-    if move and retry_on_lock(engine, dialect, what, serve, timeout=timeout):
+    for _ in range(3):  # again only if another process detached a version meanwhile
+        result = retry_on_lock(engine, dialect, what, flip, timeout=timeout)
+        if result is not ATTACHED:
+            break
         dialect.wait_for_planners(engine)
-    result = retry_on_lock(engine, dialect, what, flip, timeout=timeout)
+    else:
+        raise FlipError(f"{what}: another process kept taking its versions out of serving; try again")
+    assert result is None or isinstance(result, FlipResult)
     if result is not None:
         if result.from_version is None:
             log.info("%s: version %d is served now", table, version)
