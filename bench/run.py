@@ -456,7 +456,8 @@ def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[
         med = {k: statistics.median(v) for k, v in tps.items()}
         pg_rows.append(f"| {versions} | {med['simple', 'view']:,.0f} | {med['simple', 'direct']:,.0f} | "
                        f"{med['simple', 'view'] / med['simple', 'direct']:.2f}x | {med['prepared', 'view']:,.0f} | "
-                       f"{med['prepared', 'direct']:,.0f} | {med['prepared', 'view'] / med['prepared', 'direct']:.2f}x |")
+                       f"{med['prepared', 'direct']:,.0f} | "
+                       f"{med['prepared', 'view'] / med['prepared', 'direct']:.2f}x |")
         print(pg_rows[-1], flush=True)
         keys = np.random.default_rng(versions).integers(1, rows + 1, 2000).tolist()
         for flipping in (False, True):

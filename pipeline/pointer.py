@@ -114,11 +114,12 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
 
     Where versions are served as partitions, any not attached yet are attached first, in a
     transaction of their own, and statements planned before that are let finish
-    (:meth:`Dialect.wait_for_planners`). The rest is one transaction: a run that dies before it commits leaves its version
-    ``building`` (later reaped as failed) and readers exactly where they were. Nothing takes a
-    lock a reader holds, except DDL on the view when its columns change: while readers hold the
-    view, that tries again for ``timeout`` seconds (by default a minute's worth of tries).
-    Versions that no alias serves any more are then taken out of the views' reach (:func:`settle`).
+    (:meth:`Dialect.wait_for_planners`). The rest is one transaction: a run that dies before it
+    commits leaves its version ``building`` (later reaped as failed) and readers exactly where
+    they were. Nothing takes a lock a reader holds, except DDL on the view when its columns
+    change: while readers hold the view, that tries again for ``timeout`` seconds (by default a
+    minute's worth of tries). Versions that no alias serves any more are then taken out of the
+    views' reach (:func:`settle`).
 
     Raises:
         ViewBusy: readers held the view all that time; nothing changed.

@@ -55,7 +55,7 @@ pointer = Table(
     Column("table_name", String(63), primary_key=True),
     Column("alias", String(63), primary_key=True, server_default=DEFAULT_ALIAS),
     Column("version", Integer, nullable=False),
-    Column("view_versions", Text, nullable=False),  # JSON list: the versions the view's UNION holds
+    Column("view_versions", Text, nullable=False),  # JSON list: the versions the alias serves (its serving set)
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -397,7 +397,7 @@ def record_flip(conn: Connection, table: str, alias: str, from_version: int | No
 
 
 def set_view_versions(conn: Connection, table: str, alias: str, view_versions: Sequence[int]) -> None:
-    """Record which versions the view's UNION now holds, without moving the pointer."""
+    """Record which versions the alias serves now, without moving the pointer."""
     conn.execute(update(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)
                  .values(view_versions=json.dumps(sorted(view_versions))))
 

@@ -217,21 +217,24 @@ class PostgresqlDialect(Dialect):
                 # no reader's lock conflicts with a detach's, and new statements no longer plan the partition:
                 # waiting blocks nobody, and lets autovacuum (which yields after deadlock_timeout) go
                 conn.exec_driver_sql(f"SET lock_timeout = '{DETACH_WAIT}'")
-                rows = conn.exec_driver_sql(_PARTITIONS, {"t": table}).all()
-                for parent, child, pending in sorted(rows, key=lambda r: not r[2]):  # pending ones first
-                    version = int(child.rsplit("__v", 1)[1])
-                    if version in serving:
-                        continue
-                    how = "FINALIZE" if pending else "CONCURRENTLY"
-                    try:
-                        conn.exec_driver_sql(f"SET statement_timeout = '{DETACH_WAIT}'")
-                        conn.exec_driver_sql(f"ALTER TABLE {self.quote(parent)} DETACH PARTITION "
-                                             f"{self.quote(child)} {how}")
-                    except SQLAlchemyError as exc:
-                        left[version] = (f"{child} is held by a reader (a statement or transaction begun before "
-                                         f"the publish); a later publish or gc detaches it ({first_line(exc)})")
-                    finally:
-                        conn.exec_driver_sql("SET statement_timeout = 0")
+                conn.exec_driver_sql(f"SET statement_timeout = '{DETACH_WAIT}'")
+                try:
+                    rows = conn.exec_driver_sql(_PARTITIONS, {"t": table}).all()
+                    for parent, child, pending in sorted(rows, key=lambda r: not r[2]):  # pending ones first
+                        version = int(child.rsplit("__v", 1)[1])
+                        if version in serving:
+                            continue
+                        how = "FINALIZE" if pending else "CONCURRENTLY"
+                        try:
+                            conn.exec_driver_sql(f"ALTER TABLE {self.quote(parent)} DETACH PARTITION "
+                                                 f"{self.quote(child)} {how}")
+                        except SQLAlchemyError as exc:
+                            left[version] = (f"{child} is held by a reader (a statement or transaction begun "
+                                             f"before the publish); a later publish or gc detaches it "
+                                             f"({first_line(exc)})")
+                finally:  # the pooled connection goes back with the server's settings
+                    conn.exec_driver_sql("RESET lock_timeout")
+                    conn.exec_driver_sql("RESET statement_timeout")
         except SQLAlchemyError as exc:
             log.warning("%s: could not look at its serving partitions: %s", table, first_line(exc))
         return left
