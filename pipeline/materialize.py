@@ -116,8 +116,9 @@ def prepare(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
         dialect.lock(conn, "pipeline:schema")
         state.ensure_schema(conn)
         folded = _fold(conn, journal)
-    if folded:
+    if folded is not None:
         journal.unlink()
+    if folded:
         log.warning("%d run(s) that could not write their record are now in pipeline_runs (from %s)", folded,
                     journal)
     reap_locked(engine, dialect, table, clock)
@@ -139,18 +140,27 @@ def _unrecorded(engine: Engine, job: Job, logical_date: date, trigger: str, sche
     record = dict(job=job.name, table=job.output.table, logical_date=logical_date.isoformat(), trigger=trigger,
                   scheduled_for=scheduled_for.isoformat() if scheduled_for else None, started_at=now,
                   finished_at=now, host=socket.gethostname(), pid=os.getpid(), error=f"could not start: {exc}")
-    with journal.open("a", encoding="utf-8") as out:
-        out.write(json.dumps(record) + "\n")
+    try:
+        with journal.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise DatabaseError(f"{exc}; the run could not start, and could not be recorded in {journal} either "
+                            f"({error.strerror})") from exc
     raise DatabaseError(f"{exc}; the run could not start (another process held the database's write lock for "
                         f"longer than publish_timeout, {job.output.publish_timeout:g} s) and is recorded in "
                         f"{journal} until the next run moves it to pipeline_runs") from exc
 
 
-def _fold(conn: Connection, journal: Path | None) -> int:
-    """Move the runs a journal file holds into ``pipeline_runs`` (as failed); how many."""
+def _fold(conn: Connection, journal: Path | None) -> int | None:
+    """Move the runs a journal file holds into ``pipeline_runs`` (as failed); how many, None without a journal."""
     if journal is None or not journal.exists():
-        return 0
-    lines = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return None
+    lines = []
+    for line in journal.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:  # a line cut short by a crash while it was written
+            log.warning("%s: skipped a line that is not a run record: %.80s", journal, line)
     for r in lines:
         run_id = state.start_run(
             conn, job=r["job"], table=r["table"], logical_date=date.fromisoformat(r["logical_date"]),

@@ -115,3 +115,20 @@ def test_a_writer_met_while_auditing_is_waited_for_and_the_version_kept(sqlite_u
         assert conn.execute(text("SELECT status FROM pipeline_versions")).scalar_one() == "ready"
         assert conn.execute(text("SELECT status FROM pipeline_runs")).scalar_one() == "succeeded"
         assert conn.execute(text("SELECT COUNT(*), MIN(model_version) FROM scores")).one() == (50, 1)
+
+
+def test_a_journal_line_cut_short_is_skipped_and_the_rest_recorded(sqlite_engine, write_job, tmp_path):
+    import json
+
+    write_table(sqlite_engine, "customers", customers_frame(20))
+    record = dict(job="scores", table="scores", logical_date="2026-01-01", trigger="cron", scheduled_for=None,
+                  started_at="2026-01-01T03:00:00+00:00", finished_at="2026-01-01T03:00:31+00:00", host="h", pid=7,
+                  error="could not start: database is locked")
+    journal = tmp_path / "predictions.db-pipeline-runs.jsonl"
+    journal.write_text(json.dumps(record) + "\n" + '{"job": "sco', encoding="utf-8")
+    run_job(load_job(write_job(CUSTOMERS_JOB)), sqlite_engine)
+    with sqlite_engine.connect() as conn:
+        runs = conn.execute(text("SELECT trigger, status, error FROM pipeline_runs ORDER BY id")).all()
+    assert [tuple(r) for r in runs] == [("cron", "failed", "could not start: database is locked"),
+                                        ("manual", "succeeded", None)]
+    assert not journal.exists()
