@@ -18,8 +18,8 @@ DEFAULT_CHUNK_SIZE = 100_000
 #: Seconds a run keeps trying to publish while readers hold its view, before it leaves the version ready
 #: but unpublished: long enough for an ordinary report or backup, short enough to be told about at 3 am.
 DEFAULT_PUBLISH_TIMEOUT = 600
-#: Ready versions a table keeps after each run (besides what every alias serves and its rollback target): every
-#: retained version is a branch of the view each lookup goes through, so the set must stay small.
+#: Ready versions a table keeps after each run, besides what every alias serves: a lookup reaches only the
+#: serving set however many are kept, so this bounds disk space and how far back an activate can go.
 DEFAULT_KEEP = 5
 
 
@@ -69,7 +69,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class OutputSpec:
     table: str
-    #: Ready versions to retain after each successful run (the active one and its rollback target always stay).
+    #: Ready versions to retain after each successful run (what every alias serves always stays).
     keep: int = DEFAULT_KEEP
     #: Keep only the ``top_k`` best rows of each ``group_by`` group, ranked by the output ``rank_by``.
     top_k: int | None = None

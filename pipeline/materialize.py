@@ -133,7 +133,8 @@ def _unrecorded(engine: Engine, job: Job, logical_date: date, trigger: str, sche
     Raises:
         DatabaseError: always.
     """
-    journal = dialect_for(engine).journal(engine)
+    dialect = dialect_for(engine)
+    journal = dialect.journal(engine)
     if journal is None:
         raise exc
     now = clock().isoformat()
@@ -146,9 +147,10 @@ def _unrecorded(engine: Engine, job: Job, logical_date: date, trigger: str, sche
     except OSError as error:
         raise DatabaseError(f"{exc}; the run could not start, and could not be recorded in {journal} either "
                             f"({error.strerror})") from exc
-    raise DatabaseError(f"{exc}; the run could not start (another process held the database's write lock for "
-                        f"longer than publish_timeout, {job.output.publish_timeout:g} s) and is recorded in "
-                        f"{journal} until the next run moves it to pipeline_runs") from exc
+    why = (f" (another process held the database's write lock for longer than publish_timeout, "
+           f"{job.output.publish_timeout:g} s)" if dialect.is_lock_timeout(exc.__cause__) else "")
+    raise DatabaseError(f"{exc}; the run could not start{why} and is recorded in {journal} until the next run "
+                        "moves it to pipeline_runs") from exc
 
 
 def _fold(conn: Connection, journal: Path | None) -> int | None:

@@ -127,13 +127,13 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
     dialect = dialect_for(engine)
 
     def kept(conn: Connection, pointer: state.Pointer | None) -> list[state.Version]:
-        target = state.get_version(conn, table, version)
+        found = serving(conn, table, version, pointer.version if pointer else None)
+        target = found[0] if found and found[0].version == version else None
         if target is None:
             raise FlipError(f"{table} has no version {version}")
         if ready is None and target.status != "ready":
             raise FlipError(f"{table} version {version} is {target.status}, not ready; only ready versions can be "
                             "activated (see `pipeline versions`)")
-        found = serving(conn, table, version, pointer.version if pointer else None)
         if ready is not None:  # its columns as they will be recorded
             found[0] = dataclasses.replace(target, columns=tuple(tuple(c) for c in ready["columns"]))
         return found
@@ -148,7 +148,8 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             state.update_version(conn, table, version, status="ready", **ready)
         if not move:
             return None
-        active = state.get_version(conn, table, pointer.version) if pointer else None
+        # the version served now is among ``versions`` (as the one served before the flip)
+        active = next((v for v in versions if pointer and v.version == pointer.version), None)
         write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
         now = clock()

@@ -40,7 +40,8 @@ DROP_ATTEMPTS = 5
 
 
 def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable = state.utcnow) -> GcResult:
-    """Keep the newest ``keep`` ready versions (plus the active one and its rollback target); drop the rest.
+    """Keep the newest ``keep`` ready versions (plus what every alias serves: its active version, rollback target
+    and the version it served before its last flip); drop the rest.
 
     Dropped ready versions become ``retired``; failed versions lose their partial tables. The
     views serve none of the doomed versions (a view from before serving sets were bounded is
@@ -134,7 +135,9 @@ def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -
     A run that died while publishing may have left its version attached for serving: it is
     detached first, and a table readers still hold is left for ``gc`` (it drops failed versions' tables).
     """
-    held = settle(engine, table)
+    with reading(engine) as conn:  # most runs find none: then nothing to take out of serving first
+        building = any(v.status == "building" for v in state.list_versions(conn, table))
+    held = settle(engine, table) if building else {}
     with transaction(engine) as conn:
         dialect.lock(conn, f"pipeline:{table}")
         stale = [v for v in state.list_versions(conn, table) if v.status == "building"]

@@ -184,8 +184,8 @@ class Dialect:
         Every branch compares its version with the pointer row, read once per statement
         in the statement's own snapshot: a reader sees exactly one version, and moving the
         pointer is a one-row UPDATE that takes no lock readers wait on. ``members`` is the
-        small serving set (the alias's active version and its rollback target), so a
-        lookup costs the same however many versions are retained.
+        alias's small serving set (:func:`pipeline.pointer.serving`), so a lookup costs the
+        same however many versions are retained.
         """
         cols = self.column_list([c for c, _ in columns])
         return "\nUNION ALL\n".join(

@@ -100,11 +100,7 @@ class PostgresqlDialect(Dialect):
         this one (an application's) are dropped with it when its columns change, and made again from their
         own definitions, with their grants. One that reads a column the new version no longer has fails
         the publish, naming it."""
-        if same_columns:
-            super().replace_view(conn, view, select_sql, same_columns, grants_from)
-            conn.exec_driver_sql(f"COMMENT ON VIEW {self.quote(view)} IS '{_view_comment(select_sql)}'")
-            return
-        built_on = conn.exec_driver_sql(_VIEWS_ON, {"v": self.quote(view)}).all()
+        built_on = [] if same_columns else conn.exec_driver_sql(_VIEWS_ON, {"v": self.quote(view)}).all()
         saved = [(name, definition, _grants(conn, name)) for name, definition in built_on]
         for name, _, _ in reversed(saved):
             conn.exec_driver_sql(f"DROP VIEW {name}")
@@ -160,20 +156,20 @@ class PostgresqlDialect(Dialect):
         """
         q = self.quote
         parent, physical = serving_table(table, columns), version_table(table, version)
+        found = conn.exec_driver_sql("SELECT inhparent::regclass::text, inhdetachpending FROM pg_inherits "
+                                     "WHERE inhrelid = to_regclass(%(t)s)", {"t": q(physical)}).first()
+        if found is not None and not found[1]:
+            return False  # attached already: the common case of every flip, one catalog read
+        if found is not None:  # a detach that readers from before held up: finish it first, if they are gone
+            conn.exec_driver_sql(f"ALTER TABLE {found[0]} DETACH PARTITION {q(physical)} FINALIZE")
         if conn.exec_driver_sql("SELECT to_regclass(%(p)s)", {"p": q(parent)}).scalar() is None:
             typed = ", ".join(f"{q(c)} {self.type_sql(t)}" for c, t in columns)
             conn.exec_driver_sql(f"CREATE TABLE {q(parent)} ({typed}, model_version integer NOT NULL) "
                                  "PARTITION BY LIST (model_version)")
             conn.exec_driver_sql(f"COMMENT ON TABLE {q(parent)} IS 'pipeline: the versions of {table} its views "
                                  "can serve, one partition each; read the view, which picks the active one'")
-        conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {q(gate_table(table))} (alias text NOT NULL, "
-                             "version integer NOT NULL)")
-        found = conn.exec_driver_sql("SELECT inhparent::regclass::text, inhdetachpending FROM pg_inherits "
-                                     "WHERE inhrelid = to_regclass(%(t)s)", {"t": q(physical)}).first()
-        if found is not None and not found[1]:
-            return False
-        if found is not None:  # a detach that readers from before held up: finish it first, if they are gone
-            conn.exec_driver_sql(f"ALTER TABLE {found[0]} DETACH PARTITION {q(physical)} FINALIZE")
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {q(gate_table(table))} (alias text NOT NULL, "
+                                 "version integer NOT NULL)")
         if not self.dependents(conn, physical):
             # no view reads the table itself, so no reader can queue behind a lock on it: wait long enough
             # for autovacuum, which gives way after deadlock_timeout, to let go of a freshly loaded table
