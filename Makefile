@@ -27,9 +27,9 @@ test: install
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-## make sql: regenerate sql/<dialect>/metadata.sql from pipeline/state.py
+## make sql: regenerate sql/<dialect>/metadata.sql from pipeline/database/schema.py
 sql: install
-	$(PY) -c 'from pipeline.state import write_ddl_files; print(*write_ddl_files(), sep="\n")'
+	$(PY) -c 'from pipeline.database.schema import write_ddl_files; print(*write_ddl_files(), sep="\n")'
 
 clean:
 	rm -rf $(VENV) predictions.db predictions.db-wal predictions.db-shm

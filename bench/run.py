@@ -126,10 +126,10 @@ def contract(url: str, job_path: str, repeats: str = "3") -> dict:
     import pandas as pd
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.db import make_engine
-    from pipeline.dialects import reader_for
+    from pipeline.database.dialects import reader_for
+    from pipeline.database.engines import make_engine
     from pipeline.jobs import load_job
-    from pipeline.model import load_model
+    from pipeline.run.model import load_model
 
     job = load_job(job_path)
     query, chunk_size = job.domain.factors[0].query, job.domain.chunk_size
@@ -338,7 +338,7 @@ def incremental_rows(url: str, database: str, table: str, size: str, n: int, job
     from sqlalchemy import text
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(url)
     features = ", ".join("random() / 9223372036854775807.0 / 2 + 0.5" if database == "sqlite" else "random()"
@@ -372,7 +372,7 @@ def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     from sqlalchemy import text
 
     from pipeline import activate, rollback
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -431,13 +431,12 @@ def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[
     import threading
 
     import numpy as np
+    import psycopg
     from sqlalchemy import text
+    from sqlalchemy.engine import make_url
 
     from pipeline import activate, load_job, rollback, run_job
-    from pipeline.db import make_engine
-
-    import psycopg
-    from sqlalchemy.engine import make_url
+    from pipeline.database.engines import make_engine
 
     rows = 100_000
     table = "bench_inputs_serving"

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sqlalchemy import text
 
-from pipeline.db import make_engine
+from pipeline.database.engines import make_engine
 
 HERE = Path(__file__).resolve().parent
 MODEL = HERE / "models" / "churn.joblib"

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipeline.cron import cron_trigger
 from pipeline.errors import JobFileError
 from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DEFAULT_KEEP, DEFAULT_PUBLISH_TIMEOUT, EXECUTORS, FORMATS, METHODS,
                               AuditSpec, DomainSpec, DriftSpec, ExecutorSpec, Factor, Job, ModelSpec, OutputSpec,
-                              SqlAudit, with_executor)
-from pipeline.versions import check_identifier, check_table_name
-
-__all__ = ["DEFAULT_CHUNK_SIZE", "EXECUTORS", "FORMATS", "METHODS", "AuditSpec", "DomainSpec", "DriftSpec",
-           "ExecutorSpec", "Factor", "Job", "ModelSpec", "OutputSpec", "SqlAudit", "find_job", "iter_jobs", "load_job",
-           "with_executor"]
+                              SqlAudit, parse_uri)
+from pipeline.names import check_identifier, check_table_name
 
 #: ``[model] format`` when the job does not say, by the model file's suffix (else joblib, or mlflow for a directory).
 _FORMAT_BY_SUFFIX = {".skops": "skops", ".onnx": "onnx", ".ubj": "xgboost"}
@@ -177,7 +174,6 @@ class _Reader:
         )
 
     def cron(self, expression: str, timezone: str) -> None:
-        from pipeline.schedule import cron_trigger
 
         try:
             cron_trigger(expression, timezone)
@@ -265,7 +261,6 @@ class _Reader:
         return ModelSpec(path=path, format=fmt, trusted=tuple(trusted), **common)
 
     def registry_model(self, raw: dict[str, Any], uri: str, common: dict[str, Any]) -> ModelSpec:
-        from pipeline.registry import parse_uri
 
         for key in ("format", "trusted"):
             if key in raw:

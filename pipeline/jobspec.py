@@ -6,12 +6,13 @@ Every later stage takes these and trusts them; nothing here reads files or check
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 METHODS = ("predict", "predict_proba", "decision_function")
-#: ``[model] format`` values: the model families (see :mod:`pipeline.flavors`).
+#: ``[model] format`` values: the model families (see :mod:`pipeline.run.flavors`).
 FORMATS = ("joblib", "skops", "lightgbm", "xgboost", "onnx", "mlflow")
 EXECUTORS = ("local", "dask")
 DEFAULT_CHUNK_SIZE = 100_000
@@ -149,3 +150,19 @@ def with_executor(job: Job, **overrides: Any) -> Job:
     if (given.get("address") or given.get("workers")) and "kind" not in given:
         given["kind"] = "dask"
     return dataclasses.replace(job, executor=dataclasses.replace(job.executor, **given)) if given else job
+
+
+_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))")
+
+
+def parse_uri(uri: str) -> tuple[str, str | None, int | None]:
+    """``(name, alias, version)`` of a registry URI; exactly one of alias and version is set.
+
+    Raises:
+        ValueError: not ``models:/NAME@ALIAS`` nor ``models:/NAME/VERSION``.
+    """
+    match = _URI.fullmatch(uri)
+    if match is None:
+        raise ValueError(f"must be models:/NAME@ALIAS or models:/NAME/VERSION, got {uri!r}")
+    version = match["version"]
+    return match["name"], match["alias"], None if version is None else int(version)

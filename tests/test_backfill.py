@@ -6,12 +6,13 @@ import datetime as dt
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import CUSTOMERS_JOB, customers_frame, view_rows, write_table
-from pipeline import catalog, load_job, run_job
-from pipeline.backfill import backfill
+
+from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
+from pipeline.scheduling.backfill import backfill
+from pipeline.serve import catalog
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 # The domain does not depend on the date; the query still takes it, as a real one would.

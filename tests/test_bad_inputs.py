@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
+from conftest import CUSTOMERS_JOB, SCRIPTED_JOB, customers_frame, train_model, view_rows, write_table
+from fakemodels import Scripted
 from pandas.testing import assert_frame_equal
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from conftest import CUSTOMERS_JOB, SCRIPTED_JOB, customers_frame, train_model, view_rows, write_table
-from fakemodels import Scripted
 from pipeline.cli import main
-from pipeline.db import make_engine
+from pipeline.database.engines import make_engine
 
 CUSTOMERS = 200
 QUERY = "SELECT customer_id, x1, x2, x3 FROM customers"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
 from pipeline.cli import main
 
 
@@ -80,7 +80,7 @@ def test_no_activate_then_activate(cli, db_url, engine, job):
 
 
 def test_database_comes_from_the_environment_then_the_job_target(cli, tmp_path, monkeypatch, write_job):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     url = f"sqlite:///{tmp_path / 'target.db'}"
     engine = make_engine(url)

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from pipeline.contract import DTYPES, Contract, arrow_kind, convert, sqlite_kind, type_changes, value_kind
-from pipeline.dialects import reader_for
-from pipeline.domain import Domain
+from pipeline.database.dialects import reader_for
 from pipeline.errors import SourceError
-from pipeline.jobs import DomainSpec, Factor
+from pipeline.jobspec import DomainSpec, Factor
+from pipeline.run.domain import Domain
 
 # -- kinds from declared types, Arrow types and values ------------------------------
 
@@ -132,7 +132,7 @@ def test_every_chunk_has_the_declared_dtypes(engine, chunk_size):
 
 
 def test_sqlite_and_postgresql_give_the_same_frame(sqlite_url, postgresql_url):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     frames = []
     for url in (sqlite_url, postgresql_url):
@@ -148,7 +148,7 @@ def test_sqlite_and_postgresql_give_the_same_frame(sqlite_url, postgresql_url):
 
 
 def test_an_expression_without_declared_type_keeps_the_kind_of_its_first_values(sqlite_url):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(sqlite_url)
     try:
@@ -173,7 +173,7 @@ def test_a_domain_reads_each_factor_with_one_contract_for_the_whole_run(engine):
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_file_domains_keep_their_dtypes_across_chunks(tmp_path, sqlite_url, suffix):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     frame = pd.DataFrame({"id": [1, 2, 3, 4, 5], "n": [None, None, 3, 4, None], "label": [None, None, "a", "b", None]})
     path = tmp_path / f"domain.{suffix}"
@@ -216,8 +216,8 @@ TYPED_JOB = """
 
 def test_a_feature_type_change_is_refused_naming_the_column(engine, write_job):
     from click.testing import CliRunner
-
     from conftest import customers_frame, view_rows, write_table
+
     from pipeline import load_job, run_job
     from pipeline.cli import main
     from pipeline.errors import PipelineError

@@ -12,11 +12,12 @@ import signal
 
 import pytest
 from click.testing import CliRunner
+from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
-from pipeline import catalog, load_job, run_job
+from pipeline import load_job, run_job
 from pipeline.cli import main
+from pipeline.serve import catalog
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')
@@ -76,7 +77,7 @@ def test_a_second_run_while_one_is_in_progress_is_refused(db_url, engine, served
 def test_connections_terminated_mid_load_fail_the_run_cleanly(postgresql_url, write_job, tmp_path):
     import pandas as pd
 
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(postgresql_url)
     write_table(engine, "customers", customers_frame(ROWS))

@@ -7,11 +7,11 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import customers_frame, write_table
-from pipeline.domain import Domain, merged_fingerprint
+
 from pipeline.errors import SourceError
-from pipeline.jobs import DomainSpec, Factor
+from pipeline.jobspec import DomainSpec, Factor
+from pipeline.run.domain import Domain, merged_fingerprint
 
 
 def collect(domain: Domain, **kwargs) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def test_run_date_is_bound_as_a_date(engine):
 
 def test_a_query_on_another_source_database(engine, tmp_path):
     source = f"sqlite:///{tmp_path / 'source.db'}"
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     other = make_engine(source)
     write_table(other, "customers", customers_frame(20))
@@ -47,7 +47,7 @@ def test_a_query_on_another_source_database(engine, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_files(tmp_path, suffix, sqlite_url):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     frame = customers_frame(120)
     path = tmp_path / f"customers{suffix}"
@@ -95,8 +95,8 @@ def test_partitions_are_disjoint_and_cover_the_domain(engine, by):
 
 @pytest.mark.postgres
 def test_postgresql_reads_only_the_partition_it_is_asked_for(postgresql_url):
-    from pipeline.dialects import dialect_for
-    from pipeline.db import make_engine
+    from pipeline.database.dialects import dialect_for
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(postgresql_url)
     query = dialect_for(engine).partition_query("SELECT 1 AS a;", ["a"], 0, 4)

@@ -10,23 +10,24 @@ import signal
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
-
 from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for, write_table
 from fakemodels import Scripted
-from pipeline import catalog, load_job, run_job
+from sqlalchemy import text
+
+from pipeline import load_job, run_job
 from pipeline.cli import main
-from pipeline.db import make_engine
-from pipeline.domain import Domain
+from pipeline.database.dialects import dialect_for
+from pipeline.database.engines import make_engine
+from pipeline.database.transactions import transaction
 from pipeline.errors import ModelError
-from pipeline.jobs import ExecutorSpec, with_executor
-from pipeline.materialize import prepare
-from pipeline.model import load_model
-from pipeline.partitions import PartitionTask, write_partition
-from pipeline.store import columns_of
-from pipeline.scoring import score_chunk
-from pipeline.transactions import transaction
-from pipeline.dialects import dialect_for
+from pipeline.jobspec import ExecutorSpec, with_executor
+from pipeline.run.domain import Domain
+from pipeline.run.materialize import recover
+from pipeline.run.model import load_model
+from pipeline.run.partitions import PartitionTask, write_partition
+from pipeline.run.scoring import score_chunk
+from pipeline.run.store import columns_of
+from pipeline.serve import catalog
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 400')
@@ -102,7 +103,7 @@ def test_a_partition_written_twice_is_written_once(engine, write_job):
     first = next(domain.chunks())
     domain.close()
     columns = tuple(columns_of(score_chunk(model, job.domain.keys, first)))
-    prepare(engine, "scores")
+    recover(engine, "scores")
     with transaction(engine) as conn:
         dialect_for(engine).create_table(conn, "scores__v1", list(columns))
     url = engine.url.render_as_string(hide_password=False)
@@ -172,7 +173,7 @@ def test_the_local_executor_does_not_import_dask(db_url, write_job, tmp_path):
     write_table(engine, "customers", customers_frame(10))
     engine.dispose()
     write_job(JOB)
-    code = ("import sys; from pipeline import load_job, run_job; from pipeline.db import make_engine; "
+    code = ("import sys; from pipeline import load_job, run_job; from pipeline.database.engines import make_engine; "
             f"run_job(load_job('jobs/scores.toml'), make_engine({db_url!r})); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import skl2onnx
 import xgboost
+from conftest import MlflowRegistry, view_rows, write_table
 from mlflow.models import infer_signature
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
@@ -33,11 +34,11 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from conftest import MlflowRegistry, view_rows, write_table
-from pipeline import flavors, load_job, run_job
+from pipeline import load_job, run_job
 from pipeline.errors import ModelError, PipelineError
-from pipeline.jobs import ModelSpec
-from pipeline.model import Model, load_model
+from pipeline.jobspec import ModelSpec
+from pipeline.run import flavors
+from pipeline.run.model import Model, load_model
 
 # MLflow suggests an input example for every model saved with a signature; these tests need none.
 pytestmark = pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning")

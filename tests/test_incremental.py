@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, version_rows, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, version_rows, write_table
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
@@ -100,9 +100,8 @@ def test_incremental_is_refused_for_top_k(engine, write_job):
 def test_incremental_is_refused_on_the_dask_executor(postgresql_url, write_job):
     import dataclasses
 
-    from pipeline.db import make_engine
-    from pipeline.jobs import ExecutorSpec
-
+    from pipeline.database.engines import make_engine
+    from pipeline.jobspec import ExecutorSpec
     engine = make_engine(postgresql_url)
     write_table(engine, "customers", customers_frame(50))
     job = load_job(write_job(CUSTOMERS_JOB))

@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JobFileError, PipelineError
-from pipeline.jobs import (
-    DEFAULT_CHUNK_SIZE,
-    DomainSpec,
-    ExecutorSpec,
-    Factor,
-    Job,
-    ModelSpec,
-    OutputSpec,
-    find_job,
-    iter_jobs,
-    load_job,
-    with_executor,
-)
+from pipeline.jobs import find_job, iter_jobs, load_job
+from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DomainSpec, ExecutorSpec, Factor, Job, ModelSpec, OutputSpec,
+                              with_executor)
 
 SHA = "0123456789abcdef" * 4
 

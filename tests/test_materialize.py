@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model, write_table,
+                      write_users_items)
 from sqlalchemy import text
 
-from conftest import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model,
-                      write_table, write_users_items)
 from pipeline import activate, load_job, rollback, run_job
-from pipeline import catalog
 from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
+from pipeline.serve import catalog
 
 
 def read_view(engine, table: str = "scores") -> pd.DataFrame:
@@ -202,7 +201,7 @@ def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, w
     """A short version of the safe-rollout reader test: every statement sees one complete version."""
     import threading
 
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     path = write_job(CUSTOMERS_JOB)
     run_job(load_job(path), engine, force=True)
@@ -236,7 +235,6 @@ def test_readers_during_flips_see_one_whole_version(engine, db_url, customers, w
 
 def test_aliases_point_their_own_views_and_gc_keeps_what_they_serve(engine, customers, write_job):
     from pipeline import gc
-
     path = write_job(CUSTOMERS_JOB)
     for _ in range(4):
         run_job(load_job(path), engine, force=True)

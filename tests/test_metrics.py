@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import SCRIPTED_JOB, customers_frame, write_table
 from fakemodels import Scripted
+from prometheus_client.parser import text_string_to_metric_families
+
 from pipeline.cli import main
 
 

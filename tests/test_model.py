@@ -14,8 +14,8 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from pipeline.errors import ModelError, PipelineError
-from pipeline.jobs import ModelSpec
-from pipeline.model import Model, load_model
+from pipeline.jobspec import ModelSpec
+from pipeline.run.model import Model, load_model
 
 FEATURES = ["x1", "x2", "x3"]
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import CUSTOMERS_JOB, customers_frame, write_table
+
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import AuditError, ModelError
-from pipeline.plan import plan_job
+from pipeline.tools.plan import plan_job
 
 
 def tables(engine) -> set[str]:
@@ -60,7 +60,7 @@ def test_plan_command(engine, db_url, write_job, tmp_path, monkeypatch):
 
 def test_plan_shows_how_the_table_is_served_and_what_a_top_up_would_score(engine, write_job):
     from pipeline import activate
-    from pipeline.split import set_split
+    from pipeline.serve.split import set_split
 
     write_table(engine, "customers", customers_frame(100))
     path = write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\ndefault = { proba_true = 0.1 }'))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import text
-
 from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
 from fakemodels import Scripted
+from sqlalchemy import text
+
 from pipeline import activate, load_job, rollback, run_job
 
 

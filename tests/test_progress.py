@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from conftest import CUSTOMERS_JOB, customers_frame, write_table
+
 from pipeline import load_job, run_job
-from pipeline.progress import reporter
+from pipeline.cli.progress import reporter
 
 
 def test_a_run_reports_rows_as_it_writes(engine, write_job):

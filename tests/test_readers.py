@@ -14,12 +14,12 @@ import threading
 import time
 
 import numpy as np
-from sqlalchemy import text
-
 from conftest import SCRIPTED_JOB, customers_frame, report, write_table
 from fakemodels import Scripted
+from sqlalchemy import text
+
 from pipeline import activate, load_job, run_job
-from pipeline.db import make_engine
+from pipeline.database.engines import make_engine
 
 ROWS = 2000
 READERS = 8
@@ -125,7 +125,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
     import uuid
 
     from pipeline import rollback
-    from pipeline.retention import gc
+    from pipeline.serve.retention import gc
 
     rows = 5000
     engine = make_engine(postgresql_url)

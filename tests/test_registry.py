@@ -14,17 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import FEATURES, MlflowRegistry, customers_frame, train_model, view_rows, write_table
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from conftest import FEATURES, MlflowRegistry, customers_frame, train_model, view_rows, write_table
-from pipeline import state
-from pipeline.errors import ModelError, PipelineError
-from pipeline.jobs import ModelSpec, load_job
 from pipeline.cli import main
-from pipeline.db import make_engine
-from pipeline.materialize import run_job
-from pipeline.model import load_model
+from pipeline.database import state
+from pipeline.database.engines import make_engine
+from pipeline.errors import ModelError, PipelineError
+from pipeline.jobs import load_job
+from pipeline.jobspec import ModelSpec
+from pipeline.run.materialize import run_job
+from pipeline.run.model import load_model
 
 
 @dataclass

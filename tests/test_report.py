@@ -6,11 +6,11 @@ import re
 from html.parser import HTMLParser
 
 from click.testing import CliRunner
-
 from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
+
 from pipeline import load_job, run_job
 from pipeline.cli import main
-from pipeline.report import build_report
+from pipeline.tools.report import build_report
 
 
 class Page(HTMLParser):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
-
 from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
 from fakemodels import Scripted
+from sqlalchemy import text
+
 from pipeline import gc, load_job, reap, rollback, run_job
-from pipeline import catalog, state
 from pipeline.cli import main
+from pipeline.database import state
+from pipeline.database.transactions import transaction
 from pipeline.errors import AuditError
-from pipeline.transactions import transaction
+from pipeline.serve import catalog
 
 
 @pytest.fixture
@@ -41,7 +42,6 @@ def test_gc_keeps_the_newest_the_active_and_the_rollback_target(engine, job_path
     assert tables(engine) == {"scores__v1", "scores__v2", "scores__v5", "scores__v6"}
     assert set(view_rows(engine).model_version) == {2} and len(view_rows(engine)) == 50
     from pipeline import activate
-
     activate(engine, "scores", 6)  # versions kept stay one flip away
     assert set(view_rows(engine).model_version) == {6}
 
@@ -98,7 +98,7 @@ def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
 
 
 def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):
-    from pipeline.dialects import dialect_for
+    from pipeline.database.dialects import dialect_for
 
     run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:
@@ -113,7 +113,7 @@ def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):
 def test_a_table_a_reader_holds_is_skipped_and_the_run_still_succeeds(postgresql_url, write_job):
     """A transaction that read an old version table (what pg_dump does to every table) must not fail the run
     that retires it: the run publishes and succeeds, the table is named and kept, and a later gc drops it."""
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(postgresql_url)
     try:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.schedule import cron_trigger, latest_tick, ticks_between, weekdays
+from pipeline.cron import cron_trigger, latest_tick, ticks_between, weekdays
 
 UTC = timezone.utc
 

@@ -11,13 +11,16 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
+from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
-from pipeline import catalog, load_job, state
+from pipeline import load_job
 from pipeline.cli import main
-from pipeline.scheduler import Scheduler, crontab, missed_ticks
-from pipeline.transactions import transaction
+from pipeline.database import schema, state
+from pipeline.database.transactions import transaction
+from pipeline.scheduling.crontab import crontab
+from pipeline.scheduling.scheduler import Scheduler, missed_ticks
+from pipeline.serve import catalog
 
 
 def scheduled(body: str, schedule: str, **top: object) -> str:
@@ -27,7 +30,7 @@ def scheduled(body: str, schedule: str, **top: object) -> str:
 
 @pytest.mark.postgres
 def test_two_schedulers_run_each_tick_once_and_stop_on_sigterm(postgresql_url, write_job, tmp_path):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(postgresql_url)
     write_table(engine, "customers", customers_frame(200))
@@ -75,7 +78,7 @@ def test_missed_ticks_are_reported_and_caught_up(engine, db_url, write_job, tmp_
     now = state.utcnow()
     last = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
     with transaction(engine) as conn:  # what a scheduler left before it went down four hours ago
-        state.ensure_schema(conn)
+        schema.ensure_schema(conn)
         state.start_run(conn, job="scores", table="scores", logical_date=last.date(), trigger="schedule",
                         scheduled_for=last, now=last, host="old", pid=1)
     missed = missed_ticks(job, db_url, now)

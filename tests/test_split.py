@@ -5,15 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 from pipeline import activate, load_job, run_job
 from pipeline.cli import main
-from pipeline.db import make_engine
+from pipeline.database.engines import make_engine
 from pipeline.errors import FlipError
-from pipeline.scoring import key_buckets
-from pipeline.split import set_split
+from pipeline.run.scoring import key_buckets
+from pipeline.serve.split import set_split
 
 KEYS = 2000
 

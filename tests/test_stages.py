@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.stages import overlapped
+from pipeline.run.stages import overlapped
 
 
 class Source:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipeline import state
+from pipeline.database import schema, state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,27 +16,27 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name, dialect", [("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())])
 def test_sql_files_match_the_table_definitions(name, dialect):
     written = (ROOT / "sql" / name / "metadata.sql").read_text()
-    assert written.split("\n\n", 1)[1] == state.ddl(dialect), "run `make sql` and commit the result"
+    assert written.split("\n\n", 1)[1] == schema.ddl(dialect), "run `make sql` and commit the result"
 
 
 def test_schema_is_created_once_and_found(engine):
     with engine.begin() as conn:
-        assert not state.has_schema(conn)
-        state.ensure_schema(conn)
-        state.ensure_schema(conn)
-        assert state.has_schema(conn)
+        assert not schema.has_schema(conn)
+        schema.ensure_schema(conn)
+        schema.ensure_schema(conn)
+        assert schema.has_schema(conn)
         assert state.list_tables(conn) == []
 
 
 def test_a_database_made_before_model_source_gains_the_column_and_keeps_its_rows(engine):
     with engine.begin() as conn:
-        state.ensure_schema(conn)
+        schema.ensure_schema(conn)
         conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))  # as an earlier release made it
         conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
                           "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "
                           "'models/m.joblib', :sha, :now)"), dict(sha="0" * 64, now=state.utcnow()))
     with engine.begin() as conn:
-        state.ensure_schema(conn)
+        schema.ensure_schema(conn)
         state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["id"],
                              model_path="models:/churn/3", model_sha256="1" * 64, model_class="x",
                              started_at=state.utcnow(), model_source='{"name": "churn", "version": 3}')
@@ -52,7 +52,7 @@ def test_read_commands_upgrade_a_database_an_older_release_made(engine, db_url):
     from pipeline.cli import main
 
     with engine.begin() as conn:
-        state.ensure_schema(conn)
+        schema.ensure_schema(conn)
         conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))
         conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
                           "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PRODUCT_JOB, write_users_items
 from sqlalchemy import text
 
-from conftest import PRODUCT_JOB, write_users_items
 from pipeline import load_job, run_job
-from pipeline.jobs import ExecutorSpec, OutputSpec
-from pipeline.materialize import audit_version
-from pipeline.scoring import TopK
+from pipeline.jobspec import ExecutorSpec, OutputSpec
+from pipeline.run.audits import audit_version
+from pipeline.run.scoring import TopK
 
 USERS, ITEMS, K = 60, 45, 4
 JOB = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\n    chunk_size = 250') + """\
@@ -100,7 +100,7 @@ def test_a_broken_ranking_fails_the_top_k_audit(inputs, write_job):
 
 @pytest.mark.postgres
 def test_dask_partitions_keep_whole_groups(postgresql_url, write_job):
-    from pipeline.db import make_engine
+    from pipeline.database.engines import make_engine
 
     engine = make_engine(postgresql_url)
     write_users_items(engine, USERS, ITEMS, seed=3)

@@ -5,18 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.versions import (
-    MAX_IDENTIFIER_LENGTH,
-    MAX_TABLE_LENGTH,
-    check_identifier,
-    check_table_name,
-    column_suffix,
-    output_columns,
-    output_labels,
-    previous_version,
-    version_table,
-)
-
+from pipeline.names import (MAX_IDENTIFIER_LENGTH, MAX_TABLE_LENGTH, check_identifier, check_table_name, column_suffix,
+                            output_columns, output_labels, previous_version, version_table)
 
 # -- check_identifier -------------------------------------------------------------
 

@@ -8,14 +8,13 @@ from datetime import datetime
 
 import click
 
-from pipeline import materialize
-from pipeline import diff as diffs
-from pipeline import plan as plans
-from pipeline import report as reports
-from pipeline.cli import Settings, db_option, main, pipeline_errors, print_table, table_engine
-from pipeline.db import make_engine, resolve_url
+from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
 from pipeline.jobs import find_job, load_job
-from pipeline.versions import labels_text, outputs_of
+from pipeline.names import labels_text, outputs_of
+from pipeline.run.materialize import today
+from pipeline.tools import diff as diffs
+from pipeline.tools import plan as plans
+from pipeline.tools import report as reports
 
 
 @main.command()
@@ -24,11 +23,11 @@ from pipeline.versions import labels_text, outputs_of
               help="Logical date to plan for (default: today in the job's time zone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--incremental", is_flag=True, help="Also count the keys an incremental run would score and copy.")
-@db_option
+@pass_databases
 @click.pass_obj
 @pipeline_errors
 def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: bool, incremental: bool,
-         db_url: str | None) -> None:
+         db: Databases) -> None:
     """Show what a run would do, without writing: domain size, features, outputs, model, audits, SQL.
 
     It loads the model, lists and counts the domain and scores its first chunk, so it
@@ -39,12 +38,8 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
       pipeline plan churn --date 2026-01-31
     """
     loaded = load_job(find_job(job, settings.jobs_dir))
-    engine = make_engine(resolve_url(db_url, loaded.target))
-    try:
-        found = plans.plan_job(loaded, engine, logical_date.date() if logical_date else materialize.today(loaded),
-                               incremental=incremental)
-    finally:
-        engine.dispose()
+    found = plans.plan_job(loaded, db.for_job(loaded), logical_date.date() if logical_date else today(loaded),
+                           incremental=incremental)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
         return
@@ -90,9 +85,9 @@ def _library(library: dict[str, str | None] | None) -> str:
 @click.argument("a", type=click.IntRange(min=1))
 @click.argument("b", type=click.IntRange(min=1))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Biggest movers to show.")
-@db_option
+@pass_databases
 @pipeline_errors
-def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
+def diff(table: str, a: int, b: int, top: int, db: Databases) -> None:
     """Compare versions A and B: keys only in one, and how each output moved (B - A).
 
     Computed in the database; only figures and the top movers come back.
@@ -101,7 +96,7 @@ def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
     Example:
       pipeline diff churn_scores 3 4 --top 5
     """
-    found = diffs.diff_versions(table_engine(db_url, table), table, a, b, top)
+    found = diffs.diff_versions(db.for_table(table), table, a, b, top)
     click.echo(f"{table}: v{a} {found.rows_a} rows, v{b} {found.rows_b} rows; keys only in v{a}: {found.only_in_a}, "
                f"only in v{b}: {found.only_in_b}, in both: {found.in_both}")
     for names, side in ((found.columns_only_in_a, a), (found.columns_only_in_b, b)):
@@ -133,16 +128,16 @@ def diff(table: str, a: int, b: int, top: int, db_url: str | None) -> None:
 @click.option("--out", "out", default=None, metavar="FILE.html", help="Where to write it (default: TABLE.html).")
 @click.option("--a", "a", type=click.IntRange(min=1), help="The version to compare with (default: the previous).")
 @click.option("--b", "b", type=click.IntRange(min=1), help="The version to show (default: the active one).")
-@db_option
+@pass_databases
 @pipeline_errors
-def report(table: str, out: str | None, a: int | None, b: int | None, db_url: str | None) -> None:
+def report(table: str, out: str | None, a: int | None, b: int | None, db: Databases) -> None:
     """Write a self-contained HTML report with plots: distributions, drift, versions, flips.
 
     \b
     Example:
       pipeline report churn_scores --out churn.html
     """
-    found = reports.build_report(table_engine(db_url, table), table, a, b)
+    found = reports.build_report(db.for_table(table), table, a, b)
     path = out or f"{table}.html"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(found.html)

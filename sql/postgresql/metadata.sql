@@ -1,4 +1,4 @@
--- The pipeline's bookkeeping tables on postgresql. Generated from pipeline/state.py by `make sql`.
+-- The pipeline's bookkeeping tables on postgresql. Generated from pipeline/database/schema.py by `make sql`.
 
 CREATE TABLE pipeline_audits (
 	table_name VARCHAR(63) NOT NULL,

@@ -7,13 +7,13 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from pipeline import activate, load_job, run_job
-from pipeline.db import make_engine
-from pipeline.dialects import dialect_for
-from pipeline.transactions import transaction
+from pipeline.database.dialects import dialect_for
+from pipeline.database.engines import make_engine
+from pipeline.database.transactions import transaction
 
 pytestmark = pytest.mark.postgres
 
@@ -104,7 +104,7 @@ def test_a_role_granted_select_once_reads_every_view_whatever_the_pipeline_remak
     import uuid
 
     from pipeline import rollback
-    from pipeline.split import set_split
+    from pipeline.serve.split import set_split
 
     role = f"reader_{uuid.uuid4().hex[:8]}"
     write_table(pg, "customers", customers_frame(100))
@@ -148,8 +148,8 @@ def test_a_version_readers_keep_from_publishing_is_left_ready_and_activate_publi
     holds it past the job's publish_timeout: the run does not throw the audited version away; it leaves it ready,
     unpublished, says so, and `activate` publishes it later. (A version of the same columns needs no DDL: see
     test_readers.test_no_reader_can_stop_a_run_or_a_rollback.)"""
-    from pipeline import catalog
     from pipeline.errors import PublishPending
+    from pipeline.serve import catalog
 
     write_table(pg, "customers", customers_frame(100))
     path = write_job(CUSTOMERS_JOB.replace('table = "scores"', 'table = "scores"\npublish_timeout = 1'))

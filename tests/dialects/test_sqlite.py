@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from pipeline import load_job, run_job
-from pipeline.db import make_engine
-from pipeline.dialects import dialect_for
-from pipeline.transactions import transaction
+from pipeline.database.dialects import dialect_for
+from pipeline.database.engines import make_engine
+from pipeline.database.transactions import transaction
 
 
 @pytest.fixture

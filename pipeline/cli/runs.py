@@ -1,0 +1,200 @@
+"""Commands that make versions and show runs: run, backfill, runs, audit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
+from pipeline.cli.progress import date_reporter, reporter
+from pipeline.database.engines import redact
+from pipeline.errors import AuditError, PipelineError
+from pipeline.jobs import find_job, load_job
+from pipeline.jobspec import EXECUTORS, AuditSpec, with_executor
+from pipeline.run.audits import audit_version, failures
+from pipeline.run.materialize import RunResult, run_job
+from pipeline.scheduling import backfill as backfills
+from pipeline.scheduling.scheduler import run_tick
+from pipeline.serve import catalog
+from pipeline.tools.metrics import write_metrics
+
+
+@main.command()
+@click.argument("job")
+@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Logical date of the run, given to the query as :run_date (default: today, UTC).")
+@click.option("--no-activate", is_flag=True, help="Build and check the version, but leave the pointer alone.")
+@click.option("--force", is_flag=True, help="Run even if a ready version holds this date with the same model and "
+                                            "domain.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="After the run, write Prometheus metrics there (for node_exporter's textfile collector).")
+@click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
+                                                "once per tick, and exit 0 if another process has it.")
+@click.option("--incremental", is_flag=True, help="Build from the active version: score only new and changed keys, "
+                                                  "copy the rest (the model must be the active version's).")
+@click.option("--executor", type=click.Choice(EXECUTORS), help="Score here (local, the default) or as partitions "
+                                                                  "on a Dask cluster (dask); overrides [executor].")
+@click.option("--dask-address", metavar="ADDRESS", help="A running Dask scheduler, e.g. tcp://host:8786 (default: "
+                                                         "$DASK_SCHEDULER_ADDRESS, else a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local Dask cluster.")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions of the domain (default: 4 per worker "
+                                                               "thread).")
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
+        metrics_file: str | None, scheduled: bool, incremental: bool, executor: str | None, dask_address: str | None,
+        workers: int | None, partitions: int | None, db: Databases) -> None:
+    """Score a job's domain into a new version and flip to it.
+
+    JOB is a job file's path or the name of a job in the jobs directory. A run for a
+    date that a ready version already holds, with the same model and domain, is
+    skipped (exit 0) unless --force. Exits 75 when another run holds the table.
+
+    \b
+    Example:
+      pipeline run churn --date 2026-01-31
+      pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
+      pipeline run churn --executor dask --dask-address tcp://scheduler:8786
+    """
+    path = find_job(job, settings.jobs_dir)
+    overrides = dict(kind=executor, address=dask_address, workers=workers, partitions=partitions)
+    if scheduled:
+        if any(v is not None for v in overrides.values()):
+            raise click.UsageError("--scheduled runs with the job file's [executor]; drop --executor, "
+                                   "--dask-address, --workers and --partitions")
+        try:
+            done = run_tick(path, db.db_url, trigger="cron")
+        except PipelineError:
+            _write_metrics(metrics_file, db, path, None)
+            raise
+        if done is not None:  # else another process has the tick, and its metrics
+            _write_metrics(metrics_file, db, path, done)
+        if done is None:
+            click.echo(f"{job}: another process is running this tick; nothing to do")
+        elif done.skipped:
+            click.echo(f"{done.table or job}: skipped: {done.skipped}")
+        else:
+            click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
+        return
+    loaded = with_executor(load_job(path), **overrides)
+    engine = db.for_job(loaded)
+    result = None
+    try:
+        with reporter(loaded.output.table, quiet=settings.quiet) as progress:
+            result = run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
+                             activate=not no_activate, force=force, progress=progress, incremental=incremental)
+    finally:
+        if metrics_file:
+            write_metrics(metrics_file, engine, loaded.name, loaded.output.table, result)
+    where = redact(str(engine.url))
+    rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} copied"
+                                    if incremental and not result.skipped else "")
+    if result.skipped:
+        click.echo(f"{result.table}: skipped: {result.skipped}")
+    elif result.activated:
+        click.echo(f"{result.table}: version {result.version} is active ({rows}, "
+                   f"{result.seconds:.1f}s, previous: {result.previous or 'none'}) on {where}")
+    else:
+        click.echo(f"{result.table}: version {result.version} is ready, not active ({rows}, "
+                   f"{result.seconds:.1f}s) on {where}; `pipeline activate {result.table} {result.version}` "
+                   "serves it")
+
+
+def _write_metrics(metrics_file: str | None, db: Databases, path: Path, result: RunResult | None) -> None:
+    """A scheduled run's metrics, like a manual run's (``result`` None: it failed)."""
+    if metrics_file:
+        job = load_job(path)
+        write_metrics(metrics_file, db.for_job(job), job.name, job.output.table, result)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--start", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="First logical date.")
+@click.option("--end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Last logical date.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(min=1), help="Dates run at once.")
+@click.option("--force", is_flag=True, help="Redo dates that already have a ready version.")
+@click.option("--activate", "activate_", type=click.Choice(backfills.ACTIVATE), default="latest", show_default=True,
+              help="latest: point the view at the newest date's version, unless it already serves a newer date.")
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def backfill(settings: Settings, job: str, start: datetime, end: datetime, parallel: int, force: bool,
+             activate_: str, db: Databases) -> None:
+    """Run a job once per logical date from --start to --end.
+
+    Done dates are skipped, so running it again redoes only the dates that failed
+    (or were not reached before Ctrl-C). Exits 1 if a date failed.
+
+    \b
+    Example:
+      pipeline backfill churn --start 2026-01-01 --end 2026-01-31 --parallel 2
+    """
+    loaded = load_job(find_job(job, settings.jobs_dir))
+    days = backfills.dates(start.date(), end.date())
+
+    def line(done, error) -> str:
+        if error is not None:
+            return f"failed: {error}"
+        if done.skipped:
+            return f"skipped: {done.skipped}"
+        return f"version {done.version} ({done.rows} rows, {done.seconds:.1f}s)"
+
+    with date_reporter(loaded.name, len(days), quiet=settings.quiet) as say:
+        result = backfills.backfill(loaded, db.for_job(loaded), days[0], days[-1], parallel=parallel, force=force,
+                                    activate=activate_, on_date=lambda day, done, error: say(
+                                        f"{day}: {line(done, error)}"))
+    if result.flip is not None:
+        click.echo(f"{loaded.output.table}: version {result.flip.to_version} is active "
+                   f"(was {result.flip.from_version or 'none'})")
+    elif result.kept_pointer:
+        click.echo(f"{loaded.output.table}: pointer left alone: {result.kept_pointer}")
+    if result.interrupted:
+        raise click.ClickException("interrupted; run the same backfill again to resume")
+    if result.failed:
+        raise PipelineError(f"{len(result.failed)} of {len(result.failed) + len(result.done)} date(s) failed: "
+                            f"{', '.join(map(str, sorted(result.failed)))}; run the backfill again to retry them")
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def runs(settings: Settings, job: str | None, limit: int, db: Databases) -> None:
+    """Show the run history (newest first), for one job or all.
+
+    \b
+    Example:
+      pipeline runs churn --limit 10
+    """
+    loaded = load_job(find_job(job, settings.jobs_dir)) if job else None
+    found = catalog.runs(db.for_job(loaded), loaded.name if loaded else None, limit)
+    print_table(["id", "job", "logical_date", "trigger", "status", "version", "started", "finished", "host/pid",
+                 "error"],
+                [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, r.started_at, r.finished_at,
+                  f"{r.host}/{r.pid}", r.error] for r in found])
+@main.command()
+@click.argument("table")
+@click.argument("version", type=click.IntRange(min=1))
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def audit(settings: Settings, table: str, version: int, db: Databases) -> None:
+    """Re-run a version's audits (built-in, and those of the job that writes the table).
+
+    Exits 1 when an audit fails. The results are stored with the version.
+
+    \b
+    Example:
+      pipeline audit churn_scores 3
+    """
+    job = settings.job_for_table(table)
+    results = audit_version(db.for_table(table), table, version, job.audits if job else AuditSpec(),
+                            output=job.output if job else None)
+    print_table(["audit", "result", "detail"], [[r.name, "pass" if r.passed else "FAIL", r.detail] for r in results])
+    if any(not r.passed for r in results):
+        raise AuditError(f"{table} version {version}: audit failed: {failures(results)}")

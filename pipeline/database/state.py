@@ -1,0 +1,336 @@
+"""Every read and write of the pipeline's bookkeeping tables (defined in :mod:`pipeline.database.schema`):
+versions, pointers and their flips, audits, splits, partitions of distributed runs, and runs.
+
+Read functions are apart from write functions; both take a Connection inside a
+transaction someone else owns, and answer records rather than rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Sequence
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, has_schema, partitions, pointer, runs,
+                                      splits, versions)
+from pipeline.errors import FlipError
+from pipeline.names import DEFAULT_ALIAS
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _json(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; every stored timestamp is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
+class Version:
+    table_name: str
+    version: int
+    job: str
+    logical_date: date | None
+    status: str
+    keys: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    row_count: int | None
+    domain_size: int | None
+    domain_fingerprint: str | None
+    model_path: str
+    model_sha256: str
+    model_class: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    #: Where a registry model came from: uri, name, version, alias, run_id, signature; None for a model file.
+    model_source: dict[str, Any] | None = None
+    #: The model's library: name, trained_with (where the file says) and installed versions.
+    model_library: dict[str, Any] | None = None
+    #: What the model was handed: ``[[feature, dtype, categories or None], ...]``.
+    input_schema: list[list[Any]] | None = None
+    #: Feature types that differ from the version active when this one was made (allowed by the job).
+    type_changes: str | None = None
+    #: Which class each output column holds: ``[[column, label], ...]``.
+    output_labels: list[list[Any]] | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Version":
+        m = row._mapping
+        return cls(
+            table_name=m["table_name"], version=m["version"], job=m["job"], logical_date=m["logical_date"],
+            status=m["status"], keys=tuple(json.loads(m["keys"])),
+            columns=tuple(tuple(c) for c in json.loads(m["columns"] or "[]")),
+            row_count=m["row_count"], domain_size=m["domain_size"], domain_fingerprint=m["domain_fingerprint"],
+            model_path=m["model_path"], model_sha256=m["model_sha256"], model_class=m["model_class"],
+            started_at=_utc(m["started_at"]), finished_at=_utc(m["finished_at"]), error=m["error"],
+            model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
+            input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
+            output_labels=_json(m["output_labels"]),
+        )
+
+
+@dataclass(frozen=True)
+class Pointer:
+    table_name: str
+    alias: str
+    version: int
+    view_versions: tuple[int, ...]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    job: str
+    table_name: str
+    logical_date: date
+    trigger: str
+    scheduled_for: datetime | None
+    status: str
+    version: int | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    host: str | None
+    pid: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Run":
+        m = dict(row._mapping)
+        for key in ("scheduled_for", "started_at", "finished_at"):
+            m[key] = _utc(m[key])
+        return cls(**m)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    name: str
+    passed: bool
+    detail: str
+    checked_at: datetime
+
+
+@dataclass(frozen=True)
+class Flip:
+    table_name: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    flipped_at: datetime
+    reason: str
+    actor: str | None
+
+
+@dataclass(frozen=True)
+class Split:
+    """The A/B split of a table: ``percent`` % of keys served from ``alias`` through ``<table>__ab``."""
+
+    table: str
+    alias: str
+    percent: int
+    updated_at: datetime | None = None
+
+
+# -- reads --------------------------------------------------------------------
+
+def get_version(conn: Connection, table: str, version: int) -> Version | None:
+    row = conn.execute(select(versions).where(versions.c.table_name == table,
+                                              versions.c.version == version)).first()
+    return None if row is None else Version.from_row(row)
+
+
+def list_versions(conn: Connection, table: str) -> list[Version]:
+    rows = conn.execute(select(versions).where(versions.c.table_name == table).order_by(versions.c.version))
+    return [Version.from_row(r) for r in rows]
+
+
+def list_tables(conn: Connection) -> list[str]:
+    """Every table the pipeline has written a version of."""
+    return list(conn.execute(select(versions.c.table_name).distinct().order_by(versions.c.table_name)).scalars())
+
+
+def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Pointer | None:
+    row = conn.execute(select(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)).first()
+    return None if row is None else _pointer(row)
+
+
+def active_version(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Version | None:
+    """The version ``alias`` (the table's own pointer by default) serves, or None."""
+    found = get_pointer(conn, table, alias)
+    return None if found is None else get_version(conn, table, found.version)
+
+
+def list_pointers(conn: Connection, table: str) -> list[Pointer]:
+    """Every alias of ``table`` (the default one, champion, included)."""
+    rows = conn.execute(select(pointer).where(pointer.c.table_name == table).order_by(pointer.c.alias))
+    return [_pointer(row) for row in rows]
+
+
+def _pointer(row: Any) -> Pointer:
+    m = row._mapping
+    return Pointer(m["table_name"], m["alias"], m["version"], tuple(json.loads(m["view_versions"])),
+                   _utc(m["updated_at"]))
+
+
+def list_flips(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> list[Flip]:
+    rows = conn.execute(select(flips).where(flips.c.table_name == table, flips.c.alias == alias)
+                        .order_by(flips.c.id))
+    return [Flip(r.table_name, r.alias, r.from_version, r.to_version, _utc(r.flipped_at), r.reason, r.actor)
+            for r in rows]
+
+
+def list_audits(conn: Connection, table: str, version: int) -> list[AuditRow]:
+    rows = conn.execute(select(audits).where(audits.c.table_name == table, audits.c.version == version)
+                        .order_by(audits.c.name))
+    return [AuditRow(r.name, bool(r.passed), r.detail, _utc(r.checked_at)) for r in rows]
+
+
+def unfinished_tables(conn: Connection) -> set[str]:
+    """Tables with a ``building`` version or a ``running`` run: what a dead run may have left."""
+    building = select(versions.c.table_name).where(versions.c.status == "building")
+    running = select(runs.c.table_name).where(runs.c.status == "running")
+    return set(conn.execute(building.union(running)).scalars())
+
+
+def get_split(conn: Connection, table: str) -> Split | None:
+    row = conn.execute(select(splits).where(splits.c.table_name == table)).first()
+    return None if row is None else Split(row.table_name, row.alias, row.percent, row.updated_at)
+
+
+def get_partition(conn: Connection, table: str, version: int, partition: int) -> Row | None:
+    """The committed record of one partition of a distributed run, or None."""
+    p = partitions.c
+    return conn.execute(select(partitions).where(p.table_name == table, p.version == version,
+                                                 p.partition == partition)).first()
+
+
+def require_table(conn: Connection, table: str) -> None:
+    """Raise :class:`FlipError` unless the pipeline has written a version of ``table`` here."""
+    if not has_schema(conn) or table not in list_tables(conn):
+        raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+
+
+def next_version(conn: Connection, table: str) -> int:
+    """Versions count up per table and are never reused, failed ones included."""
+    current = conn.execute(select(func.max(versions.c.version)).where(versions.c.table_name == table)).scalar()
+    return (current or 0) + 1
+
+
+# -- writes -------------------------------------------------------------------
+
+def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
+                   keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
+                   started_at: datetime, model_source: str | None = None, model_library: dict[str, Any] | None = None,
+                   output_labels: Sequence[Sequence[Any]] = ()) -> None:
+    """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.run.registry.Source`)."""
+    conn.execute(versions.insert().values(
+        table_name=table, version=version, job=job, logical_date=logical_date, status="building",
+        keys=json.dumps(list(keys)), model_path=model_path, model_sha256=model_sha256,
+        model_class=model_class, model_source=model_source, started_at=started_at,
+        model_library=json.dumps(model_library) if model_library else None,
+        output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None))
+
+
+def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:
+    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs, ``input_schema`` as a list."""
+    for key in ("columns", "input_schema"):
+        if values.get(key) is not None:
+            values[key] = json.dumps([list(c) for c in values[key]])
+    if "status" in values and values["status"] not in STATUSES:
+        raise ValueError(f"unknown status {values['status']!r}")
+    conn.execute(update(versions).where(versions.c.table_name == table, versions.c.version == version)
+                 .values(**values))
+
+
+def set_pointer(conn: Connection, table: str, alias: str, version: int, view_versions: Sequence[int],
+                now: datetime) -> None:
+    values = dict(version=version, view_versions=json.dumps(sorted(view_versions)), updated_at=now)
+    done = conn.execute(update(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)
+                        .values(**values))
+    if done.rowcount == 0:
+        conn.execute(pointer.insert().values(table_name=table, alias=alias, **values))
+
+
+def record_flip(conn: Connection, table: str, alias: str, from_version: int | None, to_version: int,
+                now: datetime, reason: str, actor: str | None) -> None:
+    conn.execute(flips.insert().values(table_name=table, alias=alias, from_version=from_version,
+                                       to_version=to_version, flipped_at=now, reason=reason, actor=actor))
+
+
+def set_view_versions(conn: Connection, table: str, alias: str, view_versions: Sequence[int]) -> None:
+    """Record which versions the alias serves now, without moving the pointer."""
+    conn.execute(update(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)
+                 .values(view_versions=json.dumps(sorted(view_versions))))
+
+
+def set_split(conn: Connection, split: Split | None, table: str) -> None:
+    """Replace ``table``'s split by ``split`` (None: no split)."""
+    conn.execute(delete(splits).where(splits.c.table_name == table))
+    if split is not None:
+        conn.execute(insert(splits).values(table_name=table, alias=split.alias, percent=split.percent,
+                                           updated_at=split.updated_at))
+
+
+def record_partition(conn: Connection, **values: Any) -> None:
+    """Record a partition of a distributed run, in the transaction that commits its rows."""
+    conn.execute(insert(partitions).values(**values))
+
+
+def save_audits(conn: Connection, table: str, version: int, results: Sequence[Any], now: datetime) -> None:
+    """Store the latest audit results of a version (objects with ``name``, ``passed``, ``detail``)."""
+    conn.execute(delete(audits).where(audits.c.table_name == table, audits.c.version == version))
+    if results:
+        conn.execute(audits.insert(), [dict(table_name=table, version=version, name=r.name, passed=r.passed,
+                                            detail=r.detail, checked_at=now) for r in results])
+
+
+def start_run(conn: Connection, *, job: str, table: str, logical_date: date, trigger: str,
+              scheduled_for: datetime | None, now: datetime, host: str, pid: int) -> int | None:
+    """Record a run as ``running``; None when a run of this job already stands for ``scheduled_for``."""
+    if scheduled_for is not None and conn.execute(
+            select(runs.c.id).where(runs.c.job == job, runs.c.scheduled_for == scheduled_for)).first():
+        return None
+    result = conn.execute(runs.insert().values(
+        job=job, table_name=table, logical_date=logical_date, trigger=trigger, scheduled_for=scheduled_for,
+        status="running", started_at=now, host=host, pid=pid))
+    return int(result.inserted_primary_key[0])
+
+
+def finish_run(conn: Connection, run_id: int, status: str, now: datetime, version: int | None = None,
+               error: str | None = None) -> None:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"unknown run status {status!r}")
+    conn.execute(update(runs).where(runs.c.id == run_id)
+                 .values(status=status, finished_at=now, version=version, error=error))
+
+
+def list_runs(conn: Connection, job: str | None = None, limit: int = 50, table: str | None = None) -> list[Run]:
+    """The latest runs, newest first, of one job or one table or all."""
+    query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    if table is not None:
+        query = query.where(runs.c.table_name == table)
+    return [Run.from_row(r) for r in conn.execute(query)]
+
+
+def running_runs(conn: Connection, table: str) -> list[Run]:
+    rows = conn.execute(select(runs).where(runs.c.table_name == table, runs.c.status == "running"))
+    return [Run.from_row(r) for r in rows]
+
+
+def last_tick(conn: Connection, job: str) -> datetime | None:
+    """The latest cron tick a run of ``job`` stood for."""
+    return _utc(conn.execute(select(func.max(runs.c.scheduled_for)).where(runs.c.job == job)).scalar())

@@ -1,0 +1,342 @@
+"""One run, start to end: list the domain, score it, write a new version, audit it, flip the pointer.
+
+Each step is one short function taking the run's :class:`~pipeline.run.context.RunContext`, and
+:func:`run_job` calls them in the order of a run: lock, recover, allocate, load (loading, indexing),
+audit, publish (flipping), tidy (the default row, retention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+
+from pipeline.database import journal as journals
+from pipeline.database import schema, state
+from pipeline.database.dialects import dialect_for
+from pipeline.database.engines import make_engine, resolve_url
+from pipeline.database.transactions import reading, transaction
+from pipeline.errors import AuditError, DatabaseError, PipelineError, PublishPending, SourceError, ViewBusy, first_line
+from pipeline.jobspec import Job
+from pipeline.names import version_table
+from pipeline.phases import checkpoint
+from pipeline.run import topup
+from pipeline.run.audits import AuditResult, audit_version, failures
+from pipeline.run.context import Clock, Progress, RunContext, RunOptions
+from pipeline.run.domain import Domain
+from pipeline.run.executors import Loaded, Target, executor_for
+from pipeline.run.model import Model, load_model
+from pipeline.run.scoring import TypeGuard, check_output
+from pipeline.serve.pointer import FlipResult, publish, write_default
+from pipeline.serve.retention import gc, reap_locked
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    table: str
+    version: int
+    rows: int
+    activated: bool
+    previous: int | None
+    seconds: float
+    audits: tuple[AuditResult, ...] = ()
+    #: Why no new version was made (the work was done already), or None.
+    skipped: str | None = None
+    #: Seconds spent in each phase: load (read, score, write, key), audit, publish.
+    phases: dict[str, float] = field(default_factory=dict)
+    #: Rows an incremental run copied from the active version (the rest were scored).
+    copied: int = 0
+
+
+def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
+            force: bool = False, trigger: str = "manual", scheduled_for: datetime | None = None,
+            clock: Clock = state.utcnow, progress: Progress | None = None,
+            incremental: bool = False) -> RunResult:
+    """Materialize ``job`` into a new version of its table and, unless told not to, flip to it.
+
+    Args:
+        job: a validated job (see :func:`pipeline.jobs.load_job`).
+        engine: the target database; by default the job's target, resolved like the CLI does.
+        logical_date: the date the run stands for, given to the domain query as ``:run_date``
+            (default: today in the job's time zone).
+        activate: flip the pointer to the new version once it passed its audits.
+        force: run even when a ready version already holds this date with the same model and domain.
+        trigger: what started the run (manual, schedule, cron, backfill), for the run history.
+        scheduled_for: the cron tick a scheduled run stands for; a tick runs at most once.
+        clock: the source of timestamps (tests pass a fixed one).
+        progress: called as rows are written with (rows so far, expected rows: the active
+            version's count, or None).
+        incremental: build the version from the active one, scoring only new and changed keys
+            (the model must be the active version's).
+
+    Raises:
+        JobLocked: another run of the same table is in progress; nothing was done.
+        PipelineError: the run failed; its version is marked ``failed`` and the pointer is untouched.
+    """
+    owned = engine is None
+    engine = engine or make_engine(resolve_url(None, job.target))
+    dialect = dialect_for(engine)
+    patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
+    options = RunOptions(activate=activate, force=force, trigger=trigger, scheduled_for=scheduled_for,
+                         incremental=incremental)
+    try:
+        with dialect.run_lock(engine, job.output.table) as still_held:
+            context = RunContext(job, patient, dialect, logical_date or today(job, clock), options, clock, progress,
+                                 still_held)
+            try:
+                recover(patient, job.output.table, clock)
+            except DatabaseError as exc:
+                _unrecorded(context, exc)
+            return run_locked(context)
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def today(job: Job, clock: Clock = state.utcnow) -> date:
+    """The default logical date: today in the job's time zone."""
+    return clock().astimezone(ZoneInfo(job.timezone)).date()
+
+
+def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
+    """Before a run: create (or upgrade) the bookkeeping tables, fold the runs the journal holds into the run
+    history and reap what dead runs of ``table`` left. The caller holds the table's run lock."""
+    dialect = dialect_for(engine)
+    journal = dialect.journal(engine)
+    with transaction(engine) as conn:
+        dialect.lock(conn, "pipeline:schema")
+        schema.ensure_schema(conn)
+        folded = journals.fold(conn, journal)
+    if folded is not None:
+        journal.unlink()
+    if folded:
+        log.warning("%d run(s) that could not write their record are now in pipeline_runs (from %s)", folded,
+                    journal)
+    reap_locked(engine, dialect, table, clock)
+
+
+def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
+    """A run that cannot even record its start leaves its record in the database's journal file, which the next
+    run folds into ``pipeline_runs``; then it fails, saying so.
+
+    Raises:
+        DatabaseError: always.
+    """
+    journal = context.dialect.journal(context.engine)
+    if journal is None:
+        raise exc
+    job, options, now = context.job, context.options, context.clock().isoformat()
+    record = dict(job=job.name, table=context.table, logical_date=context.logical_date.isoformat(),
+                  trigger=options.trigger,
+                  scheduled_for=options.scheduled_for.isoformat() if options.scheduled_for else None,
+                  started_at=now, finished_at=now, host=socket.gethostname(), pid=os.getpid(),
+                  error=f"could not start: {exc}")
+    try:
+        journals.append(journal, record)
+    except OSError as error:
+        raise DatabaseError(f"{exc}; the run could not start, and could not be recorded in {journal} either "
+                            f"({error.strerror})") from exc
+    why = (f" (another process held the database's write lock for longer than publish_timeout, "
+           f"{job.output.publish_timeout:g} s)" if context.dialect.is_lock_timeout(exc.__cause__) else "")
+    raise DatabaseError(f"{exc}; the run could not start{why} and is recorded in {journal} until the next run "
+                        "moves it to pipeline_runs") from exc
+
+
+def run_locked(context: RunContext) -> RunResult:
+    """One run, for a caller that holds the table's run lock and called :func:`recover`."""
+    started = time.monotonic()
+    job, table, options = context.job, context.table, context.options
+    model = load_model(job.model)
+    try:
+        with transaction(context.engine) as conn:
+            run_id = state.start_run(conn, job=job.name, table=table, logical_date=context.logical_date,
+                                     trigger=options.trigger, scheduled_for=options.scheduled_for,
+                                     now=context.clock(), host=socket.gethostname(), pid=os.getpid())
+    except DatabaseError as exc:
+        _unrecorded(context, exc)
+    if run_id is None:
+        return RunResult(table, 0, 0, False, None, time.monotonic() - started,
+                         skipped=f"a run of {job.name} for the tick {options.scheduled_for} was recorded already")
+    try:
+        # A scheduled run is told apart by its tick (recorded above), not by its date.
+        done = None if options.force or options.scheduled_for is not None else _done_before(context, model)
+        if done is not None:
+            _finish(context, run_id, "skipped", done.version)
+            return RunResult(table, done.version, done.row_count or 0, False, None, time.monotonic() - started,
+                             skipped=(f"version {done.version} already holds {context.logical_date} with the same "
+                                      "model and domain (--force runs it anyway)"))
+        result = _build(context, model)
+    except BaseException as exc:
+        _finish(context, run_id, "failed", error=_reason(exc))
+        raise
+    _finish(context, run_id, "succeeded", result.version)
+    return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+
+def _done_before(context: RunContext, model: Model) -> state.Version | None:
+    """A ready version of this job and date, from the same model and the same domain (read to compare)."""
+    job, logical_date = context.job, context.logical_date
+    with reading(context.engine) as conn:
+        candidates = [v for v in state.list_versions(conn, context.table)
+                      if v.job == job.name and v.logical_date == logical_date and v.status == "ready"
+                      and v.model_sha256 == model.sha256]
+    if not candidates:
+        return None
+    domain = Domain(job.domain, context.engine, logical_date)
+    try:
+        for _ in domain.chunks():
+            pass
+    except SourceError:
+        return None  # the run itself will fail on it, and record a failed version
+    finally:
+        domain.close()
+    return next((v for v in candidates if v.domain_fingerprint == domain.fingerprint), None)
+
+
+def _finish(context: RunContext, run_id: int, status: str, version: int | None = None,
+            error: str | None = None) -> None:
+    try:
+        with transaction(context.engine) as conn:
+            state.finish_run(conn, run_id, status, context.clock(), version, error)
+    except PipelineError as bookkeeping:
+        log.error("could not record the end of run %d (%s); the next run will", run_id, bookkeeping)
+
+
+def _build(context: RunContext, model: Model) -> RunResult:
+    job, table, engine = context.job, context.table, context.engine
+    activate = context.options.activate
+    check_output(job, model)
+    executor = executor_for(job.executor)
+    executor.check(context.dialect)
+    previous = topup.from_active(engine, job, model) if context.options.incremental else None
+    guard = type_guard(engine, job)
+    version = _allocate(context, model)
+    physical = version_table(table, version)
+    log.info("%s: building version %d in %s", table, version, physical)
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(phase: str) -> None:
+        nonlocal mark
+        phases[phase] = time.monotonic() - mark
+        mark = time.monotonic()
+
+    try:
+        loaded = executor.load(Target(context, model, version, physical, previous, guard))
+        lap("load")
+        results = _audit(context, version, loaded)
+        lap("audit")
+        ready = dict(finished_at=context.clock(), row_count=loaded.rows, columns=loaded.columns,
+                     domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint,
+                     input_schema=loaded.input_schema, type_changes="; ".join(guard.changes) or None)
+        if guard.changes:
+            log.warning("%s: version %d has other feature types than version %s (allowed by the job): %s",
+                        table, version, guard.version, "; ".join(guard.changes))
+        context.still_held()
+        flip = _publish(context, version, ready)
+        lap("publish")
+    except PublishPending:
+        raise  # the version is ready: `pipeline activate` publishes it
+    except BaseException as exc:
+        _fail(context, version, exc)
+        raise
+    log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
+    _tidy(context, version)
+    return RunResult(table, version, loaded.rows, activate, flip.from_version if flip else None, 0.0,
+                     tuple(results), phases=phases, copied=loaded.copied)
+
+
+def _publish(context: RunContext, version: int, ready: dict) -> FlipResult | None:
+    """Publish a version that passed its audits. When readers hold the view past ``publish_timeout``, the version
+    is still made ready, unpublished, rather than thrown away.
+
+    Raises:
+        PublishPending: it is ready but not published (``pipeline activate`` publishes it).
+    """
+    table, timeout = context.table, context.job.output.publish_timeout
+    try:
+        return publish(context.engine, table, version, ready=ready, move=context.options.activate,
+                       reason=f"run of job {context.job.name}", clock=context.clock, timeout=timeout)
+    except ViewBusy:
+        with transaction(context.engine) as conn:
+            state.update_version(conn, table, version, status="ready", **ready)
+        raise PublishPending(f"{table}: version {version} passed its audits and is ready, but readers held the view "
+                             f"for the whole publish_timeout ({timeout} s), so it is not "
+                             f"published; `pipeline activate {table} {version}` publishes it") from None
+
+
+def _tidy(context: RunContext, version: int) -> None:
+    """What follows a publish: the default row's view and retention. The version is published by now, so
+    neither may turn the run into a failure: what cannot be done now is logged, and the next run or
+    ``pipeline gc`` does it."""
+    output = context.job.output
+    try:
+        if output.default:
+            write_default(context.engine, output.table, output.default)
+        gc(context.engine, output.table, output.keep, clock=context.clock)
+    except PipelineError as exc:
+        log.warning("%s: version %d is published; clean-up after it failed and is left for later: %s",
+                    output.table, version, exc)
+
+
+def type_guard(engine: Engine, job: Job) -> TypeGuard:
+    """What the active version's model was handed, which the run's domain must match (unless allowed)."""
+    with reading(engine) as conn:
+        active = state.active_version(conn, job.output.table) if schema.has_schema(conn) else None
+    if active is None:
+        return TypeGuard()
+    return TypeGuard(active.input_schema, active.version, job.domain.allow_type_changes)
+
+
+def _allocate(context: RunContext, model: Model) -> int:
+    """Record a new ``building`` version; committed at once so a crash leaves a trace."""
+    job, table = context.job, context.table
+    with transaction(context.engine) as conn:
+        context.dialect.lock(conn, f"pipeline:{table}")
+        version = state.next_version(conn, table)
+        state.insert_version(conn, table=table, version=version, job=job.name,
+                             logical_date=context.logical_date, keys=job.domain.keys, model_path=model.location,
+                             model_sha256=model.sha256, model_class=model.class_name, started_at=context.clock(),
+                             model_source=model.source.to_json() if model.source else None,
+                             model_library=model.library, output_labels=model.labels)
+    return version
+
+
+def _audit(context: RunContext, version: int, loaded: Loaded) -> list[AuditResult]:
+    """Write-audit-publish: the checks that must pass before the flip; results are stored either way."""
+    checkpoint("auditing")
+    job = context.job
+    results = audit_version(context.engine, context.table, version, job.audits, expected_rows=loaded.expected_rows,
+                            columns=loaded.columns, keys=job.domain.keys, logical_date=context.logical_date,
+                            check_unique=False, clock=context.clock, output=job.output)
+    if any(not r.passed for r in results):
+        raise AuditError(f"audit failed: {failures(results)}")
+    return results
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _fail(context: RunContext, version: int, exc: BaseException) -> None:
+    """Mark the version failed with a one-line reason; never hides the original error."""
+    reason = _reason(exc)
+    try:
+        with transaction(context.engine) as conn:
+            state.update_version(conn, context.table, version, status="failed", finished_at=context.clock(),
+                                 error=reason)
+    except PipelineError as bookkeeping:
+        log.error("%s: could not mark version %d failed (%s); the next run will", context.table, version,
+                  bookkeeping)
+    log.info("%s: version %d failed: %s", context.table, version, reason)  # the error itself reaches the caller

@@ -1,0 +1,85 @@
+"""Write one version table: infer its columns, append chunks, then build its key and statistics."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.contract import value_kind
+from pipeline.database.dialects import Dialect
+from pipeline.errors import AuditError, SourceError
+from pipeline.run.audits import describe_keys, duplicate_keys
+
+
+def infer_type(name: str, series: pd.Series) -> str:
+    """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``: its kind in the
+    input contract (outputs of floats that are all NaN are still floats)."""
+    if pd.api.types.is_float_dtype(series.dtype):
+        return "float"
+    kind = value_kind(series)
+    if kind is None:
+        raise SourceError(f"column {name!r} holds only NULLs in the first chunk; its type cannot be told")
+    if kind == "other":
+        value = series.dropna().iloc[0]
+        raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
+    return kind
+
+
+def columns_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """A version table's columns and portable types, told from its first rows."""
+    return [(str(c), infer_type(str(c), frame[c])) for c in frame.columns]
+
+
+class VersionWriter:
+    """Appends scored chunks to a new version table inside the caller's transaction."""
+
+    def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str],
+                 columns: list[tuple[str, str]] | None = None, rows: int = 0) -> None:
+        """``columns``: the table exists already with these columns (a distributed run's coordinator made it)."""
+        self.dialect = dialect
+        self.conn = conn
+        self.name = name
+        self.keys = list(keys)
+        self.columns: list[tuple[str, str]] = columns or []
+        self.rows = rows
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``; the first call creates the table with the types of its columns."""
+        if not self.columns:
+            self.columns = columns_of(frame)
+            self.dialect.create_table(self.conn, self.name, self.columns)
+        names = [c for c, _ in self.columns]
+        if list(frame.columns) != names:
+            frame = frame[names]  # a table made elsewhere (a coordinator, the active version) sets the order
+        self.dialect.load(self.conn, self.name, self.columns, frame)
+        self.rows += len(frame)
+
+    def finish(self) -> int:
+        """Build the unique key and gather statistics; return the rows written.
+
+        The key is built after the load (far faster than maintaining it row by row);
+        the row count and NULL keys are audited afterwards from the table itself.
+
+        Raises:
+            AuditError: a key is NULL (where the key forbids it) or listed more than once.
+        """
+        try:
+            with self.conn.begin_nested():
+                self.dialect.add_unique_key(self.conn, self.name, self.keys)
+        except IntegrityError:
+            raise AuditError(self._key_problem()) from None
+        self.dialect.analyze(self.conn, self.name)
+        return self.rows
+
+    def _key_problem(self) -> str:
+        q = self.dialect.quote
+        any_null = " OR ".join(f"{q(k)} IS NULL" for k in self.keys)
+        nulls = self.conn.execute(text(f"SELECT COUNT(*) FROM {q(self.name)} WHERE {any_null}")).scalar_one()
+        if nulls:
+            return f"{nulls} domain row(s) have a NULL key ({', '.join(self.keys)})"
+        found = duplicate_keys(self.conn, self.dialect, self.name, self.keys)
+        return f"the domain lists some keys more than once, e.g. {describe_keys(self.keys, found)}"

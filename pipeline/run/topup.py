@@ -1,0 +1,144 @@
+"""Incremental top-ups: a new version made from the active one, scoring only new and changed keys.
+
+Every version row stores a hash of its features (``input_hash``). An incremental run
+streams the domain as usual, but scores only the rows whose key and feature hash the
+active version does not hold; the others keep their prediction, copied inside the
+database, and keys gone from the domain are left out. The model must be the active
+version's (same sha256): a new model means every row must be scored again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.database import schema, state
+from pipeline.database.dialects import Dialect, reader_for
+from pipeline.database.transactions import reading
+from pipeline.errors import PipelineError
+from pipeline.jobspec import Job
+from pipeline.names import INPUT_HASH, version_table
+from pipeline.run.model import Model
+from pipeline.run.scoring import check_inputs, input_hashes
+from pipeline.run.stages import closing
+
+#: Keys per statement when reading the active version's keys and hashes.
+READ_CHUNK = 500_000
+
+
+def check(job: Job) -> None:
+    """What an incremental run cannot do, refused before anything is built."""
+    if job.executor.kind != "local":
+        raise PipelineError("--incremental runs on the local executor (drop --executor dask)")
+    if job.output.top_k:
+        raise PipelineError("--incremental cannot keep top_k rankings (a changed row moves its whole group); "
+                            "run without --incremental")
+
+
+@dataclass
+class TopUp:
+    """The active version's rows, as far as one incremental run needs them."""
+
+    version: int
+    columns: list[tuple[str, str]]
+    keys: list[str]
+    model: Model
+    index: pd.Index                 # the key of every active row (unique: the version's key)
+    hashes: np.ndarray              # and its input_hash, position for position
+    #: Active rows whose key and inputs the domain listed again: they are copied, not scored.
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    checked: bool = False
+
+    @property
+    def copied(self) -> int:
+        return int(self.kept.sum())
+
+    def to_score(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``chunk`` to score: new keys and keys whose features changed."""
+        if not self.checked:
+            check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
+            self.checked = True
+        positions = self.index.get_indexer(_keys(chunk[self.keys]))
+        known = positions >= 0
+        same = known & (self.hashes[np.where(known, positions, 0)] == input_hashes(chunk[list(self.model.features)]))
+        self.kept[positions[same]] = True
+        return chunk[~same]
+
+    def changed(self, chunks: Iterable[pd.DataFrame],
+                progress: Callable[[int], None] | None = None) -> Iterator[pd.DataFrame]:
+        """The rows of ``chunks`` to score, chunk by chunk (empty ones left out); ``progress`` gets the
+        domain rows read so far."""
+        read = 0
+        with closing(chunks):
+            for chunk in chunks:
+                read += len(chunk)
+                if progress is not None:
+                    progress(read)
+                rows = self.to_score(chunk)
+                if len(rows):
+                    yield rows
+
+    def copy(self, conn: Connection, dialect: Dialect, target: str, table: str) -> int:
+        """Copy the kept rows of the active version into ``target`` inside the database; their count."""
+        q = dialect.quote
+        gone = self.index[~self.kept].to_frame(index=False)  # changed or left the domain
+        gone.columns = self.keys
+        source = q(version_table(table, self.version))
+        columns = dialect.column_list([c for c, _ in self.columns])
+        if gone.empty:
+            conn.exec_driver_sql(f"INSERT INTO {q(target)} ({columns}) SELECT {columns} FROM {source}")
+            return self.copied
+        dropped = f"{target}__gone"
+        types = dict(self.columns)
+        gone_columns = [(k, types[k]) for k in self.keys]
+        dialect.create_table(conn, dropped, gone_columns)
+        dialect.load(conn, dropped, gone_columns, gone)
+        dialect.add_unique_key(conn, dropped, self.keys)
+        match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in self.keys)
+        conn.exec_driver_sql(
+            f"INSERT INTO {q(target)} ({columns}) SELECT {', '.join(f'a.{q(c)}' for c, _ in self.columns)} "
+            f"FROM {source} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
+        dialect.drop_table(conn, dropped)
+        return self.copied
+
+
+def _keys(keys: pd.DataFrame) -> pd.Index:
+    """The keys as an index: a plain one for a single key column (much faster to build and probe)."""
+    if len(keys.columns) == 1:
+        return pd.Index(keys.iloc[:, 0].to_numpy())
+    return pd.MultiIndex.from_arrays([keys[k].to_numpy() for k in keys.columns])
+
+
+def from_active(engine: Engine, job: Job, model: Model) -> TopUp:
+    """Read the active version's keys and input hashes, after checking it can be topped up.
+
+    Raises:
+        PipelineError: what :func:`check` refuses, no active version, another model, or a version made
+            before input hashes.
+    """
+    check(job)
+    table = job.output.table
+    with reading(engine) as conn:
+        active = state.active_version(conn, table) if schema.has_schema(conn) else None
+    if active is None:
+        raise PipelineError(f"{table} has no active version to top up; run without --incremental first")
+    if active.model_sha256 != model.sha256:
+        raise PipelineError(f"--incremental keeps the active version's predictions, but version {active.version} "
+                            f"was scored by model sha256 {active.model_sha256[:12]} and the job's model is "
+                            f"{model.sha256[:12]}; run without --incremental to score every row")
+    columns = list(active.columns)
+    if INPUT_HASH not in dict(columns) or list(active.keys) != list(job.domain.keys):
+        raise PipelineError(f"version {active.version} of {table} has no {INPUT_HASH} for its keys (made by an "
+                            "older release or another key); run without --incremental once")
+    keys = list(job.domain.keys)
+    reader = reader_for(engine)
+    select = f"SELECT {reader.column_list(keys + [INPUT_HASH])} FROM {reader.quote(version_table(table, active.version))}"
+    parts = list(reader.read_query(engine, select, None, READ_CHUNK))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keys + [INPUT_HASH])
+    index = _keys(frame[keys])
+    return TopUp(active.version, columns, keys, model, index, frame[INPUT_HASH].to_numpy(dtype=np.int64),
+                 np.zeros(len(index), dtype=bool))

@@ -1,0 +1,117 @@
+"""Backfills: one run per logical date over a range, resumable, never moving the pointer backwards.
+
+A backfill holds the table's run lock for its whole length, so a scheduled run cannot
+slip in between its dates; ``parallel`` dates share that lock. Dates already done (a
+ready version from the same model and domain) are skipped, so running the same backfill
+again redoes only the dates that failed or never ran.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+
+from pipeline.database import state
+from pipeline.database.dialects import dialect_for
+from pipeline.database.transactions import reading
+from pipeline.errors import PipelineError
+from pipeline.jobspec import Job
+from pipeline.run.context import RunContext, RunOptions
+from pipeline.run.materialize import RunResult, recover, run_locked
+from pipeline.serve.pointer import FlipResult
+from pipeline.serve.pointer import activate as activate_version
+
+log = logging.getLogger("pipeline")
+ACTIVATE = ("latest", "none")
+
+
+@dataclass
+class BackfillResult:
+    done: dict[date, RunResult] = field(default_factory=dict)
+    failed: dict[date, str] = field(default_factory=dict)
+    interrupted: bool = False
+    flip: FlipResult | None = None
+    #: Why the pointer was left where it was, when it was.
+    kept_pointer: str | None = None
+
+
+def dates(start: date, end: date) -> list[date]:
+    if end < start:
+        raise PipelineError(f"--end {end} is before --start {start}")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int = 1, force: bool = False,
+             activate: str = "latest", clock: Callable = state.utcnow,
+             on_date: Callable[[date, RunResult | None, str | None], None] | None = None) -> BackfillResult:
+    """Run ``job`` for every date from ``start`` to ``end``; then, with ``activate='latest'``, point the
+    view at the newest date's version unless the active version stands for a newer date.
+
+    A failing date does not stop the others. Ctrl-C stops starting new dates, lets the
+    running ones finish and returns with ``interrupted``; the same call again resumes.
+    """
+    if activate not in ACTIVATE:
+        raise PipelineError(f"--activate must be one of {', '.join(ACTIVATE)}, got {activate!r}")
+    if parallel < 1:
+        raise PipelineError("--parallel must be at least 1")
+    todo = dates(start, end)
+    result = BackfillResult()
+    table = job.output.table
+    dialect = dialect_for(engine)
+    engine = dialect.patient(engine, job.output.publish_timeout)
+    options = RunOptions(activate=False, force=force, trigger="backfill")
+
+    def one(day: date) -> RunResult:
+        return run_locked(RunContext(job, engine, dialect, day, options, clock))
+
+    def record(day: date, future: Future) -> None:
+        error = future.exception()
+        if error is None:
+            result.done[day] = future.result()
+        elif isinstance(error, (PipelineError, KeyboardInterrupt)):
+            result.failed[day] = str(error) or type(error).__name__
+        else:
+            raise error
+        if on_date is not None:
+            on_date(day, result.done.get(day), result.failed.get(day))
+
+    with dialect.run_lock(engine, table):
+        recover(engine, table, clock)
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
+            pending: dict[Future, date] = {}
+            queue = list(todo)
+            try:
+                while queue or pending:
+                    while queue and len(pending) < parallel:
+                        day = queue.pop(0)
+                        pending[pool.submit(one, day)] = day
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        record(pending.pop(future), future)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                log.warning("%s: interrupted; letting %d running date(s) finish", table, len(pending))
+                for future in wait(pending).done:
+                    record(pending[future], future)
+        if activate == "latest" and result.done:
+            _activate_latest(engine, table, result, clock)
+    return result
+
+
+def _activate_latest(engine: Engine, table: str, result: BackfillResult, clock: Callable) -> None:
+    newest_day = max(result.done)
+    newest = result.done[newest_day]
+    with reading(engine) as conn:
+        active = state.active_version(conn, table)
+    if active is not None and active.version == newest.version:
+        return
+    if active is not None and active.logical_date is not None and active.logical_date > newest_day:
+        result.kept_pointer = (f"the active version {active.version} stands for {active.logical_date}, "
+                               f"newer than {newest_day}")
+        return
+    result.flip = activate_version(engine, table, newest.version, reason=f"backfill to {newest_day}", clock=clock)

@@ -1,0 +1,252 @@
+"""The stable view and the pointer behind it: publish a version, activate, roll back.
+
+The view ``<table>`` serves a small set of versions (the active one and its rollback
+target), each gated by the ``pipeline_pointer`` row. Moving the pointer is a one-row
+UPDATE: readers see the old version or the new one, whole, and never wait for it. How
+the set is kept is the dialect's: on PostgreSQL, partitions attached to and detached from
+a partitioned table the view reads; elsewhere, a UNION ALL the view lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from pipeline.database import state
+from pipeline.database.dialects import Dialect, dialect_for
+from pipeline.database.transactions import reading, retry_on_lock
+from pipeline.errors import FlipError, PipelineError
+from pipeline.names import check_alias, previous_version, version_table, view_name
+from pipeline.phases import checkpoint
+from pipeline.serve import split
+
+log = logging.getLogger("pipeline")
+Clock = Callable[[], Any]
+
+#: What a publish step answers when it attached versions (committed on their own, before the flip).
+ATTACHED = object()
+
+
+@dataclass(frozen=True)
+class FlipResult:
+    table: str
+    alias: str
+    from_version: int | None
+    to_version: int
+
+
+def serving(conn: Connection, table: str, version: int, previous: int | None) -> list[state.Version]:
+    """What an alias pointing at ``version`` serves: that version, its rollback target (the newest ready version
+    older than it) and the version it served before (so flipping back costs nothing); nothing else, so a
+    lookup costs the same however many versions are kept."""
+    found = {v.version: v for v in state.list_versions(conn, table)}
+    back = previous_version([v for v, f in found.items() if f.status == "ready"], version)
+    return [found[v] for v in dict.fromkeys((version, back, previous)) if v in found]
+
+
+def serving_set(conn: Connection, table: str) -> set[int]:
+    """Every version some alias serves: what must stay within the views' reach."""
+    return {v for p in state.list_pointers(conn, table) for v in (p.version, *p.view_versions)}
+
+
+def attach(conn: Connection, dialect: Dialect, table: str, kept: list[state.Version]) -> bool:
+    """Bring ``kept`` within the views' reach (:meth:`Dialect.serve`); whether any was newly attached.
+
+    The first is the version to serve and must be; the others may wait for readers that still
+    hold them from before, which the flip does not wait for.
+    """
+    attached = dialect.serve(conn, table, kept[0].version, kept[0].columns)
+    for v in kept[1:]:
+        try:
+            with conn.begin_nested():
+                attached = dialect.serve(conn, table, v.version, v.columns) or attached
+        except SQLAlchemyError as exc:
+            if not dialect.is_lock_timeout(exc):
+                raise
+            log.info("%s: version %d is still held by readers from before it was detached; activating it "
+                     "will wait for them", table, v.version)
+    return attached
+
+
+def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, kept: list[state.Version],
+               active: state.Version | None) -> None:
+    """Make the alias's view serve ``kept`` (the first is the version to serve), with no DDL when it does already.
+
+    Where the view reads a partitioned table, it changes only with its columns; where it lists its
+    versions, it is written again when the list changes. A view of other columns is made anew; the
+    A/B split view, which reads it, is dropped first and must be made again once the pointer moved
+    (:func:`split.refresh`).
+    """
+    target = kept[0]
+    listed = [(version_table(table, v.version), v.version) for v in kept if v.columns == target.columns]
+    select_sql = dialect.view_select(table, alias, listed, target.columns)
+    same = active is not None and active.columns == target.columns
+    if not same:
+        split.drop_view(conn, dialect, table)
+    dialect.ensure_view(conn, view_name(table, alias), select_sql, same, grants_from=table)
+
+
+def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,
+            reason: str, clock: Clock, alias: str = state.DEFAULT_ALIAS,
+            timeout: float | None = None) -> FlipResult | None:
+    """Make ``version`` ready (when ``ready`` holds its final figures) and, if ``move``, point the view at it.
+
+    Where versions are served as partitions, any not attached yet are attached first, in a
+    transaction of their own, and statements planned before that are let finish
+    (:meth:`Dialect.wait_for_planners`). The rest is one transaction: a run that dies before it
+    commits leaves its version ``building`` (later reaped as failed) and readers exactly where
+    they were. Nothing takes a lock a reader holds, except DDL on the view when its columns
+    change: while readers hold the view, that tries again for ``timeout`` seconds (by default a
+    minute's worth of tries). Versions that no alias serves any more are then taken out of the
+    views' reach (:func:`settle`).
+
+    Raises:
+        ViewBusy: readers held the view all that time; nothing changed.
+    """
+    dialect = dialect_for(engine)
+
+    def kept(conn: Connection, pointer: state.Pointer | None) -> list[state.Version]:
+        found = serving(conn, table, version, pointer.version if pointer else None)
+        target = found[0] if found and found[0].version == version else None
+        if target is None:
+            raise FlipError(f"{table} has no version {version}")
+        if ready is None and target.status != "ready":
+            raise FlipError(f"{table} version {version} is {target.status}, not ready; only ready versions can be "
+                            "activated (see `pipeline versions`)")
+        if ready is not None:  # its columns as they will be recorded
+            found[0] = dataclasses.replace(target, columns=tuple(tuple(c) for c in ready["columns"]))
+        return found
+
+    def flip(conn: Connection) -> FlipResult | None | object:
+        dialect.lock(conn, f"pipeline:{table}")
+        pointer = state.get_pointer(conn, table, alias)
+        versions = kept(conn, pointer)
+        if move and attach(conn, dialect, table, versions):
+            return ATTACHED  # committed alone: readers' plans catch up before the pointer moves
+        if ready is not None:
+            state.update_version(conn, table, version, status="ready", **ready)
+        if not move:
+            return None
+        # the version served now is among ``versions`` (as the one served before the flip)
+        active = next((v for v in versions if pointer and v.version == pointer.version), None)
+        write_view(conn, dialect, table, alias, versions, active)
+        checkpoint("flipping")
+        now = clock()
+        state.set_pointer(conn, table, alias, version, [v.version for v in versions], now)
+        dialect.set_gate(conn, table, alias, version)
+        if active is None or active.columns != versions[0].columns:  # the split compares what the aliases serve
+            split.refresh(conn, dialect, table)
+        from_version = pointer.version if pointer else None
+        state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
+        return FlipResult(table, alias, from_version, version)
+
+    what = f"{table}: publishing version {version}"
+    for _ in range(3):  # again only if another process detached a version meanwhile
+        result = retry_on_lock(engine, dialect, what, flip, timeout=timeout)
+        if result is not ATTACHED:
+            break
+        dialect.wait_for_planners(engine)
+    else:
+        raise FlipError(f"{what}: another process kept taking its versions out of serving; try again")
+    assert result is None or isinstance(result, FlipResult)
+    if result is not None:
+        if result.from_version is None:
+            log.info("%s: version %d is served now", table, version)
+        else:
+            log.info("%s: pointer moved from version %d to %d", table, result.from_version, version)
+        settle(engine, table)
+    return result
+
+
+def settle(engine: Engine, table: str) -> dict[int, str]:
+    """Take the versions no alias serves out of the views' reach as far as readers allow now; those left, with
+    why. Never raises: it follows a flip that has happened, and the next publish or ``gc`` tries again."""
+    dialect = dialect_for(engine)
+    try:
+        with reading(engine) as conn:
+            wanted = serving_set(conn, table)
+        left = dialect.settle(engine, table, wanted)
+    except PipelineError as exc:
+        log.warning("%s: could not settle what the views serve: %s", table, exc)
+        return {}
+    for version, why in left.items():
+        log.info("%s: version %d: %s", table, version, why)
+    return left
+
+
+def activate(engine: Engine, table: str, version: int, *, reason: str = "activate",
+             alias: str = state.DEFAULT_ALIAS, clock: Clock = state.utcnow) -> FlipResult:
+    """Point ``table``'s view (or its ``alias`` view, ``<table>__<alias>``) at a retained ready ``version``.
+
+    The same O(1) flip a run ends with; every alias has its own pointer row and history.
+    """
+    require_table(engine, table)
+    result = publish(engine, table, version, ready=None, move=True, reason=reason, clock=clock,
+                     alias=check_alias(table, alias))
+    assert result is not None
+    return result
+
+
+def rollback(engine: Engine, table: str, to: int | None = None, *, alias: str = state.DEFAULT_ALIAS,
+             clock: Clock = state.utcnow) -> FlipResult:
+    """Flip ``table`` back to version ``to``, or to the newest ready version older than the active one."""
+    require_table(engine, table)
+    with reading(engine) as conn:
+        pointer = state.get_pointer(conn, table, check_alias(table, alias))
+        usable = [v.version for v in state.list_versions(conn, table) if v.status == "ready"]
+    if pointer is None:
+        raise FlipError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
+                        "to roll back from")
+    if to is None:
+        to = previous_version(usable, pointer.version)
+        if to is None:
+            raise FlipError(f"{table}: no ready version older than the active version {pointer.version}")
+    if to == pointer.version:
+        raise FlipError(f"{table}: version {to} is already active")
+    return activate(engine, table, to, reason="rollback", alias=alias, clock=clock)
+
+
+def require_table(engine: Engine, table: str) -> None:
+    with reading(engine) as conn:
+        state.require_table(conn, table)
+
+
+def actor() -> str:
+    """Who moved the pointer: user@host, for the flip log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def write_default(engine: Engine, table: str, default: tuple[tuple[str, Any], ...]) -> None:
+    """Make ``<table>__default`` the one-row view of the job's values for keys outside the domain.
+
+    Applications read it with ``COALESCE`` over a left join (``sql/queries.sql``).
+    """
+    dialect = dialect_for(engine)
+    select_sql = "SELECT " + ", ".join(f"{_literal(v)} AS {dialect.quote(c)}" for c, v in default)
+
+    def step(conn: Connection) -> None:
+        dialect.lock(conn, f"pipeline:{table}")
+        dialect.ensure_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table)
+
+    retry_on_lock(engine, dialect, f"{table}: default view", step)
+
+
+def _literal(value: Any) -> str:
+    """A SQL literal for a validated job-file value (number, string or boolean)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return "'" + str(value).replace("'", "''") + "'"

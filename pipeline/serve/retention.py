@@ -1,0 +1,151 @@
+"""Retention and clean-up: drop old version tables, and reap what dead runs left behind.
+
+Never drops what an alias serves (its active version and rollback target), never drops a
+table that another object still reads (it says so instead), and takes a version out of
+the views' reach before its table is dropped; a table readers hold is left for later,
+never waited on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.database import schema, state
+from pipeline.database.dialects import Dialect, dialect_for
+from pipeline.database.transactions import reading, retry_on_lock, transaction
+from pipeline.errors import FlipError, JobLocked, ViewBusy
+from pipeline.jobspec import DEFAULT_KEEP
+from pipeline.names import version_table
+from pipeline.serve.pointer import attach, require_table, serving, serving_set, settle, write_view
+
+log = logging.getLogger("pipeline")
+
+ABANDONED = "abandoned: the run ended without finishing (killed, or its machine or connection was lost)"
+
+
+@dataclass
+class GcResult:
+    table: str
+    retired: list[int] = field(default_factory=list)
+    cleaned: list[int] = field(default_factory=list)        # failed versions whose tables were dropped
+    kept: dict[int, str] = field(default_factory=dict)      # version -> why it had to stay
+
+
+#: Tries at dropping one retired table that readers hold, before it is left to the next run or gc.
+DROP_ATTEMPTS = 5
+
+
+def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable = state.utcnow) -> GcResult:
+    """Keep the newest ``keep`` ready versions (plus what every alias serves: its active version, rollback target
+    and the version it served before its last flip); drop the rest.
+
+    Dropped ready versions become ``retired``; failed versions lose their partial tables. The
+    views serve none of the doomed versions (a view from before serving sets were bounded is
+    made to); then each table is dropped in a transaction of its own, and one that readers still
+    hold (a long transaction, a backup) is skipped and named: the next run or ``gc`` drops it.
+    """
+    if keep < 1:
+        raise FlipError("--keep must be at least 1")
+    require_table(engine, table)
+    dialect = dialect_for(engine)
+    reap(engine, table, clock=clock)
+
+    def unlist(conn: Connection) -> list[state.Version]:
+        dialect.lock(conn, f"pipeline:{table}")
+        found = state.list_versions(conn, table)
+        pointers = state.list_pointers(conn, table)
+        ready = [v.version for v in found if v.status == "ready"]
+        protected = set(sorted(ready)[-keep:]) | serving_set(conn, table)  # and what every alias serves
+        doomed = [v for v in found if (v.status == "ready" and v.version not in protected)
+                  or (v.status == "failed" and _exists(conn, table, v.version))]
+        gone = {v.version for v in doomed}
+        for pointer in pointers:  # a view made before serving sets were bounded may list doomed versions
+            if gone & set(pointer.view_versions):
+                kept = serving(conn, table, pointer.version, None)
+                attach(conn, dialect, table, kept)
+                dialect.set_gate(conn, table, pointer.alias, pointer.version)
+                write_view(conn, dialect, table, pointer.alias, kept, kept[0])  # the view's DDL: no reader plans
+                state.set_view_versions(conn, table, pointer.alias, [v.version for v in kept])
+        return doomed
+
+    result = GcResult(table)
+    doomed = retry_on_lock(engine, dialect, f"{table}: retention", unlist)
+    held = settle(engine, table)
+    for v in doomed:
+        physical = version_table(table, v.version)
+
+        def drop(conn: Connection) -> str | None:
+            users = dialect.dependents(conn, physical)
+            if users:
+                return f"{physical} is still read by {', '.join(users)}"
+            dialect.drop_table(conn, physical)
+            if v.status == "ready":
+                state.update_version(conn, table, v.version, status="retired")
+            return None
+
+        try:
+            why = held.get(v.version) or retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop,
+                                                       attempts=DROP_ATTEMPTS)
+        except ViewBusy:
+            why = f"{physical} is held by a reader (a long transaction or a backup); the next run or gc drops it"
+        if why is not None:
+            result.kept[v.version] = why
+        elif v.status == "ready":
+            result.retired.append(v.version)
+        else:
+            result.cleaned.append(v.version)
+    for version, why in result.kept.items():
+        log.warning("%s: kept version %d: %s", table, version, why)
+    return result
+
+
+def _exists(conn: Connection, table: str, version: int) -> bool:
+    return conn.dialect.has_table(conn, version_table(table, version))
+
+
+def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.utcnow) -> list[tuple[str, int]]:
+    """Mark ``building`` versions whose run is gone as failed and drop their partial tables.
+
+    A run holds its table's run lock until it ends, and the operating system or the
+    server releases it when the process dies; so a ``building`` version whose lock is
+    free was abandoned. Tables with a live run are left alone.
+    """
+    dialect = dialect_for(engine)
+    with reading(engine) as conn:
+        if not schema.has_schema(conn):
+            return []
+        tables = sorted(t for t in state.unfinished_tables(conn) if table is None or t == table)
+    reaped = []
+    for name in tables:
+        try:
+            with dialect.run_lock(engine, name):
+                reaped += reap_locked(engine, dialect, name, clock)
+        except JobLocked:
+            continue
+    return reaped
+
+
+def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -> list[tuple[str, int]]:
+    """:func:`reap` for a caller that already holds ``table``'s run lock.
+
+    A run that died while publishing may have left its version attached for serving: it is
+    detached first, and a table readers still hold is left for ``gc`` (it drops failed versions' tables).
+    """
+    with reading(engine) as conn:  # most runs find none: then nothing to take out of serving first
+        building = any(v.status == "building" for v in state.list_versions(conn, table))
+    held = settle(engine, table) if building else {}
+    with transaction(engine) as conn:
+        dialect.lock(conn, f"pipeline:{table}")
+        stale = [v for v in state.list_versions(conn, table) if v.status == "building"]
+        for v in stale:
+            if v.version not in held:
+                dialect.drop_table(conn, version_table(table, v.version))
+            state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
+            log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
+        for run in state.running_runs(conn, table):
+            state.finish_run(conn, run.id, "failed", clock(), run.version, ABANDONED)
+    return [(table, v.version) for v in stale]

@@ -1,0 +1,150 @@
+"""``pipeline plan``: what a run would do, found by doing everything but the writing.
+
+The job file is loaded, the model loaded and checked, the domain listed and counted,
+the first chunk scored, and the SQL the run would issue is written out; nothing is
+created in the target database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateTable
+
+from pipeline.database import schema, state
+from pipeline.database.dialects import dialect_for
+from pipeline.database.dialects.base import COLUMN_TYPES
+from pipeline.database.engines import redact
+from pipeline.database.transactions import reading
+from pipeline.errors import AuditError
+from pipeline.jobspec import Job
+from pipeline.names import version_table, view_name
+from pipeline.run import topup
+from pipeline.run.audits import planned_audits
+from pipeline.run.domain import Domain
+from pipeline.run.executors import EMPTY_DOMAIN, describe, executor_for
+from pipeline.run.materialize import type_guard
+from pipeline.run.model import load_model
+from pipeline.run.registry import Source
+from pipeline.run.scoring import Scorer, check_output, first_rows
+from pipeline.run.store import columns_of
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: str
+    target: str
+    table: str
+    logical_date: date
+    version: int                       # the version a run would make
+    active_version: int | None
+    domain_size: int
+    domain_columns: tuple[str, ...]
+    keys: tuple[str, ...]
+    features: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # the version table's columns and types
+    model_class: str
+    model_sha256: str
+    model_location: str                # the model file, or the registry version (models:/NAME/VERSION)
+    model_source: Source | None        # a registry model: the version its alias resolved to, and the run
+    method: str
+    audits: tuple[str, ...]
+    sql: tuple[str, ...]
+    schedule: str | None
+    next_tick: datetime | None
+    executor: str
+    #: How the version is cut and served: top_k, aliases, the A/B split, the default row.
+    serving: tuple[str, ...] = ()
+    #: With --incremental: rows to score (new or changed keys), rows copied, active rows changed or gone.
+    incremental: tuple[int, int, int] | None = None
+    #: What the model is handed: (feature, dtype, categories or None) each.
+    input_schema: tuple[tuple[Any, ...], ...] = ()
+    #: Which class each output column holds.
+    labels: tuple[tuple[str, Any], ...] = ()
+    #: Feature types that differ from the active version's (allowed by the job, else the plan fails).
+    type_changes: tuple[str, ...] = ()
+    #: The model's library, the version it was trained with and the one installed.
+    library: dict[str, str | None] | None = None
+
+
+def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = False) -> Plan:
+    """Everything a run of ``job`` would do on ``engine``, without writing anything.
+
+    With ``incremental``, it also counts the keys an incremental run would score and copy.
+
+    Raises:
+        PipelineError: the first problem a run would hit (job file, model, domain, scoring).
+    """
+    model = load_model(job.model)
+    check_output(job, model)
+    executor_for(job.executor).check(dialect_for(engine))
+    keys = list(job.domain.keys)
+    top_up = topup.from_active(engine, job, model) if incremental else None
+    to_score = 0
+    domain = Domain(job.domain, engine, logical_date)
+    sample = None
+    scorer = Scorer(model, keys, type_guard(engine, job))
+    try:
+        for chunk in domain.chunks():
+            if top_up is not None:
+                to_score += len(top_up.to_score(chunk))
+            if sample is None:
+                sample = first_rows(scorer, job, chunk)
+                columns_seen = tuple(map(str, chunk.columns))
+    finally:
+        domain.close()
+    if sample is None and not job.audits.allow_empty:
+        raise AuditError(EMPTY_DOMAIN)
+    columns = tuple(columns_of(sample)) if sample is not None else ()
+    with reading(engine) as conn:
+        known = schema.has_schema(conn)
+        version = state.next_version(conn, job.output.table) if known else 1
+        pointer = state.get_pointer(conn, job.output.table) if known else None
+    dialect = dialect_for(engine)
+    physical = version_table(job.output.table, version)
+    table = Table(physical, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
+    sql = (
+        str(CreateTable(table).compile(dialect=engine.dialect)).strip(),
+        f"-- load {domain.size} rows in chunks of {job.domain.chunk_size}: "
+        f"{dialect.load_sql(physical, columns)}",
+        f"-- then the key: unique ({', '.join(keys)}); ANALYZE {physical}",
+        f"-- then the view {job.output.table}, which serves the active version and its rollback target, e.g.\n"
+        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], columns),
+    )
+    from pipeline.scheduling.scheduler import next_tick
+    return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
+                version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
+                domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
+                features=model.features, columns=columns, model_class=model.class_name,
+                model_sha256=model.sha256, model_location=model.location, model_source=model.source,
+                method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
+                schedule=job.schedule, next_tick=next_tick(job),
+                executor=describe(job.executor), serving=tuple(serving(job, engine)),
+                input_schema=tuple(tuple(row) for row in scorer.schema or ()), labels=model.labels,
+                type_changes=tuple(scorer.guard.changes) if scorer.guard else (), library=model.library,
+                incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied))
+
+
+def serving(job: Job, engine: Engine) -> list[str]:
+    """How the table is cut and served, one phrase each: top_k, aliases, the A/B split, the default row."""
+    found = []
+    output = job.output
+    if output.top_k:
+        found.append(f"top {output.top_k} per {', '.join(output.group_by)} by {output.rank_by} "
+                     f"({'ascending' if output.ascending else 'descending'}), with rank")
+    with reading(engine) as conn:
+        if schema.has_schema(conn):
+            found += [f"alias {p.alias} on v{p.version} ({view_name(job.output.table, p.alias)})"
+                      for p in state.list_pointers(conn, job.output.table) if p.alias != state.DEFAULT_ALIAS]
+            ab = state.get_split(conn, job.output.table)
+            if ab is not None:
+                found.append(f"A/B split: {ab.percent}% of keys from {ab.alias} in "
+                             f"{view_name(job.output.table, 'ab')}")
+    if output.default:
+        found.append(f"default for unseen keys in {view_name(output.table, 'default')}: "
+                     + ", ".join(f"{c} = {v!r}" for c, v in output.default))
+    return found
