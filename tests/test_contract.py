@@ -216,11 +216,12 @@ TYPED_JOB = """
 
 def test_a_feature_type_change_is_refused_naming_the_column(engine, write_job):
     from click.testing import CliRunner
-    from conftest import customers_frame, view_rows, write_table
 
     from pipeline import load_job, run_job
     from pipeline.cli import main
     from pipeline.errors import PipelineError
+
+    from helpers import customers_frame, view_rows, write_table
 
     frame = customers_frame(50)
     frame["x3"] = (frame["x3"] * 10).round().astype("int64")  # an integer column the model reads as a number

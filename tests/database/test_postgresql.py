@@ -7,13 +7,14 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
 from pipeline import activate, load_job, run_job
 from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
+
+from helpers import CUSTOMERS_JOB, customers_frame, write_table
 
 pytestmark = pytest.mark.postgres
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
 from pipeline import load_job, run_job
 from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
+
+from helpers import CUSTOMERS_JOB, customers_frame, write_table
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_a_run_that_cannot_start_is_recorded_by_the_next_one(sqlite_url, sqlite_
 
 def test_a_writer_met_while_auditing_is_waited_for_and_the_version_kept(sqlite_url, sqlite_engine, write_job,
                                                                       tmp_path):
-    from conftest import rest, start_run, wait_for
+    from helpers import rest, start_run, wait_for
 
     write_table(sqlite_engine, "customers", customers_frame(50))
     write_job(CUSTOMERS_JOB)

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeline.database import schema, state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.mark.parametrize("name, dialect", [("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())])

@@ -6,11 +6,12 @@ import re
 from html.parser import HTMLParser
 
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.tools.report import build_report
+
+from helpers import CUSTOMERS_JOB, customers_frame, train_model, write_table
 
 
 class Page(HTMLParser):

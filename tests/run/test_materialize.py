@@ -6,13 +6,14 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model, write_table,
-                      write_users_items)
 from sqlalchemy import text
 
 from pipeline import activate, load_job, rollback, run_job
 from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
 from pipeline.serve import catalog
+
+from helpers import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model, write_table,
+                     write_users_items)
 
 
 def read_view(engine, table: str = "scores") -> pd.DataFrame:

@@ -7,12 +7,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import AuditError, ModelError
 from pipeline.tools.plan import plan_job
+
+from helpers import CUSTOMERS_JOB, customers_frame, write_table
 
 
 def tables(engine) -> set[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, version_rows, write_table
 from sqlalchemy import text
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
+
+from helpers import CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, train_model, version_rows, write_table
 
 KEYS = 1000
 

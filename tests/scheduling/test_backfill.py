@@ -6,13 +6,14 @@ import datetime as dt
 
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, view_rows, write_table
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.scheduling.backfill import backfill
 from pipeline.serve import catalog
+
+from helpers import CUSTOMERS_JOB, customers_frame, view_rows, write_table
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 # The domain does not depend on the date; the query still takes it, as a real one would.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
-
 from pipeline import load_job, run_job
 from pipeline.cli.progress import reporter
+
+from helpers import CUSTOMERS_JOB, customers_frame, write_table
 
 
 def test_a_run_reports_rows_as_it_writes(engine, write_job):

@@ -7,12 +7,13 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CUSTOMERS_JOB, FEATURES, SCRIPTED_JOB, customers_frame, version_rows, write_table
-from fakemodels import Scripted
 
 from pipeline import gc, load_job, run_job
 from pipeline.errors import FlipError
 from pipeline.tools.diff import HISTOGRAM_BINS, LabelChange, VersionDiff, diff_versions
+
+from fakemodels import Scripted
+from helpers import CUSTOMERS_JOB, FEATURES, SCRIPTED_JOB, customers_frame, version_rows, write_table
 
 N = 200
 

@@ -10,8 +10,6 @@ import signal
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for, write_table
-from fakemodels import Scripted
 from sqlalchemy import text
 
 from pipeline import load_job, run_job
@@ -28,6 +26,9 @@ from pipeline.run.partitions import PartitionTask, write_partition
 from pipeline.run.scoring import score_chunk
 from pipeline.run.store import columns_of
 from pipeline.serve import catalog
+
+from fakemodels import Scripted
+from helpers import CUSTOMERS_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for, write_table
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 400')

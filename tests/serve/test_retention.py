@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
-from fakemodels import Scripted
 from sqlalchemy import text
 
 from pipeline import gc, load_job, reap, rollback, run_job
@@ -14,6 +12,9 @@ from pipeline.database import state
 from pipeline.database.transactions import transaction
 from pipeline.errors import AuditError
 from pipeline.serve import catalog
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
 
 
 @pytest.fixture

@@ -12,12 +12,13 @@ import signal
 
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
 from sqlalchemy import text
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.serve import catalog
+
+from helpers import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')

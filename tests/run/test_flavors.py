@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 import skl2onnx
 import xgboost
-from conftest import MlflowRegistry, view_rows, write_table
 from mlflow.models import infer_signature
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
@@ -39,6 +38,8 @@ from pipeline.errors import ModelError, PipelineError
 from pipeline.jobspec import ModelSpec
 from pipeline.run import flavors
 from pipeline.run.model import Model, load_model
+
+from helpers import MlflowRegistry, view_rows, write_table
 
 # MLflow suggests an input example for every model saved with a signature; these tests need none.
 pytestmark = pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from conftest import SCRIPTED_JOB, customers_frame, write_table
-from fakemodels import Scripted
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.cli import main
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, write_table
 
 
 def parse(path) -> dict[tuple[str, str], float]:
@@ -48,7 +49,7 @@ def test_json_logs(engine, db_url, write_job, tmp_path):
     import subprocess
     import sys
 
-    from conftest import CUSTOMERS_JOB
+    from helpers import CUSTOMERS_JOB
 
     write_table(engine, "customers", customers_frame(10))
     write_job(CUSTOMERS_JOB)

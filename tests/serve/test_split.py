@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 from sqlalchemy import text
 
 from pipeline import activate, load_job, run_job
@@ -14,6 +13,8 @@ from pipeline.database.engines import make_engine
 from pipeline.errors import FlipError
 from pipeline.run.scoring import key_buckets
 from pipeline.serve.split import set_split
+
+from helpers import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 
 KEYS = 2000
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, train_model, write_table
 from sqlalchemy import text
 
 from pipeline.cli import main
+
+from helpers import CUSTOMERS_JOB, customers_frame, train_model, write_table
 
 
 @pytest.fixture

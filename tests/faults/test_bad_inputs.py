@@ -21,14 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
-from conftest import CUSTOMERS_JOB, SCRIPTED_JOB, customers_frame, train_model, view_rows, write_table
-from fakemodels import Scripted
 from pandas.testing import assert_frame_equal
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from pipeline.cli import main
 from pipeline.database.engines import make_engine
+
+from fakemodels import Scripted
+from helpers import CUSTOMERS_JOB, SCRIPTED_JOB, customers_frame, train_model, view_rows, write_table
 
 CUSTOMERS = 200
 QUERY = "SELECT customer_id, x1, x2, x3 FROM customers"
@@ -337,7 +338,7 @@ def test_full_disk_is_refused_in_one_line_and_changes_nothing(tmp_path: Path, wr
 def console(live: Live, *options: str) -> subprocess.CompletedProcess[str]:
     """The installed CLI in a process of its own: what a person at a terminal sees."""
     env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_DATABASE_URL", "PIPELINE_JOBS_DIR")}
-    tests = str(Path(__file__).parent)  # joblib finds fakemodels.Scripted there
+    tests = str(Path(__file__).parent.parent)  # joblib finds fakemodels.Scripted there
     env["PYTHONPATH"] = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run([sys.executable, "-m", "pipeline", *options, "run", "scores", "--db", live.db_url],
                           capture_output=True, text=True, cwd=live.tmp_path, env=env, timeout=120)

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import FEATURES, MlflowRegistry, customers_frame, train_model, view_rows, write_table
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
@@ -26,6 +25,8 @@ from pipeline.jobs import load_job
 from pipeline.jobspec import ModelSpec
 from pipeline.run.materialize import run_job
 from pipeline.run.model import load_model
+
+from helpers import FEATURES, MlflowRegistry, customers_frame, train_model, view_rows, write_table
 
 
 @dataclass

@@ -14,12 +14,13 @@ import threading
 import time
 
 import numpy as np
-from conftest import SCRIPTED_JOB, customers_frame, report, write_table
-from fakemodels import Scripted
 from sqlalchemy import text
 
 from pipeline import activate, load_job, run_job
 from pipeline.database.engines import make_engine
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, report, write_table
 
 ROWS = 2000
 READERS = 8
@@ -196,7 +197,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", postgresql_url],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})  # the scripted model
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})  # the scripted model
         assert done.returncode == 0, done.stderr
         ran = time.monotonic() - started
         with engine.connect() as conn:

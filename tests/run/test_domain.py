@@ -7,11 +7,12 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import customers_frame, write_table
 
 from pipeline.errors import SourceError
 from pipeline.jobspec import DomainSpec, Factor
 from pipeline.run.domain import Domain, merged_fingerprint
+
+from helpers import customers_frame, write_table
 
 
 def collect(domain: Domain, **kwargs) -> pd.DataFrame:

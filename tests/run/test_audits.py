@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
-from fakemodels import Scripted
 from sqlalchemy import text
 
 from pipeline import audit_version, load_job, run_job
@@ -15,6 +13,9 @@ from pipeline.cli import main
 from pipeline.errors import AuditError
 from pipeline.run.audits import planned_audits
 from pipeline.serve import catalog
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-from conftest import SCRIPTED_JOB, customers_frame, view_rows, write_table
-from fakemodels import Scripted
 from sqlalchemy import text
 
 from pipeline import activate, load_job, rollback, run_job
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
 
 
 def served(engine) -> set[int]:

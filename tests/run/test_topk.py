@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PRODUCT_JOB, write_users_items
 from sqlalchemy import text
 
 from pipeline import load_job, run_job
 from pipeline.jobspec import ExecutorSpec, OutputSpec
 from pipeline.run.audits import audit_version
 from pipeline.run.scoring import TopK
+
+from helpers import PRODUCT_JOB, write_users_items
 
 USERS, ITEMS, K = 60, 45, 4
 JOB = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\n    chunk_size = 250') + """\

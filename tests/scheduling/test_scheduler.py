@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from conftest import CUSTOMERS_JOB, customers_frame, write_table
 from sqlalchemy import text
 
 from pipeline import load_job
@@ -21,6 +20,8 @@ from pipeline.database.transactions import transaction
 from pipeline.scheduling.crontab import crontab
 from pipeline.scheduling.scheduler import Scheduler, missed_ticks
 from pipeline.serve import catalog
+
+from helpers import CUSTOMERS_JOB, customers_frame, write_table
 
 
 def scheduled(body: str, schedule: str, **top: object) -> str:

@@ -1,0 +1,177 @@
+"""What tests share besides fixtures: data, models, job files, readers of views, child runs."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+FEATURES = ["x1", "x2", "x3"]
+
+report_lines: list[str] = []
+
+
+def report(line: str) -> None:
+    """A figure worth seeing in every run's summary (latencies, counts), not only on failure."""
+    report_lines.append(line)
+
+
+def customers_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"customer_id": np.arange(1, n + 1), **{f: rng.normal(size=n) for f in FEATURES}})
+
+
+def write_table(engine: Engine, name: str, frame: pd.DataFrame) -> None:
+    """Create a source table the way a user's warehouse would hold it."""
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+    frame.to_sql(name, engine, index=False)
+
+
+def train_model(path: Path, seed: int = 0, kind: str = "logistic") -> Path:
+    """Fit a small classifier (or regressor) on generated data and save it with joblib."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    frame = customers_frame(300, seed=100 + seed)
+    rng = np.random.default_rng(seed)
+    y = (frame.x1 + 0.5 * frame.x2 + rng.normal(scale=0.5, size=len(frame))) > 0
+    if kind == "logistic":
+        model = LogisticRegression(C=0.1 + seed).fit(frame[FEATURES], y)
+    else:
+        model = LinearRegression().fit(frame[FEATURES], frame.x1 * (1 + seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    return path
+
+
+CUSTOMERS_JOB = """
+    [domain]
+    keys = ["customer_id"]
+    query = "SELECT customer_id, x1, x2, x3 FROM customers"
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+"""
+
+#: A users x items product domain over the tables :func:`write_users_items` makes.
+PRODUCT_JOB = """
+    [domain]
+    keys = ["user_id", "item_id"]
+    [[domain.product]]
+    query = "SELECT user_id, x1 FROM users"
+    [[domain.product]]
+    query = "SELECT item_id, x2, x3 FROM items"
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+"""
+
+
+def write_users_items(engine: Engine, users: int, items: int, seed: int = 0, first_item: int = 0) -> None:
+    """Tables users (user_id, x1) and items (item_id, x2, x3) of random features, for PRODUCT_JOB."""
+    rng = np.random.default_rng(seed)
+    write_table(engine, "users", pd.DataFrame({"user_id": np.arange(users), "x1": rng.normal(size=users)}))
+    write_table(engine, "items", pd.DataFrame({"item_id": np.arange(first_item, first_item + items),
+                                               "x2": rng.normal(size=items), "x3": rng.normal(size=items)}))
+
+
+SCRIPTED_JOB = CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"')
+
+
+def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -> pd.DataFrame:
+    """Everything the stable view serves, in key order."""
+    with engine.connect() as conn:
+        return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)
+
+
+def version_rows(engine: Engine, version: int, order: str = "customer_id", table: str = "scores") -> pd.DataFrame:
+    """A version table's rows as the run wrote them: without the ``model_version`` column by which PostgreSQL
+    serves it as a partition."""
+    with engine.connect() as conn:
+        frame = pd.read_sql(text(f'SELECT * FROM "{table}__v{version}" ORDER BY {order}'), conn)
+    return frame.drop(columns=["model_version"], errors="ignore")
+
+
+def reference_query(number: int, table: str = "scores") -> str:
+    """Query ``number`` of sql/queries.sql (what applications copy), for ``table``, without its comments."""
+    text_ = (Path(__file__).resolve().parent.parent / "sql" / "queries.sql").read_text()
+    body = text_.split(f"-- {number}.")[1].split(f"-- {number + 1}.")[0]
+    sql = "\n".join(line for line in body.splitlines()[1:] if not line.lstrip().startswith("--"))
+    return sql.strip().rstrip(";").replace("churn_scores", table)
+
+
+@dataclass
+class MlflowRegistry:
+    """A private MLflow registry in a SQLite file, with one experiment; no server."""
+
+    tracking_uri: str
+    client: Any  # mlflow.MlflowClient, imported only by the tests that use a registry
+    experiment: str
+    monkeypatch: pytest.MonkeyPatch
+
+    def log(self, log_model: Callable[[], Any]) -> Any:
+        """``log_model()`` (an ``mlflow.<flavor>.log_model`` with ``registered_model_name``) in a run of its own.
+
+        Models are logged the usual way, through the process's tracking URI; afterwards none is left, so a
+        job's ``tracking_uri`` is what must find the registry.
+        """
+        import mlflow
+
+        with self.monkeypatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", self.tracking_uri)
+            with mlflow.start_run(experiment_id=self.experiment):
+                return log_model()
+
+
+def start_run(tmp_path: Path, db_url: str, pause: str, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """``pipeline run scores --force`` in a child process that pauses at phase ``pause``; its stderr lines."""
+    env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
+    env.pop("PIPELINE_DATABASE_URL", None)
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", db_url, *args],
+                             cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    def pump() -> None:
+        for line in child.stderr:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    return child, lines
+
+
+def rest(lines: "queue.Queue[str]") -> str:
+    """Everything the child printed after what was already read, up to its end."""
+    out = []
+    while (line := lines.get(timeout=60)) != "":
+        out.append(line)
+    return "".join(out)
+
+
+def wait_for(lines: "queue.Queue[str]", marker: str, timeout: float = 60) -> str:
+    """Read the child's lines up to the first that holds ``marker``, and return that one."""
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the run never printed {marker!r}; it printed: {''.join(seen)}") from None
+        seen.append(line)
+        if marker in line:
+            return line
