@@ -94,6 +94,12 @@ def write_users_items(engine: Engine, users: int, items: int, seed: int = 0, fir
 SCRIPTED_JOB = CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"')
 
 
+def scheduled(body: str, schedule: str, **top: object) -> str:
+    """A job file body with ``schedule`` (and other top-level keys) in front."""
+    extra = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in top.items())
+    return f'schedule = "{schedule}"\n{extra}' + body
+
+
 def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -> pd.DataFrame:
     """Everything the stable view serves, in key order."""
     with engine.connect() as conn:

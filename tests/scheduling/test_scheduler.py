@@ -21,12 +21,7 @@ from pipeline.scheduling.crontab import crontab
 from pipeline.scheduling.scheduler import Scheduler, missed_ticks
 from pipeline.serve import catalog
 
-from helpers import CUSTOMERS_JOB, customers_frame, write_table
-
-
-def scheduled(body: str, schedule: str, **top: object) -> str:
-    extra = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in top.items())
-    return f'schedule = "{schedule}"\n{extra}' + body
+from helpers import CUSTOMERS_JOB, customers_frame, scheduled, write_table
 
 
 @pytest.mark.postgres

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -96,6 +98,17 @@ def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
     assert version.status == "failed" and version.error.startswith("abandoned")
     assert "scores__v2" not in tables(engine)
     assert run_job(load_job(job_path), engine, force=True).version == 3
+
+
+def test_gc_reaps_with_the_clock_it_is_given(engine, job_path):
+    run_job(load_job(job_path), engine, force=True)
+    with transaction(engine) as conn:  # a run that died while building version 2
+        state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
+                             model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())
+    then = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    gc(engine, "scores", keep=5, clock=lambda: then)
+    version = catalog.versions(engine, "scores")[1].version
+    assert version.status == "failed" and version.finished_at == then
 
 
 def test_a_building_version_of_a_live_run_is_left_alone(engine, job_path):

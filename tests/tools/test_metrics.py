@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.cli import main
 
 from fakemodels import Scripted
-from helpers import SCRIPTED_JOB, customers_frame, write_table
+from helpers import SCRIPTED_JOB, customers_frame, scheduled, write_table
 
 
 def parse(path) -> dict[tuple[str, str], float]:
@@ -59,3 +59,20 @@ def test_json_logs(engine, db_url, write_job, tmp_path):
     entries = [json.loads(line) for line in done.stderr.splitlines()]
     assert {e["level"] for e in entries} == {"info"} and all(e["logger"] == "pipeline" for e in entries)
     assert any("version 1 ready" in e["message"] for e in entries)
+
+
+def test_a_scheduled_run_writes_its_metrics_file(engine, db_url, write_job, tmp_path, monkeypatch):
+    write_table(engine, "customers", customers_frame(40))
+    write_job(scheduled(SCRIPTED_JOB, "0 0 1 1 *", misfire_grace_seconds=400 * 86400), model=Scripted())
+    monkeypatch.chdir(tmp_path)
+    prom = tmp_path / "scores.prom"
+    out = CliRunner().invoke(main, ["run", "scores", "--scheduled", "--db", db_url, "--metrics-file", str(prom)])
+    assert out.exit_code == 0, out.output
+    found = parse(prom)
+    assert found[("pipeline_last_run_success", "")] == 1 and found[("pipeline_run_rows", "")] == 40
+    assert found[("pipeline_active_version", "")] == 1
+
+    prom.unlink()  # the tick ran already: the second run is skipped, and says so in its metrics too
+    again = CliRunner().invoke(main, ["run", "scores", "--scheduled", "--db", db_url, "--metrics-file", str(prom)])
+    assert again.exit_code == 0 and "skipped" in again.output
+    assert parse(prom)[("pipeline_last_run_success", "")] == 1
