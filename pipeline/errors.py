@@ -34,11 +34,12 @@ class AuditError(PipelineError):
     """A freshly written version failed a check that guards the flip."""
 
 
-class FlipError(PipelineError):
-    """The pointer could not be moved: unknown table, unknown or unusable version."""
+class TableError(PipelineError):
+    """A prediction table, a version or an alias named by the caller is unknown or cannot be used as asked (not
+    ready, already active, gone, differently keyed); the pointer and the views are left as they were."""
 
 
-class ViewBusy(FlipError):
+class ViewBusy(TableError):
     """Readers kept a view (or a table) busy through every try of the DDL that needed it."""
 
 

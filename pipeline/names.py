@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Iterable, Sequence
 
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 
 MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL silently truncates longer names; refuse them instead.
 RESERVED_PREFIX = "pipeline_"
@@ -154,13 +154,13 @@ def check_alias(table: str, alias: str) -> str:
     if alias == DEFAULT_ALIAS:
         return alias
     if alias in RESERVED_ALIASES or not alias.isidentifier() or not alias.isascii() or alias != alias.lower():
-        raise FlipError(f"alias {alias!r} must be lower-case letters, digits and '_', and not one of "
-                        f"{', '.join(RESERVED_ALIASES)}")
+        raise TableError(f"alias {alias!r} must be lower-case letters, digits and '_', and not one of "
+                         f"{', '.join(RESERVED_ALIASES)}")
     if re.fullmatch(r"v[0-9]+|p[0-9a-f]{6}", alias):
-        raise FlipError(f"alias {alias!r} would name one of the pipeline's tables (<table>__v<N> holds a version, "
-                        "<table>__p<hash> the serving partitions); choose another")
+        raise TableError(f"alias {alias!r} would name one of the pipeline's tables (<table>__v<N> holds a version, "
+                         "<table>__p<hash> the serving partitions); choose another")
     try:
         check_identifier(view_name(table, alias))
     except ValueError as exc:
-        raise FlipError(f"alias {alias!r}: {exc}") from None
+        raise TableError(f"alias {alias!r}: {exc}") from None
     return alias

@@ -1,4 +1,4 @@
-"""The pure rules of pipeline/versions.py: identifiers, table names, output columns, rollbacks."""
+"""The pure rules of pipeline/names.py: identifiers, table names, output columns, rollbacks."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from pipeline.serve import split as splits
 
 def alias_option(func):
     return click.option("--alias", default=DEFAULT_ALIAS, show_default=True,
-                        help="Which pointer: champion is the table's own view; another alias serves TABLE__ALIAS.")(func)
+                        help="Which pointer: champion is the table's own view; another alias serves "
+                             "TABLE__ALIAS.")(func)
 
 
 @main.command()

@@ -173,7 +173,8 @@ def write_ddl_files(root: str = "sql") -> list[str]:
     for name, sa_dialect in (("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())):
         path = Path(root) / name / "metadata.sql"
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = f"-- The pipeline's bookkeeping tables on {name}. Generated from pipeline/database/schema.py by `make sql`.\n\n"
+        header = (f"-- The pipeline's bookkeeping tables on {name}. Generated from pipeline/database/schema.py by "
+                  "`make sql`.\n\n")
         path.write_text(header + ddl(sa_dialect), encoding="utf-8")
         written.append(str(path))
     return written

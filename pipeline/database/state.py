@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Row
 
 from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, has_schema, partitions, pointer, runs,
                                       splits, versions)
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.names import DEFAULT_ALIAS
 
 
@@ -217,9 +217,9 @@ def get_partition(conn: Connection, table: str, version: int, partition: int) ->
 
 
 def require_table(conn: Connection, table: str) -> None:
-    """Raise :class:`FlipError` unless the pipeline has written a version of ``table`` here."""
+    """Raise :class:`TableError` unless the pipeline has written a version of ``table`` here."""
     if not has_schema(conn) or table not in list_tables(conn):
-        raise FlipError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        raise TableError(f"no prediction table {table!r} in this database (see `pipeline status`)")
 
 
 def next_version(conn: Connection, table: str) -> int:

@@ -27,9 +27,9 @@ from pipeline.run import topup
 from pipeline.run.context import RunContext
 from pipeline.run.domain import Domain, merged_fingerprint, merged_size, partition_columns
 from pipeline.run.model import Model
-from pipeline.run.partitions import PartitionResult, PartitionTask, fill, write_partition
+from pipeline.run.partitions import PartitionResult, PartitionTask, write_partition
 from pipeline.run.scoring import Scorer, TypeGuard, first_rows
-from pipeline.run.store import VersionWriter, columns_of
+from pipeline.run.store import VersionWriter, columns_of, fill
 
 log = logging.getLogger("pipeline")
 

@@ -4,8 +4,7 @@ A distributed run splits its domain into disjoint partitions. Each partition is 
 scored and loaded in one transaction that also records it in ``pipeline_partitions``:
 a worker that dies mid-partition leaves nothing (its transaction rolls back), and a
 task retried after its partition committed finds the record and writes nothing again.
-:func:`fill` (score a stream of chunks into a table) serves a local run too: its whole
-domain is one partition.
+Each partition is filled the way a local run fills its whole table (:func:`pipeline.run.store.fill`).
 """
 
 from __future__ import annotations
@@ -17,9 +16,8 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable, Iterator
+from typing import Callable
 
-import pandas as pd
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.database import state
@@ -27,12 +25,10 @@ from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
 from pipeline.jobspec import Job
-from pipeline.phases import checkpoint
 from pipeline.run.domain import Domain
 from pipeline.run.model import Model
-from pipeline.run.scoring import Scorer, TopK
-from pipeline.run.stages import overlapped
-from pipeline.run.store import VersionWriter
+from pipeline.run.scoring import Scorer
+from pipeline.run.store import VersionWriter, fill
 
 
 @dataclass(frozen=True)
@@ -106,34 +102,3 @@ def recorded(conn: Connection, table: str, version: int, partition: int) -> Part
         return None
     return PartitionResult(row.partition, row.row_count, row.expected_rows, json.loads(row.digest), row.worker or "",
                            row.seconds, written=False)
-
-
-def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, job: Job,
-         progress: Callable[[int], None] | None = None, phase: str = "loading") -> int:
-    """Score ``chunks`` with ``scorer`` into ``writer``, keeping only each group's best rows when the job has top_k.
-
-    Returns the rows the table must hold. ``progress`` gets the rows scored so far;
-    ``phase`` is the checkpoint marked once rows are written (and not yet committed).
-    """
-    keys = job.domain.keys
-    top = TopK(job.output, keys) if job.output.top_k else None
-    scored = 0
-
-    def put(frame: pd.DataFrame) -> None:
-        writer.write(frame)
-        if writer.rows == len(frame):
-            checkpoint(phase)  # a partial table exists from here on
-
-    def write(frame: pd.DataFrame) -> None:
-        nonlocal scored
-        scored += len(frame)
-        top.add(frame) if top is not None else put(frame)
-        if progress is not None:
-            progress(scored)
-
-    overlapped(chunks, scorer, write)
-    if top is None:
-        return writer.rows
-    for frame in top.frames(job.domain.chunk_size):
-        put(frame)
-    return top.expected_rows

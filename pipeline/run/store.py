@@ -1,8 +1,9 @@
-"""Write one version table: infer its columns, append chunks, then build its key and statistics."""
+"""Write one version table: infer its columns, score chunks into it (:func:`fill`, which keeps only each group's
+best rows with top_k), then build its key and statistics."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 from sqlalchemy import text
@@ -12,7 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from pipeline.contract import value_kind
 from pipeline.database.dialects import Dialect
 from pipeline.errors import AuditError, SourceError
+from pipeline.jobspec import Job
+from pipeline.phases import checkpoint
 from pipeline.run.audits import describe_keys, duplicate_keys
+from pipeline.run.scoring import Scorer, TopK
+from pipeline.run.stages import overlapped
 
 
 def infer_type(name: str, series: pd.Series) -> str:
@@ -83,3 +88,34 @@ class VersionWriter:
             return f"{nulls} domain row(s) have a NULL key ({', '.join(self.keys)})"
         found = duplicate_keys(self.conn, self.dialect, self.name, self.keys)
         return f"the domain lists some keys more than once, e.g. {describe_keys(self.keys, found)}"
+
+
+def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, job: Job,
+         progress: Callable[[int], None] | None = None, phase: str = "loading") -> int:
+    """Score ``chunks`` with ``scorer`` into ``writer``, keeping only each group's best rows when the job has top_k.
+
+    Returns the rows the table must hold. ``progress`` gets the rows scored so far;
+    ``phase`` is the checkpoint marked once rows are written (and not yet committed).
+    """
+    keys = job.domain.keys
+    top = TopK(job.output, keys) if job.output.top_k else None
+    scored = 0
+
+    def put(frame: pd.DataFrame) -> None:
+        writer.write(frame)
+        if writer.rows == len(frame):
+            checkpoint(phase)  # a partial table exists from here on
+
+    def write(frame: pd.DataFrame) -> None:
+        nonlocal scored
+        scored += len(frame)
+        top.add(frame) if top is not None else put(frame)
+        if progress is not None:
+            progress(scored)
+
+    overlapped(chunks, scorer, write)
+    if top is None:
+        return writer.rows
+    for frame in top.frames(job.domain.chunk_size):
+        put(frame)
+    return top.expected_rows

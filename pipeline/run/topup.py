@@ -82,17 +82,17 @@ class TopUp:
                 if len(rows):
                     yield rows
 
-    def copy(self, conn: Connection, dialect: Dialect, target: str, table: str) -> int:
-        """Copy the kept rows of the active version into ``target`` inside the database; their count."""
+    def copy(self, conn: Connection, dialect: Dialect, physical: str, table: str) -> int:
+        """Copy the kept rows of the active version into ``physical`` inside the database; their count."""
         q = dialect.quote
         gone = self.index[~self.kept].to_frame(index=False)  # changed or left the domain
         gone.columns = self.keys
         source = q(version_table(table, self.version))
         columns = dialect.column_list([c for c, _ in self.columns])
         if gone.empty:
-            conn.exec_driver_sql(f"INSERT INTO {q(target)} ({columns}) SELECT {columns} FROM {source}")
+            conn.exec_driver_sql(f"INSERT INTO {q(physical)} ({columns}) SELECT {columns} FROM {source}")
             return self.copied
-        dropped = f"{target}__gone"
+        dropped = f"{physical}__gone"
         types = dict(self.columns)
         gone_columns = [(k, types[k]) for k in self.keys]
         dialect.create_table(conn, dropped, gone_columns)
@@ -100,7 +100,7 @@ class TopUp:
         dialect.add_unique_key(conn, dropped, self.keys)
         match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in self.keys)
         conn.exec_driver_sql(
-            f"INSERT INTO {q(target)} ({columns}) SELECT {', '.join(f'a.{q(c)}' for c, _ in self.columns)} "
+            f"INSERT INTO {q(physical)} ({columns}) SELECT {', '.join(f'a.{q(c)}' for c, _ in self.columns)} "
             f"FROM {source} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
         dialect.drop_table(conn, dropped)
         return self.copied

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.database import state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading, retry_on_lock
-from pipeline.errors import FlipError, PipelineError
+from pipeline.errors import PipelineError, TableError
 from pipeline.names import check_alias, previous_version, version_table, view_name
 from pipeline.phases import checkpoint
 from pipeline.serve import split
@@ -82,10 +82,10 @@ def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, kept:
     A/B split view, which reads it, is dropped first and must be made again once the pointer moved
     (:func:`split.refresh`).
     """
-    target = kept[0]
-    listed = [(version_table(table, v.version), v.version) for v in kept if v.columns == target.columns]
-    select_sql = dialect.view_select(table, alias, listed, target.columns)
-    same = active is not None and active.columns == target.columns
+    served = kept[0]
+    listed = [(version_table(table, v.version), v.version) for v in kept if v.columns == served.columns]
+    select_sql = dialect.view_select(table, alias, listed, served.columns)
+    same = active is not None and active.columns == served.columns
     if not same:
         split.drop_view(conn, dialect, table)
     dialect.ensure_view(conn, view_name(table, alias), select_sql, same, grants_from=table)
@@ -112,14 +112,14 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
 
     def kept(conn: Connection, pointer: state.Pointer | None) -> list[state.Version]:
         found = serving(conn, table, version, pointer.version if pointer else None)
-        target = found[0] if found and found[0].version == version else None
-        if target is None:
-            raise FlipError(f"{table} has no version {version}")
-        if ready is None and target.status != "ready":
-            raise FlipError(f"{table} version {version} is {target.status}, not ready; only ready versions can be "
-                            "activated (see `pipeline versions`)")
+        wanted = found[0] if found and found[0].version == version else None
+        if wanted is None:
+            raise TableError(f"{table} has no version {version}")
+        if ready is None and wanted.status != "ready":
+            raise TableError(f"{table} version {version} is {wanted.status}, not ready; only ready versions can be "
+                             "activated (see `pipeline versions`)")
         if ready is not None:  # its columns as they will be recorded
-            found[0] = dataclasses.replace(target, columns=tuple(tuple(c) for c in ready["columns"]))
+            found[0] = dataclasses.replace(wanted, columns=tuple(tuple(c) for c in ready["columns"]))
         return found
 
     def flip(conn: Connection) -> FlipResult | None | object:
@@ -152,7 +152,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             break
         dialect.wait_for_planners(engine)
     else:
-        raise FlipError(f"{what}: another process kept taking its versions out of serving; try again")
+        raise TableError(f"{what}: another process kept taking its versions out of serving; try again")
     assert result is None or isinstance(result, FlipResult)
     if result is not None:
         if result.from_version is None:
@@ -200,14 +200,14 @@ def rollback(engine: Engine, table: str, to: int | None = None, *, alias: str = 
         pointer = state.get_pointer(conn, table, check_alias(table, alias))
         usable = [v.version for v in state.list_versions(conn, table) if v.status == "ready"]
     if pointer is None:
-        raise FlipError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
-                        "to roll back from")
+        raise TableError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
+                         "to roll back from")
     if to is None:
         to = previous_version(usable, pointer.version)
         if to is None:
-            raise FlipError(f"{table}: no ready version older than the active version {pointer.version}")
+            raise TableError(f"{table}: no ready version older than the active version {pointer.version}")
     if to == pointer.version:
-        raise FlipError(f"{table}: version {to} is already active")
+        raise TableError(f"{table}: version {to} is already active")
     return activate(engine, table, to, reason="rollback", alias=alias, clock=clock)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline.database import schema, state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading, retry_on_lock, transaction
-from pipeline.errors import FlipError, JobLocked, ViewBusy
+from pipeline.errors import JobLocked, TableError, ViewBusy
 from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import version_table
 from pipeline.serve.pointer import attach, require_table, serving, serving_set, settle, write_view
@@ -49,7 +49,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
     hold (a long transaction, a backup) is skipped and named: the next run or ``gc`` drops it.
     """
     if keep < 1:
-        raise FlipError("--keep must be at least 1")
+        raise TableError("--keep must be at least 1")
     require_table(engine, table)
     dialect = dialect_for(engine)
     reap(engine, table, clock=clock)

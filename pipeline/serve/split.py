@@ -18,7 +18,7 @@ from pipeline.database import state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.state import Split
 from pipeline.database.transactions import reading, retry_on_lock
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.names import BUCKET, check_alias, outputs_of, view_name
 
 log = logging.getLogger("pipeline")
@@ -30,13 +30,13 @@ def set_split(engine: Engine, table: str, alias: str, percent: int,
     """Serve ``percent`` % of keys from ``alias`` through ``<table>__ab`` (0 removes the split and its view).
 
     Raises:
-        FlipError: a bad percent, an alias or champion without an active version, or the two
+        TableError: a bad percent, an alias or champion without an active version, or the two
             serving different columns.
     """
     if not 0 <= percent <= 100:
-        raise FlipError(f"--percent must be between 0 and 100, got {percent}")
+        raise TableError(f"--percent must be between 0 and 100, got {percent}")
     if alias == state.DEFAULT_ALIAS:
-        raise FlipError("the split serves an alias against the champion; name the alias, e.g. --alias challenger")
+        raise TableError("the split serves an alias against the champion; name the alias, e.g. --alias challenger")
     with reading(engine) as conn:
         state.require_table(conn, table)
     check_alias(table, alias)
@@ -67,7 +67,7 @@ def refresh(conn: Connection, dialect: Dialect, table: str) -> None:
         return
     try:
         _write(conn, dialect, found, _columns(conn, table, found.alias))
-    except FlipError as exc:
+    except TableError as exc:
         log.warning("%s: %s no longer served: %s", table, view_name(table, AB), exc)
 
 
@@ -81,15 +81,16 @@ def _columns(conn: Connection, table: str, alias: str) -> list[str]:
     for name in (state.DEFAULT_ALIAS, alias):
         version = state.active_version(conn, table, name)
         if version is None:
-            raise FlipError(f"{table} has no version active for {name}; activate one first "
-                            f"(pipeline activate {table} N{'' if name == state.DEFAULT_ALIAS else ' --alias ' + name})")
+            raise TableError(f"{table} has no version active for {name}; activate one first "
+                             f"(pipeline activate {table} N"
+                             f"{'' if name == state.DEFAULT_ALIAS else ' --alias ' + name})")
         served.append((version.keys, tuple(version.columns)))
     if served[0] != served[1]:
-        raise FlipError(f"{table}: {alias} and {state.DEFAULT_ALIAS} serve different columns; an A/B split needs the "
-                        "same keys and outputs")
+        raise TableError(f"{table}: {alias} and {state.DEFAULT_ALIAS} serve different columns; an A/B split needs the "
+                         "same keys and outputs")
     keys, columns = served[0]
     if BUCKET not in dict(columns):
-        raise FlipError(f"{table}: the active versions have no {BUCKET} column (made before A/B splits); run again")
+        raise TableError(f"{table}: the active versions have no {BUCKET} column (made before A/B splits); run again")
     return [*keys, *(c for c, _ in outputs_of(columns, keys)), BUCKET]
 
 

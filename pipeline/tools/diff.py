@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline.database import state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.names import outputs_of, version_table
 
 #: Portable column types whose change is a number (B - A).
@@ -124,19 +124,19 @@ def diff_versions(engine: Engine, table: str, a: int, b: int, top: int = 10) -> 
         top: how many biggest movers and most frequent label changes to list per column.
 
     Raises:
-        FlipError: an unknown table or version, a version whose table is gone (retired or cleaned),
+        TableError: an unknown table or version, a version whose table is gone (retired or cleaned),
             or versions keyed by different columns.
         DatabaseError: the database refused a query.
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise FlipError(f"top must be a whole number of rows, 0 or more, got {top!r}")
+        raise TableError(f"top must be a whole number of rows, 0 or more, got {top!r}")
     dialect = dialect_for(engine)
     with reading(engine) as conn:
         state.require_table(conn, table)
         old, new = (_usable(conn, table, v) for v in (a, b))
         if set(old.keys) != set(new.keys):
-            raise FlipError(f"{table}: version {a} is keyed by ({', '.join(old.keys)}) and version {b} by "
-                            f"({', '.join(new.keys)}); versions with different keys cannot be compared")
+            raise TableError(f"{table}: version {a} is keyed by ({', '.join(old.keys)}) and version {b} by "
+                             f"({', '.join(new.keys)}); versions with different keys cannot be compared")
         pair = _Pair(dialect, version_table(table, a), version_table(table, b), old.keys)
         only_in_a, in_both, only_in_b = _domain(conn, pair)
         kinds_a = dict(outputs_of(old.columns, old.keys))
@@ -158,14 +158,14 @@ def _usable(conn: Connection, table: str, version: int) -> state.Version:
     """The metadata of a version whose table is still there to read."""
     found = state.get_version(conn, table, version)
     if found is None:
-        raise FlipError(f"{table} has no version {version} (see `pipeline versions {table}`)")
+        raise TableError(f"{table} has no version {version} (see `pipeline versions {table}`)")
     physical = version_table(table, version)
     if not conn.dialect.has_table(conn, physical):
         why = "it was retired" if found.status == "retired" else f"it is {found.status}"
-        raise FlipError(f"{table} version {version} cannot be compared: {why} and its table {physical} is gone")
+        raise TableError(f"{table} version {version} cannot be compared: {why} and its table {physical} is gone")
     if not found.columns:  # a table without recorded columns is still being written
-        raise FlipError(f"{table} version {version} cannot be compared: it is {found.status} and its columns "
-                        "are not recorded yet")
+        raise TableError(f"{table} version {version} cannot be compared: it is {found.status} and its columns "
+                         "are not recorded yet")
     return found
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from pipeline.database import state
 from pipeline.database.dialects import dialect_for
 from pipeline.database.transactions import reading
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.names import outputs_of, previous_version, version_table
 from pipeline.run.audits import histogram, population_stability
 from pipeline.serve import catalog
@@ -59,12 +59,12 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
     active = next((r.version.version for r in rows if r.active), None)
     b = b or active or (ready[-1] if ready else None)
     if b is None:
-        raise FlipError(f"{table} has no ready version to report on")
+        raise TableError(f"{table} has no ready version to report on")
     a = a if a is not None else previous_version(ready, b)
     by_number = {r.version.version: r.version for r in rows}
     for v in (a, b):
         if v is not None and (v not in by_number or by_number[v].status not in ("ready", "failed")):
-            raise FlipError(f"{table} has no version {v} with a table to report on")
+            raise TableError(f"{table} has no version {v} with a table to report on")
     dialect = dialect_for(engine)
     versions = [v for v in (a, b) if v is not None]
     outputs = [(c, t) for c, t in outputs_of(by_number[b].columns, by_number[b].keys) if t in NUMERIC_TYPES]

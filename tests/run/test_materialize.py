@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from pipeline import activate, load_job, rollback, run_job
-from pipeline.errors import AuditError, FlipError, ModelError, PipelineError, SourceError
+from pipeline.errors import AuditError, ModelError, PipelineError, SourceError, TableError
 from pipeline.serve import catalog
 
 from helpers import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model, write_table,
@@ -93,13 +93,13 @@ def test_rollback_to_a_named_version_and_refusals(engine, customers, write_job):
     for _ in range(3):
         run_job(load_job(path), engine, force=True)
     assert rollback(engine, "scores", to=1).to_version == 1
-    with pytest.raises(FlipError, match="no ready version older than the active version 1"):
+    with pytest.raises(TableError, match="no ready version older than the active version 1"):
         rollback(engine, "scores")
-    with pytest.raises(FlipError, match="already active"):
+    with pytest.raises(TableError, match="already active"):
         rollback(engine, "scores", to=1)
-    with pytest.raises(FlipError, match="has no version 9"):
+    with pytest.raises(TableError, match="has no version 9"):
         activate(engine, "scores", 9)
-    with pytest.raises(FlipError, match="no prediction table 'nope'"):
+    with pytest.raises(TableError, match="no prediction table 'nope'"):
         activate(engine, "nope", 1)
     assert set(read_view(engine).model_version) == {1}
 
@@ -253,7 +253,7 @@ def test_aliases_point_their_own_views_and_gc_keeps_what_they_serve(engine, cust
     assert set(read_view(engine, "scores__challenger").model_version) == {4}
     assert [f.to_version for f in catalog.history(engine, "scores", "challenger")] == [2, 4]
     assert rollback(engine, "scores", alias="challenger").to_version == 3
-    with pytest.raises(FlipError, match="alias 'ab' must be"):
+    with pytest.raises(TableError, match="alias 'ab' must be"):
         activate(engine, "scores", 4, alias="ab")
 
 

@@ -59,11 +59,11 @@ def test_aliases_share_the_serving_set_each_through_its_own_pointer(engine, writ
 def test_an_alias_cannot_take_the_name_of_a_table_of_the_pipeline(engine, write_job):
     import pytest
 
-    from pipeline.errors import FlipError
+    from pipeline.errors import TableError
 
     write_table(engine, "customers", customers_frame(30))
     run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
     for alias in ("v1", "v12", "p3f8ed2", "gate", "ab", "default"):
-        with pytest.raises(FlipError, match=f"alias '{alias}'"):
+        with pytest.raises(TableError, match=f"alias '{alias}'"):
             activate(engine, "scores", 1, alias=alias)
     assert set(view_rows(engine).model_version) == {1}

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from pipeline import activate, load_job, run_job
 from pipeline.cli import main
 from pipeline.database.engines import make_engine
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.run.scoring import key_buckets
 from pipeline.serve.split import set_split
 
@@ -74,11 +74,11 @@ def test_a_20_percent_split_serves_every_key_once(engine, db_url, two_versions, 
 def test_splits_are_refused_without_an_active_alias_or_with_a_bad_percent(engine, write_job):
     write_table(engine, "customers", customers_frame(20))
     run_job(load_job(write_job(CUSTOMERS_JOB)), engine)
-    with pytest.raises(FlipError, match="no version active for shadow"):
+    with pytest.raises(TableError, match="no version active for shadow"):
         set_split(engine, "scores", "shadow", 10)
-    with pytest.raises(FlipError, match="between 0 and 100"):
+    with pytest.raises(TableError, match="between 0 and 100"):
         set_split(engine, "scores", "shadow", 101)
-    with pytest.raises(FlipError, match="name the alias"):
+    with pytest.raises(TableError, match="name the alias"):
         set_split(engine, "scores", "champion", 10)
     with engine.connect() as conn:
         assert "scores__ab" not in engine.dialect.get_view_names(conn)

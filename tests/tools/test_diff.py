@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline import gc, load_job, run_job
-from pipeline.errors import FlipError
+from pipeline.errors import TableError
 from pipeline.tools.diff import HISTOGRAM_BINS, LabelChange, VersionDiff, diff_versions
 
 from fakemodels import Scripted
@@ -164,24 +164,24 @@ def test_composite_keys_and_keys_that_differ(engine, customers, run):
     assert moved.mean_change == pytest.approx(-1.0)
     assert len(moved.top[0].key) == 2 and moved.top[0].key[1] == moved.top[0].key[0] % 3
     run(Scripted())
-    with pytest.raises(FlipError, match=r"version 2 is keyed by \(customer_id, segment\) and version 3 by "
+    with pytest.raises(TableError, match=r"version 2 is keyed by \(customer_id, segment\) and version 3 by "
                                         r"\(customer_id\)"):
         diff_versions(engine, "scores", 2, 3)
 
 
 def test_unknown_table_version_and_retired_version(engine, customers, run):
-    with pytest.raises(FlipError, match="no prediction table 'scores' in this database"):
+    with pytest.raises(TableError, match="no prediction table 'scores' in this database"):
         diff_versions(engine, "scores", 1, 2)  # an empty database: no bookkeeping tables yet
     for _ in range(3):
         run(Scripted())
-    with pytest.raises(FlipError, match="no prediction table 'nope' in this database"):
+    with pytest.raises(TableError, match="no prediction table 'nope' in this database"):
         diff_versions(engine, "nope", 1, 2)
-    with pytest.raises(FlipError, match=r"^scores has no version 9 \(see `pipeline versions scores`\)$"):
+    with pytest.raises(TableError, match=r"^scores has no version 9 \(see `pipeline versions scores`\)$"):
         diff_versions(engine, "scores", 1, 9)
-    with pytest.raises(FlipError, match="top must be"):
+    with pytest.raises(TableError, match="top must be"):
         diff_versions(engine, "scores", 1, 2, top=-1)
     assert gc(engine, "scores", keep=1).retired == [1]  # 2 stays: the rollback target
-    with pytest.raises(FlipError, match="^scores version 1 cannot be compared: it was retired and its table "
+    with pytest.raises(TableError, match="^scores version 1 cannot be compared: it was retired and its table "
                                         "scores__v1 is gone$"):
         diff_versions(engine, "scores", 1, 3)
     assert diff_versions(engine, "scores", 3, 3, top=0).numeric[0].changed == 0
