@@ -1,4 +1,5 @@
-"""Pure rules about versions: names, identifiers, output columns, which version is which.
+"""Pure rules about names and versions: identifiers, version tables, aliases, output columns, which version is
+which.
 
 Nothing here touches a database, so every rule is tested without one.
 """

@@ -1,7 +1,7 @@
 """What the pipeline asks of a database, with the generic SQL; one subclass per database.
 
 Methods take a :class:`~sqlalchemy.engine.Connection` inside a transaction that the
-caller (``materialize``) owns: nothing here begins or commits.
+caller owns (:mod:`pipeline.database.transactions` opens them): nothing here begins or commits.
 """
 
 from __future__ import annotations
