@@ -127,7 +127,8 @@ class _Reader:
         path = Path(value)
         path = path if path.is_absolute() else self.base / path
         if not (path.is_file() or (directory and path.is_dir())):
-            raise self.fail(where, f"file not found: {value}")
+            relative = "" if Path(value).is_absolute() else ", relative to the job file's folder"
+            raise self.fail(where, f"file not found: {value} (looked for {path.resolve()}{relative})")
         return path
 
     # -- sections -----------------------------------------------------------

@@ -42,6 +42,7 @@ versions = Table(
     Column("input_schema", Text),                  # JSON [[feature, dtype, categories or null], ...] the model got
     Column("type_changes", Text),                  # the feature types that changed from the active version (allowed)
     Column("output_labels", Text),                 # JSON [[column, class label], ...] of class-per-column outputs
+    Column("settings_sha256", String(64)),         # the job settings that shape the rows (see run.materialize)
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),

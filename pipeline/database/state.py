@@ -36,6 +36,10 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
+#: How the record of a scheduled tick that no run stood for begins (a failed run with no version).
+MISSED = "missed"
+
+
 @dataclass(frozen=True)
 class Version:
     table_name: str
@@ -64,6 +68,9 @@ class Version:
     type_changes: str | None = None
     #: Which class each output column holds: ``[[column, label], ...]``.
     output_labels: list[list[Any]] | None = None
+    #: A digest of the job settings that shape the rows (method, features, outputs, keys, top-k, defaults);
+    #: None for versions made before it was recorded.
+    settings_sha256: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -77,7 +84,7 @@ class Version:
             started_at=_utc(m["started_at"]), finished_at=_utc(m["finished_at"]), error=m["error"],
             model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
             input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
-            output_labels=_json(m["output_labels"]),
+            output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
         )
 
 
@@ -161,6 +168,11 @@ def list_tables(conn: Connection) -> list[str]:
     return list(conn.execute(select(versions.c.table_name).distinct().order_by(versions.c.table_name)).scalars())
 
 
+def run_tables(conn: Connection) -> list[str]:
+    """Every table a run was recorded for, whether or not a version of it was ever made."""
+    return list(conn.execute(select(runs.c.table_name).distinct().order_by(runs.c.table_name)).scalars())
+
+
 def get_pointer(conn: Connection, table: str, alias: str = DEFAULT_ALIAS) -> Pointer | None:
     row = conn.execute(select(pointer).where(pointer.c.table_name == table, pointer.c.alias == alias)).first()
     return None if row is None else _pointer(row)
@@ -219,7 +231,8 @@ def get_partition(conn: Connection, table: str, version: int, partition: int) ->
 def require_table(conn: Connection, table: str) -> None:
     """Raise :class:`TableError` unless the pipeline has written a version of ``table`` here."""
     if not has_schema(conn) or table not in list_tables(conn):
-        raise TableError(f"no prediction table {table!r} in this database (see `pipeline status`)")
+        where = conn.engine.url.render_as_string(hide_password=True)
+        raise TableError(f"no prediction table {table!r} in this database, {where} (see `pipeline status`)")
 
 
 def next_version(conn: Connection, table: str) -> int:
@@ -233,14 +246,15 @@ def next_version(conn: Connection, table: str) -> int:
 def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
                    keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
                    started_at: datetime, model_source: str | None = None, model_library: dict[str, Any] | None = None,
-                   output_labels: Sequence[Sequence[Any]] = ()) -> None:
+                   output_labels: Sequence[Sequence[Any]] = (), settings_sha256: str | None = None) -> None:
     """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.run.registry.Source`)."""
     conn.execute(versions.insert().values(
         table_name=table, version=version, job=job, logical_date=logical_date, status="building",
         keys=json.dumps(list(keys)), model_path=model_path, model_sha256=model_sha256,
         model_class=model_class, model_source=model_source, started_at=started_at,
         model_library=json.dumps(model_library) if model_library else None,
-        output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None))
+        output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None,
+        settings_sha256=settings_sha256))
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:

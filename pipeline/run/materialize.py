@@ -8,13 +8,14 @@ audit, publish (flipping), tidy (the default row, retention).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
@@ -29,7 +30,7 @@ from pipeline.names import version_table
 from pipeline.phases import checkpoint
 from pipeline.run import topup
 from pipeline.run.audits import AuditResult, audit_version, failures
-from pipeline.run.context import Clock, Progress, RunContext, RunOptions
+from pipeline.run.context import Clock, Progress, RunContext, RunOptions, today
 from pipeline.run.domain import Domain
 from pipeline.run.executors import Loaded, Target, executor_for
 from pipeline.run.model import Model, load_model
@@ -102,11 +103,6 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
             engine.dispose()
 
 
-def today(job: Job, clock: Clock = state.utcnow) -> date:
-    """The default logical date: today in the job's time zone."""
-    return clock().astimezone(ZoneInfo(job.timezone)).date()
-
-
 def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
     """Before a run: create (or upgrade) the bookkeeping tables, fold the runs the journal holds into the run
     history and reap what dead runs of ``table`` left. The caller holds the table's run lock."""
@@ -172,8 +168,7 @@ def run_locked(context: RunContext) -> RunResult:
         if done is not None:
             _finish(context, run_id, "skipped", done.version)
             return RunResult(table, done.version, done.row_count or 0, False, None, time.monotonic() - started,
-                             skipped=(f"version {done.version} already holds {context.logical_date} with the same "
-                                      "model and domain (--force runs it anyway)"))
+                             skipped=skip_reason(context.engine, table, done, context.logical_date))
         result = _build(context, model)
     except BaseException as exc:
         _finish(context, run_id, "failed", error=_reason(exc))
@@ -182,13 +177,48 @@ def run_locked(context: RunContext) -> RunResult:
     return dataclasses.replace(result, seconds=time.monotonic() - started)
 
 
+def settings_digest(job: Job, model: Model) -> str:
+    """A digest of what shapes a version's rows besides the model's bytes and the domain: the method, the
+    features and outputs, the keys, top-k and the default row. A run is skipped only when it matches."""
+    output = job.output
+    shape = dict(method=model.method, features=list(model.features), outputs=list(model.outputs),
+                 labels=[list(pair) for pair in model.labels], keys=list(job.domain.keys), top_k=output.top_k,
+                 group_by=list(output.group_by), rank_by=output.rank_by, ascending=output.ascending,
+                 default=[[c, v] for c, v in output.default])
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _same_work(found: list[state.Version], job: Job, model: Model, logical_date: date) -> list[state.Version]:
+    """The ready versions of ``job`` for ``logical_date`` from the same model and settings."""
+    digest = settings_digest(job, model)
+    return [v for v in found if v.job == job.name and v.logical_date == logical_date and v.status == "ready"
+            and v.model_sha256 == model.sha256 and v.settings_sha256 == digest]
+
+
+def held_by(found: list[state.Version], job: Job, model: Model, logical_date: date,
+            fingerprint: str) -> state.Version | None:
+    """The ready version (if any) that already holds what a run of ``job`` would write for ``logical_date``:
+    the same model, settings (see :func:`settings_digest`) and domain."""
+    return next((v for v in _same_work(found, job, model, logical_date) if v.domain_fingerprint == fingerprint),
+                None)
+
+
+def skip_reason(engine: Engine, table: str, done: state.Version, logical_date: date) -> str:
+    """Why a run makes nothing: which version holds its work, and what serves when that is another one."""
+    why = f"version {done.version} already holds {logical_date} with the same model, settings and domain"
+    with reading(engine) as conn:
+        active = state.get_pointer(conn, table)
+    if active is None or active.version == done.version:
+        return f"{why} (--force runs it anyway)"
+    return (f"{why}, but version {active.version} serves; `pipeline activate {table} {done.version}` serves it "
+            "(--force runs it anyway)")
+
+
 def _done_before(context: RunContext, model: Model) -> state.Version | None:
-    """A ready version of this job and date, from the same model and the same domain (read to compare)."""
+    """A ready version that already holds this run's work (the domain is read to compare fingerprints)."""
     job, logical_date = context.job, context.logical_date
     with reading(context.engine) as conn:
-        candidates = [v for v in state.list_versions(conn, context.table)
-                      if v.job == job.name and v.logical_date == logical_date and v.status == "ready"
-                      and v.model_sha256 == model.sha256]
+        candidates = _same_work(state.list_versions(conn, context.table), job, model, logical_date)
     if not candidates:
         return None
     domain = Domain(job.domain, context.engine, logical_date)
@@ -199,7 +229,7 @@ def _done_before(context: RunContext, model: Model) -> state.Version | None:
         return None  # the run itself will fail on it, and record a failed version
     finally:
         domain.close()
-    return next((v for v in candidates if v.domain_fingerprint == domain.fingerprint), None)
+    return held_by(candidates, job, model, logical_date, domain.fingerprint)
 
 
 def _finish(context: RunContext, run_id: int, status: str, version: int | None = None,
@@ -307,7 +337,8 @@ def _allocate(context: RunContext, model: Model) -> int:
                              logical_date=context.logical_date, keys=job.domain.keys, model_path=model.location,
                              model_sha256=model.sha256, model_class=model.class_name, started_at=context.clock(),
                              model_source=model.source.to_json() if model.source else None,
-                             model_library=model.library, output_labels=model.labels)
+                             model_library=model.library, output_labels=model.labels,
+                             settings_sha256=settings_digest(job, model))
     return version
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import type_changes
-from pipeline.errors import ModelError, SourceError
+from pipeline.errors import AuditError, ModelError, SourceError
 from pipeline.jobspec import Job, OutputSpec
 from pipeline.names import BUCKET, INPUT_HASH, RANK, SYSTEM_COLUMNS
 from pipeline.run.model import Model
@@ -38,11 +38,18 @@ def check_inputs(model: Model, keys: Sequence[str], columns: list[str]) -> None:
 
 
 def check_output(job: Job, model: Model) -> None:
-    """``[output] default`` and ``rank_by`` may only name columns the model outputs."""
+    """``[output] default`` and ``rank_by``, and the bounds and drift audits, may only name columns the model
+    outputs (or ``rank`` with top_k): checked before anything is scored."""
     named = [c for c, _ in job.output.default] + ([job.output.rank_by] if job.output.rank_by else [])
     unknown = [c for c in named if c not in model.outputs]
     if unknown:
         raise ModelError(f"[output] names column(s) the model does not output: {', '.join(unknown)} "
+                         f"(outputs: {', '.join(model.outputs)})")
+    audited = [("bounds", c) for c, _, _ in job.audits.bounds] + [("drift", d.column) for d in job.audits.drift]
+    known = set(model.outputs) | ({RANK} if job.output.top_k else set())
+    unknown = [f"{kind} {column}" for kind, column in audited if column not in known]
+    if unknown:
+        raise AuditError(f"[audits] names column(s) the model does not output: {', '.join(unknown)} "
                          f"(outputs: {', '.join(model.outputs)})")
 
 

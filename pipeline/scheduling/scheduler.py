@@ -1,40 +1,54 @@
 """``pipeline schedule``: a long-running process that runs every scheduled job on its cron.
 
 APScheduler 3 wiring only; every run goes through :func:`pipeline.run.materialize.run_job`.
-Explicit choices: one instance per job at a time (``max_instances=1``), missed ticks
-collapsed into one (``coalesce``), a per-job ``misfire_grace_seconds``, and the job's
-name as its id. Each tick is recorded in ``pipeline_runs``, so two schedulers (or a
-scheduler and cron) run a tick once; ticks missed while no scheduler ran are reported at
-start-up and, with ``catchup = true``, run.
+Explicit choices: one instance per job at a time (``max_instances=1``), a per-job
+``misfire_grace_seconds``, and the job's name as its id. Each tick is recorded in
+``pipeline_runs``, so two schedulers (or a scheduler and cron) run a tick once.
+
+No tick is lost: at start-up, and before every tick it runs, a scheduler (or ``pipeline run
+--scheduled``) looks for the ticks since the job's last recorded one. The newest within the
+grace time runs; every other one runs too with ``catchup = true``, else it is recorded as a
+failed run that says it was missed, and logged by name and time (``pipeline status`` and
+``pipeline runs`` show it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.cron import cron_trigger, latest_tick, ticks_between
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine, resolve_url
-from pipeline.database.transactions import reading
+from pipeline.database.transactions import reading, transaction
 from pipeline.errors import JobFileError, JobLocked, PipelineError
 from pipeline.jobs import iter_jobs, load_job
 from pipeline.jobspec import Job
-from pipeline.run.materialize import RunResult, run_job
+
+if TYPE_CHECKING:
+    from pipeline.run.materialize import RunResult
 
 log = logging.getLogger("pipeline.scheduling.scheduler")
+
+
+#: How many missed ticks of one job are named in the log, and recorded, at a time.
+MISSED_LIMIT = 1000
 
 
 def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
              now: Callable[[], datetime] = state.utcnow) -> RunResult | None:
     """Run the tick of the job at ``path`` that is due now; None when another process has it.
 
-    Used by the scheduler and by ``pipeline run --scheduled`` from cron. The job file is
-    read again at every tick, so edits take effect without a restart.
+    Ticks since the job's last recorded one that are older than the due tick run first with
+    ``catchup = true``; otherwise they are recorded as missed. Used by the scheduler and by
+    ``pipeline run --scheduled`` from cron. The job file is read again at every tick, so edits
+    take effect without a restart.
     """
     job = load_job(path)
     if job.schedule is None:
@@ -44,15 +58,72 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
     if tick is None:
         raise PipelineError(f"{job.name}: no tick of {job.schedule!r} in the last {job.misfire_grace_seconds}s; "
                             "nothing is due")
+    settle_gaps(job, db_url, ticks_since_last(job, db_url, tick), trigger, "no run stood for it")
     return _run(job, db_url, tick, trigger)
 
 
+def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: str, why: str,
+                stopping: threading.Event | None = None) -> None:
+    """Run ``ticks`` oldest first where the job says ``catchup = true`` (until ``stopping`` is set); else record
+    each as missed, saying ``why``, and name them in the log."""
+    if not ticks:
+        return
+    if job.catchup:
+        for tick in ticks:
+            if stopping is not None and stopping.is_set():
+                return
+            try:
+                _run(job, db_url, tick, trigger)
+            except PipelineError:
+                pass  # logged by _run; the next tick goes on
+        return
+    engine = make_engine(resolve_url(db_url, job.target))
+    try:
+        with transaction(engine) as conn:
+            schema.ensure_schema(conn)
+            for tick in ticks[:MISSED_LIMIT]:
+                run_id = state.start_run(conn, job=job.name, table=job.output.table, logical_date=_local(job, tick),
+                                         trigger=trigger, scheduled_for=tick, now=state.utcnow(),
+                                         host=socket.gethostname(), pid=os.getpid())
+                if run_id is not None:
+                    state.finish_run(conn, run_id, "failed", state.utcnow(), None, f"{state.MISSED}: {why}")
+    finally:
+        engine.dispose()
+    shown = ", ".join(t.isoformat() for t in ticks[:10]) + (f" and {len(ticks) - 10} more" if len(ticks) > 10 else "")
+    log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(ticks), why, shown)
+
+
+def _local(job: Job, tick: datetime) -> date:
+    """The logical date a tick stands for: its day in the job's time zone."""
+    return tick.astimezone(cron_trigger(job.schedule, job.timezone).timezone).date()
+
+
+def ticks_since_last(job: Job, db_url: str | None, before: datetime) -> list[datetime]:
+    """Ticks of ``job`` after its last recorded one and before ``before`` (none if it never ran on a schedule)."""
+    last = _last_tick(job, db_url)
+    if last is None or last >= before:
+        return []
+    return [t for t in ticks_between(cron_trigger(job.schedule, job.timezone), last, before, MISSED_LIMIT)
+            if t < before]
+
+
+def _last_tick(job: Job, db_url: str | None) -> datetime | None:
+    engine = make_engine(resolve_url(db_url, job.target))
+    try:
+        with reading(engine) as conn:
+            return state.last_tick(conn, job.name) if schema.has_schema(conn) else None
+    finally:
+        engine.dispose()
+
+
 def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResult | None:
+    from pipeline.run.materialize import run_job  # loads pandas and the model libraries: only when a tick runs
+
     engine = make_engine(resolve_url(db_url, job.target))
     local = tick.astimezone(cron_trigger(job.schedule, job.timezone).timezone)
     log.info("%s: tick %s: starting", job.name, local.isoformat())
     try:
-        result = run_job(job, engine, logical_date=local.date(), trigger=trigger,
+        result = run_job(job, engine, logical_date=_local(job, tick), trigger=trigger,
                          scheduled_for=tick.astimezone(timezone.utc))
     except JobLocked as exc:
         log.info("%s: tick %s: skipped, %s", job.name, local.isoformat(), exc)
@@ -70,25 +141,10 @@ def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResul
     return result
 
 
-def next_tick(job: Job, now: datetime | None = None) -> datetime | None:
-    """When the job's schedule fires next (None without a schedule)."""
-    if not job.schedule:
-        return None
-    return cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, now or state.utcnow())
-
-
 def missed_ticks(job: Job, db_url: str | None, now: datetime) -> list[datetime]:
     """Ticks of ``job`` after its last recorded scheduled run and before ``now`` less the grace time."""
-    engine = make_engine(resolve_url(db_url, job.target))
-    try:
-        with reading(engine) as conn:
-            last = state.last_tick(conn, job.name) if schema.has_schema(conn) else None
-    finally:
-        engine.dispose()
-    if last is None:
-        return []  # never scheduled before: nothing was missed
     until = now - timedelta(seconds=job.misfire_grace_seconds)
-    return ticks_between(cron_trigger(job.schedule, job.timezone), last, until)
+    return [t for t in ticks_since_last(job, db_url, until + timedelta(microseconds=1)) if t <= until]
 
 
 class Scheduler:
@@ -100,6 +156,7 @@ class Scheduler:
         self.jobs_dir = Path(jobs_dir)
         self.db_url = db_url
         self.stopping = threading.Event()
+        # coalesce: a tick that fires while the previous one still runs is settled by the next run_tick
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
 
     def load(self) -> list[Job]:
@@ -115,18 +172,24 @@ class Scheduler:
         return jobs
 
     def catch_up(self, jobs: list[Job]) -> None:
-        """Report the ticks missed while no scheduler ran; run them where the job says ``catchup = true``."""
+        """At start-up: report the ticks missed while no scheduler ran (run them where the job says
+        ``catchup = true``, else record them as missed), then run the tick inside the grace time, if any:
+        APScheduler only fires the ticks from now on."""
         for job in jobs:
-            missed = missed_ticks(job, self.db_url, state.utcnow())
-            if not missed:
-                continue
-            log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),
-                        ", ".join(t.isoformat() for t in missed[:5]), " ..." if len(missed) > 5 else "")
-            if job.catchup:
-                for tick in missed:
-                    if self.stopping.is_set():
-                        return
-                    self._guarded(lambda: _run(job, self.db_url, tick, "schedule"))
+            if self.stopping.is_set():
+                return
+            now = state.utcnow()
+            due = latest_tick(cron_trigger(job.schedule, job.timezone), now,
+                              timedelta(seconds=job.misfire_grace_seconds))
+            missed = ticks_since_last(job, self.db_url, due or now)
+            if missed:
+                log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),
+                            ", ".join(t.isoformat() for t in missed[:5]), " ..." if len(missed) > 5 else "")
+                self._guarded(lambda: settle_gaps(job, self.db_url, missed, "schedule", "no scheduler was running",
+                                                  self.stopping))
+            last = _last_tick(job, self.db_url)
+            if due is not None and (last is None or due > last) and not self.stopping.is_set():
+                self._guarded(lambda: _run(job, self.db_url, due, "schedule"))
 
     def _tick(self, path: Path) -> None:
         if not self.stopping.is_set():

@@ -26,11 +26,12 @@ class TableStatus:
     row_count: int | None
     model_sha256: str | None
     activated_at: datetime | None
-    latest_version: int
-    latest_status: str
+    latest_version: int | None                 # None: runs were recorded, no version was ever made
+    latest_status: str | None
     latest_error: str | None
     last_run: state.Run | None = None          # the newest run of the table, whatever its outcome
     failed_runs: int = 0                       # failed runs since the last success
+    missed_ticks: int = 0                      # of which scheduled ticks no run stood for
     aliases: tuple[tuple[str, int], ...] = ()  # other aliases and the versions they serve
     split: str | None = None                   # the A/B split view, e.g. "20% challenger"
 
@@ -59,19 +60,20 @@ def status(engine: Engine) -> list[TableStatus]:
     with reading(engine) as conn:
         if not schema.has_schema(conn):
             return []
-        for table in state.list_tables(conn):
+        for table in sorted(set(state.list_tables(conn)) | set(state.run_tables(conn))):
             found = state.list_versions(conn, table)
             pointers = state.list_pointers(conn, table)
             pointer = next((p for p in pointers if p.alias == state.DEFAULT_ALIAS), None)
             ab = state.get_split(conn, table)
             active = next((v for v in found if pointer and v.version == pointer.version), None)
-            latest = found[-1]
+            latest = found[-1] if found else None
             recent = state.list_runs(conn, table=table, limit=200)
-            failed = 0
+            failed = missed = 0
             for run in recent:
                 if run.status == "succeeded":
                     break
                 failed += run.status == "failed"
+                missed += run.status == "failed" and (run.error or "").startswith(state.MISSED)
             rows.append(TableStatus(
                 table=table,
                 active_version=active.version if active else None,
@@ -79,11 +81,12 @@ def status(engine: Engine) -> list[TableStatus]:
                 row_count=active.row_count if active else None,
                 model_sha256=active.model_sha256 if active else None,
                 activated_at=pointer.updated_at if pointer else None,
-                latest_version=latest.version,
-                latest_status=latest.status,
-                latest_error=latest.error,
+                latest_version=latest.version if latest else None,
+                latest_status=latest.status if latest else None,
+                latest_error=latest.error if latest else None,
                 last_run=recent[0] if recent else None,
                 failed_runs=failed,
+                missed_ticks=missed,
                 aliases=tuple((p.alias, p.version) for p in pointers if p.alias != state.DEFAULT_ALIAS),
                 split=f"{ab.percent}% {ab.alias}" if ab else None,
             ))

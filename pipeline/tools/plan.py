@@ -1,7 +1,7 @@
 """``pipeline plan``: what a run would do, found by doing everything but the writing.
 
-The job file is loaded, the model loaded and checked, the domain listed and counted,
-the first chunk scored, and the SQL the run would issue is written out; nothing is
+The checks of :mod:`pipeline.tools.validate` run first (the model loaded and checked, the first chunk
+scored); then the domain is listed and counted, and the SQL the run would issue is written out; nothing is
 created in the target database.
 """
 
@@ -15,6 +15,7 @@ from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateTable
 
+from pipeline.cron import next_tick
 from pipeline.database import schema, state
 from pipeline.database.dialects import dialect_for
 from pipeline.database.dialects.base import COLUMN_TYPES
@@ -26,12 +27,11 @@ from pipeline.names import version_table, view_name
 from pipeline.run import topup
 from pipeline.run.audits import planned_audits
 from pipeline.run.domain import Domain
-from pipeline.run.executors import EMPTY_DOMAIN, describe, executor_for
-from pipeline.run.materialize import type_guard
-from pipeline.run.model import load_model
+from pipeline.run.executors import EMPTY_DOMAIN, describe
+from pipeline.run.materialize import held_by, skip_reason
 from pipeline.run.registry import Source
-from pipeline.run.scoring import Scorer, check_output, first_rows
 from pipeline.run.store import columns_of
+from pipeline.tools.validate import check_job
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class Plan:
     type_changes: tuple[str, ...] = ()
     #: The model's library, the version it was trained with and the one installed.
     library: dict[str, str | None] | None = None
+    #: Why the run would make nothing (a ready version holds its work already), or None.
+    skipped: str | None = None
 
 
 def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = False) -> Plan:
@@ -79,22 +81,17 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     Raises:
         PipelineError: the first problem a run would hit (job file, model, domain, scoring).
     """
-    model = load_model(job.model)
-    check_output(job, model)
-    executor_for(job.executor).check(dialect_for(engine))
+    checked = check_job(job, engine, logical_date)
+    model, scorer, sample = checked.model, checked.scorer, checked.rows
+    columns_seen = tuple(map(str, checked.chunk.columns)) if checked.chunk is not None else ()
     keys = list(job.domain.keys)
     top_up = topup.from_active(engine, job, model) if incremental else None
     to_score = 0
     domain = Domain(job.domain, engine, logical_date)
-    sample = None
-    scorer = Scorer(model, keys, type_guard(engine, job))
     try:
         for chunk in domain.chunks():
             if top_up is not None:
                 to_score += len(top_up.to_score(chunk))
-            if sample is None:
-                sample = first_rows(scorer, job, chunk)
-                columns_seen = tuple(map(str, chunk.columns))
     finally:
         domain.close()
     if sample is None and not job.audits.allow_empty:
@@ -104,6 +101,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
         known = schema.has_schema(conn)
         version = state.next_version(conn, job.output.table) if known else 1
         pointer = state.get_pointer(conn, job.output.table) if known else None
+        found = state.list_versions(conn, job.output.table) if known else []
+    held = held_by(found, job, model, logical_date, domain.fingerprint)
     dialect = dialect_for(engine)
     physical = version_table(job.output.table, version)
     table = Table(physical, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
@@ -115,10 +114,9 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
         f"-- then the view {job.output.table}, which serves the active version and its rollback target, e.g.\n"
         + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], columns),
     )
-    from pipeline.scheduling.scheduler import next_tick
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
-                domain_columns=columns_seen if sample is not None else (), keys=tuple(keys),
+                domain_columns=columns_seen, keys=tuple(keys),
                 features=model.features, columns=columns, model_class=model.class_name,
                 model_sha256=model.sha256, model_location=model.location, model_source=model.source,
                 method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,
@@ -126,7 +124,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
                 executor=describe(job.executor), serving=tuple(serving(job, engine)),
                 input_schema=tuple(tuple(row) for row in scorer.schema or ()), labels=model.labels,
                 type_changes=tuple(scorer.guard.changes) if scorer.guard else (), library=model.library,
-                incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied))
+                incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied),
+                skipped=skip_reason(engine, job.output.table, held, logical_date) if held else None)
 
 
 def serving(job: Job, engine: Engine) -> list[str]:

@@ -96,6 +96,7 @@ CREATE TABLE pipeline_versions (
 	input_schema TEXT,
 	type_changes TEXT,
 	output_labels TEXT,
+	settings_sha256 VARCHAR(64),
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,

@@ -271,3 +271,28 @@ def test_a_default_for_keys_outside_the_domain(engine, customers, write_job):
     with pytest.raises(ModelError, match=r"\[output\] names column.* the model does not output: score"):
         run_job(bad, engine, force=True)
     assert len(catalog.versions(engine, "scores")) == 1  # refused before anything was built
+
+
+def test_a_change_of_method_is_never_skipped(engine, customers, write_job):
+    labels = CUSTOMERS_JOB.replace('method = "predict_proba"', 'method = "predict"')
+    path = write_job(labels)
+    first = run_job(load_job(path), engine, logical_date=pd.Timestamp("2026-12-01").date())
+    path.write_text(path.read_text().replace('method = "predict"', 'method = "predict_proba"'))
+    second = run_job(load_job(path), engine, logical_date=pd.Timestamp("2026-12-01").date())
+    assert second.skipped is None and (first.version, second.version) == (1, 2)
+    assert "proba_true" in read_view(engine).columns  # the view serves probabilities now, not labels
+
+
+def test_a_return_to_an_older_model_says_what_serves_and_how_to_switch(engine, customers, write_job, tmp_path):
+    day = pd.Timestamp("2026-12-01").date()
+    path = write_job(CUSTOMERS_JOB)
+    model = path.parent / "models" / "scores.joblib"
+    old = model.read_bytes()
+    assert run_job(load_job(path), engine, logical_date=day).version == 1
+    train_model(model, seed=3)
+    assert run_job(load_job(path), engine, logical_date=day).version == 2
+    model.write_bytes(old)  # back to the first model, the same day
+    again = run_job(load_job(path), engine, logical_date=day)
+    assert again.skipped == ("version 1 already holds 2026-12-01 with the same model, settings and domain, but "
+                             "version 2 serves; `pipeline activate scores 1` serves it (--force runs it anyway)")
+    assert set(read_view(engine).model_version) == {2}

@@ -76,3 +76,27 @@ def test_plan_shows_how_the_table_is_served_and_what_a_top_up_would_score(engine
                              "A/B split: 10% of keys from challenger in scores__ab",
                              "default for unseen keys in scores__default: proba_true = 0.1")
     assert found.incremental == (3, 96, 4)  # 3 changed rows to score, 96 copied, 3 changed and 1 gone
+
+
+def test_plan_refuses_an_audit_of_a_column_the_model_does_not_output(engine, db_url, write_job, tmp_path,
+                                                                    monkeypatch):
+    write_table(engine, "customers", customers_frame(30))
+    write_job(CUSTOMERS_JOB + '\n[audits]\nbounds = { score = { min = 0, max = 1 } }\n')
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(main, ["plan", "scores", "--db", db_url])
+    assert out.exit_code == 1
+    assert ("[audits] names column(s) the model does not output: bounds score (outputs: proba_false, proba_true)"
+            in out.output)
+    run = CliRunner().invoke(main, ["run", "scores", "--db", db_url])  # the run refuses it before scoring
+    assert run.exit_code == 1 and "bounds score" in run.output
+    assert not any(t.startswith("scores") for t in tables(engine))
+
+
+def test_plan_says_when_the_run_would_be_skipped(engine, write_job):
+    write_table(engine, "customers", customers_frame(30))
+    job = load_job(write_job(CUSTOMERS_JOB))
+    run_job(job, engine, logical_date=dt.date(2026, 1, 2))
+    found = plan_job(job, engine, dt.date(2026, 1, 2))
+    assert found.skipped == ("version 1 already holds 2026-01-02 with the same model, settings and domain "
+                             "(--force runs it anyway)")
+    assert plan_job(job, engine, dt.date(2026, 1, 3)).skipped is None
