@@ -519,6 +519,49 @@ def serving_section(pg_rows: list[str], client_rows: list[str], plan: str) -> li
         "Plan of a lookup through the view (50 versions retained):", "", "```", plan, "```", ""]
 
 
+#: The commands an operator types when something is wrong, which must answer at once (issue 15: under 0.5 s).
+STARTUP_COMMANDS = ("--help", "status", "versions", "rollback", "activate")
+
+
+def startup_rows(workdir: Path, model: Path, databases: list[str]) -> list[str]:
+    """Whole-process start-up of the operator's commands against a small table, median of 5 each, beside a bare
+    ``python -c pass`` (the interpreter alone)."""
+    folder = workdir / "startup"
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for database in databases:
+        url = (fresh_schema(PG_URL, "pipeline_startup") if database == "postgresql"
+               else f"sqlite:///{folder / 'startup.db'}")
+        make_inputs(url, "startup_inputs", 1_000)
+        job = write_job(folder, "startup", "startup_inputs", model)
+        for _ in range(2):
+            subprocess.run([sys.executable, "-m", "pipeline", "-q", "run", "--force", str(job), "--db", url],
+                           check=True)
+        cli = [sys.executable, "-m", "pipeline", "-q"]
+        commands = {"python -c pass": [sys.executable, "-c", "pass"], "--help": [*cli, "--help"],
+                    "status": [*cli, "status", "--db", url], "versions": [*cli, "versions", "startup", "--db", url],
+                    "rollback": [*cli, "rollback", "startup", "--db", url],
+                    "activate": [*cli, "activate", "startup", "2", "--db", url]}
+        walls: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(5):
+            for name, command in commands.items():  # rollback then activate: each moves the pointer
+                walls[name].append(measure(command, env={"PIPELINE_DATABASE_URL": ""})["wall"])
+        medians = {name: statistics.median(w) for name, w in walls.items()}
+        rows.append(f"| {database} | {medians['python -c pass']:.2f} s | "
+                    + " | ".join(f"{medians[c]:.2f} s" for c in STARTUP_COMMANDS)
+                    + f" | {'yes' if max(medians[c] for c in STARTUP_COMMANDS) < 0.5 else 'no'} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def startup_section(rows: list[str]) -> list[str]:
+    return ["Start-up of the commands an operator types at 3 am (whole processes, median of 5, against a "
+            "1,000-row table with two versions; `python -c pass` is the interpreter alone). Target (issue 15): "
+            "each under 0.5 s.", "",
+            "| database | python -c pass | " + " | ".join(f"`{c}`" for c in STARTUP_COMMANDS) + " | all < 0.5 s |",
+            "|---|---|" + "---|" * len(STARTUP_COMMANDS) + "---|", *rows, ""]
+
+
 def machine(pg_url: str) -> list[str]:
     import importlib.metadata as md
     import sqlite3
@@ -547,7 +590,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
-    parser.add_argument("--only", choices=("contract", "serving"),
+    parser.add_argument("--only", choices=("contract", "serving", "startup"),
                         help="measure only this part (and the pipeline run it is set against); the report is "
                              "printed, and written only where --out says")
     parser.add_argument("--out", default=None, help="where the report goes (default bench/results.md, "
@@ -559,9 +602,10 @@ def main() -> None:
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     models = make_models(workdir, ("hgb",) if args.only else ("hgb", "logistic", "hgb500"))
-    if args.only == "serving":
-        report = ["# Benchmark results (only serving)", "", *machine(PG_URL), "",
-                  *serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"]))]
+    if args.only in ("startup", "serving"):
+        section = (startup_section(startup_rows(workdir, models["hgb"], databases)) if args.only == "startup" else
+                   serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"])))
+        report = [f"# Benchmark results (only {args.only})", "", *machine(PG_URL), "", *section]
         if args.out:
             Path(args.out).write_text("\n".join(report))
         print("\n".join(report))
@@ -637,6 +681,7 @@ def main() -> None:
             print(flips_md[-1], flush=True)
     serving_md = (serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"]))
                   if "postgresql" in databases and not args.only else [])
+    startup_md = startup_section(startup_rows(workdir, models["hgb"], databases)) if not args.only else []
     contract_section = [
         "The input contract's cost: the domain read in one process through the pipeline's reader, which "
         "conforms every chunk to the contract, plus `Model.inputs` (contract), against the same rows read "
@@ -671,7 +716,8 @@ def main() -> None:
               "same domain; hgb500 is a costlier model (500 trees of 63 leaves); `same table` compares the two "
               "versions row for row in the database.", "",
               "| database | rows | model | full run | incremental run | incremental / full | same table |",
-              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *serving_md, *notes, ""]
+              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *serving_md, *startup_md,
+              *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
 

@@ -7,8 +7,11 @@ turned into day names here before APScheduler sees them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.jobspec import Job
 
 DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
@@ -81,3 +84,10 @@ def latest_tick(trigger: Any, now: datetime, within: timedelta) -> datetime | No
     """The newest fire time in (now - within, now]: the tick a run starting now stands for."""
     ticks = ticks_between(trigger, now - within, now)
     return ticks[-1] if ticks else None
+
+
+def next_tick(job: Job, now: datetime | None = None) -> datetime | None:
+    """When the job's schedule fires next (None without a schedule)."""
+    if not job.schedule:
+        return None
+    return cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, now or datetime.now(timezone.utc))

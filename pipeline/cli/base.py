@@ -12,17 +12,17 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import click
-from sqlalchemy.engine import Engine
 
-from pipeline.database import schema
-from pipeline.database.dialects import dialect_for
-from pipeline.database.engines import URL_ENV, make_engine, resolve_url
+from pipeline.database.engines import URL_ENV, make_engine, missing_file, redact, resolve_url
 from pipeline.errors import JobLocked, PipelineError, first_line
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import Job
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 JOBS_ENV = "PIPELINE_JOBS_DIR"
 LOCKED_EXIT = 75  # EX_TEMPFAIL: another run holds the table
@@ -40,10 +40,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class Settings:
-    def __init__(self, debug: bool, jobs_dir: str, quiet: bool = False) -> None:
+    """The global options, from before the command's name or after it (the later wins)."""
+
+    def __init__(self, debug: bool, jobs_dir: str, quiet: bool = False, log_format: str = "text",
+                 db_url: str | None = None) -> None:
         self.debug = debug
         self.jobs_dir = jobs_dir
         self.quiet = quiet
+        self.log_format = log_format
+        self.db_url = db_url
 
     def job_for_table(self, table: str) -> Job | None:
         """The job in the jobs directory that writes ``table``, if any."""
@@ -52,6 +57,22 @@ class Settings:
 
 def _ours_or_warning(record: logging.LogRecord) -> bool:
     return record.name.split(".")[0] == "pipeline" or record.levelno >= logging.WARNING
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at the level the options ask for; again when a command's own options change it."""
+    level = logging.DEBUG if settings.debug else logging.WARNING if settings.quiet else logging.INFO
+    if settings.log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    else:  # leaves a host application's (or pytest's) handlers alone, as basicConfig does
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:  # other libraries (dask, apscheduler) speak up only to warn
+        handler.removeFilter(_ours_or_warning)
+        if not settings.debug:
+            handler.addFilter(_ours_or_warning)
 
 
 def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,9 +102,17 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: What a command says when it does not know which database to look at.
+HOW_TO_POINT = (f"name it with --db URL or ${URL_ENV}, or run the command from the folder whose jobs/ writes the "
+                "table")
+
+
 class Databases:
     """A command's way to its database: ``--db``, else ``$PIPELINE_DATABASE_URL``, else the target of the job
-    concerned, else the default. Every engine it opens is disposed of when the command ends."""
+    concerned, else the default. Every engine it opens is disposed of when the command ends.
+
+    Only a run creates a database: any other command refuses a SQLite file that does not exist (saying which),
+    unless ``--db`` names it."""
 
     def __init__(self, db_url: str | None, settings: Settings, stack: contextlib.ExitStack) -> None:
         self.db_url = db_url
@@ -93,19 +122,29 @@ class Databases:
     def url(self, job: Job | None = None) -> str:
         return resolve_url(self.db_url, job.target if job else None)
 
-    def open(self, url: str) -> Engine:
+    def open(self, url: str, create: bool = False) -> Engine:
+        missing = None if create or self.db_url else missing_file(url)
+        if missing is not None:
+            raise PipelineError(f"no database at {redact(url)} ({missing} does not exist); {HOW_TO_POINT}")
         engine = make_engine(url)
         self._stack.callback(engine.dispose)
         return engine
 
-    def for_job(self, job: Job | None) -> Engine:
-        return self.open(self.url(job))
+    def for_job(self, job: Job | None, create: bool = False) -> Engine:
+        return self.open(self.url(job), create)
 
     def for_table(self, table: str) -> Engine:
         """The database of ``table``: the job that writes it names its target unless ``--db`` or the environment
         does. Its bookkeeping tables are brought up to this release, so read commands work on older ones."""
         job = None if self.db_url or os.environ.get(URL_ENV) else self.settings.job_for_table(table)
-        engine = self.for_job(job)
+        url = self.url(job)
+        if job is None and not (self.db_url or os.environ.get(URL_ENV)) and missing_file(url) is not None:
+            raise PipelineError(f"no job in {self.settings.jobs_dir}/ writes {table!r}, and no database was named "
+                                f"(the default {redact(url)} does not exist); {HOW_TO_POINT}")
+        from pipeline.database import schema
+        from pipeline.database.dialects import dialect_for
+
+        engine = self.open(url)
         schema.upgrade(engine, dialect_for(engine))
         return engine
 
@@ -116,18 +155,43 @@ class Databases:
         return sorted({self.url(j) for j in jobs} or {self.url()})
 
 
-def pass_databases(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the ``--db`` option and, in its place, a :class:`Databases` (as ``db``) that disposes of
-    what it opened when the command returns or fails (rq's ``pass_cli_config`` is the model)."""
+def _global_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes before its name and after it, so each ``--help`` lists them."""
+    for option in reversed([
+        click.option("--db", "db_url", metavar="URL",
+                     help=f"Target database URL (default: ${URL_ENV}, else the job's target, "
+                          "else sqlite:///predictions.db)."),
+        click.option("--jobs", "jobs_dir", metavar="DIR",
+                     help=f"Where job files live (also ${JOBS_ENV}; default: jobs)."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="Only print results and errors."),
+        click.option("--debug", is_flag=True, default=None, help="Show tracebacks and debug logs."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+                     help="json: one JSON object per log line, for log shippers (default: text)."),
+    ]):
+        func = option(func)
+    return func
 
-    @click.option("--db", "db_url", metavar="URL",
-                  help=f"Target database URL (default: ${URL_ENV}, else the job's target, "
-                       "else sqlite:///predictions.db).")
+
+def pass_databases(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the global options (``--db``, ``--jobs``, ``--quiet``, ``--debug``, ``--log-format``,
+    which may also come before its name) and, as ``db``, a :class:`Databases` that disposes of what it opened
+    when the command returns or fails (rq's ``pass_cli_config`` is the model)."""
+
+    @_global_options
     @functools.wraps(func)
-    def wrapper(*args: Any, db_url: str | None, **kwargs: Any) -> Any:
-        settings = click.get_current_context().find_object(Settings)
+    def wrapper(*args: Any, db_url: str | None, jobs_dir: str | None, quiet: bool | None, debug: bool | None,
+                log_format: str | None, **kwargs: Any) -> Any:
+        settings = click.get_current_context().ensure_object(Settings)
+        changed = (quiet, debug, log_format) != (None, None, None)
+        settings.db_url = db_url or settings.db_url
+        settings.jobs_dir = jobs_dir or settings.jobs_dir
+        settings.quiet = quiet or settings.quiet
+        settings.debug = debug or settings.debug
+        settings.log_format = log_format or settings.log_format
+        if changed:
+            configure_logging(settings)
         with contextlib.ExitStack() as stack:
-            return func(*args, db=Databases(db_url, settings, stack), **kwargs)
+            return func(*args, db=Databases(settings.db_url, settings, stack), **kwargs)
 
     return wrapper
 
@@ -159,10 +223,14 @@ def _cell(value: Any) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON object per log line, for log shippers.")
+@click.option("--db", "db_url", metavar="URL",
+              help=f"Target database URL (default: ${URL_ENV}, else the job's target, else sqlite:///predictions.db).")
 @click.version_option(package_name="prediction-pipeline")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format: str) -> None:
+def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format: str, db_url: str | None) -> None:
     """Materialize model predictions into versioned tables and flip a pointer.
+
+    Every option above may also follow the command's name.
 
     \b
     Example:
@@ -170,14 +238,5 @@ def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format
       pipeline versions churn_scores
       pipeline rollback churn_scores
     """
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    if log_format == "json":
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=level, handlers=[handler], force=True)
-    else:  # leaves a host application's (or pytest's) handlers alone, as basicConfig does
-        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    if not debug:  # other libraries (dask, apscheduler) speak up only to warn
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_ours_or_warning)
-    ctx.obj = Settings(debug, jobs_dir, quiet)
+    ctx.obj = Settings(debug, jobs_dir, quiet, log_format, db_url)
+    configure_logging(ctx.obj)

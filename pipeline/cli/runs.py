@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
 from pipeline.cli.progress import date_reporter, reporter
 from pipeline.database.engines import redact
-from pipeline.errors import AuditError, PipelineError
+from pipeline.errors import AuditError, JobFileError, PipelineError
 from pipeline.jobs import find_job, load_job
-from pipeline.jobspec import EXECUTORS, AuditSpec, with_executor
-from pipeline.run.audits import audit_version, failures
-from pipeline.run.materialize import RunResult, run_job
-from pipeline.scheduling import backfill as backfills
-from pipeline.scheduling.scheduler import run_tick
-from pipeline.serve import catalog
-from pipeline.tools.metrics import write_metrics
+from pipeline.jobspec import EXECUTORS, AuditSpec, Job, with_executor
+from pipeline.scheduling import ACTIVATE
+
+if TYPE_CHECKING:
+    from pipeline.run.materialize import RunResult
 
 
 @main.command()
@@ -65,6 +65,8 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         if any(v is not None for v in overrides.values()):
             raise click.UsageError("--scheduled runs with the job file's [executor]; drop --executor, "
                                    "--dask-address, --workers and --partitions")
+        from pipeline.scheduling.scheduler import run_tick
+
         try:
             done = run_tick(path, db.db_url, trigger="cron")
         except PipelineError:
@@ -79,8 +81,11 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         else:
             click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
         return
+    from pipeline.run.materialize import run_job  # pandas and the models' libraries: only for a run
+    from pipeline.tools.metrics import write_metrics
+
     loaded = with_executor(load_job(path), **overrides)
-    engine = db.for_job(loaded)
+    engine = db.for_job(loaded, create=True)
     result = None
     try:
         with reporter(loaded.output.table, quiet=settings.quiet) as progress:
@@ -106,8 +111,10 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
 def _write_metrics(metrics_file: str | None, db: Databases, path: Path, result: RunResult | None) -> None:
     """A scheduled run's metrics, like a manual run's (``result`` None: it failed)."""
     if metrics_file:
+        from pipeline.tools.metrics import write_metrics
+
         job = load_job(path)
-        write_metrics(metrics_file, db.for_job(job), job.name, job.output.table, result)
+        write_metrics(metrics_file, db.for_job(job, create=True), job.name, job.output.table, result)
 
 
 @main.command()
@@ -116,7 +123,7 @@ def _write_metrics(metrics_file: str | None, db: Databases, path: Path, result: 
 @click.option("--end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Last logical date.")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(min=1), help="Dates run at once.")
 @click.option("--force", is_flag=True, help="Redo dates that already have a ready version.")
-@click.option("--activate", "activate_", type=click.Choice(backfills.ACTIVATE), default="latest", show_default=True,
+@click.option("--activate", "activate_", type=click.Choice(ACTIVATE), default="latest", show_default=True,
               help="latest: point the view at the newest date's version, unless it already serves a newer date.")
 @pass_databases
 @click.pass_obj
@@ -133,6 +140,8 @@ def backfill(settings: Settings, job: str, start: datetime, end: datetime, paral
       pipeline backfill churn --start 2026-01-01 --end 2026-01-31 --parallel 2
     """
     loaded = load_job(find_job(job, settings.jobs_dir))
+    from pipeline.scheduling import backfill as backfills
+
     days = backfills.dates(start.date(), end.date())
 
     def line(done, error) -> str:
@@ -143,9 +152,9 @@ def backfill(settings: Settings, job: str, start: datetime, end: datetime, paral
         return f"version {done.version} ({done.rows} rows, {done.seconds:.1f}s)"
 
     with date_reporter(loaded.name, len(days), quiet=settings.quiet) as say:
-        result = backfills.backfill(loaded, db.for_job(loaded), days[0], days[-1], parallel=parallel, force=force,
-                                    activate=activate_, on_date=lambda day, done, error: say(
-                                        f"{day}: {line(done, error)}"))
+        result = backfills.backfill(loaded, db.for_job(loaded, create=True), days[0], days[-1], parallel=parallel,
+                                    force=force, activate=activate_,
+                                    on_date=lambda day, done, error: say(f"{day}: {line(done, error)}"))
     if result.flip is not None:
         click.echo(f"{loaded.output.table}: version {result.flip.to_version} is active "
                    f"(was {result.flip.from_version or 'none'})")
@@ -167,16 +176,39 @@ def backfill(settings: Settings, job: str, start: datetime, end: datetime, paral
 def runs(settings: Settings, job: str | None, limit: int, db: Databases) -> None:
     """Show the run history (newest first), for one job or all.
 
+    JOB is a job file's path or a job's name; a name without a file in the jobs directory
+    (a job run from elsewhere) is looked up in the database given by --db.
+
     \b
     Example:
       pipeline runs churn --limit 10
     """
-    loaded = load_job(find_job(job, settings.jobs_dir)) if job else None
-    found = catalog.runs(db.for_job(loaded), loaded.name if loaded else None, limit)
+    loaded = _job_if_any(job, settings.jobs_dir)
+    engine = db.for_job(loaded)
+    from pipeline.serve import catalog
+
+    found = catalog.runs(engine, loaded.name if loaded else job, limit)
+    if not found:
+        click.echo(f"no runs{' of ' + job if job else ''} recorded in {redact(str(engine.url))}")
+        return
     print_table(["id", "job", "logical_date", "trigger", "status", "version", "started", "finished", "host/pid",
                  "error"],
                 [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, r.started_at, r.finished_at,
                   f"{r.host}/{r.pid}", r.error] for r in found])
+def _job_if_any(job: str | None, jobs_dir: str) -> Job | None:
+    """The job ``job`` names; None for a bare name that no file in ``jobs_dir`` holds (its runs are still in
+    the database), or without one."""
+    if job is None:
+        return None
+    try:
+        path = find_job(job, jobs_dir)
+    except JobFileError:
+        if job.endswith(".toml") or os.sep in job:
+            raise
+        return None
+    return load_job(path)
+
+
 @main.command()
 @click.argument("table")
 @click.argument("version", type=click.IntRange(min=1))
@@ -193,6 +225,8 @@ def audit(settings: Settings, table: str, version: int, db: Databases) -> None:
       pipeline audit churn_scores 3
     """
     job = settings.job_for_table(table)
+    from pipeline.run.audits import audit_version, failures
+
     results = audit_version(db.for_table(table), table, version, job.audits if job else AuditSpec(),
                             output=job.output if job else None)
     print_table(["audit", "result", "detail"], [[r.name, "pass" if r.passed else "FAIL", r.detail] for r in results])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors
+from pipeline.errors import JobFileError, PipelineError
 from pipeline.scheduling.crontab import crontab
-from pipeline.scheduling.scheduler import Scheduler
 
 
 @main.command()
@@ -23,21 +23,31 @@ def schedule(settings: Settings, db: Databases) -> None:
     Example:
       pipeline --jobs /srv/pipeline/jobs schedule
     """
+    from pipeline.scheduling.scheduler import Scheduler
+
     Scheduler(settings.jobs_dir, db.db_url).serve()
 
 
 @main.command()
 @click.option("--log-dir", default="logs", show_default=True, help="Where each job's log file goes.")
+@pass_databases
 @click.pass_obj
 @pipeline_errors
-def cron(settings: Settings, log_dir: str) -> None:
+def cron(settings: Settings, log_dir: str, db: Databases) -> None:
     """Print crontab lines that run every scheduled job, for `crontab -e`.
 
     Each line runs `pipeline run JOB --scheduled`: the run takes the table's lock and
     records its tick, so it never doubles up with another cron entry or a scheduler.
+    A job file that does not load is named on stderr, and the exit status is 1.
 
     \b
     Example:
       pipeline cron >> /tmp/lines && crontab /tmp/lines
     """
-    click.echo("\n".join(crontab(settings.jobs_dir, log_dir)))
+    broken: list[JobFileError] = []
+    click.echo("\n".join(crontab(settings.jobs_dir, log_dir, db.db_url, on_error=broken.append)))
+    if broken:
+        for error in broken:
+            click.echo(f"Error: {error}", err=True)
+        raise PipelineError(f"{len(broken)} job file(s) left out of the crontab; fix them and run `pipeline cron` "
+                            "again")

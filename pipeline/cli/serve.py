@@ -10,14 +10,11 @@ from pathlib import Path
 import click
 
 from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table, versions_text
-from pipeline.database import schema, state
-from pipeline.database.dialects import dialect_for
-from pipeline.database.engines import redact
 from pipeline.jobs import iter_jobs
+from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import DEFAULT_ALIAS, labels_text, view_name
-from pipeline.scheduling.scheduler import next_tick
-from pipeline.serve import catalog, pointer, retention
-from pipeline.serve import split as splits
+
+# The library is imported by each command when it runs, so that `--help` and a rollback start at once.
 
 
 def alias_option(func):
@@ -38,6 +35,8 @@ def versions(table: str, db: Databases) -> None:
       pipeline versions churn_scores
     """
     engine = db.for_table(table)
+    from pipeline.serve import catalog
+
     rows = catalog.versions(engine, table)
     print_table(
         ["", "version", "status", "logical_date", "rows", "model_sha256", "model", "started", "finished", "error",
@@ -63,7 +62,9 @@ def activate(table: str, version: int, alias: str, db: Databases) -> None:
       pipeline activate churn_scores 2
       pipeline activate churn_scores 3 --alias challenger
     """
-    flip = pointer.activate(db.for_table(table), table, version, alias=alias)
+    from pipeline.serve.pointer import activate as activate_version
+
+    flip = activate_version(db.for_table(table), table, version, alias=alias)
     click.echo(f"{view_name(table, alias)}: version {flip.to_version} is active "
                f"(was {flip.from_version or 'none'})")
 
@@ -82,7 +83,9 @@ def rollback(table: str, to: int | None, alias: str, db: Databases) -> None:
       pipeline rollback churn_scores
       pipeline rollback churn_scores --to 3
     """
-    flip = pointer.rollback(db.for_table(table), table, to, alias=alias)
+    from pipeline.serve.pointer import rollback as roll_back
+
+    flip = roll_back(db.for_table(table), table, to, alias=alias)
     click.echo(f"{view_name(table, alias)}: rolled back from version {flip.from_version} to {flip.to_version}")
 
 
@@ -105,7 +108,9 @@ def split(table: str, alias: str, percent: int, db: Databases) -> None:
       pipeline split churn_scores --alias challenger --percent 20
       pipeline split churn_scores --alias challenger --percent 0    # remove it
     """
-    found = splits.set_split(db.for_table(table), table, alias, percent)
+    from pipeline.serve.split import set_split
+
+    found = set_split(db.for_table(table), table, alias, percent)
     if found is None:
         click.echo(f"{table}__ab: removed; {table} serves every key")
     else:
@@ -124,6 +129,8 @@ def history(table: str, alias: str, db: Databases) -> None:
     Example:
       pipeline history churn_scores
     """
+    from pipeline.serve import catalog
+
     flips = catalog.history(db.for_table(table), table, alias)
     print_table(["flipped_at", "from", "to", "reason", "by"],
                 [[f.flipped_at, f.from_version, f.to_version, f.reason, f.actor] for f in flips])
@@ -145,11 +152,20 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
       pipeline status --db postgresql://localhost/app
       pipeline status --json
     """
+    from pipeline.cron import next_tick
+    from pipeline.database import schema, state
+    from pipeline.database.dialects import dialect_for
+    from pipeline.database.engines import missing_file, redact
+    from pipeline.serve import catalog, retention
+
     jobs = iter_jobs(settings.jobs_dir)
     urls = db.urls(jobs)
     ticks = {j.output.table: next_tick(j) for j in jobs if j.schedule}
     rows = []
+    absent = {url for url in urls if not db.db_url and missing_file(url) is not None}  # only a run creates one
     for url in urls:
+        if url in absent:
+            continue
         engine = db.open(url)
         schema.upgrade(engine, dialect_for(engine))
         for table, version in retention.reap(engine):
@@ -162,14 +178,16 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
                                for url, s in rows], default=str, indent=2))
         return
     if not rows:
-        click.echo(f"no prediction tables yet in {', '.join(redact(u) for u in urls)}")
+        click.echo("no prediction tables yet in " + ", ".join(redact(u) + (" (no such file)" if u in absent else "")
+                                                              for u in urls))
         return
     print_table(["table", "active", "logical_date", "rows", "model", "age", "last run", "failing", "next tick",
                  "aliases", "database"],
                 [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
                   _age(now - s.activated_at) if s.activated_at else None,
                   f"{s.last_run.status} {s.last_run.logical_date}" if s.last_run else None,
-                  s.failed_runs or None, ticks.get(s.table),
+                  (f"{s.failed_runs} ({s.missed_ticks} missed)" if s.missed_ticks else s.failed_runs or None),
+                  ticks.get(s.table),
                   ", ".join([f"{a}=v{v}" for a, v in s.aliases] + ([f"ab {s.split}"] if s.split else [])) or None,
                   url] for url, s in rows])
 
@@ -185,7 +203,7 @@ def _age(delta: timedelta) -> str:
 @main.command()
 @click.argument("table")
 @click.option("--keep", type=click.IntRange(min=1),
-              help=f"Ready versions to keep (default: the job's [output] keep, else {retention.DEFAULT_KEEP}).")
+              help=f"Ready versions to keep (default: the job's [output] keep, else {DEFAULT_KEEP}).")
 @pass_databases
 @click.pass_obj
 @pipeline_errors
@@ -200,8 +218,10 @@ def gc(settings: Settings, table: str, keep: int | None, db: Databases) -> None:
       pipeline gc churn_scores --keep 2
     """
     job = settings.job_for_table(table)
-    keep = keep or (job.output.keep if job else retention.DEFAULT_KEEP)
-    result = retention.gc(db.for_table(table), table, keep)
+    keep = keep or (job.output.keep if job else DEFAULT_KEEP)
+    from pipeline.serve.retention import gc as retire
+
+    result = retire(db.for_table(table), table, keep)
     click.echo(f"{table}: retired {versions_text(result.retired)}; cleaned failed {versions_text(result.cleaned)}")
     for version, why in result.kept.items():
         click.echo(f"{table}: kept version {version}: {why}")

@@ -1,20 +1,97 @@
-"""The operator's tools over a job or a table: plan, diff and report."""
+"""The operator's tools over a job or a table: validate, jobs, plan, diff and report."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from datetime import datetime
+from pathlib import Path
 
 import click
 
 from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
-from pipeline.jobs import find_job, load_job
+from pipeline.cron import next_tick
+from pipeline.database.engines import missing_file, redact
+from pipeline.errors import JobFileError, PipelineError
+from pipeline.jobs import find_job, iter_jobs, load_job
 from pipeline.names import labels_text, outputs_of
-from pipeline.run.materialize import today
-from pipeline.tools import diff as diffs
-from pipeline.tools import plan as plans
-from pipeline.tools import report as reports
+
+
+@main.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--date", "logical_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Logical date given to the domain queries (default: today in each job's time zone).")
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def validate(settings: Settings, jobs: tuple[str, ...], logical_date: datetime | None, db: Databases) -> None:
+    """Check job files as a run would before it scores: the file, the model and its pin, the columns that
+    [output] and [audits] name, the executor, the cron, and the domain's first chunk, read and scored.
+
+    Without JOB, every job file in the jobs directory. One line per job; exits 1 if any fails.
+    Nothing is written.
+
+    \b
+    Example:
+      pipeline validate
+      pipeline validate churn jobs/upsell.toml
+    """
+    from pipeline.run.context import today
+    from pipeline.tools.validate import check_job  # loads pandas and the models' libraries
+
+    paths = [find_job(j, settings.jobs_dir) for j in jobs] or sorted(Path(settings.jobs_dir).glob("*.toml"))
+    if not paths:
+        raise PipelineError(f"no job files in {settings.jobs_dir}/")
+    failed = 0
+    for path in paths:
+        try:
+            job = load_job(path)
+            checked = check_job(job, db.for_job(job), logical_date.date() if logical_date else today(job))
+        except PipelineError as exc:
+            failed += 1
+            why = str(exc).removeprefix(f"{path}: ")  # job file errors name the file already
+            click.echo(f"{path}: FAILED: {why}")
+            continue
+        click.echo(f"{path}: ok: {checked.summary()}")
+    if failed:
+        raise PipelineError(f"{failed} of {len(paths)} job file(s) failed")
+
+
+@main.command(name="jobs")
+@pass_databases
+@click.pass_obj
+@pipeline_errors
+def list_jobs(settings: Settings, db: Databases) -> None:
+    """List every job in the jobs directory: its table, schedule, next tick, and its last run.
+
+    A job file that does not load is named, with why, and the exit status is 1.
+
+    \b
+    Example:
+      pipeline jobs
+    """
+    from pipeline.serve import catalog
+
+    broken: list[JobFileError] = []
+    found = iter_jobs(settings.jobs_dir, on_error=broken.append)
+    if not found and not broken:
+        click.echo(f"no job files in {settings.jobs_dir}/")
+        return
+    rows = []
+    for job in found:
+        url = db.url(job)
+        last = None
+        if db.db_url or missing_file(url) is None:  # a database no run made yet has no runs to show
+            last = next(iter(catalog.runs(db.open(url), job.name, 1)), None)
+        rows.append([job.name, job.output.table, job.schedule, next_tick(job),
+                     f"{last.status} {last.logical_date}" if last else None,
+                     last.finished_at or last.started_at if last else None, redact(url)])
+    if rows:
+        print_table(["job", "table", "schedule", "next tick", "last run", "at", "database"], rows)
+    for error in broken:
+        click.echo(f"Error: {error}", err=True)
+    if broken:
+        raise PipelineError(f"{len(broken)} job file(s) do not load")
 
 
 @main.command()
@@ -38,7 +115,10 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
       pipeline plan churn --date 2026-01-31
     """
     loaded = load_job(find_job(job, settings.jobs_dir))
-    found = plans.plan_job(loaded, db.for_job(loaded), logical_date.date() if logical_date else today(loaded),
+    from pipeline.run.context import today
+    from pipeline.tools.plan import plan_job  # loads pandas and the models' libraries
+
+    found = plan_job(loaded, db.for_job(loaded), logical_date.date() if logical_date else today(loaded),
                            incremental=incremental)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
@@ -47,7 +127,8 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
     source = found.model_source
     for label, value in [
         ("job", f"{found.job} -> {found.table} on {found.target}"),
-        ("run", f"version {found.version} for {found.logical_date} (active: {active})"),
+        ("run", f"skipped: {found.skipped}" if found.skipped else
+                f"version {found.version} for {found.logical_date} (active: {active})"),
         ("domain", f"{found.domain_size} rows; keys {', '.join(found.keys)}; columns "
                    f"{', '.join(found.domain_columns)}"),
         ("model", f"{found.model_class} {found.method}, sha256 {found.model_sha256}"),
@@ -96,7 +177,9 @@ def diff(table: str, a: int, b: int, top: int, db: Databases) -> None:
     Example:
       pipeline diff churn_scores 3 4 --top 5
     """
-    found = diffs.diff_versions(db.for_table(table), table, a, b, top)
+    from pipeline.tools.diff import diff_versions
+
+    found = diff_versions(db.for_table(table), table, a, b, top)
     click.echo(f"{table}: v{a} {found.rows_a} rows, v{b} {found.rows_b} rows; keys only in v{a}: {found.only_in_a}, "
                f"only in v{b}: {found.only_in_b}, in both: {found.in_both}")
     for names, side in ((found.columns_only_in_a, a), (found.columns_only_in_b, b)):
@@ -137,7 +220,9 @@ def report(table: str, out: str | None, a: int | None, b: int | None, db: Databa
     Example:
       pipeline report churn_scores --out churn.html
     """
-    found = reports.build_report(db.for_table(table), table, a, b)
+    from pipeline.tools.report import build_report
+
+    found = build_report(db.for_table(table), table, a, b)
     path = out or f"{table}.html"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(found.html)

@@ -1,15 +1,18 @@
-"""Build SQLAlchemy engines from the URLs users write; nothing else."""
+"""Build SQLAlchemy engines from the URLs users write; nothing else.
+
+SQLAlchemy is imported when an engine is made or a URL parsed, not with this module: the CLI reads
+the defaults here before it knows whether a command needs a database at all."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-from pipeline.database.dialects import configure_engine
 from pipeline.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 DEFAULT_URL = "sqlite:///predictions.db"
 URL_ENV = "PIPELINE_DATABASE_URL"
@@ -28,8 +31,26 @@ def resolve_url(cli_url: str | None, job_target: str | None = None) -> str:
     return cli_url or os.environ.get(URL_ENV) or job_target or DEFAULT_URL
 
 
+def missing_file(url: str) -> Path | None:
+    """The file a SQLite ``url`` names when it does not exist yet (connecting would create it); else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def redact(url: str) -> str:
     """The URL without its password, fit for logs and metadata."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -42,6 +63,12 @@ def make_engine(url: str) -> Engine:
     Raises:
         DatabaseError: the URL does not parse or names a driver that is not installed.
     """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from pipeline.database.dialects import configure_engine
+
     try:
         parsed = make_url(normalize_url(url))
         engine = create_engine(parsed, pool_pre_ping=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Callable
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
@@ -16,6 +17,11 @@ from pipeline.jobspec import Job
 Clock = Callable[[], datetime]
 #: Called as rows are written, with (rows so far, rows expected or None).
 Progress = Callable[[int, "int | None"], None]
+
+
+def today(job: Job, clock: Clock = utcnow) -> date:
+    """The default logical date: today in the job's time zone."""
+    return clock().astimezone(ZoneInfo(job.timezone)).date()
 
 
 def _no_lease() -> None:

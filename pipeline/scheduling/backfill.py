@@ -12,7 +12,7 @@ import logging
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -22,12 +22,14 @@ from pipeline.database.transactions import reading
 from pipeline.errors import PipelineError
 from pipeline.jobspec import Job
 from pipeline.run.context import RunContext, RunOptions
-from pipeline.run.materialize import RunResult, recover, run_locked
+from pipeline.scheduling import ACTIVATE
 from pipeline.serve.pointer import FlipResult
 from pipeline.serve.pointer import activate as activate_version
 
+if TYPE_CHECKING:
+    from pipeline.run.materialize import RunResult
+
 log = logging.getLogger("pipeline")
-ACTIVATE = ("latest", "none")
 
 
 @dataclass
@@ -55,6 +57,8 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     A failing date does not stop the others. Ctrl-C stops starting new dates, lets the
     running ones finish and returns with ``interrupted``; the same call again resumes.
     """
+    from pipeline.run.materialize import recover, run_locked  # pandas and the models' libraries, when it runs
+
     if activate not in ACTIVATE:
         raise PipelineError(f"--activate must be one of {', '.join(ACTIVATE)}, got {activate!r}")
     if parallel < 1:

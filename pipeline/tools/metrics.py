@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
-from pipeline.run.materialize import RunResult
 from pipeline.serve import catalog
+
+if TYPE_CHECKING:
+    from pipeline.run.materialize import RunResult
 
 
 def write_metrics(path: str | Path, engine: Engine, job: str, table: str, result: RunResult | None) -> None:
@@ -43,7 +46,7 @@ def write_metrics(path: str | Path, engine: Engine, job: str, table: str, result
         gauge("pipeline_run_seconds", "Duration of the latest run", result.seconds)
         for phase, seconds in result.phases.items():
             gauge("pipeline_phase_seconds", "Duration of each phase of the latest run", seconds, phase=phase)
-    if status is not None:
+    if status is not None and status.latest_version is not None:
         failed = sum(not a.passed for a in catalog.audits(engine, table, status.latest_version))
         gauge("pipeline_audit_failures", "Audits the table's latest version failed", failed)
     write_to_textfile(str(path), registry)

@@ -1,40 +1,53 @@
-"""Pick the one class that speaks a database's SQL; generic code never compares dialect names."""
+"""Pick the one class that speaks a database's SQL; generic code never compares dialect names.
+
+Each database's module is imported when an engine of that kind first needs it, so a SQLite command
+does not load PostgreSQL's driver.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Engine
+import importlib
+from typing import TYPE_CHECKING
 
 from pipeline.database.dialects.base import Dialect
-from pipeline.database.dialects.postgresql import PostgresqlDialect
-from pipeline.database.dialects.sqlite import SQLiteDialect
 from pipeline.errors import PipelineError
 
-DIALECTS: dict[str, type[Dialect]] = {
-    "sqlite": SQLiteDialect,
-    "postgresql": PostgresqlDialect,
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+#: SQLAlchemy's dialect name -> the class that speaks it (module and class name).
+DIALECTS: dict[str, str] = {
+    "sqlite": "pipeline.database.dialects.sqlite:SQLiteDialect",
+    "postgresql": "pipeline.database.dialects.postgresql:PostgresqlDialect",
 }
+
+
+def _known(name: str) -> type[Dialect] | None:
+    if name not in DIALECTS:
+        return None
+    module, _, cls = DIALECTS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def dialect_class(name: str) -> type[Dialect]:
     """The class for SQLAlchemy dialect ``name``, or a :class:`PipelineError` listing the supported ones."""
-    try:
-        return DIALECTS[name]
-    except KeyError:
+    cls = _known(name)
+    if cls is None:
         raise PipelineError(
-            f"unsupported target database {name!r}: prediction tables can be written to {', '.join(DIALECTS)}"
-        ) from None
+            f"unsupported target database {name!r}: prediction tables can be written to {', '.join(DIALECTS)}")
+    return cls
 
 
 def configure_engine(engine: Engine) -> None:
     """Install a known dialect's connection hooks; other databases (domain sources) are left as they are."""
-    cls = DIALECTS.get(engine.dialect.name)
+    cls = _known(engine.dialect.name)
     if cls is not None:
         cls.configure(engine)
 
 
 def reader_for(engine: Engine) -> Dialect:
     """The dialect to read a domain query with: a known one's fast path, else the generic one."""
-    return DIALECTS.get(engine.dialect.name, Dialect)(engine.dialect)
+    return (_known(engine.dialect.name) or Dialect)(engine.dialect)
 
 
 def dialect_for(engine: Engine) -> Dialect:

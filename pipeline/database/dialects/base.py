@@ -10,17 +10,20 @@ import contextlib
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
-import pandas as pd
 from sqlalchemy import Column, MetaData, Table, TextClause, bindparam, text
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.contract import Contract
 from pipeline.errors import SourceError, first_line
+
+if TYPE_CHECKING:  # pandas and the contract load only when a domain is read or a version written
+    import pandas as pd
+
+    from pipeline.contract import Contract
 
 # The portable column types a version table may hold, by the name recorded in metadata.
 COLUMN_TYPES: dict[str, Callable[[], sqltypes.TypeEngine[Any]]] = {
@@ -101,7 +104,7 @@ class Dialect:
                 if not result.returns_rows:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")
                 columns = list(result.keys())
-                contract = contract or Contract()
+                contract = contract or _contract()
                 try:
                     for part in result.partitions(chunk_size):
                         yield contract.records([tuple(r) for r in part], columns)
@@ -290,6 +293,12 @@ def grant(conn: Connection, relation: str, grants: Sequence[tuple[str, str, bool
     for privilege, grantee, grantable in grants:
         option = " WITH GRANT OPTION" if grantable else ""
         conn.exec_driver_sql(f"GRANT {privilege} ON {relation} TO {grantee}{option}")
+
+
+def _contract() -> Contract:
+    from pipeline.contract import Contract
+
+    return Contract()
 
 
 def arrow_chunks(batches: Iterable[Any], chunk_size: int, contract: Contract) -> Iterator[pd.DataFrame]:

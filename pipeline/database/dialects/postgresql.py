@@ -8,17 +8,20 @@ import hashlib
 import logging
 import time
 from datetime import date
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import pandas as pd
 import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.contract import Contract
 from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.contract import Contract
 
 #: How long view DDL may wait for readers before it gives up and retries.
 LOCK_TIMEOUT = "20ms"
@@ -260,6 +263,8 @@ class PostgresqlDialect(Dialect):
         and their schema carries the server's column types."""
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
+
+        from pipeline.contract import Contract
 
         params: tuple[date | None, ...] = ()
         if RUN_DATE.search(query):

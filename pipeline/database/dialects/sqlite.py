@@ -10,16 +10,19 @@ import socket
 import sqlite3
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import pandas as pd
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.contract import Contract, sqlite_kind
 from pipeline.database.dialects.base import RUN_DATE, WRITE_OPTION, Columns, Dialect
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.contract import Contract
 
 #: Execution option (milliseconds) for how long a transaction waits for another process's write lock.
 PATIENCE_OPTION = "pipeline_patience_ms"
@@ -120,6 +123,8 @@ class SQLiteDialect(Dialect):
         try:
             with engine.connect() as conn:
                 raw = conn.connection.driver_connection
+                from pipeline.contract import Contract, sqlite_kind
+
                 contract = contract or Contract()
                 declared = None if contract.declared else declared_types(raw, query)
                 cursor = raw.cursor()
