@@ -1,7 +1,7 @@
 """What every command shares: the group and its global options, the error boundary, the database opener and
 table printing. Commands live beside this module, by what they work on: ``runs`` (run, backfill, runs, audit),
 ``serve`` (versions, activate, rollback, split, history, status, gc), ``scheduling`` (schedule, cron) and
-``tools`` (plan, diff, report)."""
+``tools`` (validate, jobs, plan, diff, report)."""
 
 from __future__ import annotations
 
