@@ -43,13 +43,15 @@ def test_two_schedulers_run_each_tick_once_and_stop_on_sigterm(postgresql_url, w
     assert codes == [0, 0], [proc.stderr.read()[-2000:] for proc in procs]
     assert time.monotonic() - stopped < 10
     with engine.connect() as conn:
-        ticks = conn.execute(text("SELECT scheduled_for, COUNT(*), MIN(status), MAX(version) FROM pipeline_runs "
-                                  "GROUP BY scheduled_for ORDER BY 1")).all()
+        ticks = conn.execute(text("SELECT scheduled_for, COUNT(*), MIN(status), MAX(version), MIN(error) "
+                                  "FROM pipeline_runs GROUP BY scheduled_for ORDER BY 1")).all()
         versions = conn.execute(text("SELECT COUNT(*) FROM pipeline_versions WHERE status = 'ready'")).scalar()
     engine.dispose()
-    assert len(ticks) >= 3
-    assert all(count == 1 and status == "succeeded" for _, count, status, _ in ticks), ticks
-    assert versions == len(ticks) and [t[3] for t in ticks] == list(range(1, len(ticks) + 1))
+    ran = [t for t in ticks if t[2] == "succeeded"]
+    assert len(ran) >= 3 and all(count == 1 for _, count, _, _, _ in ticks), ticks  # each tick once
+    # a tick that fired while the previous run still went on (a loaded machine) is recorded as missed, not lost
+    assert all(t[2] == "succeeded" or (t[4] or "").startswith("missed") for t in ticks), ticks
+    assert versions == len(ran) and [t[3] for t in ran] == list(range(1, len(ran) + 1))
     logs = "".join(proc.stderr.read() for proc in procs)
     assert "scheduler stopped" in logs and "tick" in logs
 
