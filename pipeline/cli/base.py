@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import click
@@ -109,7 +110,7 @@ HOW_TO_POINT = (f"name it with --db URL or ${URL_ENV}, or run the command from t
 
 class Databases:
     """A command's way to its database: ``--db``, else ``$PIPELINE_DATABASE_URL``, else the target of the job
-    concerned, else the default. Every engine it opens is disposed of when the command ends.
+    concerned, else the default. It opens one engine per database and disposes of it when the command ends.
 
     Only a run creates a database: any other command refuses a SQLite file that does not exist (saying which),
     unless ``--db`` names it."""
@@ -118,29 +119,35 @@ class Databases:
         self.db_url = db_url
         self.settings = settings
         self._stack = stack
+        self._engines: dict[str, Engine] = {}
+
+    @property
+    def named(self) -> bool:
+        """Whether ``--db`` or the environment names the database, before any job's target."""
+        return bool(self.db_url or os.environ.get(URL_ENV))
 
     def url(self, job: Job | None = None) -> str:
         return resolve_url(self.db_url, job.target if job else None)
 
+    def absent(self, url: str) -> Path | None:
+        """The SQLite file ``url`` names when it does not exist and this command may not make it (no ``--db``)."""
+        return None if self.db_url else missing_file(url)
+
     def open(self, url: str, create: bool = False) -> Engine:
-        missing = None if create or self.db_url else missing_file(url)
+        missing = None if create else self.absent(url)
         if missing is not None:
             raise PipelineError(f"no database at {redact(url)} ({missing} does not exist); {HOW_TO_POINT}")
-        engine = make_engine(url)
-        self._stack.callback(engine.dispose)
-        return engine
+        if url not in self._engines:
+            self._engines[url] = make_engine(url)
+            self._stack.callback(self._engines[url].dispose)
+        return self._engines[url]
 
     def for_job(self, job: Job | None, create: bool = False) -> Engine:
         return self.open(self.url(job), create)
 
-    def for_table(self, table: str) -> Engine:
-        """The database of ``table``: the job that writes it names its target unless ``--db`` or the environment
-        does. Its bookkeeping tables are brought up to this release, so read commands work on older ones."""
-        job = None if self.db_url or os.environ.get(URL_ENV) else self.settings.job_for_table(table)
-        url = self.url(job)
-        if job is None and not (self.db_url or os.environ.get(URL_ENV)) and missing_file(url) is not None:
-            raise PipelineError(f"no job in {self.settings.jobs_dir}/ writes {table!r}, and no database was named "
-                                f"(the default {redact(url)} does not exist); {HOW_TO_POINT}")
+    def for_reading(self, url: str) -> Engine:
+        """An existing database whose bookkeeping tables are brought up to this release, so that read commands
+        work on one an older release made."""
         from pipeline.database import schema
         from pipeline.database.dialects import dialect_for
 
@@ -148,9 +155,19 @@ class Databases:
         schema.upgrade(engine, dialect_for(engine))
         return engine
 
+    def for_table(self, table: str) -> Engine:
+        """The database of ``table`` (see :meth:`for_reading`): the job that writes it names its target unless
+        ``--db`` or the environment does."""
+        job = None if self.named else self.settings.job_for_table(table)
+        url = self.url(job)
+        if job is None and not self.named and missing_file(url) is not None:
+            raise PipelineError(f"no job in {self.settings.jobs_dir}/ writes {table!r}, and no database was named "
+                                f"(the default {redact(url)} does not exist); {HOW_TO_POINT}")
+        return self.for_reading(url)
+
     def urls(self, jobs: Iterable[Job]) -> list[str]:
         """Where ``status`` looks: ``--db`` (or the environment), else every job's target (else the default)."""
-        if self.db_url or os.environ.get(URL_ENV):
+        if self.named:
             return [self.url()]
         return sorted({self.url(j) for j in jobs} or {self.url()})
 
@@ -194,6 +211,14 @@ def pass_databases(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, db=Databases(settings.db_url, settings, stack), **kwargs)
 
     return wrapper
+
+
+def fail_for_broken(broken: Sequence[PipelineError], consequence: str) -> None:
+    """Name every job file that did not load on stderr, then fail saying what that meant (``consequence``)."""
+    for error in broken:
+        click.echo(f"Error: {error}", err=True)
+    if broken:
+        raise PipelineError(f"{len(broken)} job file(s) {consequence}")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -70,19 +69,18 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         try:
             done = run_tick(path, db.db_url, trigger="cron")
         except PipelineError:
-            _write_metrics(metrics_file, db, path, None)
+            _write_metrics(metrics_file, db, load_job(path), None)
             raise
-        if done is not None:  # else another process has the tick, and its metrics
-            _write_metrics(metrics_file, db, path, done)
-        if done is None:
+        if done is None:  # another process has the tick, and writes its metrics
             click.echo(f"{job}: another process is running this tick; nothing to do")
-        elif done.skipped:
+            return
+        _write_metrics(metrics_file, db, load_job(path), done)
+        if done.skipped:
             click.echo(f"{done.table or job}: skipped: {done.skipped}")
         else:
             click.echo(f"{done.table}: version {done.version} is active ({done.rows} rows, {done.seconds:.1f}s)")
         return
     from pipeline.run.materialize import run_job  # pandas and the models' libraries: only for a run
-    from pipeline.tools.metrics import write_metrics
 
     loaded = with_executor(load_job(path), **overrides)
     engine = db.for_job(loaded, create=True)
@@ -92,8 +90,7 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
             result = run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
                              activate=not no_activate, force=force, progress=progress, incremental=incremental)
     finally:
-        if metrics_file:
-            write_metrics(metrics_file, engine, loaded.name, loaded.output.table, result)
+        _write_metrics(metrics_file, db, loaded, result)
     where = redact(str(engine.url))
     rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} copied"
                                     if incremental and not result.skipped else "")
@@ -108,12 +105,11 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
                    "serves it")
 
 
-def _write_metrics(metrics_file: str | None, db: Databases, path: Path, result: RunResult | None) -> None:
-    """A scheduled run's metrics, like a manual run's (``result`` None: it failed)."""
+def _write_metrics(metrics_file: str | None, db: Databases, job: Job, result: RunResult | None) -> None:
+    """A run's metrics, when ``--metrics-file`` asks for them (``result`` None: the run failed)."""
     if metrics_file:
         from pipeline.tools.metrics import write_metrics
 
-        job = load_job(path)
         write_metrics(metrics_file, db.for_job(job, create=True), job.name, job.output.table, result)
 
 

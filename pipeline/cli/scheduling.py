@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors
-from pipeline.errors import JobFileError, PipelineError
+from pipeline.cli.base import Databases, Settings, fail_for_broken, main, pass_databases, pipeline_errors
+from pipeline.errors import JobFileError
 from pipeline.scheduling.crontab import crontab
 
 
@@ -46,8 +46,4 @@ def cron(settings: Settings, log_dir: str, db: Databases) -> None:
     """
     broken: list[JobFileError] = []
     click.echo("\n".join(crontab(settings.jobs_dir, log_dir, db.db_url, on_error=broken.append)))
-    if broken:
-        for error in broken:
-            click.echo(f"Error: {error}", err=True)
-        raise PipelineError(f"{len(broken)} job file(s) left out of the crontab; fix them and run `pipeline cron` "
-                            "again")
+    fail_for_broken(broken, "left out of the crontab; fix them and run `pipeline cron` again")

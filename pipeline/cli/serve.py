@@ -153,21 +153,19 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
       pipeline status --json
     """
     from pipeline.cron import next_tick
-    from pipeline.database import schema, state
-    from pipeline.database.dialects import dialect_for
-    from pipeline.database.engines import missing_file, redact
+    from pipeline.database import state
+    from pipeline.database.engines import redact
     from pipeline.serve import catalog, retention
 
     jobs = iter_jobs(settings.jobs_dir)
     urls = db.urls(jobs)
     ticks = {j.output.table: next_tick(j) for j in jobs if j.schedule}
     rows = []
-    absent = {url for url in urls if not db.db_url and missing_file(url) is not None}  # only a run creates one
+    absent = {url for url in urls if db.absent(url)}  # only a run creates a database
     for url in urls:
         if url in absent:
             continue
-        engine = db.open(url)
-        schema.upgrade(engine, dialect_for(engine))
+        engine = db.for_reading(url)
         for table, version in retention.reap(engine):
             click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
         rows.extend((redact(url), s) for s in catalog.status(engine))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
+from pipeline.cli.base import Databases, Settings, fail_for_broken, main, pass_databases, pipeline_errors, print_table
 from pipeline.cron import next_tick
-from pipeline.database.engines import missing_file, redact
+from pipeline.database.engines import redact
 from pipeline.errors import JobFileError, PipelineError
 from pipeline.jobs import find_job, iter_jobs, load_job
 from pipeline.names import labels_text, outputs_of
@@ -81,17 +81,14 @@ def list_jobs(settings: Settings, db: Databases) -> None:
     for job in found:
         url = db.url(job)
         last = None
-        if db.db_url or missing_file(url) is None:  # a database no run made yet has no runs to show
+        if not db.absent(url):  # a database no run made yet has no runs to show
             last = next(iter(catalog.runs(db.open(url), job.name, 1)), None)
         rows.append([job.name, job.output.table, job.schedule, next_tick(job),
                      f"{last.status} {last.logical_date}" if last else None,
                      last.finished_at or last.started_at if last else None, redact(url)])
     if rows:
         print_table(["job", "table", "schedule", "next tick", "last run", "at", "database"], rows)
-    for error in broken:
-        click.echo(f"Error: {error}", err=True)
-    if broken:
-        raise PipelineError(f"{len(broken)} job file(s) do not load")
+    fail_for_broken(broken, "do not load")
 
 
 @main.command()

@@ -14,16 +14,17 @@ failed run that says it was missed, and logged by name and time (``pipeline stat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from pipeline.cron import cron_trigger, latest_tick, ticks_between
+from pipeline.cron import cron_trigger, latest_tick, next_tick, ticks_between
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
@@ -32,6 +33,8 @@ from pipeline.jobs import iter_jobs, load_job
 from pipeline.jobspec import Job
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from pipeline.run.materialize import RunResult
 
 log = logging.getLogger("pipeline.scheduling.scheduler")
@@ -53,8 +56,7 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
     job = load_job(path)
     if job.schedule is None:
         raise JobFileError(f"{path}: schedule: is not set; a scheduled run needs one")
-    trigger_ = cron_trigger(job.schedule, job.timezone)
-    tick = latest_tick(trigger_, now(), timedelta(seconds=job.misfire_grace_seconds))
+    tick = _due(job, now())
     if tick is None:
         raise PipelineError(f"{job.name}: no tick of {job.schedule!r} in the last {job.misfire_grace_seconds}s; "
                             "nothing is due")
@@ -77,25 +79,36 @@ def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: st
             except PipelineError:
                 pass  # logged by _run; the next tick goes on
         return
-    engine = make_engine(resolve_url(db_url, job.target))
-    try:
-        with transaction(engine) as conn:
-            schema.ensure_schema(conn)
-            for tick in ticks[:MISSED_LIMIT]:
-                run_id = state.start_run(conn, job=job.name, table=job.output.table, logical_date=_local(job, tick),
-                                         trigger=trigger, scheduled_for=tick, now=state.utcnow(),
-                                         host=socket.gethostname(), pid=os.getpid())
-                if run_id is not None:
-                    state.finish_run(conn, run_id, "failed", state.utcnow(), None, f"{state.MISSED}: {why}")
-    finally:
-        engine.dispose()
+    with _database(job, db_url) as engine, transaction(engine) as conn:
+        schema.ensure_schema(conn)
+        for tick in ticks[:MISSED_LIMIT]:
+            run_id = state.start_run(conn, job=job.name, table=job.output.table, logical_date=_local(job, tick).date(),
+                                     trigger=trigger, scheduled_for=tick, now=state.utcnow(),
+                                     host=socket.gethostname(), pid=os.getpid())
+            if run_id is not None:
+                state.finish_run(conn, run_id, "failed", state.utcnow(), None, f"{state.MISSED}: {why}")
     shown = ", ".join(t.isoformat() for t in ticks[:10]) + (f" and {len(ticks) - 10} more" if len(ticks) > 10 else "")
     log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(ticks), why, shown)
 
 
-def _local(job: Job, tick: datetime) -> date:
-    """The logical date a tick stands for: its day in the job's time zone."""
-    return tick.astimezone(cron_trigger(job.schedule, job.timezone).timezone).date()
+def _due(job: Job, now: datetime) -> datetime | None:
+    """The tick a run starting ``now`` stands for: the newest inside the job's grace time, if any."""
+    return latest_tick(cron_trigger(job.schedule, job.timezone), now, timedelta(seconds=job.misfire_grace_seconds))
+
+
+def _local(job: Job, tick: datetime) -> datetime:
+    """A tick in the job's time zone; its date is the logical date the tick stands for."""
+    return tick.astimezone(cron_trigger(job.schedule, job.timezone).timezone)
+
+
+@contextlib.contextmanager
+def _database(job: Job, db_url: str | None) -> Iterator[Engine]:
+    """An engine on the job's database (``db_url`` first), disposed of afterwards."""
+    engine = make_engine(resolve_url(db_url, job.target))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def ticks_since_last(job: Job, db_url: str | None, before: datetime) -> list[datetime]:
@@ -108,31 +121,25 @@ def ticks_since_last(job: Job, db_url: str | None, before: datetime) -> list[dat
 
 
 def _last_tick(job: Job, db_url: str | None) -> datetime | None:
-    engine = make_engine(resolve_url(db_url, job.target))
-    try:
-        with reading(engine) as conn:
-            return state.last_tick(conn, job.name) if schema.has_schema(conn) else None
-    finally:
-        engine.dispose()
+    with _database(job, db_url) as engine, reading(engine) as conn:
+        return state.last_tick(conn, job.name) if schema.has_schema(conn) else None
 
 
 def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResult | None:
     from pipeline.run.materialize import run_job  # loads pandas and the model libraries: only when a tick runs
 
-    engine = make_engine(resolve_url(db_url, job.target))
-    local = tick.astimezone(cron_trigger(job.schedule, job.timezone).timezone)
+    local = _local(job, tick)
     log.info("%s: tick %s: starting", job.name, local.isoformat())
     try:
-        result = run_job(job, engine, logical_date=_local(job, tick), trigger=trigger,
-                         scheduled_for=tick.astimezone(timezone.utc))
+        with _database(job, db_url) as engine:
+            result = run_job(job, engine, logical_date=local.date(), trigger=trigger,
+                             scheduled_for=tick.astimezone(timezone.utc))
     except JobLocked as exc:
         log.info("%s: tick %s: skipped, %s", job.name, local.isoformat(), exc)
         return None
     except PipelineError as exc:
         log.error("%s: tick %s: failed: %s", job.name, local.isoformat(), exc)
         raise
-    finally:
-        engine.dispose()
     if result.skipped:
         log.info("%s: tick %s: skipped, %s", job.name, local.isoformat(), result.skipped)
     else:
@@ -144,7 +151,7 @@ def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResul
 def missed_ticks(job: Job, db_url: str | None, now: datetime) -> list[datetime]:
     """Ticks of ``job`` after its last recorded scheduled run and before ``now`` less the grace time."""
     until = now - timedelta(seconds=job.misfire_grace_seconds)
-    return [t for t in ticks_since_last(job, db_url, until + timedelta(microseconds=1)) if t <= until]
+    return ticks_since_last(job, db_url, until + timedelta(microseconds=1))
 
 
 class Scheduler:
@@ -167,8 +174,7 @@ class Scheduler:
             self.scheduler.add_job(self._tick, cron_trigger(job.schedule, job.timezone), args=[job.path], id=job.name,
                                    name=job.name, replace_existing=True,
                                    misfire_grace_time=job.misfire_grace_seconds)
-            log.info("%s: scheduled on %r (%s), next tick %s", job.name, job.schedule, job.timezone,
-                     cron_trigger(job.schedule, job.timezone).get_next_fire_time(None, state.utcnow()))
+            log.info("%s: scheduled on %r (%s), next tick %s", job.name, job.schedule, job.timezone, next_tick(job))
         return jobs
 
     def catch_up(self, jobs: list[Job]) -> None:
@@ -179,8 +185,7 @@ class Scheduler:
             if self.stopping.is_set():
                 return
             now = state.utcnow()
-            due = latest_tick(cron_trigger(job.schedule, job.timezone), now,
-                              timedelta(seconds=job.misfire_grace_seconds))
+            due = _due(job, now)
             missed = ticks_since_last(job, self.db_url, due or now)
             if missed:
                 log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),

@@ -181,10 +181,8 @@ def test_column_types_are_told_from_values():
         infer_type("meta", pd.Series([None, {"a": 1}], dtype=object))
 
 
-
-def test_fill_scores_every_chunk_and_reports_progress(engine, write_job):
-    write_table(engine, "customers", customers_frame(250))
-    job = load_job(write_job(JOB))
+def fill_version(engine, job) -> tuple[int, VersionWriter, list[int]]:
+    """``fill`` the job's whole domain into scores__v1 and key it: what it returned, the writer, the progress."""
     model = load_model(job.model)
     seen: list[int] = []
     domain = Domain(job.domain, engine)
@@ -193,6 +191,13 @@ def test_fill_scores_every_chunk_and_reports_progress(engine, write_job):
         expected = fill(writer, domain.chunks(), Scorer(model, job.domain.keys), job, seen.append)
         writer.finish()
     domain.close()
+    return expected, writer, seen
+
+
+def test_fill_scores_every_chunk_and_reports_progress(engine, write_job):
+    write_table(engine, "customers", customers_frame(250))
+    job = load_job(write_job(JOB))
+    expected, writer, seen = fill_version(engine, job)
     assert expected == writer.rows == 250
     assert seen == [90, 180, 250]
     with engine.connect() as conn:
@@ -212,14 +217,7 @@ def test_fill_with_top_k_writes_each_groups_best_rows_ranked(engine, write_job):
     write_users_items(engine, USERS, ITEMS, seed=5)
     job = load_job(write_job(TOP_JOB))
     assert job.output.top_k == K and job.output.group_by == ("user_id",)
-    model = load_model(job.model)
-    seen: list[int] = []
-    domain = Domain(job.domain, engine)
-    with transaction(engine) as conn:
-        writer = VersionWriter(dialect_for(engine), conn, "scores__v1", job.domain.keys)
-        expected = fill(writer, domain.chunks(), Scorer(model, job.domain.keys), job, seen.append)
-        writer.finish()
-    domain.close()
+    expected, writer, seen = fill_version(engine, job)
     assert expected == writer.rows == USERS * K
     assert seen[-1] == USERS * ITEMS  # progress counts the rows scored, not the rows kept
 
@@ -229,7 +227,7 @@ def test_fill_with_top_k_writes_each_groups_best_rows_ranked(engine, write_job):
         got = pd.read_sql(text('SELECT user_id, item_id, proba_true, "rank" FROM "scores__v1" '
                                'ORDER BY user_id, "rank"'), conn)
     pairs = users.merge(items, how="cross")
-    pairs["proba_true"] = model.score(pairs[["x1", "x2", "x3"]])["proba_true"].to_numpy()
+    pairs["proba_true"] = load_model(job.model).score(pairs[["x1", "x2", "x3"]])["proba_true"].to_numpy()
     best = pairs.sort_values(["user_id", "proba_true", "item_id"], ascending=[True, False, True])
     best = best.groupby("user_id").head(K).copy()
     best["rank"] = best.groupby("user_id").cumcount() + 1
