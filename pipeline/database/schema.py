@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Float, Index, Integer, MetaData,
-                        String, Table, Text, inspect, text)
+                        String, Table, Text, text)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -140,15 +140,21 @@ def ensure_schema(conn: Connection) -> None:
                           f"{column.type.compile(dialect=conn.dialect)}"))
 
 
-def missing_columns(conn: Connection) -> list[tuple[Table, Column]]:
-    """The columns of existing bookkeeping tables that this release has and the database does not."""
-    inspector = inspect(conn)
+def missing_columns(conn: Connection, tables: list[Table] | None = None) -> list[tuple[Table, Column]]:
+    """The columns of existing bookkeeping tables that this release has and the database does not.
+
+    It reads each table's columns from an empty ``SELECT *`` rather than the catalog: one cheap query per table
+    on every database, where reflection costs a command's start-up tens of milliseconds on PostgreSQL."""
+    quote = conn.dialect.identifier_preparer.quote
     missing = []
-    for table in metadata.sorted_tables:
-        if inspector.has_table(table.name):
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            missing += [(table, column) for column in table.columns if column.name not in present]
+    for table in _present(conn) if tables is None else tables:
+        present = set(conn.execute(text(f"SELECT * FROM {quote(table.name)} WHERE 1 = 0")).keys())
+        missing += [(table, column) for column in table.columns if column.name not in present]
     return missing
+
+
+def _present(conn: Connection) -> list[Table]:
+    return [table for table in metadata.sorted_tables if conn.dialect.has_table(conn, table.name)]
 
 
 def has_schema(conn: Connection) -> bool:
@@ -182,13 +188,14 @@ def write_ddl_files(root: str = "sql") -> list[str]:
 
 
 def upgrade(engine: Engine, dialect: Dialect) -> None:
-    """Bring a database's bookkeeping tables up to this release (new nullable columns), so commands that
-    only read work on a database an older release made; a database without them is left alone.
+    """Bring a database's bookkeeping tables up to this release (new tables, new nullable columns), so commands
+    that only read work on a database an older release made; a database without them is left alone.
 
-    It writes only when a column is missing: a read command must not wait for a running load's write lock.
+    It writes only when a table or a column is missing: a read command must not wait for a running load's write lock.
     """
     with reading(engine) as conn:
-        if not has_schema(conn) or not missing_columns(conn):
+        present = _present(conn)
+        if versions not in present or (len(present) == len(metadata.tables) and not missing_columns(conn, present)):
             return
     with transaction(engine) as conn:
         dialect.lock(conn, "pipeline:schema")

@@ -61,3 +61,18 @@ def test_read_commands_upgrade_a_database_an_older_release_made(engine, db_url):
         out = CliRunner().invoke(main, [*command, "--db", db_url])
         assert out.exit_code == 0, out.output
     assert " m.joblib " in CliRunner().invoke(main, ["versions", "scores", "--db", db_url]).output
+
+
+def test_a_read_command_adds_a_table_an_older_release_did_not_make(engine, db_url):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    with engine.begin() as conn:
+        schema.ensure_schema(conn)
+        conn.execute(text("DROP TABLE pipeline_splits"))  # made before A/B splits existed
+    out = CliRunner().invoke(main, ["status", "--db", db_url])
+    assert out.exit_code == 0, out.output
+    with engine.connect() as conn:
+        assert conn.dialect.has_table(conn, "pipeline_splits")
+        assert schema.missing_columns(conn) == []
