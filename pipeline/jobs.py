@@ -11,17 +11,22 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.cron import cron_trigger
 from pipeline.errors import JobFileError
 from pipeline.jobspec import (DEFAULT_CHUNK_SIZE, DEFAULT_KEEP, DEFAULT_PUBLISH_TIMEOUT, EXECUTORS, FORMATS, METHODS,
-                              AuditSpec, DomainSpec, DriftSpec, ExecutorSpec, Factor, Job, ModelSpec, OutputSpec,
-                              SqlAudit, parse_uri)
+                              NOTIFY_EVENTS, NOTIFY_FORMATS, AuditSpec, DomainSpec, DriftSpec, ExecutorSpec, Factor,
+                              GateSpec, Hook, Job, ModelSpec, NotifySpec, OutputSpec, SqlAudit, WaitFor, parse_uri)
 from pipeline.names import check_identifier, check_table_name
 
 #: ``[model] format`` when the job does not say, by the model file's suffix (else joblib, or mlflow for a directory).
 _FORMAT_BY_SUFFIX = {".skops": "skops", ".onnx": "onnx", ".ubj": "xgboost"}
+#: The file in a jobs directory that holds the ``[notify]`` of every job there without one of its own.
+DEFAULTS_FILE = "defaults.toml"
+#: More tries than this would hide an outage the operator must hear about.
+MAX_RETRIES = 10
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -33,15 +38,31 @@ def load_job(path: str | os.PathLike[str], environ: dict[str, str] | None = None
     """
     path = Path(path)
     environ = dict(os.environ) if environ is None else environ
+    if path.name == DEFAULTS_FILE:
+        raise JobFileError(f"{path}: not a job: it holds the [notify] defaults of the jobs beside it")
+    return _Reader(path, environ).job(_parse(path))
+
+
+def _parse(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise JobFileError(f"{path}: job file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise JobFileError(f"{path}: cannot read job file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(f"{path}: not valid TOML: {exc}") from None
-    return _Reader(path, environ).job(raw)
+
+
+def notify_defaults(directory: Path, environ: dict[str, str]) -> NotifySpec:
+    """The ``[notify]`` of ``directory``'s :data:`DEFAULTS_FILE`, for its jobs that have none of their own."""
+    path = directory / DEFAULTS_FILE
+    if not path.is_file():
+        return NotifySpec()
+    raw = _parse(path)
+    reader = _Reader(path, environ)
+    reader.no_unknown(raw, {"notify"})
+    return reader.notify(raw) if "notify" in raw else NotifySpec()
 
 
 class _Reader:
@@ -135,7 +156,8 @@ class _Reader:
 
     def job(self, raw: dict[str, Any]) -> Job:
         self.no_unknown(raw, {"name", "description", "schedule", "timezone", "target", "catchup",
-                              "misfire_grace_seconds", "domain", "model", "output", "audits", "executor"})
+                              "misfire_grace_seconds", "domain", "model", "output", "audits", "executor",
+                              "gates", "retries", "notify"})
         name = self.get(raw, "name", str, "name", default=self.path.stem)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise self.fail("name", f"{name!r} may hold only letters, digits, '_', '.' and '-'")
@@ -154,9 +176,13 @@ class _Reader:
         grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
         if grace < 1:
             raise self.fail("misfire_grace_seconds", "must be at least 1")
+        retries = self.get(raw, "retries", int, "retries", default=0)
+        if not 0 <= retries <= MAX_RETRIES:
+            raise self.fail("retries", f"must be from 0 to {MAX_RETRIES}")
         return Job(
             catchup=self.get(raw, "catchup", bool, "catchup", default=False),
             misfire_grace_seconds=grace,
+            retries=retries,
             name=name,
             path=self.path.resolve(),
             description=self.get(raw, "description", str, "description", default=""),
@@ -167,11 +193,14 @@ class _Reader:
             model=self.model(self.section(raw, "model", {"path", "uri", "tracking_uri", "sha256", "method",
                                                           "features", "format", "trusted"})),
             output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by", "publish_timeout",
-                                                            "rank_by", "ascending"}), domain_keys),
+                                                            "rank_by", "ascending", "grant_select"}), domain_keys),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
             executor=self.executor(self.section(raw, "executor", {"kind", "address", "workers", "partitions"})
                                    if "executor" in raw else {}),
+            gates=self.gates(self.section(raw, "gates", {"wait_for", "wait_timeout", "poll_interval", "max_rows_change",
+                                                         "max_null_change", "max_psi"}) if "gates" in raw else {}),
+            notify=self.notify(raw) if "notify" in raw else notify_defaults(self.path.parent, self.environ),
         )
 
     def cron(self, expression: str, timezone: str) -> None:
@@ -311,7 +340,23 @@ class _Reader:
             default.append((column, value))
         return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
                           default=tuple(default), top_k=top_k, group_by=group_by, rank_by=rank_by, ascending=ascending,
-                          publish_timeout=publish_timeout)
+                          publish_timeout=publish_timeout, grant_select=self.roles(raw))
+
+    def roles(self, raw: dict[str, Any]) -> tuple[str, ...]:
+        """``[output] grant_select``: role names, plain identifiers so they are quoted as written; PUBLIC is
+        refused, since granting every role is a decision to make by hand."""
+        where = "output.grant_select"
+        roles = self.get(raw, "grant_select", list, where, default=[])
+        for role in roles:
+            if not isinstance(role, str):
+                raise self.fail(where, f"must be an array of role names, got {role!r}")
+            self.identifier(role, where)
+            if role.lower() == "public":
+                raise self.fail(where, "PUBLIC is not a role; to let every role read, GRANT SELECT ... TO PUBLIC "
+                                       "by hand")
+        if len(set(roles)) != len(roles):
+            raise self.fail(where, "names a role twice")
+        return tuple(roles)
 
     def executor(self, raw: dict[str, Any]) -> ExecutorSpec:
         kind = self.get(raw, "kind", str, "executor.kind", default="local")
@@ -380,8 +425,72 @@ class _Reader:
             raise self.fail("audits.sql", "two audits have the same name")
         return AuditSpec(allow_empty, tuple(bounds), tuple(drift), tuple(sql))
 
+    def notify(self, raw: dict[str, Any]) -> NotifySpec:
+        """``[notify]``: each event one hook (``[notify.on_failure]``) or several (``[[notify.on_failure]]``);
+        an empty ``[notify]`` turns the defaults off for this job."""
+        section = self.section(raw, "notify", set(NOTIFY_EVENTS))
+        hooks = {}
+        for event in NOTIFY_EVENTS:
+            items = self.get(section, event, (dict, list), f"notify.{event}", default=[])
+            listed = isinstance(items, list)
+            hooks[event] = tuple(self.hook(item, f"notify.{event}[{i}]" if listed else f"notify.{event}")
+                                 for i, item in enumerate(items if listed else [items]))
+        return NotifySpec(**hooks)
+
+    def hook(self, raw: Any, where: str) -> Hook:
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table with command and/or webhook")
+        self.no_unknown(raw, {"command", "webhook", "format", "timeout"}, f"{where}.")
+        command = self.get(raw, "command", str, f"{where}.command")
+        webhook = self.get(raw, "webhook", str, f"{where}.webhook")
+        if command is None and webhook is None:
+            raise self.fail(where, "needs a command, a webhook or both")
+        if webhook is not None:
+            webhook = self.expand(webhook, f"{where}.webhook")
+            url = urlsplit(webhook)
+            if url.scheme not in ("http", "https") or not url.hostname:  # the URL may hold a token: never echoed
+                raise self.fail(f"{where}.webhook", "must be an http:// or https:// URL")
+        fmt = self.get(raw, "format", str, f"{where}.format", default="json")
+        if fmt not in NOTIFY_FORMATS:
+            raise self.fail(f"{where}.format", f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}")
+        if "format" in raw and webhook is None:
+            raise self.fail(f"{where}.format", "goes with webhook (a command always gets the JSON facts)")
+        timeout = self.number(raw, "timeout", f"{where}.timeout")
+        if timeout is not None and timeout <= 0:
+            raise self.fail(f"{where}.timeout", "must be more than 0 (seconds)")
+        return Hook(command=command, webhook=webhook, format=fmt, timeout=timeout)
+
+
+    def gates(self, raw: dict[str, Any]) -> GateSpec:
+        waits = []
+        for i, item in enumerate(self.get(raw, "wait_for", list, "gates.wait_for", default=[])):
+            where = f"gates.wait_for[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "must be a table ([[gates.wait_for]])")
+            self.no_unknown(item, {"name", "query", "source"}, f"{where}.")
+            source = self.get(item, "source", str, f"{where}.source")
+            waits.append(WaitFor(
+                name=self.identifier(self.get(item, "name", str, f"{where}.name", required=True), f"{where}.name"),
+                query=self.get(item, "query", str, f"{where}.query", required=True),
+                source=None if source is None else self.expand(source, f"{where}.source")))
+        if len({w.name for w in waits}) != len(waits):
+            raise self.fail("gates.wait_for", "two gates have the same name")
+        seconds = {}
+        for key, default in (("wait_timeout", GateSpec.wait_timeout), ("poll_interval", GateSpec.poll_interval)):
+            seconds[key] = self.get(raw, key, int, f"gates.{key}", default=default)
+            if seconds[key] < 1:
+                raise self.fail(f"gates.{key}", "must be at least 1 (seconds)")
+        return GateSpec(tuple(waits), **seconds,
+                        **{key: self.number(raw, key, f"gates.{key}", minimum=0)
+                           for key in ("max_rows_change", "max_null_change", "max_psi")})
+
 
 _TOML_NAMES = {"str": "string", "int": "integer", "list": "array", "dict": "table", "bool": "boolean"}
+
+
+def job_files(jobs_dir: str | os.PathLike[str] = "jobs") -> list[Path]:
+    """The job files of ``jobs_dir``: every ``*.toml`` but :data:`DEFAULTS_FILE`."""
+    return [path for path in sorted(Path(jobs_dir).glob("*.toml")) if path.name != DEFAULTS_FILE]
 
 
 def find_job(ref: str, jobs_dir: str | os.PathLike[str] = "jobs") -> Path:
@@ -390,9 +499,9 @@ def find_job(ref: str, jobs_dir: str | os.PathLike[str] = "jobs") -> Path:
     if direct.is_file():
         return direct
     candidate = Path(jobs_dir) / f"{ref}.toml"
-    if candidate.is_file():
+    if candidate.is_file() and candidate.name != DEFAULTS_FILE:
         return candidate
-    for path in sorted(Path(jobs_dir).glob("*.toml")):
+    for path in job_files(jobs_dir):
         try:
             if load_job(path).name == ref:
                 return path
@@ -405,7 +514,7 @@ def iter_jobs(jobs_dir: str | os.PathLike[str] = "jobs",
               on_error: Callable[[JobFileError], None] | None = None) -> list[Job]:
     """Every valid job in ``jobs_dir``; invalid files go to ``on_error`` (or are skipped)."""
     found = []
-    for path in sorted(Path(jobs_dir).glob("*.toml")):
+    for path in job_files(jobs_dir):
         try:
             found.append(load_job(path))
         except JobFileError as exc:

@@ -81,6 +81,9 @@ class OutputSpec:
     default: tuple[tuple[str, Any], ...] = ()
     #: Seconds to keep trying to publish while readers hold the view (see :data:`DEFAULT_PUBLISH_TIMEOUT`).
     publish_timeout: int = DEFAULT_PUBLISH_TIMEOUT
+    #: Roles granted SELECT on every view the pipeline makes for the table, never on its version tables;
+    #: recorded when a run publishes, so a later activate, rollback or split grants them too (PostgreSQL).
+    grant_select: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,36 @@ class AuditSpec:
 
 
 @dataclass(frozen=True)
+class WaitFor:
+    """A query (``:run_date`` bound) whose first value must be true before the run reads its domain."""
+
+    name: str
+    query: str
+    source: str | None = None  # None: the job's target database
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """Checks of the run's inputs before anything is scored (see :mod:`pipeline.run.gates`)."""
+
+    wait_for: tuple[WaitFor, ...] = ()
+    #: Seconds to keep polling ``wait_for`` queries (with backoff up to ``poll_interval``) before failing.
+    wait_timeout: int = 3600
+    poll_interval: int = 60
+    #: Refuse a domain whose size changed by more than this share of the active version's.
+    max_rows_change: float | None = None
+    #: Refuse when a feature's NULL share moved by more than this (absolute) from the active version's inputs.
+    max_null_change: float | None = None
+    #: Refuse when a numeric feature's PSI against the active version's inputs exceeds this.
+    max_psi: float | None = None
+
+    @property
+    def profiles(self) -> bool:
+        """Whether the gates compare features, so a run records its inputs' profile."""
+        return self.max_null_change is not None or self.max_psi is not None
+
+
+@dataclass(frozen=True)
 class ExecutorSpec:
     """Where a run scores and writes: in this process, or as partitions on a Dask cluster."""
 
@@ -120,6 +153,33 @@ class ExecutorSpec:
     workers: int | None = None
     #: Partitions of the domain; None: four per worker thread.
     partitions: int | None = None
+
+
+#: ``[notify]`` events: what a run's outcome is called in a job file.
+NOTIFY_EVENTS = ("on_failure", "on_success", "on_skip")
+#: What a webhook's POST body looks like: the run's facts, a Slack message, or Alertmanager alerts.
+NOTIFY_FORMATS = ("json", "slack", "alertmanager")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One way of hearing of a run: a shell command handed the run's facts, and/or a webhook POSTed them."""
+
+    command: str | None = None
+    webhook: str | None = None
+    #: One of :data:`NOTIFY_FORMATS`; a command always gets the plain JSON facts.
+    format: str = "json"
+    #: Seconds each of the two may take; None: 30 for a command, 10 for a webhook.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class NotifySpec:
+    """The hooks of each outcome. A job without ``[notify]`` takes the jobs directory's ``defaults.toml``."""
+
+    on_failure: tuple[Hook, ...] = ()
+    on_success: tuple[Hook, ...] = ()
+    on_skip: tuple[Hook, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +201,10 @@ class Job:
     #: How late a tick may still start (a busy or restarted scheduler); later ones count as missed.
     misfire_grace_seconds: int = 300
     executor: ExecutorSpec = ExecutorSpec()
+    gates: GateSpec = GateSpec()
+    #: Times a run tries again after a passing database fault (see :mod:`pipeline.run.materialize`).
+    retries: int = 0
+    notify: NotifySpec = NotifySpec()
 
 
 def with_executor(job: Job, **overrides: Any) -> Job:

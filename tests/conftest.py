@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import tempfile
 import textwrap
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -137,3 +141,46 @@ def mlflow_registry(tmp_path: Path, empty_registry: Path, monkeypatch: pytest.Mo
 
 
 
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class PrivateServer:
+    """A PostgreSQL server of one test's own, which the test may restart (never the machine's shared one)."""
+
+    directory: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"),
+                        "-l", str(self.directory / "log"), "-w", *args], check=True, capture_output=True)
+
+    def restart(self) -> None:
+        self.ctl("-m", "fast", "restart")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateServer]:
+    """initdb into a temporary folder as user postgres and start it on a free port; stopped and removed after."""
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip("needs PostgreSQL 15's server binaries and runuser")
+    directory = Path(tempfile.mkdtemp(prefix="pipeline-pg-"))
+    shutil.chown(directory, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = PrivateServer(directory, port)
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(directory / "data"),
+                    "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    server.ctl("-o", f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield server
+    finally:
+        server.ctl("-m", "immediate", "stop")
+        shutil.rmtree(directory, ignore_errors=True)

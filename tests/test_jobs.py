@@ -320,6 +320,16 @@ BAD = [
      "must be at least 1 (seconds)"),
     ("publish-timeout-text", dict(output='table = "scores"\npublish_timeout = "10m"'), "output.publish_timeout",
      "integer, got str"),
+    ("grant-select-text", dict(output='table = "scores"\ngrant_select = "app_reader"'), "output.grant_select",
+     "must be an array, got str"),
+    ("grant-select-number", dict(output='table = "scores"\ngrant_select = [1]'), "output.grant_select",
+     "must be an array of role names, got 1"),
+    ("grant-select-not-identifier", dict(output='table = "scores"\ngrant_select = ["app reader"]'),
+     "output.grant_select", "'app reader' is not a safe SQL identifier"),
+    ("grant-select-public", dict(output='table = "scores"\ngrant_select = ["public"]'), "output.grant_select",
+     "PUBLIC is not a role"),
+    ("grant-select-twice", dict(output='table = "scores"\ngrant_select = ["a", "b", "a"]'), "output.grant_select",
+     "names a role twice"),
     ("unknown-model-key", dict(model='path = "models/m.joblib"\nversion = 3'), "model.version",
      "unknown key (expected one of: "),
     ("unknown-domain-key", dict(domain='keys = ["id"]\nquery = "SELECT 1"\ntable = "t"'), "domain.table",
@@ -624,3 +634,8 @@ def test_iter_jobs_without_on_error_skips_invalid_files(jobs_dir):
 def test_iter_jobs_of_an_empty_or_missing_directory(tmp_path):
     assert iter_jobs(tmp_path) == []
     assert iter_jobs(tmp_path / "missing") == []
+
+
+def test_grant_select_lists_roles_in_the_order_given(jobs_dir):
+    path = write(jobs_dir, compose(output='table = "scores"\ngrant_select = ["app_reader", "BI_Reports"]'))
+    assert load_job(path, environ={}).output.grant_select == ("app_reader", "BI_Reports")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import click
 
 from pipeline.database.engines import URL_ENV, make_engine, missing_file, redact, resolve_url
-from pipeline.errors import JobLocked, PipelineError, first_line
+from pipeline.errors import HidePasswords, JobLocked, PipelineError, first_line, hide_in_traceback
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import Job
 
@@ -30,13 +30,14 @@ LOCKED_EXIT = 75  # EX_TEMPFAIL: another run holds the table
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message (and the exception, as the handler's
+    :class:`HidePasswords` filter left it)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
                  "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
@@ -60,8 +61,12 @@ def _ours_or_warning(record: logging.LogRecord) -> bool:
     return record.name.split(".")[0] == "pipeline" or record.levelno >= logging.WARNING
 
 
+_HIDE_PASSWORDS = HidePasswords()
+
+
 def configure_logging(settings: Settings) -> None:
-    """Log to stderr at the level the options ask for; again when a command's own options change it."""
+    """Log to stderr at the level the options ask for; again when a command's own options change it. Every
+    handler masks passwords, in what any library logs (a driver's error quoting a URL, a traceback)."""
     level = logging.DEBUG if settings.debug else logging.WARNING if settings.quiet else logging.INFO
     if settings.log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
@@ -72,12 +77,15 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger().setLevel(level)
     for handler in logging.getLogger().handlers:  # other libraries (dask, apscheduler) speak up only to warn
         handler.removeFilter(_ours_or_warning)
+        handler.removeFilter(_HIDE_PASSWORDS)
+        handler.addFilter(_HIDE_PASSWORDS)
         if not settings.debug:
             handler.addFilter(_ours_or_warning)
 
 
 def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Print an error as one line and exit 1; the traceback only with ``--debug``."""
+    """Print an error as one line and exit 1; the traceback only with ``--debug``. Passwords are masked in
+    both."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -88,6 +96,7 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise  # usage errors already speak click's language
         except PipelineError as exc:
             if settings and settings.debug:
+                hide_in_traceback(exc)
                 raise
             error = click.ClickException(str(exc))
             if isinstance(exc, JobLocked):
@@ -95,6 +104,7 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise error from None
         except Exception as exc:  # a bug: still one line, with the way to see more
             if settings and settings.debug:
+                hide_in_traceback(exc)
                 raise
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {first_line(exc)} (run `pipeline --debug ...` for the traceback)"

@@ -187,10 +187,10 @@ def runs(settings: Settings, job: str | None, limit: int, db: Databases) -> None
     if not found:
         click.echo(f"no runs{' of ' + job if job else ''} recorded in {redact(str(engine.url))}")
         return
-    print_table(["id", "job", "logical_date", "trigger", "status", "version", "started", "finished", "host/pid",
-                 "error"],
-                [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, r.started_at, r.finished_at,
-                  f"{r.host}/{r.pid}", r.error] for r in found])
+    print_table(["id", "job", "logical_date", "trigger", "status", "version", "tries", "started", "finished",
+                 "host/pid", "gates", "error"],
+                [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, 1 + len(r.retries or ()), r.started_at,
+                  r.finished_at, f"{r.host}/{r.pid}", r.gates_summary, r.error] for r in found])
 def _job_if_any(job: str | None, jobs_dir: str) -> Job | None:
     """The job ``job`` names; None for a bare name that no file in ``jobs_dir`` holds (its runs are still in
     the database), or without one."""

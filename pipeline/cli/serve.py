@@ -6,6 +6,7 @@ import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from pipeline.cli.base import Databases, Settings, main, pass_databases, pipelin
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import DEFAULT_ALIAS, labels_text, view_name
+
+if TYPE_CHECKING:
+    from pipeline.database import state
 
 # The library is imported by each command when it runs, so that `--help` and a rollback start at once.
 
@@ -183,11 +187,16 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
                  "aliases", "database"],
                 [[s.table, s.active_version, s.logical_date, s.row_count, (s.model_sha256 or "")[:12] or None,
                   _age(now - s.activated_at) if s.activated_at else None,
-                  f"{s.last_run.status} {s.last_run.logical_date}" if s.last_run else None,
+                  _last_run(s.last_run) if s.last_run else None,
                   (f"{s.failed_runs} ({s.missed_ticks} missed)" if s.missed_ticks else s.failed_runs or None),
                   ticks.get(s.table),
                   ", ".join([f"{a}=v{v}" for a, v in s.aliases] + ([f"ab {s.split}"] if s.split else [])) or None,
                   url] for url, s in rows])
+
+
+def _last_run(run: state.Run) -> str:
+    gates = f" (gates {run.gates_summary})" if run.gates else ""
+    return f"{run.status} {run.logical_date}{gates}"
 
 
 def _age(delta: timedelta) -> str:

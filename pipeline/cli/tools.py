@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime
-from pathlib import Path
 
 import click
 
@@ -13,7 +12,7 @@ from pipeline.cli.base import Databases, Settings, fail_for_broken, main, pass_d
 from pipeline.cron import next_tick
 from pipeline.database.engines import redact
 from pipeline.errors import JobFileError, PipelineError
-from pipeline.jobs import find_job, iter_jobs, load_job
+from pipeline.jobs import find_job, iter_jobs, job_files, load_job
 from pipeline.names import labels_text, outputs_of
 
 
@@ -39,7 +38,7 @@ def validate(settings: Settings, jobs: tuple[str, ...], logical_date: datetime |
     from pipeline.run.context import today
     from pipeline.tools.validate import check_job  # loads pandas and the models' libraries
 
-    paths = [find_job(j, settings.jobs_dir) for j in jobs] or sorted(Path(settings.jobs_dir).glob("*.toml"))
+    paths = [find_job(j, settings.jobs_dir) for j in jobs] or job_files(settings.jobs_dir)
     if not paths:
         raise PipelineError(f"no job files in {settings.jobs_dir}/")
     failed = 0

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import DatabaseError
+from pipeline.errors import DatabaseError, hide_passwords
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,12 +47,13 @@ def missing_file(url: str) -> Path | None:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, fit for logs and metadata."""
+    """The URL without its password (after the user's name or as a ``password=`` parameter), fit for logs and
+    metadata."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return hide_passwords(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         return "<unparseable URL>"
 

@@ -43,6 +43,7 @@ versions = Table(
     Column("type_changes", Text),                  # the feature types that changed from the active version (allowed)
     Column("output_labels", Text),                 # JSON [[column, class label], ...] of class-per-column outputs
     Column("settings_sha256", String(64)),         # the job settings that shape the rows (see run.materialize)
+    Column("input_profile", Text),                 # JSON: per feature, NULL share and deciles (see run.gates)
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
@@ -107,6 +108,14 @@ splits = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# The roles a table's views are granted SELECT to ([output] grant_select), recorded when a run publishes, so
+# any later flip, rollback, alias or split grants them again without the job file.
+grants = Table(
+    "pipeline_grants", metadata,
+    Column("table_name", String(63), primary_key=True),
+    Column("role", String(63), primary_key=True),
+)
+
 RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
 
 runs = Table(
@@ -124,6 +133,8 @@ runs = Table(
     Column("error", Text),
     Column("host", Text),
     Column("pid", Integer),
+    Column("gates", Text),                              # JSON [[name, passed, detail], ...] (see run.gates)
+    Column("retries", Text),                            # JSON list: the passing faults the run tried again after
     CheckConstraint("status IN ('running', 'succeeded', 'failed', 'skipped')", name="pipeline_runs_status"),
     Index("pipeline_runs_tick", "job", "scheduled_for", unique=True),  # one run per job and tick
     Index("pipeline_runs_job", "job", "id"),

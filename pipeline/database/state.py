@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, has_schema, partitions, pointer, runs,
-                                      splits, versions)
+from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, grants, has_schema, partitions, pointer,
+                                      runs, splits, versions)
 from pipeline.errors import TableError
 from pipeline.names import DEFAULT_ALIAS
 
@@ -71,6 +71,9 @@ class Version:
     #: A digest of the job settings that shape the rows (method, features, outputs, keys, top-k, defaults);
     #: None for versions made before it was recorded.
     settings_sha256: str | None = None
+    #: Per feature, the share of NULLs and the deciles of numeric ones (see :mod:`pipeline.run.gates`); None
+    #: unless the job has input gates.
+    input_profile: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -85,6 +88,7 @@ class Version:
             model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
             input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
             output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
+            input_profile=_json(m.get("input_profile")),
         )
 
 
@@ -112,13 +116,26 @@ class Run:
     error: str | None
     host: str | None
     pid: int | None
+    #: The upstream gates checked before scoring: ``[[name, passed, detail], ...]``; None when none were.
+    gates: list[list[Any]] | None = None
+    #: The passing faults (one line each) after which the run tried again; None when its first try ended it.
+    retries: list[str] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Run":
         m = dict(row._mapping)
         for key in ("scheduled_for", "started_at", "finished_at"):
             m[key] = _utc(m[key])
+        m["gates"], m["retries"] = _json(m.get("gates")), _json(m.get("retries"))
         return cls(**m)
+
+    @property
+    def gates_summary(self) -> str | None:
+        """``7 passed``, or the names of the gates that failed; None when the run checked none."""
+        if not self.gates:
+            return None
+        failed = [name for name, passed, _ in self.gates if not passed]
+        return f"failed: {', '.join(failed)}" if failed else f"{len(self.gates)} passed"
 
 
 @dataclass(frozen=True)
@@ -221,6 +238,12 @@ def get_split(conn: Connection, table: str) -> Split | None:
     return None if row is None else Split(row.table_name, row.alias, row.percent, row.updated_at)
 
 
+def grant_roles(conn: Connection, table: str) -> tuple[str, ...]:
+    """The roles ``table``'s views are granted SELECT to, as its last run recorded them."""
+    return tuple(conn.execute(select(grants.c.role).where(grants.c.table_name == table)
+                              .order_by(grants.c.role)).scalars())
+
+
 def get_partition(conn: Connection, table: str, version: int, partition: int) -> Row | None:
     """The committed record of one partition of a distributed run, or None."""
     p = partitions.c
@@ -258,10 +281,13 @@ def insert_version(conn: Connection, *, table: str, version: int, job: str, logi
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:
-    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs, ``input_schema`` as a list."""
+    """Set fields of one version; ``columns`` is given as a list of (name, type) pairs, ``input_schema`` as a list,
+    ``input_profile`` as a dict."""
     for key in ("columns", "input_schema"):
         if values.get(key) is not None:
             values[key] = json.dumps([list(c) for c in values[key]])
+    if values.get("input_profile") is not None:
+        values["input_profile"] = json.dumps(values["input_profile"])
     if "status" in values and values["status"] not in STATUSES:
         raise ValueError(f"unknown status {values['status']!r}")
     conn.execute(update(versions).where(versions.c.table_name == table, versions.c.version == version)
@@ -297,6 +323,13 @@ def set_split(conn: Connection, split: Split | None, table: str) -> None:
                                            updated_at=split.updated_at))
 
 
+def set_grant_roles(conn: Connection, table: str, roles: Sequence[str]) -> None:
+    """Replace the roles recorded for ``table`` (a run's ``[output] grant_select``)."""
+    conn.execute(delete(grants).where(grants.c.table_name == table))
+    if roles:
+        conn.execute(insert(grants), [dict(table_name=table, role=role) for role in roles])
+
+
 def record_partition(conn: Connection, **values: Any) -> None:
     """Record a partition of a distributed run, in the transaction that commits its rows."""
     conn.execute(insert(partitions).values(**values))
@@ -328,6 +361,17 @@ def finish_run(conn: Connection, run_id: int, status: str, now: datetime, versio
         raise ValueError(f"unknown run status {status!r}")
     conn.execute(update(runs).where(runs.c.id == run_id)
                  .values(status=status, finished_at=now, version=version, error=error))
+
+
+def reopen_run(conn: Connection, run_id: int, retries: Sequence[str]) -> None:
+    """Mark a run ``running`` again for another try, with the faults it tried again after."""
+    conn.execute(update(runs).where(runs.c.id == run_id)
+                 .values(status="running", finished_at=None, error=None, retries=json.dumps(list(retries))))
+
+
+def record_gates(conn: Connection, run_id: int, results: Sequence[Sequence[Any]]) -> None:
+    """Store the gates a run checked, ``[(name, passed, detail), ...]``, with the run."""
+    conn.execute(update(runs).where(runs.c.id == run_id).values(gates=json.dumps([list(r) for r in results])))
 
 
 def list_runs(conn: Connection, job: str | None = None, limit: int = 50, table: str | None = None) -> list[Run]:

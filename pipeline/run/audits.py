@@ -211,10 +211,16 @@ def histogram(conn: Connection, dialect: Dialect, tables: Sequence[str], column:
 def population_stability(conn: Connection, dialect: Dialect, old: str, new: str, column: str) -> float:
     """PSI of ``column`` between two tables, over equal-width bins spanning both (0 when either is all NULL)."""
     _, counts = histogram(conn, dialect, [old, new], column, PSI_BINS)
-    if not counts or not all(sum(row) for row in counts):
+    return psi(*counts) if counts else 0.0
+
+
+def psi(before: Sequence[float], after: Sequence[float]) -> float:
+    """The population stability index between two binnings of one variable (counts or shares per bin; an empty
+    bin counts as 0.01%); 0 when either side is empty. Output drift and the input gates both use it."""
+    if not sum(before) or not sum(after):
         return 0.0
-    before, after = ([max(n / sum(row), 1e-4) for n in row] for row in counts)
-    return sum((n - o) * math.log(n / o) for o, n in zip(before, after))
+    old, new = ([max(n / sum(row), 1e-4) for n in row] for row in (before, after))
+    return sum((n - o) * math.log(n / o) for o, n in zip(old, new))
 
 
 def _sql(conn: Connection, dialect: Dialect, subject: Subject, name: str, query: str) -> AuditResult:

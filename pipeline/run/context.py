@@ -44,6 +44,15 @@ class RunOptions:
     incremental: bool = False
 
 
+@dataclass
+class Tries:
+    """A run's tries so far: its record in ``pipeline_runs`` (one across tries) and the faults it tried again
+    after."""
+
+    run_id: int | None = None
+    faults: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """One run's job, database and settings, paired once instead of threaded through every step."""
@@ -57,6 +66,7 @@ class RunContext:
     progress: Progress | None = None
     #: Raises when the run lock was lost (a lease that expired): checked before the publish.
     still_held: Callable[[], None] = _no_lease
+    tries: Tries = field(default_factory=Tries)
 
     @property
     def table(self) -> str:

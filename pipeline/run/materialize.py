@@ -18,27 +18,33 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from sqlalchemy.engine import Engine
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pipeline.database import journal as journals
 from pipeline.database import schema, state
-from pipeline.database.dialects import dialect_for
+from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
-from pipeline.errors import AuditError, DatabaseError, PipelineError, PublishPending, SourceError, ViewBusy, first_line
-from pipeline.jobspec import Job
+from pipeline.errors import (AuditError, DatabaseError, GateError, JobFileError, JobLocked, PipelineError,
+                             PublishPending, SourceError, ViewBusy, first_line)
+from pipeline.jobspec import GateSpec, Job
 from pipeline.names import version_table
 from pipeline.phases import checkpoint
-from pipeline.run import topup
+from pipeline.run import gates, topup
 from pipeline.run.audits import AuditResult, audit_version, failures
-from pipeline.run.context import Clock, Progress, RunContext, RunOptions, today
+from pipeline.run.context import Clock, Progress, RunContext, RunOptions, Tries, today
 from pipeline.run.domain import Domain
 from pipeline.run.executors import Loaded, Target, executor_for
 from pipeline.run.model import Model, load_model
+from pipeline.run.notify import notified
 from pipeline.run.scoring import TypeGuard, check_output
 from pipeline.serve.pointer import FlipResult, publish, write_default
 from pipeline.serve.retention import gc, reap_locked
 
 log = logging.getLogger("pipeline")
+
+#: The longest wait between two tries of a run (seconds): long enough for a server restart or a failover.
+RETRY_MAX_WAIT = 60
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class RunResult:
     phases: dict[str, float] = field(default_factory=dict)
     #: Rows an incremental run copied from the active version (the rest were scored).
     copied: int = 0
+    #: The run's row in ``pipeline_runs``; None for a tick another process recorded already.
+    run_id: int | None = None
 
 
 def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
@@ -79,28 +87,58 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
         incremental: build the version from the active one, scoring only new and changed keys
             (the model must be the active version's).
 
+    The job's ``[notify]`` hooks hear how the run ended (see :mod:`pipeline.run.notify`).
+
     Raises:
         JobLocked: another run of the same table is in progress; nothing was done.
         PipelineError: the run failed; its version is marked ``failed`` and the pointer is untouched.
     """
+    logical_date = logical_date or today(job, clock)
+    options = RunOptions(activate=activate, force=force, trigger=trigger, scheduled_for=scheduled_for,
+                         incremental=incremental)
+    return notified(job, logical_date, options, lambda: _run_job(job, engine, logical_date, options, clock, progress))
+
+
+def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOptions, clock: Clock,
+             progress: Progress | None) -> RunResult:
     owned = engine is None
     engine = engine or make_engine(resolve_url(None, job.target))
     dialect = dialect_for(engine)
     patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
-    options = RunOptions(activate=activate, force=force, trigger=trigger, scheduled_for=scheduled_for,
-                         incremental=incremental)
-    try:
+    tries = Tries()
+
+    def attempt() -> RunResult:
         with dialect.run_lock(engine, job.output.table) as still_held:
-            context = RunContext(job, patient, dialect, logical_date or today(job, clock), options, clock, progress,
-                                 still_held)
+            context = RunContext(job, patient, dialect, logical_date, options, clock, progress, still_held, tries)
             try:
                 recover(patient, job.output.table, clock)
             except DatabaseError as exc:
                 _unrecorded(context, exc)
             return run_locked(context)
+
+    try:
+        return _retrying(job, dialect, tries)(attempt)
     finally:
         if owned:
             engine.dispose()
+
+
+def _retrying(job: Job, dialect: Dialect, tries: Tries) -> Retrying:
+    """Tries of a run: after a passing database fault (see :meth:`Dialect.transient`), up to the job's
+    ``retries`` more, each after a random wait up to 1 s, 2 s, 4 s... (at most :data:`RETRY_MAX_WAIT`). A mistake
+    (a missing table, a bad model, a failed audit) is never tried again, nor a version left ready to publish."""
+
+    def passing(exc: BaseException) -> bool:
+        return not isinstance(exc, (PublishPending, JobLocked)) and dialect.transient(exc)
+
+    def again(retry_state: RetryCallState) -> None:
+        fault = _reason(retry_state.outcome.exception())
+        tries.faults.append(fault)
+        log.warning("%s: try %d of %d failed on a passing fault (%s); trying again in %.1f s", job.output.table,
+                    retry_state.attempt_number, job.retries + 1, fault, retry_state.next_action.sleep)
+
+    return Retrying(retry=retry_if_exception(passing), stop=stop_after_attempt(job.retries + 1),
+                    wait=wait_random_exponential(multiplier=1, max=RETRY_MAX_WAIT), before_sleep=again, reraise=True)
 
 
 def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
@@ -150,13 +188,18 @@ def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
 def run_locked(context: RunContext) -> RunResult:
     """One run, for a caller that holds the table's run lock and called :func:`recover`."""
     started = time.monotonic()
-    job, table, options = context.job, context.table, context.options
+    job, table, options, tries = context.job, context.table, context.options, context.tries
     model = load_model(job.model)
     try:
         with transaction(context.engine) as conn:
-            run_id = state.start_run(conn, job=job.name, table=table, logical_date=context.logical_date,
-                                     trigger=options.trigger, scheduled_for=options.scheduled_for,
-                                     now=context.clock(), host=socket.gethostname(), pid=os.getpid())
+            if tries.run_id is None:
+                run_id = tries.run_id = state.start_run(
+                    conn, job=job.name, table=table, logical_date=context.logical_date, trigger=options.trigger,
+                    scheduled_for=options.scheduled_for, now=context.clock(), host=socket.gethostname(),
+                    pid=os.getpid())
+            else:  # another try of the same run
+                run_id = tries.run_id
+                state.reopen_run(conn, run_id, tries.faults)
     except DatabaseError as exc:
         _unrecorded(context, exc)
     if run_id is None:
@@ -168,13 +211,13 @@ def run_locked(context: RunContext) -> RunResult:
         if done is not None:
             _finish(context, run_id, "skipped", done.version)
             return RunResult(table, done.version, done.row_count or 0, False, None, time.monotonic() - started,
-                             skipped=skip_reason(context.engine, table, done, context.logical_date))
-        result = _build(context, model)
+                             skipped=skip_reason(context.engine, table, done, context.logical_date), run_id=run_id)
+        result = _build(context, model, _gate(context, model, run_id))
     except BaseException as exc:
         _finish(context, run_id, "failed", error=_reason(exc))
         raise
     _finish(context, run_id, "succeeded", result.version)
-    return dataclasses.replace(result, seconds=time.monotonic() - started)
+    return dataclasses.replace(result, seconds=time.monotonic() - started, run_id=run_id)
 
 
 def settings_digest(job: Job, model: Model) -> str:
@@ -241,10 +284,25 @@ def _finish(context: RunContext, run_id: int, status: str, version: int | None =
         log.error("could not record the end of run %d (%s); the next run will", run_id, bookkeeping)
 
 
-def _build(context: RunContext, model: Model) -> RunResult:
+def _gate(context: RunContext, model: Model, run_id: int) -> dict | None:
+    """The job's upstream gates (see :mod:`pipeline.run.gates`), stored with the run; nothing is scored unless
+    all pass. Returns the profile of the domain's features the version records, when the gates compare them."""
+    if context.job.gates == GateSpec():
+        return None
+    results, profile = gates.check(context.job, context.engine, context.logical_date, model.features)
+    with transaction(context.engine) as conn:
+        state.record_gates(conn, run_id, [(r.name, r.passed, r.detail) for r in results])
+    if any(not r.passed for r in results):
+        raise GateError(gates.failed(results))
+    log.info("%s: %d gate(s) passed", context.table, len(results))
+    return profile
+
+
+def _build(context: RunContext, model: Model, profile: dict | None = None) -> RunResult:
     job, table, engine = context.job, context.table, context.engine
     activate = context.options.activate
     check_output(job, model)
+    check_roles(engine, job)
     executor = executor_for(job.executor)
     executor.check(context.dialect)
     previous = topup.from_active(engine, job, model) if context.options.incremental else None
@@ -267,7 +325,8 @@ def _build(context: RunContext, model: Model) -> RunResult:
         lap("audit")
         ready = dict(finished_at=context.clock(), row_count=loaded.rows, columns=loaded.columns,
                      domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint,
-                     input_schema=loaded.input_schema, type_changes="; ".join(guard.changes) or None)
+                     input_schema=loaded.input_schema, type_changes="; ".join(guard.changes) or None,
+                     input_profile=profile)
         if guard.changes:
             log.warning("%s: version %d has other feature types than version %s (allowed by the job): %s",
                         table, version, guard.version, "; ".join(guard.changes))
@@ -295,10 +354,12 @@ def _publish(context: RunContext, version: int, ready: dict) -> FlipResult | Non
     table, timeout = context.table, context.job.output.publish_timeout
     try:
         return publish(context.engine, table, version, ready=ready, move=context.options.activate,
-                       reason=f"run of job {context.job.name}", clock=context.clock, timeout=timeout)
+                       reason=f"run of job {context.job.name}", clock=context.clock, timeout=timeout,
+                       grant_select=context.job.output.grant_select)
     except ViewBusy:
         with transaction(context.engine) as conn:
             state.update_version(conn, table, version, status="ready", **ready)
+            state.set_grant_roles(conn, table, context.job.output.grant_select)  # for the activate that publishes
         raise PublishPending(f"{table}: version {version} passed its audits and is ready, but readers held the view "
                              f"for the whole publish_timeout ({timeout} s), so it is not "
                              f"published; `pipeline activate {table} {version}` publishes it") from None
@@ -316,6 +377,22 @@ def _tidy(context: RunContext, version: int) -> None:
     except PipelineError as exc:
         log.warning("%s: version %d is published; clean-up after it failed and is left for later: %s",
                     output.table, version, exc)
+
+
+def check_roles(engine: Engine, job: Job) -> None:
+    """Refuse, before scoring, a ``grant_select`` role the database lacks (a typo would leave readers without
+    the grant); later flips only warn about a role dropped since, so that it never stops a rollback.
+
+    Raises:
+        JobFileError: a role does not exist.
+    """
+    if not job.output.grant_select:
+        return
+    missing = dialect_for(engine).missing_roles(engine, job.output.grant_select)
+    if missing:
+        where = engine.url.render_as_string(hide_password=True)
+        raise JobFileError(f"{job.path}: output.grant_select: no role {', '.join(missing)} in {where} "
+                           "(names are matched as written, case included)")
 
 
 def type_guard(engine: Engine, job: Job) -> TypeGuard:

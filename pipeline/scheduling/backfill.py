@@ -58,6 +58,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     running ones finish and returns with ``interrupted``; the same call again resumes.
     """
     from pipeline.run.materialize import recover, run_locked  # pandas and the models' libraries, when it runs
+    from pipeline.run.notify import notified
 
     if activate not in ACTIVATE:
         raise PipelineError(f"--activate must be one of {', '.join(ACTIVATE)}, got {activate!r}")
@@ -70,8 +71,8 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     engine = dialect.patient(engine, job.output.publish_timeout)
     options = RunOptions(activate=False, force=force, trigger="backfill")
 
-    def one(day: date) -> RunResult:
-        return run_locked(RunContext(job, engine, dialect, day, options, clock))
+    def one(day: date) -> RunResult:  # each date notifies the job's hooks of its own outcome
+        return notified(job, day, options, lambda: run_locked(RunContext(job, engine, dialect, day, options, clock)))
 
     def record(day: date, future: Future) -> None:
         error = future.exception()

@@ -28,7 +28,7 @@ from pipeline.cron import cron_trigger, latest_tick, next_tick, ticks_between
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
-from pipeline.errors import JobFileError, JobLocked, PipelineError
+from pipeline.errors import HidePasswords, JobFileError, JobLocked, PipelineError
 from pipeline.jobs import iter_jobs, load_job
 from pipeline.jobspec import Job
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from pipeline.run.materialize import RunResult
 
 log = logging.getLogger("pipeline.scheduling.scheduler")
+log.addFilter(HidePasswords())  # the filter pipeline.errors puts on "pipeline" does not reach its children
 
 
 #: How many missed ticks of one job are named in the log, and recorded, at a time.

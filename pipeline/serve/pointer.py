@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -88,12 +88,22 @@ def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, kept:
     same = active is not None and active.columns == served.columns
     if not same:
         split.drop_view(conn, dialect, table)
-    dialect.ensure_view(conn, view_name(table, alias), select_sql, same, grants_from=table)
+    dialect.ensure_view(conn, view_name(table, alias), select_sql, same, grants_from=table,
+                        roles=state.grant_roles(conn, table))
+
+
+def record_grants(conn: Connection, dialect: Dialect, table: str, roles: Sequence[str]) -> None:
+    """Record a run's ``grant_select`` for every later flip, and grant it on each view ``table`` has now (its
+    aliases' and split's too, which this run may not write). Roles dropped from the job keep their grants."""
+    state.set_grant_roles(conn, table, roles)
+    views = {view_name(table, p.alias) for p in state.list_pointers(conn, table)}
+    for view in sorted(views | {view_name(table, split.AB), view_name(table, "default")}):
+        dialect.grant_select(conn, view, roles)
 
 
 def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] | None, move: bool,
             reason: str, clock: Clock, alias: str = state.DEFAULT_ALIAS,
-            timeout: float | None = None) -> FlipResult | None:
+            timeout: float | None = None, grant_select: Sequence[str] | None = None) -> FlipResult | None:
     """Make ``version`` ready (when ``ready`` holds its final figures) and, if ``move``, point the view at it.
 
     Where versions are served as partitions, any not attached yet are attached first, in a
@@ -103,7 +113,8 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
     they were. Nothing takes a lock a reader holds, except DDL on the view when its columns
     change: while readers hold the view, that tries again for ``timeout`` seconds (by default a
     minute's worth of tries). Versions that no alias serves any more are then taken out of the
-    views' reach (:func:`settle`).
+    views' reach (:func:`settle`). A run hands its job's ``grant_select``, recorded in the same
+    transaction (:func:`record_grants`); every view written then or later is granted to those roles.
 
     Raises:
         ViewBusy: readers held the view all that time; nothing changed.
@@ -130,6 +141,8 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             return ATTACHED  # committed alone: readers' plans catch up before the pointer moves
         if ready is not None:
             state.update_version(conn, table, version, status="ready", **ready)
+        if grant_select is not None:
+            record_grants(conn, dialect, table, grant_select)
         if not move:
             return None
         # the version served now is among ``versions`` (as the one served before the flip)
@@ -238,7 +251,8 @@ def write_default(engine: Engine, table: str, default: tuple[tuple[str, Any], ..
 
     def step(conn: Connection) -> None:
         dialect.lock(conn, f"pipeline:{table}")
-        dialect.ensure_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table)
+        dialect.ensure_view(conn, view_name(table, "default"), select_sql, same_columns=False, grants_from=table,
+                            roles=state.grant_roles(conn, table))
 
     retry_on_lock(engine, dialect, f"{table}: default view", step)
 

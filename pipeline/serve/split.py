@@ -104,4 +104,5 @@ def _write(conn: Connection, dialect: Dialect, split: Split, names: list[str]) -
         f"SELECT {columns}, '{state.DEFAULT_ALIAS}' AS variant, model_version FROM {q(split.table)} "
         f"WHERE {q(BUCKET)} >= {int(split.percent)}"
     )
-    dialect.ensure_view(conn, view_name(split.table, AB), select_sql, same_columns=False, grants_from=split.table)
+    dialect.ensure_view(conn, view_name(split.table, AB), select_sql, same_columns=False, grants_from=split.table,
+                        roles=state.grant_roles(conn, split.table))

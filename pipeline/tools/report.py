@@ -2,8 +2,8 @@
 
 Distributions of each numeric output for two versions (the active one and the one
 before it, by default), drift statistics, row counts and run durations over the recent
-versions, and the flip history. The plots are matplotlib SVG written into the page, so
-it opens anywhere without a network. Histograms are counted in the database.
+versions, the upstream gates of recent runs, and the flip history. The plots are matplotlib
+SVG written into the page, so it opens anywhere without a network. Histograms are counted in the database.
 """
 
 from __future__ import annotations
@@ -109,6 +109,11 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
     flips = "".join(f"<tr><td>{f.flipped_at:%Y-%m-%d %H:%M:%S}</td><td>{f.from_version or '-'}</td>"
                     f"<td>{f.to_version}</td><td>{html.escape(f.reason)}</td><td>{html.escape(f.actor or '')}</td></tr>"
                     for f in reversed(history))
+    with reading(engine) as conn:
+        gated = [r for r in state.list_runs(conn, table=table, limit=RECENT) if r.gates]
+    gates = "".join(f"<tr><td>{r.id}</td><td>{r.logical_date}</td><td>{r.status}</td><td>{html.escape(name)}</td>"
+                    f"<td>{'pass' if passed else 'FAIL'}</td><td>{html.escape(detail)}</td></tr>"
+                    for r in gated for name, passed, detail in r.gates)
     title = f"{table}: v{b} against v{a}" if a is not None else f"{table}: v{b}"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -119,6 +124,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{margin:0}}
 <h2>Output distributions</h2>{''.join(sections) or '<p>No numeric outputs.</p>'}
 <h2>Drift</h2>{drift or '<p>No earlier version to compare with.</p>'}
 <h2>Recent versions</h2>{history_plot}
+<h2>Upstream gates of recent runs</h2>{f"<table><tr><th>run</th><th>date</th><th>status</th><th>gate</th>"
+    f"<th>result</th><th>detail</th></tr>{gates}</table>" if gates else "<p>No gates were checked.</p>"}
 <h2>Flip history</h2><table><tr><th>when</th><th>from</th><th>to</th><th>why</th><th>who</th></tr>{flips}</table>
 </body></html>
 """

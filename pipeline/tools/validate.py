@@ -18,7 +18,7 @@ from pipeline.database.dialects import dialect_for
 from pipeline.jobspec import Job
 from pipeline.run.domain import Domain
 from pipeline.run.executors import executor_for
-from pipeline.run.materialize import type_guard
+from pipeline.run.materialize import check_roles, type_guard
 from pipeline.run.model import Model, load_model
 from pipeline.run.scoring import Scorer, check_output, first_rows
 
@@ -48,6 +48,7 @@ def check_job(job: Job, engine: Engine, logical_date: date) -> Checked:
     """
     model = load_model(job.model)
     check_output(job, model)
+    check_roles(engine, job)
     executor_for(job.executor).check(dialect_for(engine))
     scorer = Scorer(model, list(job.domain.keys), type_guard(engine, job))
     domain = Domain(job.domain, engine, logical_date)

@@ -24,6 +24,12 @@ CREATE TABLE pipeline_flips (
 
 CREATE INDEX pipeline_flips_table ON pipeline_flips (table_name, alias, id);
 
+CREATE TABLE pipeline_grants (
+	table_name VARCHAR(63) NOT NULL,
+	role VARCHAR(63) NOT NULL,
+	PRIMARY KEY (table_name, role)
+);
+
 CREATE TABLE pipeline_partitions (
 	table_name VARCHAR(63) NOT NULL,
 	version INTEGER NOT NULL,
@@ -61,6 +67,8 @@ CREATE TABLE pipeline_runs (
 	error TEXT,
 	host TEXT,
 	pid INTEGER,
+	gates TEXT,
+	retries TEXT,
 	PRIMARY KEY (id),
 	CONSTRAINT pipeline_runs_status CHECK (status IN ('running', 'succeeded', 'failed', 'skipped'))
 );
@@ -97,6 +105,7 @@ CREATE TABLE pipeline_versions (
 	type_changes TEXT,
 	output_labels TEXT,
 	settings_sha256 VARCHAR(64),
+	input_profile TEXT,
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,

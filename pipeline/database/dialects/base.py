@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.errors import SourceError, first_line
+from pipeline.errors import LockLost, SourceError, first_line
 
 if TYPE_CHECKING:  # pandas and the contract load only when a domain is read or a version written
     import pandas as pd
@@ -52,6 +52,19 @@ def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[s
     if not RUN_DATE.search(query):
         return statement, {}
     return statement.bindparams(bindparam("run_date", type_=sqltypes.Date())), {"run_date": run_date}
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, with the driver's own exception behind SQLAlchemy's."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        orig = getattr(error, "orig", None)
+        if isinstance(orig, BaseException):
+            yield orig
+        error = error.__cause__ or error.__context__
 
 
 class Dialect:
@@ -141,6 +154,16 @@ class Dialect:
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the database giving up on a lock after :meth:`bound_lock_wait`."""
+        return False
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether the driver error behind ``exc`` (anywhere in its chain) is a fault that trying again can cure:
+        a dropped or refused connection, a server restart, a deadlock, a busy database. A mistake (a missing
+        table, bad SQL) is not."""
+        return any(isinstance(error, LockLost) or self.transient_error(error) for error in causes(exc))
+
+    def transient_error(self, error: BaseException) -> bool:
+        """One driver exception: is it a passing fault on this database?"""
         return False
 
     def patient(self, engine: Engine, seconds: float) -> Engine:
@@ -244,17 +267,28 @@ class Dialect:
         grant(conn, self.quote(view), grants)
 
     def ensure_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
-                    grants_from: str | None = None) -> bool:
+                    grants_from: str | None = None, roles: Sequence[str] = ()) -> bool:
         """:meth:`replace_view`, unless ``view`` is ``select_sql`` already: then it takes no lock a reader holds,
         and only gains the grants of ``grants_from`` it lacks (a role granted the table once reads its aliases,
-        split and default row too). Whether the view was written."""
-        if not self.view_serves(conn, view, select_sql):
+        split and default row too). Either way ``roles`` (the job's ``grant_select``) may then read it, in the
+        caller's transaction, so no reader sees the view without them. Whether the view was written."""
+        written = not self.view_serves(conn, view, select_sql)
+        if written:
             self.replace_view(conn, view, select_sql, same_columns, grants_from)
-            return True
-        if grants_from and grants_from != view:
+        elif grants_from and grants_from != view:
             have = set(self.grants(conn, view))
             grant(conn, self.quote(view), [g for g in self.grants(conn, grants_from) if g not in have])
-        return False
+        self.grant_select(conn, view, roles)
+        return written
+
+    def grant_select(self, conn: Connection, view: str, roles: Sequence[str]) -> None:
+        """Let ``roles`` SELECT from ``view`` (an existing one), granting only what they lack so that a flip that
+        changes nothing writes no catalog row; a role the database lacks is skipped with a warning, so that a
+        dropped role never stops a rollback. Nothing to do where the database has no grants."""
+
+    def missing_roles(self, engine: Engine, roles: Sequence[str]) -> list[str]:
+        """Those of ``roles`` the database does not have; none, without connecting, where it has no roles."""
+        return []
 
     def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
         """Who besides its owner may use ``view``: (privilege, grantee as SQL, grantable) each; none where the

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant
-from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+from pipeline.errors import DatabaseError, JobLocked, LockLost, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ ATTACH_WAIT = "3s"
 #: pg_locks' row for a granted bigint advisory lock whose halves are %(hi)s and %(lo)s.
 _ADVISORY = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
              "AND l.classid = %(hi)s::bigint::oid AND l.objid = %(lo)s::bigint::oid")
+
+
+#: SQLSTATEs of passing faults: shutting down or starting up, too many connections, serialization, deadlock.
+TRANSIENT_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 
 
 class PostgresqlDialect(Dialect):
@@ -71,7 +75,7 @@ class PostgresqlDialect(Dialect):
             except SQLAlchemyError:
                 held = 0
             if not held:
-                raise DatabaseError(f"lost the run lock on {name} (its database connection dropped); "
+                raise LockLost(f"lost the run lock on {name} (its database connection dropped); "
                                     "not publishing, since another run may have started")
 
         try:
@@ -96,6 +100,26 @@ class PostgresqlDialect(Dialect):
 
     def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
         return _grants(conn, self.quote(view))
+
+    def grant_select(self, conn: Connection, view: str, roles: Sequence[str]) -> None:
+        """A reader needs no right on the version tables: PostgreSQL checks what a view reads with its owner's
+        rights (the pipeline's role), so SELECT on the view and USAGE on the schema are enough."""
+        if not roles:
+            return
+        for role, exists in conn.exec_driver_sql(_UNGRANTED, {"v": self.quote(view), "roles": list(roles)}):
+            if exists:
+                conn.exec_driver_sql(f"GRANT SELECT ON {self.quote(view)} TO {self.quote(role)}")
+            else:
+                log.warning("%s: role %s ([output] grant_select) does not exist; not granted", view, role)
+
+    def missing_roles(self, engine: Engine, roles: Sequence[str]) -> list[str]:
+        try:
+            with engine.connect() as conn:
+                return list(conn.exec_driver_sql("SELECT r FROM unnest(%(roles)s::text[]) AS r WHERE NOT EXISTS "
+                                                 "(SELECT 1 FROM pg_roles WHERE rolname = r)",
+                                                 {"roles": list(roles)}).scalars())
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database error: {first_line(exc)}") from exc
 
     def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
                      grants_from: str | None = None) -> None:
@@ -244,6 +268,18 @@ class PostgresqlDialect(Dialect):
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return isinstance(getattr(exc, "orig", exc), psycopg.errors.LockNotAvailable)
 
+    def transient_error(self, error: BaseException) -> bool:
+        """A connection refused, reset or dropped (no SQLSTATE, or class 08), a server shutting down or starting
+        (57P01-57P03), too many connections (53300), a serialization failure or a deadlock (40001, 40P01)."""
+        if getattr(error, "connection_invalidated", False):
+            return True  # SQLAlchemy saw the connection die under a statement
+        if not isinstance(error, psycopg.Error):
+            return False
+        state = error.sqlstate
+        if state is None:
+            return isinstance(error, psycopg.OperationalError)
+        return state.startswith("08") or state in TRANSIENT_STATES
+
     def load_sql(self, name: str, columns: Columns) -> str:
         return f"COPY {self.quote(name)} ({self.column_list([c for c, _ in columns])}) FROM STDIN (FORMAT BINARY)"
 
@@ -315,6 +351,15 @@ SELECT c.oid::regclass::text, pg_get_viewdef(c.oid) FROM built_on b JOIN pg_clas
  WHERE c.relkind = 'v' GROUP BY c.oid ORDER BY max(b.depth), 1
 """
 
+
+#: Of the roles %(roles)s, those not granted SELECT on view %(v)s (when it exists), each with whether it exists.
+_UNGRANTED = """
+SELECT r.name, g.oid IS NOT NULL FROM unnest(%(roles)s::text[]) AS r(name)
+  LEFT JOIN pg_roles g ON g.rolname = r.name
+ WHERE to_regclass(%(v)s) IS NOT NULL AND NOT EXISTS (
+       SELECT 1 FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+        WHERE c.oid = to_regclass(%(v)s) AND a.privilege_type = 'SELECT' AND a.grantee = g.oid)
+"""
 
 #: Statements of this database running since before %(t)s, but this session's.
 _PLANNING = """

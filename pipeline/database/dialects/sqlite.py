@@ -96,6 +96,11 @@ class SQLiteDialect(Dialect):
         """SQLite gives up on another process's write lock after the busy timeout."""
         return "database is locked" in str(getattr(exc, "orig", exc))
 
+    def transient_error(self, error: BaseException) -> bool:
+        """Another process held the write lock past the busy timeout."""
+        return isinstance(error, sqlite3.OperationalError) and ("database is locked" in str(error)
+                                                                 or "database is busy" in str(error))
+
     def patient(self, engine: Engine, seconds: float) -> Engine:
         return engine.execution_options(**{PATIENCE_OPTION: max(BUSY_TIMEOUT_MS, seconds * 1000)})
 
