@@ -39,5 +39,5 @@ def crontab(jobs_dir: str | Path, log_dir: str | Path, db_url: str | None = None
             continue
         if job.timezone != "UTC":
             lines.append(f"CRON_TZ={job.timezone}  # honoured by cronie; Debian's cron uses the system time zone")
-        lines.append(f"{job.schedule} {command}")
+        lines.append(f"{job.schedule} {command.replace('%', chr(92) + '%')}")  # cron reads a bare % as a newline
     return lines

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -188,3 +190,14 @@ def test_cron_lines(tmp_path, monkeypatch, write_job):
     assert "# cron has no seconds field; use `pipeline schedule` for fast" in lines
     out = CliRunner().invoke(main, ["cron"])
     assert out.exit_code == 0 and entry in out.output
+
+
+def test_cron_lines_escape_percent_signs(tmp_path, monkeypatch, write_job):
+    """cron turns a bare % into a newline: a URL such as ?options=-csearch_path%3Dx must reach the shell whole."""
+    write_job(scheduled(CUSTOMERS_JOB, "15 3 * * *"))
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://app@db/x?options=-csearch_path%3Dscores"
+    entry = next(line for line in crontab("jobs", "logs", db_url=url) if line.startswith("15 3 "))
+    assert re.search(r"(?<!\\)%", entry) is None  # every % is escaped
+    words = shlex.split(entry.replace("\\%", "%").split(" ", 5)[5])  # what cron hands the shell, as sh reads it
+    assert words[words.index("--db") + 1] == url
