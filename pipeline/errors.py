@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Iterator
 
 #: A password in a URL (``scheme://user:PASSWORD@host``, as SQLAlchemy splits it: up to the next ``@``) or a
 #: ``password=`` parameter (a URL's query string, a libpq connection string).
@@ -29,15 +30,21 @@ def first_line(exc: BaseException) -> str:
     return hide_passwords(lines[0]) if lines else type(orig).__name__
 
 
-def hide_in_traceback(exc: BaseException) -> None:
-    """Mask passwords in the messages of ``exc`` and of the exceptions it was raised from, in place, so that
-    the traceback ``--debug`` prints holds none."""
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        current.args = tuple(hide_passwords(a) if isinstance(a, str) else a for a in current.args)
+        yield current
         current = current.__cause__ or current.__context__
+
+
+def hide_in_traceback(exc: BaseException) -> None:
+    """Mask passwords in the messages of ``exc`` and of the exceptions it was raised from, in place, so that
+    the traceback ``--debug`` prints holds none."""
+    for current in chain(exc):
+        current.args = tuple(hide_passwords(a) if isinstance(a, str) else a for a in current.args)
 
 
 class HidePasswords(logging.Filter):

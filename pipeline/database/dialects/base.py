@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.errors import LockLost, SourceError, first_line
+from pipeline.errors import LockLost, SourceError, chain, first_line
 
 if TYPE_CHECKING:  # pandas and the contract load only when a domain is read or a version written
     import pandas as pd
@@ -56,15 +56,11 @@ def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[s
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it was raised from or during, with the driver's own exception behind SQLAlchemy's."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in chain(exc):
         yield error
         orig = getattr(error, "orig", None)
         if isinstance(orig, BaseException):
             yield orig
-        error = error.__cause__ or error.__context__
 
 
 class Dialect:
