@@ -96,16 +96,17 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
     logical_date = logical_date or today(job, clock)
     options = RunOptions(activate=activate, force=force, trigger=trigger, scheduled_for=scheduled_for,
                          incremental=incremental)
-    return notified(job, logical_date, options, lambda: _run_job(job, engine, logical_date, options, clock, progress))
+    tries = Tries()
+    return notified(job, logical_date, options,
+                    lambda: _run_job(job, engine, logical_date, options, clock, progress, tries), tries)
 
 
 def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOptions, clock: Clock,
-             progress: Progress | None) -> RunResult:
+             progress: Progress | None, tries: Tries) -> RunResult:
     owned = engine is None
     engine = engine or make_engine(resolve_url(None, job.target))
     dialect = dialect_for(engine)
     patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
-    tries = Tries()
 
     def attempt() -> RunResult:
         with dialect.run_lock(engine, job.output.table) as still_held:

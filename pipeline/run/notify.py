@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import JobLocked, PipelineError, first_line, hide_passwords
 from pipeline.jobspec import Hook, Job
-from pipeline.run.context import RunOptions
+from pipeline.run.context import RunOptions, Tries
 
 if TYPE_CHECKING:
     from pipeline.run.materialize import RunResult
@@ -81,8 +81,10 @@ class Outcome:
                 for k, v in self.facts().items()}
 
 
-def notified(job: Job, logical_date: date, options: RunOptions, run: Callable[[], RunResult]) -> RunResult:
-    """``run()``, then the job's hooks for how it ended; its result or error is passed on untouched.
+def notified(job: Job, logical_date: date, options: RunOptions, run: Callable[[], RunResult],
+             tries: Tries | None = None) -> RunResult:
+    """``run()``, then the job's hooks for how it ended; its result or error is passed on untouched. ``tries``
+    (the run's, when the caller has it) names the run's record in a failure's facts.
 
     :class:`JobLocked` notifies nothing, nor does a skip because another process recorded the tick already:
     the run that has the table reports its own outcome (a standby scheduler would repeat it at every tick).
@@ -97,7 +99,7 @@ def notified(job: Job, logical_date: date, options: RunOptions, run: Callable[[]
         raise
     except Exception as exc:
         notify(job, Outcome(status="failed", seconds=round(time.monotonic() - started, 3), error=_one_line(exc),
-                            **facts))
+                            run_id=tries.run_id if tries else None, **facts))
         raise
     if result.skipped and result.run_id is None:
         return result

@@ -21,7 +21,7 @@ from pipeline.database.dialects import dialect_for
 from pipeline.database.transactions import reading
 from pipeline.errors import PipelineError
 from pipeline.jobspec import Job
-from pipeline.run.context import RunContext, RunOptions
+from pipeline.run.context import RunContext, RunOptions, Tries
 from pipeline.scheduling import ACTIVATE
 from pipeline.serve.pointer import FlipResult
 from pipeline.serve.pointer import activate as activate_version
@@ -72,7 +72,9 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     options = RunOptions(activate=False, force=force, trigger="backfill")
 
     def one(day: date) -> RunResult:  # each date notifies the job's hooks of its own outcome
-        return notified(job, day, options, lambda: run_locked(RunContext(job, engine, dialect, day, options, clock)))
+        tries = Tries()
+        return notified(job, day, options,
+                        lambda: run_locked(RunContext(job, engine, dialect, day, options, clock, tries=tries)), tries)
 
     def record(day: date, future: Future) -> None:
         error = future.exception()

@@ -24,6 +24,7 @@ from pipeline.jobs import find_job, iter_jobs, job_files
 from pipeline.jobspec import Hook, NotifySpec
 from pipeline.run.context import RunOptions
 from pipeline.run.notify import Outcome, alerts, notified, payload, run_command, slack
+from pipeline.serve import catalog
 
 from helpers import CUSTOMERS_JOB, customers_frame, scheduled, write_table
 
@@ -98,6 +99,7 @@ def test_a_failed_run_posts_once_with_job_table_date_and_error(engine, db_url, c
         "scores", "scores", "2026-01-31", "failed", "manual")
     assert sent["error"] == str(failed.value).splitlines()[0] and "no_such_table" in sent["error"]
     assert sent["host"] == socket.gethostname() and sent["version"] is None and sent["seconds"] >= 0
+    assert sent["run_id"] == catalog.runs(engine)[0].id  # the failed run's record
     assert sent["message"] == f"scores: run for 2026-01-31 failed: {sent['error']}"
     dumped = json.dumps(sent)
     assert db_url.split("?")[0] not in dumped and "postgres@" not in dumped and "sqlite:" not in dumped
