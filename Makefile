@@ -8,6 +8,8 @@ DEMO_DB ?= sqlite:///predictions.db
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	# the [mysql] extra (in [test]) builds against MariaDB Connector/C: install its headers where apt can
+	command -v mariadb_config >/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -q libmariadb-dev >/dev/null
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 

@@ -4,17 +4,17 @@ A model must see the same dtypes and the same missing value for a column whateve
 row falls in and whatever database it came from; otherwise an encoder fitted on NaN meets
 ``None``, or a strict library refuses one chunk and not the next. Every reader hands its
 rows to a :class:`Contract`, which decides each column's *kind* from the source's own
-column types (result metadata, the Arrow schema, SQLite's declared types), or, where a
+column types (result metadata, the Arrow schema, SQLite's declared types, MySQL's field types), or, where a
 column has none (an expression in SQLite, a CSV file), from its first non-NULL values,
 and then keeps it for the whole run.
 
 ============  =========================  =============  =========================================
 kind          pandas dtype               missing value  from
 ============  =========================  =============  =========================================
-integer       ``Int64``                  ``pd.NA``      smallint, integer, bigint
+integer       ``Int64``                  ``pd.NA``      smallint, integer, bigint (MySQL: also year)
 float         ``float64``                ``NaN``        real, double precision, float
 numeric       ``float64``                ``NaN``        numeric, decimal (as ``read_sql`` does)
-boolean       ``boolean``                ``pd.NA``      boolean
+boolean       ``boolean``                ``pd.NA``      boolean (MySQL: tinyint(1), which BOOLEAN is)
 text          ``str``                    ``NaN``        text, varchar, char
 date          ``object`` (datetime.date) ``None``       date
 timestamp     ``datetime64[us]``         ``NaT``        timestamp without time zone
@@ -71,6 +71,33 @@ def sqlite_kind(declared: str | None) -> str | None:
     if "NUMERIC" in d or "DECIMAL" in d:
         return "numeric"
     return None
+
+
+#: MySQL/MariaDB field type codes (the protocol's, which every driver reports in ``cursor.description``) -> kinds.
+_MYSQL_KINDS: dict[int, str | None] = {
+    0: "numeric", 246: "numeric",  # DECIMAL, NEWDECIMAL
+    1: "integer", 2: "integer", 3: "integer", 8: "integer", 9: "integer", 13: "integer",  # TINY...LONGLONG, YEAR
+    4: "float", 5: "float",
+    6: None,  # the type of a bare NULL: told from values
+    7: "timestamp", 12: "timestamp",  # TIMESTAMP (in the session's time zone, without it), DATETIME
+    10: "date", 14: "date",
+    15: "text", 245: "text", 247: "text", 248: "text",  # VARCHAR, JSON, ENUM, SET
+    249: "text", 250: "text", 251: "text", 252: "text", 253: "text", 254: "text",  # TEXT/BLOB, VAR_STRING, STRING
+}
+
+
+def mysql_kind(type_code: int, length: int | None, binary: bool) -> str | None:
+    """A kind from a MySQL/MariaDB result column: its field type, display length and BINARY flag.
+
+    TINYINT(1) is boolean, as MySQL's BOOLEAN is declared (SQLAlchemy and Connector/J read it so too). A string
+    type with the BINARY flag may hold bytes (VARBINARY, BLOB) or text (JSON on some servers): told from values.
+    TIME, BIT and spatial types are passed on as the driver gives them."""
+    kind = _MYSQL_KINDS.get(type_code, "other")
+    if type_code == 1 and length == 1:
+        return "boolean"
+    if kind == "text" and binary and type_code != 245:
+        return None
+    return kind
 
 
 def arrow_kind(arrow_type: Any) -> str | None:

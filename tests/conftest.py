@@ -1,5 +1,6 @@
-"""Shared fixtures: a clean database per test on SQLite and on PostgreSQL, job files, MLflow registries; the
-PostgreSQL check and the summary lines. Helpers that are not fixtures live in ``helpers.py``."""
+"""Shared fixtures: a clean database per test on SQLite and on PostgreSQL (and on MariaDB, as a domain source),
+job files, MLflow registries; the server checks and the summary lines. Helpers that are not fixtures live in
+``helpers.py``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Iterator
 import joblib
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from pipeline.database.engines import make_engine, normalize_url
 
@@ -26,6 +27,9 @@ from helpers import MlflowRegistry, report_lines, train_model
 POSTGRES_URL = os.environ.get("PIPELINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("PIPELINE_REQUIRE_POSTGRES") == "1"
 _postgres_state: dict[str, str | None] = {}
+MYSQL_URL = os.environ.get("PIPELINE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+REQUIRE_MYSQL = os.environ.get("PIPELINE_REQUIRE_MYSQL") == "1"
+_mysql_state: dict[str, str | None] = {}
 
 
 def postgres_error() -> str | None:
@@ -48,6 +52,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     error = _postgres_state.get("error")
     if error:
         terminalreporter.write_sep("!", f"PostgreSQL tests SKIPPED: no server at {POSTGRES_URL} ({error})",
+                                   red=True, bold=True)
+    error = _mysql_state.get("error")
+    if error:
+        terminalreporter.write_sep("!", f"MySQL/MariaDB tests SKIPPED: no server at {MYSQL_URL} ({error})",
                                    red=True, bold=True)
 
 
@@ -74,6 +82,41 @@ def postgresql_url() -> Iterator[str]:
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def mysql_error() -> str | None:
+    """None when the MySQL/MariaDB test server answers, else why not (checked once per session)."""
+    if "error" not in _mysql_state:
+        try:
+            engine = create_engine(normalize_url(MYSQL_URL), connect_args={"connect_timeout": 3})
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            _mysql_state["error"] = None
+        except Exception as exc:  # any failure to connect (or a missing driver) means: no server for the tests
+            _mysql_state["error"] = str(exc).strip().splitlines()[0]
+    return _mysql_state["error"]
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A URL of a fresh database on the MySQL/MariaDB test server, dropped afterwards; skipped without a server
+    unless ``PIPELINE_REQUIRE_MYSQL=1``."""
+    error = mysql_error()
+    if error is not None:
+        if REQUIRE_MYSQL:
+            pytest.fail(f"PIPELINE_REQUIRE_MYSQL=1 but MySQL/MariaDB at {MYSQL_URL} does not answer: {error}")
+        pytest.skip(f"no MySQL/MariaDB at {MYSQL_URL}: {error}")
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalize_url(MYSQL_URL))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{database}`")
+    try:
+        yield make_url(MYSQL_URL).set(database=database).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE `{database}`")
         admin.dispose()
 
 

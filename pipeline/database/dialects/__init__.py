@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from pipeline.database.dialects.base import Dialect
+from pipeline.database.engines import refuse_as_target
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -20,18 +21,25 @@ DIALECTS: dict[str, str] = {
     "sqlite": "pipeline.database.dialects.sqlite:SQLiteDialect",
     "postgresql": "pipeline.database.dialects.postgresql:PostgresqlDialect",
 }
+#: Databases a domain can be read from but prediction tables not yet written to.
+READERS: dict[str, str] = {
+    "mysql": "pipeline.database.dialects.mysql:MySQLReader",
+    "mariadb": "pipeline.database.dialects.mysql:MySQLReader",
+}
 
 
-def _known(name: str) -> type[Dialect] | None:
-    if name not in DIALECTS:
+def _known(name: str, classes: dict[str, str] = DIALECTS) -> type[Dialect] | None:
+    if name not in classes:
         return None
-    module, _, cls = DIALECTS[name].partition(":")
+    module, _, cls = classes[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def dialect_class(name: str) -> type[Dialect]:
     """The class for SQLAlchemy dialect ``name``, or a :class:`PipelineError` listing the supported ones."""
     cls = _known(name)
+    if name in READERS:
+        refuse_as_target(f"{name}://...")
     if cls is None:
         raise PipelineError(
             f"unsupported target database {name!r}: prediction tables can be written to {', '.join(DIALECTS)}")
@@ -47,7 +55,8 @@ def configure_engine(engine: Engine) -> None:
 
 def reader_for(engine: Engine) -> Dialect:
     """The dialect to read a domain query with: a known one's fast path, else the generic one."""
-    return (_known(engine.dialect.name) or Dialect)(engine.dialect)
+    name = engine.dialect.name
+    return (_known(name) or _known(name, READERS) or Dialect)(engine.dialect)
 
 
 def dialect_for(engine: Engine) -> Dialect:
