@@ -68,8 +68,8 @@ def version_table(table: str, version: int) -> str:
 
 
 def serving_table(table: str, columns: Sequence[tuple[str, str]]) -> str:
-    """Where a database serves from partitions, the parent that holds ``table``'s serving versions of these
-    ``columns``: ``<table>__p<hash of the columns>``, so versions of other columns get a parent of their own."""
+    """The table that holds ``table``'s serving versions of these ``columns`` (as partitions on PostgreSQL, as
+    rows keyed by version on MariaDB): ``<table>__p<hash of the columns>``, so other columns get one of their own."""
     digest = hashlib.sha1(json.dumps([list(c) for c in columns]).encode()).hexdigest()[:6]
     return check_identifier(f"{table}__p{digest}")
 
@@ -77,6 +77,11 @@ def serving_table(table: str, columns: Sequence[tuple[str, str]]) -> str:
 def gate_table(table: str) -> str:
     """Where the views' gate is a table of its own: ``<table>__gate``, one row per alias."""
     return check_identifier(f"{table}__gate")
+
+
+def served_table(table: str) -> str:
+    """Where versions are copied into a serving table: ``<table>__served``, one row per version copied whole."""
+    return check_identifier(f"{table}__served")
 
 
 def view_name(table: str, alias: str = "champion") -> str:

@@ -125,9 +125,16 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'predictions.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
 def db_url(request: pytest.FixtureRequest) -> str:
-    """Each test that takes it runs twice: on SQLite and on PostgreSQL."""
+    """Each test that takes it runs three times: on SQLite, on PostgreSQL and on MariaDB."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """SQLite, then PostgreSQL: what MariaDB's reads are compared with."""
     return request.getfixturevalue(f"{request.param}_url")
 
 

@@ -28,6 +28,11 @@ def report(line: str) -> None:
     report_lines.append(line)
 
 
+def quoted(engine: Engine, name: str) -> str:
+    """``name`` quoted for ``engine``'s database (MariaDB quotes with backticks)."""
+    return engine.dialect.identifier_preparer.quote_identifier(name)
+
+
 def customers_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"customer_id": np.arange(1, n + 1), **{f: rng.normal(size=n) for f in FEATURES}})
@@ -36,7 +41,7 @@ def customers_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
 def write_table(engine: Engine, name: str, frame: pd.DataFrame) -> None:
     """Create a source table the way a user's warehouse would hold it."""
     with engine.begin() as conn:
-        conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+        conn.execute(text(f"DROP TABLE IF EXISTS {quoted(engine, name)}"))
     frame.to_sql(name, engine, index=False)
 
 
@@ -103,14 +108,14 @@ def scheduled(body: str, schedule: str, **top: object) -> str:
 def view_rows(engine: Engine, table: str = "scores", key: str = "customer_id") -> pd.DataFrame:
     """Everything the stable view serves, in key order."""
     with engine.connect() as conn:
-        return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY "{key}"'), conn)
+        return pd.read_sql(text(f"SELECT * FROM {quoted(engine, table)} ORDER BY {quoted(engine, key)}"), conn)
 
 
 def version_rows(engine: Engine, version: int, order: str = "customer_id", table: str = "scores") -> pd.DataFrame:
     """A version table's rows as the run wrote them: without the ``model_version`` column by which PostgreSQL
     serves it as a partition."""
     with engine.connect() as conn:
-        frame = pd.read_sql(text(f'SELECT * FROM "{table}__v{version}" ORDER BY {order}'), conn)
+        frame = pd.read_sql(text(f"SELECT * FROM {quoted(engine, f'{table}__v{version}')} ORDER BY {order}"), conn)
     return frame.drop(columns=["model_version"], errors="ignore")
 
 

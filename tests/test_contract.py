@@ -84,6 +84,8 @@ TYPED_TABLE = {
                "label TEXT, day DATE, at DATETIME)"),
     "postgresql": ("CREATE TABLE typed (id integer, n bigint, f real, d double precision, amount numeric(10, 2), "
                    "flag boolean, label text, day date, at timestamp)"),
+    "mysql": ("CREATE TABLE typed (id INT, n BIGINT, f FLOAT, d DOUBLE, amount DECIMAL(10, 2), flag BOOLEAN, "
+              "label TEXT, day DATE, at DATETIME)"),
 }
 #: Rows 1-2 have every value NULL, so with chunks of two rows the first chunk is all NULL.
 TYPED_ROWS = [
@@ -103,7 +105,7 @@ def write_typed(engine) -> None:
         marks = ", ".join(f":c{i}" for i in range(9))
         for row in TYPED_ROWS:
             params = {f"c{i}": v for i, v in enumerate(row)}
-            if engine.dialect.name == "postgresql":
+            if engine.dialect.name in ("postgresql", "mysql"):
                 params["c4"] = None if row[4] is None else decimal.Decimal(row[4])
                 params["c7"] = None if row[7] is None else dt.date.fromisoformat(row[7])
                 params["c8"] = None if row[8] is None else dt.datetime.fromisoformat(row[8])

@@ -9,15 +9,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import DatabaseError, PipelineError, hide_passwords
+from pipeline.errors import DatabaseError, hide_passwords
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 DEFAULT_URL = "sqlite:///predictions.db"
 URL_ENV = "PIPELINE_DATABASE_URL"
-#: URL schemes of databases a domain can be read from, but prediction tables not written to yet (issue 17).
-SOURCE_ONLY = ("mysql", "mariadb")
+#: URL schemes of MySQL and MariaDB.
+MYSQL_SCHEMES = ("mysql", "mariadb")
 #: The driver MySQL and MariaDB are read with (see :mod:`pipeline.database.dialects.mysql` for why), and its extra.
 MYSQL_DRIVER = "mariadbconnector"
 MYSQL_EXTRA = "pip install 'prediction-pipeline[mysql]'"
@@ -35,31 +35,14 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     scheme = _scheme(url)
-    if scheme in SOURCE_ONLY:
+    if scheme in MYSQL_SCHEMES:
         return f"{scheme}+{MYSQL_DRIVER}://" + url.split("://", 1)[1]
     return url
 
 
-def refuse_as_target(url: str) -> None:
-    """Stop a command before it touches anything when its target is a database it cannot write to yet.
-
-    Raises:
-        PipelineError: ``url`` is a MySQL or MariaDB URL.
-    """
-    if _scheme(url) in SOURCE_ONLY:
-        raise PipelineError(f"{redact(url)} as a target is not supported yet (issue 17); "
-                            "it works as a [domain] source")
-
-
 def resolve_url(cli_url: str | None, job_target: str | None = None) -> str:
-    """The target database: ``--db``, else ``$PIPELINE_DATABASE_URL``, else the job's ``target``, else the default.
-
-    Raises:
-        PipelineError: it is a database that can be a domain's source only (:func:`refuse_as_target`).
-    """
-    url = cli_url or os.environ.get(URL_ENV) or job_target or DEFAULT_URL
-    refuse_as_target(url)
-    return url
+    """The target database: ``--db``, else ``$PIPELINE_DATABASE_URL``, else the job's ``target``, else the default."""
+    return cli_url or os.environ.get(URL_ENV) or job_target or DEFAULT_URL
 
 
 def missing_file(url: str) -> Path | None:
@@ -107,7 +90,7 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise DatabaseError(f"not a usable database URL {redact(url)!r}: {exc}") from None
     except ImportError as exc:
-        if _scheme(url) in SOURCE_ONLY:
+        if _scheme(url) in MYSQL_SCHEMES:
             raise DatabaseError(f"no driver for {redact(url)!r}: MySQL and MariaDB are read with MariaDB "
                                 f"Connector/Python: {MYSQL_EXTRA}") from None
         raise DatabaseError(f"no driver for {redact(url)!r}: {exc}") from None

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Float, Index, Integer, MetaData,
                         String, Table, Text, text)
+from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -21,6 +22,8 @@ from pipeline.names import DEFAULT_ALIAS
 STATUSES = ("building", "ready", "failed", "retired")
 
 metadata = MetaData()
+#: A point in time, in UTC; MySQL and MariaDB keep microseconds only when asked.
+Timestamp = DateTime(timezone=True).with_variant(DATETIME(fsp=6), "mysql", "mariadb")
 
 versions = Table(
     "pipeline_versions", metadata,
@@ -44,8 +47,8 @@ versions = Table(
     Column("output_labels", Text),                 # JSON [[column, class label], ...] of class-per-column outputs
     Column("settings_sha256", String(64)),         # the job settings that shape the rows (see run.materialize)
     Column("input_profile", Text),                 # JSON: per feature, NULL share and deciles (see run.gates)
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
     Column("error", Text),
     CheckConstraint("status IN ('building', 'ready', 'failed', 'retired')", name="pipeline_versions_status"),
 )
@@ -56,7 +59,7 @@ pointer = Table(
     Column("alias", String(63), primary_key=True, server_default=DEFAULT_ALIAS),
     Column("version", Integer, nullable=False),
     Column("view_versions", Text, nullable=False),  # JSON list: the versions the alias serves (its serving set)
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
 )
 
 flips = Table(
@@ -66,7 +69,7 @@ flips = Table(
     Column("alias", String(63), nullable=False, server_default=DEFAULT_ALIAS),
     Column("from_version", Integer),
     Column("to_version", Integer, nullable=False),
-    Column("flipped_at", DateTime(timezone=True), nullable=False),
+    Column("flipped_at", Timestamp, nullable=False),
     Column("reason", Text, nullable=False),
     Column("actor", Text),
     Index("pipeline_flips_table", "table_name", "alias", "id"),
@@ -80,7 +83,7 @@ audits = Table(
     Column("name", String(255), primary_key=True),
     Column("passed", Boolean, nullable=False),
     Column("detail", Text, nullable=False),
-    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("checked_at", Timestamp, nullable=False),
 )
 
 # One row per partition a distributed run wrote, committed with the partition's rows:
@@ -96,7 +99,7 @@ partitions = Table(
     Column("digest", Text, nullable=False),        # JSON: the domain fingerprint's part from this partition
     Column("worker", Text),
     Column("seconds", Float, nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", Timestamp, nullable=False),
 )
 
 # The A/B split of a table: the share of keys (by ab_bucket) its <table>__ab view serves from an alias.
@@ -105,7 +108,7 @@ splits = Table(
     Column("table_name", String(63), primary_key=True),
     Column("alias", String(63), nullable=False),
     Column("percent", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
 )
 
 # The roles a table's views are granted SELECT to ([output] grant_select), recorded when a run publishes, so
@@ -125,11 +128,11 @@ runs = Table(
     Column("table_name", String(63), nullable=False),
     Column("logical_date", Date, nullable=False),
     Column("trigger", String(16), nullable=False),
-    Column("scheduled_for", DateTime(timezone=True)),   # the cron tick a scheduled run stands for
+    Column("scheduled_for", Timestamp),   # the cron tick a scheduled run stands for
     Column("status", String(16), nullable=False),
     Column("version", Integer),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
     Column("error", Text),
     Column("host", Text),
     Column("pid", Integer),
@@ -186,9 +189,11 @@ def ddl(sa_dialect: Any) -> str:
 def write_ddl_files(root: str = "sql") -> list[str]:
     """Regenerate ``sql/<dialect>/metadata.sql`` from the table definitions above."""
     from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.dialects.mysql import mariadbconnector
 
     written = []
-    for name, sa_dialect in (("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())):
+    for name, sa_dialect in (("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect()),
+                             ("mariadb", mariadbconnector.dialect())):
         path = Path(root) / name / "metadata.sql"
         path.parent.mkdir(parents=True, exist_ok=True)
         header = (f"-- The pipeline's bookkeeping tables on {name}. Generated from pipeline/database/schema.py by "

@@ -101,14 +101,14 @@ class LocalExecutor:
                     expected = fill(writer, chunks, scorer, job, progress)
                 else:  # the bar counts the domain rows read: the changed ones are scored, the rest copied
                     writer.columns = top_up.columns
-                    dialect.create_table(conn, target.physical, writer.columns)
+                    dialect.create_table(conn, target.physical, writer.columns, job.domain.keys)
                     fill(writer, top_up.changed(chunks, progress), scorer, job)
                     writer.rows += top_up.copy(conn, dialect, target.physical, job.output.table)
                     expected = domain.size
                 if domain.size == 0:
                     writer.columns = empty_columns(conn, job)
                     if top_up is None:
-                        dialect.create_table(conn, writer.name, writer.columns)
+                        dialect.create_table(conn, writer.name, writer.columns, job.domain.keys)
                 checkpoint("indexing")
                 rows = writer.finish()
         finally:
@@ -144,10 +144,11 @@ class DaskExecutor:
         if not columns:
             with transaction(engine) as conn:
                 columns = empty_columns(conn, job)
-                dialect.create_table(conn, target.physical, columns)
+                dialect.create_table(conn, target.physical, columns, job.domain.keys)
             return Loaded(0, columns, 0, fingerprint, 0)
         with transaction(engine) as conn:
-            dialect.create_table(conn, target.physical, columns)  # committed: the workers write into it
+            # committed: the workers write into it
+            dialect.create_table(conn, target.physical, columns, job.domain.keys)
             expected = progress_total(conn, job)
         try:
             checkpoint("loading")

@@ -56,7 +56,7 @@ class VersionWriter:
         """Append ``frame``; the first call creates the table with the types of its columns."""
         if not self.columns:
             self.columns = columns_of(frame)
-            self.dialect.create_table(self.conn, self.name, self.columns)
+            self.dialect.create_table(self.conn, self.name, self.columns, self.keys)
         names = [c for c, _ in self.columns]
         if list(frame.columns) != names:
             frame = frame[names]  # a table made elsewhere (a coordinator, the active version) sets the order
@@ -73,7 +73,7 @@ class VersionWriter:
             AuditError: a key is NULL (where the key forbids it) or listed more than once.
         """
         try:
-            with self.conn.begin_nested():
+            with self.dialect.savepoint(self.conn):
                 self.dialect.add_unique_key(self.conn, self.name, self.keys)
         except IntegrityError:
             raise AuditError(self._key_problem()) from None

@@ -95,7 +95,7 @@ class TopUp:
         dropped = f"{physical}__gone"
         types = dict(self.columns)
         gone_columns = [(k, types[k]) for k in self.keys]
-        dialect.create_table(conn, dropped, gone_columns)
+        dialect.create_table(conn, dropped, gone_columns, self.keys)
         dialect.load(conn, dropped, gone_columns, gone)
         dialect.add_unique_key(conn, dropped, self.keys)
         match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in self.keys)

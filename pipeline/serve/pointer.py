@@ -63,7 +63,7 @@ def attach(conn: Connection, dialect: Dialect, table: str, kept: list[state.Vers
     attached = dialect.serve(conn, table, kept[0].version, kept[0].columns)
     for v in kept[1:]:
         try:
-            with conn.begin_nested():
+            with dialect.savepoint(conn):
                 attached = dialect.serve(conn, table, v.version, v.columns) or attached
         except SQLAlchemyError as exc:
             if not dialect.is_lock_timeout(exc):
@@ -147,11 +147,11 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             return None
         # the version served now is among ``versions`` (as the one served before the flip)
         active = next((v for v in versions if pointer and v.version == pointer.version), None)
+        dialect.set_gate(conn, table, alias, version, versions[0].columns)
         write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
         now = clock()
         state.set_pointer(conn, table, alias, version, [v.version for v in versions], now)
-        dialect.set_gate(conn, table, alias, version)
         if active is None or active.columns != versions[0].columns:  # the split compares what the aliases serve
             split.refresh(conn, dialect, table)
         from_version = pointer.version if pointer else None

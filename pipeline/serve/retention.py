@@ -67,7 +67,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
             if gone & set(pointer.view_versions):
                 kept = serving(conn, table, pointer.version, None)
                 attach(conn, dialect, table, kept)
-                dialect.set_gate(conn, table, pointer.alias, pointer.version)
+                dialect.set_gate(conn, table, pointer.alias, pointer.version, kept[0].columns)
                 write_view(conn, dialect, table, pointer.alias, kept, kept[0])  # the view's DDL: no reader plans
                 state.set_view_versions(conn, table, pointer.alias, [v.version for v in kept])
         return doomed

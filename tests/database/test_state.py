@@ -7,13 +7,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.mysql import mariadbconnector
 
 from pipeline.database import schema, state
+
+from helpers import quoted
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.mark.parametrize("name, dialect", [("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect())])
+@pytest.mark.parametrize("name, dialect", [("sqlite", sqlite.dialect()), ("postgresql", postgresql.dialect()),
+                                           ("mariadb", mariadbconnector.dialect())])
 def test_sql_files_match_the_table_definitions(name, dialect):
     written = (ROOT / "sql" / name / "metadata.sql").read_text()
     assert written.split("\n\n", 1)[1] == schema.ddl(dialect), "run `make sql` and commit the result"
@@ -32,7 +36,8 @@ def test_a_database_made_before_model_source_gains_the_column_and_keeps_its_rows
     with engine.begin() as conn:
         schema.ensure_schema(conn)
         conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))  # as an earlier release made it
-        conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
+        keys = quoted(engine, "keys")
+        conn.execute(text(f"INSERT INTO pipeline_versions (table_name, version, job, status, {keys}, model_path, "
                           "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "
                           "'models/m.joblib', :sha, :now)"), dict(sha="0" * 64, now=state.utcnow()))
     with engine.begin() as conn:
@@ -54,7 +59,8 @@ def test_read_commands_upgrade_a_database_an_older_release_made(engine, db_url):
     with engine.begin() as conn:
         schema.ensure_schema(conn)
         conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN model_source"))
-        conn.execute(text("INSERT INTO pipeline_versions (table_name, version, job, status, keys, model_path, "
+        keys = quoted(engine, "keys")
+        conn.execute(text(f"INSERT INTO pipeline_versions (table_name, version, job, status, {keys}, model_path, "
                           "model_sha256, started_at) VALUES ('scores', 1, 'scores', 'ready', '[\"id\"]', "
                           "'models/m.joblib', :sha, :now)"), dict(sha="0" * 64, now=state.utcnow()))
     for command in (["versions", "scores"], ["status"]):

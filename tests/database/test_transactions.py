@@ -21,25 +21,27 @@ def has_table(engine, name: str) -> bool:
 
 def values(engine, table: str = "t") -> list[int]:
     with engine.connect() as conn:
-        return list(conn.execute(text(f'SELECT k FROM "{table}" ORDER BY k')).scalars())
+        return list(conn.execute(text(f'SELECT k FROM {table} ORDER BY k')).scalars())
 
 
 def test_a_transaction_commits_its_rows_and_ddl(engine):
     with transaction(engine) as conn:
-        conn.execute(text('CREATE TABLE "t" (k INTEGER)'))
-        conn.execute(text('INSERT INTO "t" VALUES (1), (2)'))
+        conn.execute(text('CREATE TABLE t (k INTEGER)'))
+        conn.execute(text('INSERT INTO t VALUES (1), (2)'))
     assert values(engine) == [1, 2]  # read on another connection
 
 
 def test_an_exception_rolls_back_rows_and_ddl(engine):
+    if not dialect_for(engine).TRANSACTIONAL_DDL:
+        pytest.skip("MariaDB's DDL commits the transaction around it: runs never rely on rolling it back")
     with transaction(engine) as conn:
-        conn.execute(text('CREATE TABLE "t" (k INTEGER)'))
-        conn.execute(text('INSERT INTO "t" VALUES (1)'))
+        conn.execute(text('CREATE TABLE t (k INTEGER)'))
+        conn.execute(text('INSERT INTO t VALUES (1)'))
     with pytest.raises(RuntimeError, match="crash"), transaction(engine) as conn:
-        conn.execute(text('INSERT INTO "t" VALUES (2)'))
-        conn.execute(text('CREATE TABLE "u" (k INTEGER)'))
-        conn.execute(text('INSERT INTO "u" VALUES (3)'))
-        conn.execute(text('DROP TABLE "t"'))
+        conn.execute(text('INSERT INTO t VALUES (2)'))
+        conn.execute(text('CREATE TABLE u (k INTEGER)'))
+        conn.execute(text('INSERT INTO u VALUES (3)'))
+        conn.execute(text('DROP TABLE t'))
         raise RuntimeError("crash")
     assert values(engine) == [1]  # neither the row nor the DROP happened
     assert not has_table(engine, "u")
@@ -47,12 +49,12 @@ def test_an_exception_rolls_back_rows_and_ddl(engine):
 
 def test_a_database_error_is_one_line_from_a_transaction(engine):
     with pytest.raises(DatabaseError) as caught, transaction(engine) as conn:
-        conn.execute(text('CREATE TABLE "t" (k INTEGER)'))
+        conn.execute(text('CREATE TABLE t (k INTEGER)'))
         conn.execute(text("SELECT * FROM no_such_table"))
     message = str(caught.value)
     assert message.startswith("database error: ") and "no_such_table" in message
     assert "\n" not in message
-    assert not has_table(engine, "t")
+    assert has_table(engine, "t") != dialect_for(engine).TRANSACTIONAL_DDL  # rolled back, where DDL can be
 
 
 def test_a_database_error_is_one_line_from_reading(engine):
@@ -66,10 +68,10 @@ def test_a_database_error_is_one_line_from_reading(engine):
 def test_a_pipeline_error_passes_through_unchanged(engine):
     error = SourceError("the domain is odd")
     with pytest.raises(SourceError) as caught, transaction(engine) as conn:
-        conn.execute(text('CREATE TABLE "t" (k INTEGER)'))
+        conn.execute(text('CREATE TABLE t (k INTEGER)'))
         raise error
     assert caught.value is error
-    assert not has_table(engine, "t")  # and the transaction rolled back
+    assert has_table(engine, "t") != dialect_for(engine).TRANSACTIONAL_DDL  # rolled back, where DDL can be
     with pytest.raises(SourceError) as caught, reading(engine):
         raise error
     assert caught.value is error
@@ -114,10 +116,10 @@ def test_an_error_that_is_not_a_lock_timeout_is_not_retried(engine):
 
 def test_retry_on_lock_commits_what_the_step_did_and_returns_its_value(engine):
     with transaction(engine) as conn:
-        conn.execute(text('CREATE TABLE "t" (k INTEGER)'))
+        conn.execute(text('CREATE TABLE t (k INTEGER)'))
 
     def step(conn):
-        conn.execute(text('INSERT INTO "t" VALUES (7)'))
+        conn.execute(text('INSERT INTO t VALUES (7)'))
         return "done"
 
     assert retry_on_lock(engine, dialect_for(engine), "filling t", step) == "done"

@@ -258,6 +258,8 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(live: Live, write_
 def unreachable_url(live: Live) -> str:
     if live.dialect == "postgresql":
         return live.db_url.replace("127.0.0.1:5432", "127.0.0.1:1", 1)
+    if live.dialect == "mysql":
+        return live.db_url.replace("127.0.0.1:3306", "127.0.0.1:1", 1)
     return f"sqlite:///{live.tmp_path / 'no-such-directory' / 'predictions.db'}"
 
 
@@ -266,14 +268,17 @@ def read_only_url(live: Live) -> str:
         # The fixture's URL ends with options=-csearch_path%3D<schema>: one options value holds both settings.
         assert "?options=-csearch_path%3D" in live.db_url and live.db_url.count("options=") == 1
         return live.db_url + "%20-cdefault_transaction_read_only%3Don"
+    if live.dialect == "mysql":
+        return live.db_url + "?init_command=SET%20SESSION%20TRANSACTION%20READ%20ONLY"
     return f"sqlite:///file:{live.engine.url.database}?mode=ro&uri=true"
 
 
 TARGET_CASES = [
     # SQLite: the file's directory does not exist; the message must name it.
-    pytest.param(unreachable_url, {"sqlite": "no-such-directory", "postgresql": "Connection refused"},
-                 id="target-unreachable"),
-    pytest.param(read_only_url, {"sqlite": "readonly database", "postgresql": "read-only transaction"},
+    pytest.param(unreachable_url, {"sqlite": "no-such-directory", "postgresql": "Connection refused",
+                                   "mysql": "Can't connect to server on '127.0.0.1'"}, id="target-unreachable"),
+    pytest.param(read_only_url, {"sqlite": "readonly database", "postgresql": "read-only transaction",
+                                 "mysql": "Cannot execute statement in a READ ONLY transaction"},
                  id="target-read-only"),
 ]
 

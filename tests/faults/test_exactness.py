@@ -238,11 +238,21 @@ VISITS = Source(
 )
 
 
+def mariadb_type(postgresql_type: str, key: bool) -> str:
+    if postgresql_type == "text":
+        return "VARCHAR(64)" if key else "TEXT"
+    return {"real": "FLOAT", "double precision": "DOUBLE", "integer": "INT"}.get(postgresql_type,
+                                                                               postgresql_type.upper())
+
+
 def load_source(engine: Engine, source: Source) -> pd.DataFrame:
     """Create ``source``'s table with declared types for this database and insert its rows; the rows."""
     frame = source.build()
     postgres = engine.dialect.name == "postgresql"
-    declared = ", ".join(f"{c} {types[1] if postgres else types[0]}" for c, types in source.columns.items())
+    if engine.dialect.name == "mysql":  # PostgreSQL's types in MariaDB's words; a text key is a VARCHAR
+        declared = ", ".join(f"{c} {mariadb_type(types[1], c in source.keys)}" for c, types in source.columns.items())
+    else:
+        declared = ", ".join(f"{c} {types[1] if postgres else types[0]}" for c, types in source.columns.items())
     ddl = f"CREATE TABLE {source.table} ({declared}, PRIMARY KEY ({', '.join(source.keys)}))"
     names = list(source.columns)
     insert = f"INSERT INTO {source.table} ({', '.join(names)}) VALUES ({', '.join(':' + c for c in names)})"
@@ -415,11 +425,15 @@ def write_job(tmp_path: Path, case: Case, model: Path, chunk_size: int) -> Path:
     return path
 
 
+#: Databases whose single-precision columns ``read_sql`` gives as their shortest decimal (SQLite has none).
+FLOAT4_DATABASES = ("postgresql", "mysql")
+
+
 def domain_rows(engine: Engine, case: Case, float4_rounded: bool) -> pd.DataFrame:
-    """``read_sql`` of the job's own domain query; with ``float4_rounded``, PostgreSQL's REAL columns rounded
-    to the float32 values the database holds (``read_sql`` gives their shortest decimal)."""
+    """``read_sql`` of the job's own domain query; with ``float4_rounded``, PostgreSQL's REAL (MariaDB's FLOAT)
+    columns rounded to the float32 values the database holds (``read_sql`` gives their shortest decimal)."""
     frame = read_sql(engine, case.source.query)
-    if float4_rounded and engine.dialect.name == "postgresql":
+    if float4_rounded and engine.dialect.name in FLOAT4_DATABASES:
         for column in case.source.float4:
             frame[column] = frame[column].astype(np.float32).astype(np.float64)
     return frame
@@ -511,7 +525,7 @@ def test_view_equals_the_model_on_read_sql_for_every_chunk_size(engine, tmp_path
     twins = [key_strings(pd.DataFrame([dict(zip(source.keys, t))]), source.keys)[0] for t in source.twins]
 
     labels = whole.dtype.kind not in "fc"  # predict's class labels: no rounding to speak of
-    if engine.dialect.name == "postgresql" and not fitted.row_by_row and not labels:
+    if engine.dialect.name in FLOAT4_DATABASES and not fitted.row_by_row and not labels:
         assert not np.array_equal(whole, unrounded), "float4 rounding changes nothing here: the test cannot see it"
 
     for size in CHUNK_SIZES:
@@ -527,7 +541,7 @@ def test_view_equals_the_model_on_read_sql_for_every_chunk_size(engine, tmp_path
                            f"{where}: the view differs from the model called on the same chunks of read_sql's rows")
             assert_outputs(view, whole, case.outputs, keys, f"{where}: the view is further than BLAS rounding "
                            "from the model called once on all of read_sql's rows", rtol=1e-12, atol=1e-15)
-        if engine.dialect.name == "postgresql" and source.float4:
+        if engine.dialect.name in FLOAT4_DATABASES and source.float4:
             assert_outputs(view, unrounded, case.outputs, keys, f"{where}: the view is further than float32 "
                            "rounding from the model on read_sql's unrounded REAL values", rtol=1e-5, atol=1e-6)
         first, second = (view.loc[keys == twin, list(case.outputs)].to_numpy() for twin in twins)

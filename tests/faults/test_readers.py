@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import timezone
 
 import numpy as np
 from sqlalchemy import text
@@ -115,6 +116,134 @@ def test_readers_never_notice_flips(db_url, engine, write_job, request):
     assert p["busy"][1] <= 5 * p["quiet"][1]
 
 
+def two_versions(url: str, rows: int, write_job):
+    """Versions 1 and 2 of ``scores`` (keep = 1) over ``rows`` customers; its engine."""
+    engine = make_engine(url)
+    frame = customers_frame(rows)
+    frame["x1"] = frame.customer_id.astype(float)
+    write_table(engine, "customers", frame)
+    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1'), model=Scripted())
+    for _ in range(2):
+        run_job(load_job(path), engine, force=True)
+    return engine
+
+
+def look_up(url: str, lookup: str, stop: threading.Event, lookups: list, errors: list,
+            setup: str | None = None) -> None:
+    """Every 10 ms, the version ``lookup`` reads, with when (or the error it met: each is a failure)."""
+    reader = make_engine(url)
+    with reader.connect() as conn:
+        if setup:
+            conn.execute(text(setup))
+            conn.commit()
+        while not stop.is_set():
+            try:
+                version = conn.execute(text(lookup)).scalar_one()
+                conn.commit()
+                lookups.append((time.time(), version))
+            except Exception as exc:  # every error is a failure of the publish
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                conn.rollback()
+            time.sleep(0.01)
+    reader.dispose()
+
+
+def analyse(engine, query: str, out: list) -> None:
+    """A long analytic query through the view; its rows (or error) when it ends."""
+    with engine.connect() as conn:
+        try:
+            out.append(conn.execute(text(query)).all())
+        except Exception as exc:
+            out.append(exc)
+
+
+def test_no_reader_can_stop_a_run_or_a_rollback_on_mariadb(mysql_url, tmp_path, write_job):
+    """MariaDB, held across a whole run with ``keep = 1``: a consistent-snapshot transaction that read the view (what
+    ``mariadb-dump --single-transaction`` opens), a connection left idle in transaction, a long analytic query
+    through the view, and a dump. The run exits 0, recorded as succeeded; no lookup takes 100 ms (nothing queues
+    behind a metadata lock); the snapshot keeps its version whole; a rollback meanwhile takes effect at once; and
+    the table the readers held is retired by a later gc."""
+    import subprocess
+    import sys
+
+    from sqlalchemy.engine import make_url
+
+    from pipeline import rollback
+    from pipeline.serve.retention import gc
+
+    rows = 5000
+    engine = two_versions(mysql_url, rows, write_job)
+    stop = threading.Event()
+    lookups: list[tuple[float, int]] = []
+    errors: list[str] = []
+
+    url = make_url(mysql_url)
+    snapshot, idle = engine.connect(), engine.connect()
+    analytic: list = []
+    # a lookup that waits 100 ms fails
+    lookup = "SET STATEMENT max_statement_time = 0.1 FOR SELECT model_version FROM scores WHERE customer_id = 7"
+    query = "SELECT model_version, COUNT(*), SLEEP(60) FROM scores GROUP BY model_version"
+    threads = [threading.Thread(target=look_up, args=(mysql_url, lookup, stop, lookups, errors), daemon=True),
+               threading.Thread(target=analyse, args=(engine, query, analytic), daemon=True)]
+    try:
+        snapshot.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+        assert snapshot.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+        idle.execute(text("SELECT prediction FROM scores WHERE customer_id = 1")).all()  # and left idle in transaction
+        for thread in threads:
+            thread.start()
+        # the dump stalls on its full pipe, unread until the end, inside its transaction
+        dump = subprocess.Popen(["mariadb-dump", "--single-transaction", "-h", url.host, "-P", str(url.port or 3306),
+                                 "-u", url.username, url.database], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", mysql_url],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+        assert done.returncode == 0, done.stderr
+        ran = time.monotonic() - started
+        assert dump.poll() is None  # still held across the whole run
+        with engine.connect() as conn:
+            run = conn.execute(text("SELECT status, version FROM pipeline_runs ORDER BY id DESC LIMIT 1")).one()
+            flipped = conn.execute(text("SELECT flipped_at FROM pipeline_flips WHERE to_version = 3")).scalar_one()
+        assert tuple(run) == ("succeeded", 3)
+        seen = min(at for at, version in lookups if version == 3)
+        assert seen - flipped.replace(tzinfo=timezone.utc).timestamp() < 1.0
+        assert analytic == []  # still running across the whole run
+        assert snapshot.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+        idle.commit()
+        assert idle.execute(text("SELECT model_version FROM scores WHERE customer_id = 1")).scalar_one() == 3
+
+        started = time.monotonic()
+        assert rollback(engine, "scores").to_version == 2  # with the snapshot and the query still held
+        took = time.monotonic() - started
+        time.sleep(0.2)
+        assert lookups[-1][1] == 2 and took < 1.0
+        assert snapshot.execute(text("SELECT model_version, COUNT(*) FROM scores GROUP BY 1")).all() == [(2, rows)]
+    finally:
+        stop.set()
+        snapshot.rollback(), idle.rollback()
+        with engine.connect() as conn:
+            for (query_id,) in conn.execute(text("SELECT ID FROM information_schema.PROCESSLIST "
+                                                 "WHERE INFO LIKE '%SLEEP(60)%' AND ID <> CONNECTION_ID()")):
+                conn.execute(text(f"KILL QUERY {query_id}"))
+        for thread in threads:
+            thread.join(30)
+        snapshot.close(), idle.close()
+        dumped, dump_errors = dump.communicate(timeout=120)
+    report(f"held across a run on mariadb (snapshot transaction, idle in transaction, analytic query): the run "
+           f"{ran:.1f} s, exit 0; {len(lookups)} lookups, none took 100 ms; rollback {took * 1000:.0f} ms")
+    assert errors == []
+    assert dump.returncode == 0 and b"INSERT INTO `scores__p" in dumped, dump_errors  # it holds the served rows
+    # the dump may still read version 1's table: kept, and the run still succeeded
+    assert "kept version 1: scores__v1 is still read by the transaction of connection" in done.stderr
+    activate(engine, "scores", 3)
+    assert gc(engine, "scores", keep=1).retired == [1]  # what the readers held is dropped once they are gone
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM scores__served WHERE version = 1")).scalar_one() == 0
+        assert not engine.dialect.has_table(conn, "scores__v1")
+    engine.dispose()
+
+
 def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_job):
     """Held across a whole run with ``keep = 1`` and its publish: a REPEATABLE READ transaction that read the view,
     a connection left idle in transaction, a long analytic query and a pg_dump. The run exits 0 and is recorded as
@@ -129,13 +258,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
     from pipeline.serve.retention import gc
 
     rows = 5000
-    engine = make_engine(postgresql_url)
-    frame = customers_frame(rows)
-    frame["x1"] = frame.customer_id.astype(float)
-    write_table(engine, "customers", frame)
-    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1'), model=Scripted())
-    for _ in range(2):
-        run_job(load_job(path), engine, force=True)
+    engine = two_versions(postgresql_url, rows, write_job)
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
     plain = postgresql_url.split("?")[0]
@@ -143,36 +266,15 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
     lookups: list[tuple[float, int]] = []
     errors: list[str] = []
 
-    def look_up() -> None:
-        reader = make_engine(postgresql_url)
-        with reader.connect() as conn:
-            conn.execute(text("SET lock_timeout = '100ms'"))  # a wait for a lock past 100 ms is an error
-            conn.commit()
-            while not stop.is_set():
-                try:
-                    version = conn.execute(text("SELECT model_version FROM scores WHERE customer_id = 7")).scalar_one()
-                    conn.commit()
-                    lookups.append((time.time(), version))
-                except Exception as exc:  # every error is a failure of the publish
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                    conn.rollback()
-                time.sleep(0.01)
-        reader.dispose()
-
-    def analyse(out: list) -> None:
-        with engine.connect() as conn:
-            try:
-                out.append(conn.execute(text("SELECT model_version, COUNT(*), pg_sleep(60) FROM scores "
-                                             "GROUP BY model_version")).all())
-            except Exception as exc:
-                out.append(exc)
-
     repeatable, idle = engine.connect(), engine.connect()
     analytic: list = []
     dump = subprocess.Popen(["pg_dump", "-d", plain, "-n", schema, "--no-owner"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    threads = [threading.Thread(target=look_up, daemon=True), threading.Thread(target=analyse, args=(analytic,),
-                                                                                 daemon=True)]
+    lookup = "SELECT model_version FROM scores WHERE customer_id = 7"
+    query = "SELECT model_version, COUNT(*), pg_sleep(60) FROM scores GROUP BY model_version"
+    threads = [threading.Thread(target=look_up, daemon=True,  # a wait for a lock past 100 ms is an error
+                                args=(postgresql_url, lookup, stop, lookups, errors, "SET lock_timeout = '100ms'")),
+               threading.Thread(target=analyse, args=(engine, query, analytic), daemon=True)]
     restored = f"restored_{uuid.uuid4().hex[:8]}"
     try:
         repeatable.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))

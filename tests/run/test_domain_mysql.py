@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from pipeline.cli import main
-from pipeline.database.engines import make_engine, normalize_url, redact, resolve_url
-from pipeline.errors import DatabaseError, PipelineError, SourceError
+from pipeline.database.engines import make_engine, normalize_url, redact
+from pipeline.errors import DatabaseError, SourceError
 from pipeline.jobspec import DomainSpec, Factor
 from pipeline.run.domain import Domain
 
@@ -101,11 +101,11 @@ def chunks(url: str, keys: tuple[str, ...], query: str, chunk_size: int = 37,
 
 
 @pytest.mark.parametrize("key", list(QUERIES))
-def test_a_mariadb_domain_is_read_as_postgresql_and_sqlite_read_it(mysql_url, db_url, key):
+def test_a_mariadb_domain_is_read_as_postgresql_and_sqlite_read_it(mysql_url, sql_url, key):
     load_mixed(mysql_url)
-    load_mixed(db_url)
+    load_mixed(sql_url)
     keys, query = QUERIES[key]
-    mine, theirs = chunks(mysql_url, keys, query), chunks(db_url, keys, query)
+    mine, theirs = chunks(mysql_url, keys, query), chunks(sql_url, keys, query)
     assert [len(c) for c in mine] == [37, 37, 37, 9]
     for a, b in zip(mine, theirs, strict=True):  # chunk by chunk: the all-NULL first chunk has its column's dtype
         pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -118,16 +118,16 @@ def test_a_mariadb_domain_is_read_as_postgresql_and_sqlite_read_it(mysql_url, db
         assert whole["amount"].dtype == "float64"
 
 
-def test_the_same_predictions_from_mariadb_as_from_postgresql_or_sqlite(mysql_url, db_url):
+def test_the_same_predictions_from_mariadb_as_from_postgresql_or_sqlite(mysql_url, sql_url):
     """A model fitted on one database's rows scores the other's chunks to the same bits."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     frame = load_mixed(mysql_url)
-    load_mixed(db_url)
+    load_mixed(sql_url)
     features = ["amount", "score", "late", "visits", "active", "flag"]
-    train = pd.concat(chunks(db_url, ("id",), QUERIES["int"][1]), ignore_index=True)[features].astype("float64")
+    train = pd.concat(chunks(sql_url, ("id",), QUERIES["int"][1]), ignore_index=True)[features].astype("float64")
     model = HistGradientBoostingRegressor(max_iter=20).fit(train, np.arange(len(frame)) % 7)
-    for a, b in zip(chunks(mysql_url, ("id",), QUERIES["int"][1]), chunks(db_url, ("id",), QUERIES["int"][1])):
+    for a, b in zip(chunks(mysql_url, ("id",), QUERIES["int"][1]), chunks(sql_url, ("id",), QUERIES["int"][1])):
         np.testing.assert_array_equal(model.predict(a[features].astype("float64")),
                                       model.predict(b[features].astype("float64")))
 
@@ -189,15 +189,6 @@ def test_a_missing_driver_names_the_extra(monkeypatch):
                                  "Connector/Python: pip install 'prediction-pipeline[mysql]'")
 
 
-@pytest.mark.parametrize("url", ["mariadb://u:s3cret@h/db", "mysql+pymysql://u@h/db"])
-def test_a_mysql_target_is_refused_before_anything_happens(url, monkeypatch):
-    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
-    with pytest.raises(PipelineError, match=r"as a target is not supported yet \(issue 17\); it works as a "
-                                            r"\[domain\] source") as caught:
-        resolve_url(None, url)
-    assert "s3cret" not in str(caught.value)
-
-
 def test_pipeline_run_reads_a_mariadb_domain_into_sqlite(mysql_url, tmp_path, monkeypatch):
     """End to end: ``[domain] source`` on MariaDB, the target SQLite; the view equals the model called directly.
     A MariaDB target (``--db`` or ``target``) fails with one line and writes nothing."""
@@ -235,7 +226,10 @@ def test_pipeline_run_reads_a_mariadb_domain_into_sqlite(mysql_url, tmp_path, mo
     assert view["customer_id"].tolist() == frame["customer_id"].tolist()
     np.testing.assert_allclose(view[["proba_false", "proba_true"]].to_numpy(), expected, rtol=0, atol=1e-12)
 
-    result = CliRunner().invoke(main, ["run", "scores", "--db", mysql_url])
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].endswith(
-        "as a target is not supported yet (issue 17); it works as a [domain] source")
+    result = CliRunner().invoke(main, ["--quiet", "run", "scores", "--db", mysql_url])  # and into MariaDB itself
+    assert result.exit_code == 0, result.output
+    engine = make_engine(mysql_url)
+    with engine.connect() as conn:
+        served = pd.read_sql(text("SELECT * FROM scores ORDER BY customer_id"), conn)
+    engine.dispose()
+    np.testing.assert_array_equal(served[["proba_false", "proba_true"]].to_numpy(), view[["proba_false", "proba_true"]])

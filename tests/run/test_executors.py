@@ -116,7 +116,7 @@ def test_a_partition_written_twice_is_written_once(engine, write_job):
     assert (again.rows, again.digest) == (done.rows, done.digest)
     assert seen and seen[-1] == done.rows
     with engine.connect() as conn:
-        assert conn.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar() == done.rows
+        assert conn.execute(text('SELECT COUNT(*) FROM scores__v1')).scalar() == done.rows
     assert 0 < done.rows < ROWS
 
 

@@ -12,13 +12,13 @@ from pipeline import activate, load_job, rollback, run_job
 from pipeline.errors import AuditError, ModelError, PipelineError, SourceError, TableError
 from pipeline.serve import catalog
 
-from helpers import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, reference_query, train_model, write_table,
-                     write_users_items)
+from helpers import (CUSTOMERS_JOB, FEATURES, PRODUCT_JOB, customers_frame, quoted, reference_query, train_model,
+                     write_table, write_users_items)
 
 
 def read_view(engine, table: str = "scores") -> pd.DataFrame:
     with engine.connect() as conn:
-        return pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY customer_id'), conn)
+        return pd.read_sql(text(f"SELECT * FROM {quoted(engine, table)} ORDER BY customer_id"), conn)
 
 
 def expected(job, frame: pd.DataFrame) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_run_writes_one_row_per_key_with_the_models_outputs(engine, customers, w
     np.testing.assert_allclose(view[["proba_false", "proba_true"]].to_numpy(), expected(job, customers), rtol=1e-12)
     assert set(view.model_version) == {1}
     with engine.connect() as conn:
-        assert conn.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar() == 500
+        assert conn.execute(text('SELECT COUNT(*) FROM scores__v1')).scalar() == 500
 
 
 def test_retrained_model_makes_version_2_and_rollback_and_activate_move_the_view(engine, customers, write_job,

@@ -59,7 +59,7 @@ def task(url, job, columns, by, partition: int) -> PartitionTask:
 
 def keys(engine) -> set[int]:
     with engine.connect() as conn:
-        return set(conn.execute(text('SELECT customer_id FROM "scores__v1"')).scalars())
+        return set(conn.execute(text('SELECT customer_id FROM scores__v1')).scalars())
 
 
 def test_the_partitions_hold_the_domain_exactly_once(engine, url, prepared):
@@ -77,9 +77,10 @@ def test_the_partitions_hold_the_domain_exactly_once(engine, url, prepared):
     assert sum(len(o) for o in owners) == ROWS  # disjoint: every key in exactly one partition
 
     with engine.connect() as conn:
-        written = pd.read_sql(text('SELECT * FROM "scores__v1" ORDER BY customer_id'), conn)
-        records = conn.execute(text("SELECT partition, partitions, row_count FROM pipeline_partitions "
-                                    "WHERE table_name = 'scores' AND version = 1 ORDER BY partition")).all()
+        written = pd.read_sql(text('SELECT * FROM scores__v1 ORDER BY customer_id'), conn)
+        part = engine.dialect.identifier_preparer.quote("partition")
+        records = conn.execute(text(f"SELECT {part}, partitions, row_count FROM pipeline_partitions "
+                                    f"WHERE table_name = 'scores' AND version = 1 ORDER BY {part}")).all()
     expected = score_chunk(model, job.domain.keys, customers_frame(ROWS))
     pd.testing.assert_frame_equal(written, expected[list(written.columns)], check_dtype=False)
     assert [tuple(r) for r in records] == [(p, PARTS, len(owners[p])) for p in range(PARTS)]
@@ -96,13 +97,13 @@ def test_a_partition_written_again_adds_nothing(engine, url, prepared):
     job, model, columns, by = prepared
     first = write_partition(task(url, job, columns, by, 1), model)
     with engine.connect() as conn:
-        before = pd.read_sql(text('SELECT * FROM "scores__v1" ORDER BY customer_id'), conn)
+        before = pd.read_sql(text('SELECT * FROM scores__v1 ORDER BY customer_id'), conn)
     again = write_partition(task(url, job, columns, by, 1), model)
     assert first.written and not again.written
     assert (again.partition, again.rows, again.expected_rows, again.digest, again.worker) == \
         (1, first.rows, first.expected_rows, first.digest, first.worker)
     with engine.connect() as conn:
-        after = pd.read_sql(text('SELECT * FROM "scores__v1" ORDER BY customer_id'), conn)
+        after = pd.read_sql(text('SELECT * FROM scores__v1 ORDER BY customer_id'), conn)
         count = conn.execute(text("SELECT COUNT(*) FROM pipeline_partitions")).scalar_one()
     pd.testing.assert_frame_equal(after, before)
     assert len(after) == first.rows and count == 1

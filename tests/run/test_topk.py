@@ -48,8 +48,8 @@ def expected(engine, job) -> pd.DataFrame:
 
 def served(engine) -> pd.DataFrame:
     with engine.connect() as conn:
-        return pd.read_sql(text('SELECT user_id, item_id, proba_true, "rank", model_version FROM scores '
-                                'ORDER BY user_id, "rank"'), conn)
+        return pd.read_sql(text('SELECT user_id, item_id, proba_true, rank, model_version FROM scores '
+                                'ORDER BY user_id, rank'), conn)
 
 
 def test_each_group_keeps_its_k_best_rows_in_rank_order(inputs, write_job):
@@ -94,7 +94,7 @@ def test_a_broken_ranking_fails_the_top_k_audit(inputs, write_job):
     job = load_job(write_job(JOB))
     run_job(job, inputs)
     with inputs.begin() as conn:
-        conn.execute(text('UPDATE scores__v1 SET "rank" = 1 WHERE user_id = 5'))
+        conn.execute(text('UPDATE scores__v1 SET rank = 1 WHERE user_id = 5'))
     results = {r.name: r for r in audit_version(inputs, "scores", 1, job.audits, output=job.output)}
     assert not results["top_k"].passed and "1 group(s)" in results["top_k"].detail
 

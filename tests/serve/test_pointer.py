@@ -14,8 +14,11 @@ from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
 
 def served(engine) -> set[int]:
     """The versions a lookup through the view can reach: the partitions attached to the table's parent on
-    PostgreSQL, the version tables the view's SQL names on SQLite."""
+    PostgreSQL, the version tables the view's SQL names on SQLite, the versions in the serving table on MariaDB."""
     with engine.connect() as conn:
+        if engine.dialect.name in ("mysql", "mariadb"):
+            serving = conn.execute(text("SELECT DISTINCT serving FROM scores__served")).scalar_one()
+            return set(conn.execute(text(f"SELECT DISTINCT model_version FROM {serving}")).scalars())
         if engine.dialect.name == "postgresql":
             rows = conn.execute(text(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -31,14 +34,16 @@ def test_the_view_serves_the_active_version_its_rollback_target_and_the_one_befo
     path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 100'), model=Scripted())
     for _ in range(8):
         run_job(load_job(path), engine, force=True)
-    assert served(engine) == {8, 7}  # active, and both its rollback target and the version before
+    # MariaDB's serving table holds every retained version: its lookups are primary-key probes however many
+    every = set(range(1, 9)) if engine.dialect.name in ("mysql", "mariadb") else None
+    assert served(engine) == (every or {8, 7})  # active, and both its rollback target and the version before
     rollback(engine, "scores")
-    assert served(engine) == {7, 6, 8} and set(view_rows(engine).model_version) == {7}
+    assert served(engine) == (every or {7, 6, 8}) and set(view_rows(engine).model_version) == {7}
     activate(engine, "scores", 2)  # far back: attached again, in O(1)
-    assert served(engine) == {2, 1, 7} and set(view_rows(engine).model_version) == {2}
+    assert served(engine) == (every or {2, 1, 7}) and set(view_rows(engine).model_version) == {2}
     assert len(view_rows(engine)) == 30
     activate(engine, "scores", 8)
-    assert served(engine) == {8, 7, 2} and set(view_rows(engine).model_version) == {8}
+    assert served(engine) == (every or {8, 7, 2}) and set(view_rows(engine).model_version) == {8}
 
 
 def test_aliases_share_the_serving_set_each_through_its_own_pointer(engine, write_job):

@@ -61,7 +61,7 @@ def test_gc_cleans_failed_tables_and_keeps_what_another_view_reads(engine, job_p
     for _ in range(3):
         run_job(load_job(job_path), engine, force=True)
     with transaction(engine) as conn:
-        conn.execute(text('CREATE VIEW report_v3 AS SELECT * FROM "scores__v3"'))
+        conn.execute(text('CREATE VIEW report_v3 AS SELECT * FROM scores__v3'))
     result = gc(engine, "scores", keep=1)
     assert result.cleaned == [] and result.retired == [1]
     assert "scores__v3 is still read by view report_v3" in result.kept[3]
@@ -92,7 +92,7 @@ def test_a_building_version_without_a_live_run_is_reaped(engine, job_path):
     with transaction(engine) as conn:  # what a run killed mid-load leaves: a building row and maybe a table
         state.insert_version(conn, table="scores", version=2, job="scores", logical_date=None, keys=["customer_id"],
                              model_path="m", model_sha256="0" * 64, model_class="x", started_at=state.utcnow())
-        conn.execute(text('CREATE TABLE "scores__v2" (customer_id INTEGER)'))
+        conn.execute(text('CREATE TABLE scores__v2 (customer_id INTEGER)'))
     assert reap(engine) == [("scores", 2)]
     version = catalog.versions(engine, "scores")[1].version
     assert version.status == "failed" and version.error.startswith("abandoned")
@@ -138,7 +138,7 @@ def test_a_table_a_reader_holds_is_skipped_and_the_run_still_succeeds(postgresql
         holder = engine.connect()
         try:
             holder.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
-            held = holder.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar_one()
+            held = holder.execute(text('SELECT COUNT(*) FROM scores__v1')).scalar_one()
             result = run_job(load_job(path), engine, force=True)  # retires v1 (and v2 is the rollback target)
             assert result.version == 3 and result.activated
             assert set(view_rows(engine).model_version) == {3}
@@ -146,7 +146,7 @@ def test_a_table_a_reader_holds_is_skipped_and_the_run_still_succeeds(postgresql
             with engine.connect() as conn:
                 run = conn.execute(text("SELECT status FROM pipeline_runs ORDER BY id DESC LIMIT 1")).scalar_one()
             assert run == "succeeded"
-            assert holder.execute(text('SELECT COUNT(*) FROM "scores__v1"')).scalar_one() == held == 50
+            assert holder.execute(text('SELECT COUNT(*) FROM scores__v1')).scalar_one() == held == 50
             kept = gc(engine, "scores", keep=1).kept
             assert "scores__v1 is held by a reader" in kept[1]
         finally:

@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 from pipeline.database.dialects.base import Dialect
-from pipeline.database.engines import refuse_as_target
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -20,11 +19,8 @@ if TYPE_CHECKING:
 DIALECTS: dict[str, str] = {
     "sqlite": "pipeline.database.dialects.sqlite:SQLiteDialect",
     "postgresql": "pipeline.database.dialects.postgresql:PostgresqlDialect",
-}
-#: Databases a domain can be read from but prediction tables not yet written to.
-READERS: dict[str, str] = {
-    "mysql": "pipeline.database.dialects.mysql:MySQLReader",
-    "mariadb": "pipeline.database.dialects.mysql:MySQLReader",
+    "mariadb": "pipeline.database.dialects.mysql:MariaDBDialect",
+    "mysql": "pipeline.database.dialects.mysql:MariaDBDialect",  # mysql:// URLs to a MariaDB server
 }
 
 
@@ -38,8 +34,6 @@ def _known(name: str, classes: dict[str, str] = DIALECTS) -> type[Dialect] | Non
 def dialect_class(name: str) -> type[Dialect]:
     """The class for SQLAlchemy dialect ``name``, or a :class:`PipelineError` listing the supported ones."""
     cls = _known(name)
-    if name in READERS:
-        refuse_as_target(f"{name}://...")
     if cls is None:
         raise PipelineError(
             f"unsupported target database {name!r}: prediction tables can be written to {', '.join(DIALECTS)}")
@@ -56,7 +50,7 @@ def configure_engine(engine: Engine) -> None:
 def reader_for(engine: Engine) -> Dialect:
     """The dialect to read a domain query with: a known one's fast path, else the generic one."""
     name = engine.dialect.name
-    return (_known(name) or _known(name, READERS) or Dialect)(engine.dialect)
+    return (_known(name) or Dialect)(engine.dialect)
 
 
 def dialect_for(engine: Engine) -> Dialect:

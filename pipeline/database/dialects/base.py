@@ -71,6 +71,9 @@ class Dialect:
     CONCURRENT_WRITERS: ClassVar[bool] = True
     #: ``CREATE OR REPLACE VIEW`` exists (and keeps the view's grants and dependants).
     HAS_REPLACE_VIEW: ClassVar[bool] = False
+    #: DDL takes part in the transaction around it; where it commits that transaction instead (MariaDB), no
+    #: savepoint can hold it (:meth:`savepoint`).
+    TRANSACTIONAL_DDL: ClassVar[bool] = True
 
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa_dialect = sa_dialect
@@ -174,9 +177,15 @@ class Dialect:
 
     # -- version tables -----------------------------------------------------
 
-    def create_table(self, conn: Connection, name: str, columns: Columns) -> None:
+    def create_table(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str] = ()) -> None:
+        """Create table ``name``; ``keys`` are the columns :meth:`add_unique_key` will key it by."""
         table = Table(name, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
         table.create(conn)
+
+    def savepoint(self, conn: Connection) -> contextlib.AbstractContextManager[Any]:
+        """A savepoint for a step that may fail while its transaction goes on; none where DDL would commit it
+        (the database then keeps the transaction going past a failed statement)."""
+        return conn.begin_nested() if self.TRANSACTIONAL_DDL else contextlib.nullcontext()
 
     def load_sql(self, name: str, columns: Columns) -> str:
         """The statement :meth:`load` sends, for ``pipeline plan`` and for :meth:`load` itself."""
@@ -224,8 +233,9 @@ class Dialect:
         return ("(SELECT p.version FROM pipeline_pointer p "
                 f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')")
 
-    def set_gate(self, conn: Connection, table: str, alias: str, version: int) -> None:
-        """Open the gate to ``version`` in the flip's transaction, where it is not the pointer row itself."""
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns) -> None:
+        """Open the gate to ``version`` (of ``columns``) in the flip's transaction, where it is not the pointer
+        row itself; before the view is written, so that a view made anew finds its gate open."""
 
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
@@ -316,6 +326,31 @@ class Dialect:
                 values = series.astype(object)
                 columns.append(values.where(series.notna(), None).tolist())
         return list(zip(*columns))
+
+
+@contextlib.contextmanager
+def session_lock(conn: Connection, name: str, held: tuple[str, Any],
+                 release: tuple[str, Any]) -> Iterator[Callable[[], None]]:
+    """For a run lock taken on ``conn``, a connection of its own: yield the check that it is still held (the
+    statement ``held`` answers true), and release it (``release``) and close the connection at the end."""
+
+    def still_held() -> None:
+        try:
+            found = conn.exec_driver_sql(*held).scalar()
+        except SQLAlchemyError:
+            found = 0
+        if not found:
+            raise LockLost(f"lost the run lock on {name} (its database connection dropped); "
+                           "not publishing, since another run may have started")
+
+    try:
+        yield still_held
+    finally:
+        try:
+            conn.exec_driver_sql(*release)
+        except SQLAlchemyError:
+            pass  # the connection is gone, and the lock went with it
+        conn.close()
 
 
 def grant(conn: Connection, relation: str, grants: Sequence[tuple[str, str, bool]]) -> None:

@@ -1,30 +1,97 @@
-"""MySQL and MariaDB as a domain source (issue 17): reading only; prediction tables cannot be written here yet."""
+"""MariaDB (and ``mysql://`` URLs to it): a domain source, and a target whose flips are one-row InnoDB UPDATEs.
+
+MariaDB's DDL commits the transaction around it and waits for every reader's metadata lock,
+and any view with UNION ALL is materialized per statement. So nothing a flip does is DDL:
+the views read one shared serving table per column set (``<table>__p<hash>``, every served
+version, keyed by ``(model_version, keys)``) joined to a gate table of one row per alias
+(``<table>__gate``); a flip updates the gate row with the pointer, in one transaction. The
+view changes only with the columns, and that DDL waits at most :data:`VIEW_WAIT` seconds a
+try, so readers never queue behind it. ``bench/mariadb_design/REPORT.md`` has the measurements.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import re
 from datetime import date
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, Dialect
-from pipeline.errors import SourceError, first_line
+from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, grant, session_lock
+from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+from pipeline.names import gate_table, served_table, serving_table, version_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.contract import Contract
 
+log = logging.getLogger("pipeline")
+
 #: The BINARY flag of a result column (``cursor.description[i][7]`` in MariaDB Connector/Python).
 BINARY_FLAG = 128
+#: How long DDL on an object readers use may wait for their metadata locks, a try (seconds): while it waits,
+#: every new reader queues behind it, so the wait is bounded and the step tried again (``SET STATEMENT``).
+VIEW_WAIT = 0.05
+#: How long a flip's gate UPDATE may wait for a locking reader (``SELECT ... FOR SHARE``) of the gate row, a try.
+GATE_WAIT = 1
+#: How long a writer waits for another's :meth:`MariaDBDialect.lock` (seconds).
+LOCK_WAIT = 600
+#: Error numbers of a bounded wait that gave up: lock wait timeout, max_statement_time, NOWAIT.
+LOCK_TIMEOUTS = frozenset({1205, 1969, 3572})
+#: Error numbers of passing faults: connection refused, gone or lost, server shutting down, too many
+#: connections, deadlock, connection killed.
+TRANSIENT_ERRORS = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1213, 1927, 4031})
+#: Error numbers of keying a table whose key is NULL or repeated.
+KEY_ERRORS = frozenset({1062, 1138, 1171, 1265, 1048})
+#: Column types of version tables, by portable type name.
+TYPES = {"integer": "BIGINT", "float": "DOUBLE", "text": "LONGTEXT", "boolean": "BOOL", "date": "DATE",
+         "timestamp": "DATETIME(6)", "timestamptz": "DATETIME(6)", "numeric": "DECIMAL(65,30)"}
+#: Bytes an InnoDB key may hold, and per character of utf8mb4.
+KEY_BYTES, CHAR_BYTES = 3072, 4
+#: Bytes a key column of each type takes.
+KEY_WIDTH = {"integer": 8, "float": 8, "boolean": 1, "date": 3, "timestamp": 8, "timestamptz": 8, "numeric": 30}
+#: A transaction open this long (seconds) may be a backup that will read any table it listed: none is dropped.
+OLD_TRANSACTION = 1
+#: Where the dialect records the digest of each view it made (MariaDB keeps a view's text rewritten).
+VIEWS = "pipeline_view_digests"
+_VERSION_TABLE = re.compile(r"^(?P<table>.+)__v(?P<version>[0-9]+)$")
+#: Connection info key: the connection holds :meth:`MariaDBDialect.lock` locks to release when it is returned.
+_HOLDS = "pipeline_user_locks"
 
 
-class MySQLReader(Dialect):
-    """Reads domain queries; every method that writes is the base class's, which is never reached: a MySQL target
-    is refused where the target's URL is resolved (:func:`pipeline.database.engines.resolve_url`)."""
+class MariaDBDialect(Dialect):
+    name = "mariadb"
+    HAS_REPLACE_VIEW = True
+    TRANSACTIONAL_DDL = False
 
-    name = "mysql"
+    @classmethod
+    def configure(cls, engine: Engine) -> None:
+        """Strict mode (a value that does not fit is an error, not a truncation), sessions in UTC, and
+        :meth:`lock`'s locks released when a transaction's connection goes back to the pool."""
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), time_zone = '+00:00'")
+            cursor.close()
+
+        @event.listens_for(engine, "checkin")
+        def _checkin(dbapi_connection: Any, record: Any) -> None:
+            if record is not None and record.info.pop(_HOLDS, False) and dbapi_connection is not None:
+                try:
+                    cursor = dbapi_connection.cursor()
+                    cursor.execute("SELECT RELEASE_ALL_LOCKS()")
+                    cursor.close()
+                except Exception:  # noqa: BLE001 - a dead connection took its locks with it
+                    record.invalidate()
+
+    # -- reading the domain -------------------------------------------------
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None) -> Iterator[pd.DataFrame]:
@@ -58,3 +125,271 @@ class MySQLReader(Dialect):
                     cursor.close()
         except (mariadb.Error, SQLAlchemyError) as exc:
             raise SourceError(first_line(exc)) from None
+
+    # -- locks --------------------------------------------------------------
+
+    def lock(self, conn: Connection, key: str) -> None:
+        """A user lock (``GET_LOCK``) held until the connection goes back to the pool, after its transaction:
+        MariaDB has no transaction-scoped advisory lock, and DDL would end a row lock's transaction early."""
+        conn.connection.info[_HOLDS] = True
+        got = conn.exec_driver_sql("SELECT GET_LOCK(?, ?)", (_lock_name(conn, key), LOCK_WAIT)).scalar()
+        if got != 1:
+            raise DatabaseError(f"waited {LOCK_WAIT} s for another writer of {key.split(':', 1)[-1]}; try again")
+
+    @contextlib.contextmanager
+    def run_lock(self, engine: Engine, name: str) -> Iterator[Callable[[], None]]:
+        """``GET_LOCK(name, 0)`` on a connection of its own: the server releases it when the connection dies."""
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            _require_mariadb(conn)
+            lock = _lock_name(conn, f"pipeline-run:{name}")
+            if conn.exec_driver_sql("SELECT GET_LOCK(?, 0)", (lock,)).scalar() != 1:
+                holder = conn.exec_driver_sql(
+                    "SELECT p.ID, p.HOST FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(?)",
+                    (lock,)).first()
+                conn.close()
+                who = f"connection {holder[0]} from {holder[1]}" if holder else "another session"
+                raise JobLocked(f"{name} is being written by another run ({who})")
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database error: {first_line(exc)}") from exc
+
+        with session_lock(conn, name, ("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (lock,)),
+                          ("SELECT RELEASE_LOCK(?)", (lock,))) as still_held:
+            yield still_held
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return getattr(getattr(exc, "orig", exc), "errno", None) in LOCK_TIMEOUTS
+
+    def transient_error(self, error: BaseException) -> bool:
+        if getattr(error, "connection_invalidated", False):
+            return True
+        import mariadb
+
+        return isinstance(error, mariadb.Error) and getattr(error, "errno", None) in TRANSIENT_ERRORS
+
+    # -- version tables -----------------------------------------------------
+
+    def type_sql(self, type_name: str) -> str:
+        return TYPES[type_name]
+
+    def column_sql(self, columns: Columns, keys: Sequence[str] = ()) -> str:
+        """Column definitions; a text key is a VARCHAR as wide as InnoDB's key allows (a TEXT cannot be keyed)."""
+        types = dict(columns)
+        texts = [k for k in keys if types.get(k) == "text"]
+        room = KEY_BYTES - sum(KEY_WIDTH.get(types.get(k, ""), 8) for k in keys if k not in texts) - 4
+        width = max(1, room // CHAR_BYTES // max(1, len(texts)))
+        return ", ".join(f"{self.quote(c)} {f'VARCHAR({width})' if c in texts else self.type_sql(t)}"
+                         for c, t in columns)
+
+    def create_table(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str] = ()) -> None:
+        conn.exec_driver_sql(f"CREATE TABLE {self.quote(name)} ({self.column_sql(columns, keys)}) ENGINE=InnoDB")
+
+    def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
+        """A bulk ``executemany`` of MariaDB Connector/Python: one array-bound statement per batch of rows
+        (``COM_STMT_BULK_EXECUTE``), not a round trip per row. Times with a zone are stored in UTC; a DOUBLE
+        cannot hold infinity, which is stored as NULL like NaN (the ``outputs_finite`` audit refuses both)."""
+        import numpy as np
+
+        for column, kind in columns:
+            series = frame[column]
+            if kind == "timestamptz" and getattr(series.dtype, "tz", None) is not None:
+                frame = frame.assign(**{column: series.dt.tz_convert("UTC").dt.tz_localize(None)})
+            elif kind == "float" and series.dtype.kind == "f" and np.isinf(series.to_numpy()).any():
+                frame = frame.assign(**{column: series.replace([np.inf, -np.inf], np.nan)})
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(self.load_sql(name, columns), self.rows(frame))
+        finally:
+            cursor.close()
+
+    def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
+        """The primary key, built after the load (it commits the load: the table is the run's own)."""
+        try:
+            conn.exec_driver_sql(f"ALTER TABLE {self.quote(name)} ADD PRIMARY KEY ({self.column_list(keys)})")
+        except DBAPIError as exc:
+            if getattr(exc.orig, "errno", None) in KEY_ERRORS:
+                raise IntegrityError(exc.statement, exc.params, exc.orig) from None
+            raise
+
+    def floor_sql(self, expression: str) -> str:
+        return f"CAST(FLOOR({expression}) AS SIGNED)"
+
+    def analyze(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"ANALYZE TABLE {self.quote(name)}").all()
+
+    def drop_table(self, conn: Connection, name: str) -> None:
+        """Drop a table; a version table's rows leave the serving tables first, and its mark last of all, so
+        that an interrupted drop leaves a version that :meth:`serve` copies again whole."""
+        found = _VERSION_TABLE.match(name)
+        if found is not None:
+            table, version = found["table"], int(found["version"])
+            for serving in self._serving_tables(conn, table):
+                conn.exec_driver_sql(f"DELETE FROM {self.quote(serving)} WHERE model_version = ?", (version,))
+            if _exists(conn, served_table(table)):
+                conn.exec_driver_sql(f"DELETE FROM {self.quote(served_table(table))} WHERE version = ?", (version,))
+        conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR "
+                             f"DROP TABLE IF EXISTS {self.quote(name)}")
+
+    # -- the stable view ----------------------------------------------------
+
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:
+        """The view joins the serving table of its columns to the alias's gate row: MariaDB reads the gate as a
+        constant table (a primary-key equality), so a lookup is two primary-key probes and a join is
+        ``eq_ref`` on ``(version, key)``, however many versions the serving table holds."""
+        cols = ", ".join(f"s.{self.quote(c)}" for c, _ in columns)
+        serving = serving_table(table, columns)
+        return (f"SELECT {cols}, s.model_version FROM {self.quote(serving)} s JOIN {self.quote(gate_table(table))} g "
+                f"ON s.model_version = g.version WHERE g.alias = '{alias}' AND g.serving = '{serving}'")
+
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns) -> None:
+        """Upsert the alias's gate row for ``columns``; a row of other columns than the view reads is not seen
+        until the view is made on them, so it is opened before (and commits with) that DDL."""
+        conn.exec_driver_sql(
+            f"SET STATEMENT innodb_lock_wait_timeout = {GATE_WAIT} FOR INSERT INTO {self.quote(gate_table(table))} "
+            "(alias, serving, version) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = VALUE(version)",
+            (alias, serving_table(table, columns), version))
+
+    def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
+        """Copy the version into the serving table of its columns (made on first use, with the gate), with its
+        mark in ``<table>__served``, in the caller's transaction; nothing if it is marked already. Rows of the
+        version an interrupted drop left are deleted first."""
+        serving, served, physical = serving_table(table, columns), served_table(table), version_table(table, version)
+        self._ensure_serving(conn, table, serving, columns, physical)
+        q = self.quote
+        if conn.exec_driver_sql(f"SELECT 1 FROM {q(served)} WHERE version = ?", (version,)).first():
+            return False
+        names = self.column_list([c for c, _ in columns])
+        conn.exec_driver_sql(f"DELETE FROM {q(serving)} WHERE model_version = ?", (version,))
+        conn.exec_driver_sql(f"INSERT INTO {q(serving)} (model_version, {names}) SELECT ?, {names} "
+                             f"FROM {q(physical)}", (version,))
+        conn.exec_driver_sql(f"INSERT INTO {q(served)} (version, serving) VALUES (?, ?)", (version, serving))
+        return True
+
+    def _ensure_serving(self, conn: Connection, table: str, serving: str, columns: Columns, physical: str) -> None:
+        """Make the serving table of these columns, the gate and the marks where missing. That DDL commits the
+        caller's transaction, which has written nothing yet (and a snapshot taken before would not see them)."""
+        q = self.quote
+        wanted = {
+            gate_table(table): "(alias VARCHAR(63) NOT NULL, serving VARCHAR(64) NOT NULL, version INT NOT NULL, "
+                               "PRIMARY KEY (alias, serving))",
+            served_table(table): "(version INT NOT NULL PRIMARY KEY, serving VARCHAR(64) NOT NULL)",
+        }
+        if not _exists(conn, serving):
+            keys = conn.exec_driver_sql(
+                "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX", (physical,)).scalars().all()
+            wanted[serving] = (f"(model_version INT NOT NULL, {self.column_sql(columns, keys)}, "
+                               f"PRIMARY KEY (model_version, {self.column_list(keys)}))")
+        for name, ddl in wanted.items():
+            if not _exists(conn, name):
+                conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {q(name)} {ddl} ENGINE=InnoDB")
+
+    def _serving_tables(self, conn: Connection, table: str) -> list[str]:
+        pattern = re.compile(rf"^{re.escape(table)}__p[0-9a-f]{{6}}$")
+        found = conn.exec_driver_sql("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                                     "AND TABLE_NAME LIKE ?", (f"{table}\\_\\_p%",)).scalars()
+        return [name for name in found if pattern.match(name)]
+
+    def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
+        """MariaDB keeps a view's text rewritten: the digest of the SELECT each view was made from is kept in
+        :data:`VIEWS` instead, beside the view's existence."""
+        if not _exists(conn, VIEWS) or not _exists(conn, view):
+            return False
+        found = conn.exec_driver_sql(f"SELECT digest FROM {VIEWS} WHERE view_name = ?", (view,)).scalar()
+        return found == _digest(select_sql)
+
+    def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,
+                     grants_from: str | None = None) -> None:
+        """``CREATE OR REPLACE`` in one atomic statement that waits at most :data:`VIEW_WAIT` for readers (a
+        timeout is tried again by the caller). Grants are by name in MariaDB, so a view made again keeps
+        them; one made for the first time gets those of ``grants_from``."""
+        fresh = not _exists(conn, view)
+        if not _exists(conn, VIEWS):  # DDL, like the view's own: both commit the caller's transaction
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VIEWS} (view_name VARCHAR(64) NOT NULL "
+                                 "PRIMARY KEY, digest CHAR(16) NOT NULL) ENGINE=InnoDB")
+        conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR "
+                             f"CREATE OR REPLACE SQL SECURITY DEFINER VIEW {self.quote(view)} AS\n{select_sql}")
+        conn.exec_driver_sql(f"INSERT INTO {VIEWS} (view_name, digest) VALUES (?, ?) "
+                             "ON DUPLICATE KEY UPDATE digest = VALUE(digest)", (view, _digest(select_sql)))
+        if fresh and grants_from and grants_from != view:
+            grant(conn, self.quote(view), self.grants(conn, grants_from))
+
+    def drop_view(self, conn: Connection, view: str) -> None:
+        conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR DROP VIEW IF EXISTS "
+                             f"{self.quote(view)}")
+
+    def grants(self, conn: Connection, view: str) -> list[tuple[str, str, bool]]:
+        rows = conn.exec_driver_sql(
+            "SELECT PRIVILEGE_TYPE, GRANTEE, IS_GRANTABLE FROM information_schema.TABLE_PRIVILEGES "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY 2, 1", (view,))
+        return [(privilege, grantee, grantable == "YES") for privilege, grantee, grantable in rows]
+
+    def grant_select(self, conn: Connection, view: str, roles: Sequence[str]) -> None:
+        """``GRANT SELECT`` to each role (a MariaDB role, or a user of any host, as ``'name'@'%'``) that lacks
+        it; readers need nothing on the serving tables, since the views run with their definer's rights."""
+        if not roles or not _exists(conn, view):
+            return
+        have = {grantee for privilege, grantee, _ in self.grants(conn, view) if privilege == "SELECT"}
+        for role in roles:
+            if f"'{role}'@'%'" in have or f"'{role}'" in have:
+                continue
+            try:
+                conn.exec_driver_sql(f"GRANT SELECT ON {self.quote(view)} TO {self.quote(role)}")
+            except DBAPIError as exc:
+                log.warning("%s: role %s ([output] grant_select) cannot be granted: %s", view, role,
+                            first_line(exc))
+
+    def missing_roles(self, engine: Engine, roles: Sequence[str]) -> list[str]:
+        try:
+            with engine.connect() as conn:
+                known = set(conn.exec_driver_sql("SELECT User FROM mysql.user").scalars())
+        except SQLAlchemyError:
+            return []  # the pipeline's user may not read mysql.user: the GRANT itself then says
+        return [role for role in roles if role not in known]
+
+    def dependents(self, conn: Connection, table: str) -> list[str]:
+        """Views whose definition names ``table`` (MariaDB keeps no dependencies), foreign keys to it, and
+        transactions open for more than :data:`OLD_TRANSACTION` seconds: a consistent snapshot (what
+        ``mariadb-dump --single-transaction`` holds) that lists a table and reads it later fails if it was
+        dropped in between, and MariaDB cannot say which tables a transaction will read."""
+        views = conn.exec_driver_sql(
+            "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND LOCATE(CONCAT(CHAR(96), ?, CHAR(96)), VIEW_DEFINITION) > 0 AND TABLE_NAME <> ?",
+            (table, table)).scalars()
+        keys = conn.exec_driver_sql(
+            "SELECT DISTINCT TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = DATABASE() "
+            "AND REFERENCED_TABLE_NAME = ?", (table,)).scalars()
+        try:
+            with self.savepoint(conn):
+                open_since = conn.exec_driver_sql(
+                    "SELECT trx_mysql_thread_id, trx_started FROM information_schema.INNODB_TRX WHERE "
+                    f"trx_mysql_thread_id <> CONNECTION_ID() AND trx_started < NOW() - INTERVAL {OLD_TRANSACTION} "
+                    "SECOND ORDER BY trx_started LIMIT 3").all()
+        except DBAPIError:  # INNODB_TRX needs the PROCESS privilege: without it, drop as the other databases do
+            open_since = []
+        return ([f"view {name}" for name in views] + [f"foreign key from {name}" for name in keys]
+                + [f"the transaction of connection {thread} open since {started:%H:%M:%S} UTC (a backup or a long "
+                   "reader may still read it)" for thread, started in open_since])
+
+
+def _exists(conn: Connection, name: str) -> bool:
+    return conn.exec_driver_sql("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                                "AND TABLE_NAME = ?", (name,)).scalar() > 0
+
+
+def _digest(select_sql: str) -> str:
+    return hashlib.sha256(select_sql.encode()).hexdigest()[:16]
+
+
+def _lock_name(conn: Connection, key: str) -> str:
+    """A user lock's name for ``key`` in the connection's database, within MariaDB's 64 characters."""
+    name = f"{conn.exec_driver_sql('SELECT DATABASE()').scalar()}.{key}"
+    return name if len(name) <= 64 else "pipeline:" + hashlib.sha256(name.encode()).hexdigest()[:48]
+
+
+def _require_mariadb(conn: Connection) -> None:
+    """Prediction tables need MariaDB's bounded DDL (``SET STATEMENT``), which MySQL lacks."""
+    if not getattr(conn.dialect, "is_mariadb", False):
+        version = ".".join(map(str, conn.dialect.server_version_info or ()))
+        raise DatabaseError(f"MySQL {version} as a target is not supported: prediction tables need MariaDB "
+                            "(10.6 or later); MySQL works as a [domain] source")

@@ -14,8 +14,8 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant
-from pipeline.errors import DatabaseError, JobLocked, LockLost, SourceError, first_line
+from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant, session_lock
+from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
 
 if TYPE_CHECKING:
@@ -68,24 +68,10 @@ class PostgresqlDialect(Dialect):
         except SQLAlchemyError as exc:
             raise DatabaseError(f"database error: {first_line(exc)}") from exc
 
-        def still_held() -> None:
-            try:
-                held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM pg_locks l WHERE {_ADVISORY} "
-                                            "AND l.pid = pg_backend_pid()", parts).scalar()
-            except SQLAlchemyError:
-                held = 0
-            if not held:
-                raise LockLost(f"lost the run lock on {name} (its database connection dropped); "
-                                    "not publishing, since another run may have started")
-
-        try:
+        with session_lock(conn, name, (f"SELECT COUNT(*) FROM pg_locks l WHERE {_ADVISORY} "
+                                       "AND l.pid = pg_backend_pid()", parts),
+                          ("SELECT pg_advisory_unlock(%(key)s)", {"key": key})) as still_held:
             yield still_held
-        finally:
-            try:
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
-            except SQLAlchemyError:
-                pass  # the connection is gone, and the lock went with it
-            conn.close()
 
     def dependents(self, conn: Connection, table: str) -> list[str]:
         rows = conn.exec_driver_sql(
@@ -160,7 +146,7 @@ class PostgresqlDialect(Dialect):
         ``pipeline_pointer`` (pgbench, simple protocol, 0.46x of direct against 0.37x)."""
         return f"(SELECT g.version FROM {self.quote(gate_table(table))} g WHERE g.alias = '{alias}')"
 
-    def set_gate(self, conn: Connection, table: str, alias: str, version: int) -> None:
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns) -> None:
         gate = self.quote(gate_table(table))
         if not conn.exec_driver_sql(f"UPDATE {gate} SET version = %(v)s WHERE alias = %(a)s",
                                     {"v": version, "a": alias}).rowcount:
