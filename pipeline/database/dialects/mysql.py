@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import tempfile
 from datetime import date
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -47,6 +49,12 @@ LOCK_TIMEOUTS = frozenset({1205, 1969, 3572})
 #: Error numbers of passing faults: connection refused, gone or lost, server shutting down, too many
 #: connections, deadlock, connection killed.
 TRANSIENT_ERRORS = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1213, 1927, 4031})
+#: Error numbers of a server or client that refuses ``LOAD DATA LOCAL``.
+LOCAL_FILES_REFUSED = frozenset({1148, 2068, 3948, 4166})
+#: Where loads write their CSV chunks: memory, where the machine has it.
+_TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+#: Connection info key: the server refused LOAD DATA LOCAL on this connection.
+_NO_LOCAL_FILES = "pipeline_no_local_files"
 #: Error numbers of keying a table whose key is NULL or repeated.
 KEY_ERRORS = frozenset({1062, 1138, 1171, 1265, 1048})
 #: Column types of version tables, by portable type name.
@@ -72,8 +80,12 @@ class MariaDBDialect(Dialect):
 
     @classmethod
     def configure(cls, engine: Engine) -> None:
-        """Strict mode (a value that does not fit is an error, not a truncation), sessions in UTC, and
-        :meth:`lock`'s locks released when a transaction's connection goes back to the pool."""
+        """Strict mode (a value that does not fit is an error, not a truncation), sessions in UTC, local files
+        for loads, and :meth:`lock`'s locks released when a transaction's connection goes back to the pool."""
+
+        @event.listens_for(engine, "do_connect")
+        def _local_files(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+            kwargs.setdefault("local_infile", True)  # loads send their chunks as files (see load)
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -185,22 +197,66 @@ class MariaDBDialect(Dialect):
         conn.exec_driver_sql(f"CREATE TABLE {self.quote(name)} ({self.column_sql(columns, keys)}) ENGINE=InnoDB")
 
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
-        """A bulk ``executemany`` of MariaDB Connector/Python: one array-bound statement per batch of rows
-        (``COM_STMT_BULK_EXECUTE``), not a round trip per row. Times with a zone are stored in UTC; a DOUBLE
-        cannot hold infinity, which is stored as NULL like NaN (the ``outputs_finite`` audit refuses both)."""
-        import numpy as np
+        """``LOAD DATA LOCAL INFILE`` of the frame written as CSV by Arrow: 1M rows of five columns in 3.5 s here,
+        against 6.2 s for MariaDB Connector/Python's bulk ``executemany`` (``bench/run.py``). Where the server
+        refuses local files (``local_infile = OFF``), the ``executemany``. Arrow writes floats in their shortest
+        exact form; NaN and infinity (which a DOUBLE cannot hold) become NULL, which the ``outputs_finite``
+        audit refuses; times with a zone are stored in UTC."""
+        import pyarrow.csv as pacsv
 
-        for column, kind in columns:
-            series = frame[column]
-            if kind == "timestamptz" and getattr(series.dtype, "tz", None) is not None:
-                frame = frame.assign(**{column: series.dt.tz_convert("UTC").dt.tz_localize(None)})
-            elif kind == "float" and series.dtype.kind == "f" and np.isinf(series.to_numpy()).any():
-                frame = frame.assign(**{column: series.replace([np.inf, -np.inf], np.nan)})
+        if not conn.connection.info.get(_NO_LOCAL_FILES):
+            table, names, assignments = self._csv(frame, columns)
+            handle, path = tempfile.mkstemp(prefix="pipeline-load-", suffix=".csv", dir=_TEMP_DIR)
+            os.close(handle)
+            try:
+                pacsv.write_csv(table, path, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+                with self.savepoint(conn):
+                    conn.exec_driver_sql(
+                        f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {self.quote(name)} CHARACTER SET utf8mb4 "
+                        "FIELDS TERMINATED BY ',' ENCLOSED BY '\"' ESCAPED BY '' LINES TERMINATED BY '\\n' "
+                        f"({', '.join(names)}) SET {', '.join(assignments)}")
+                return
+            except DBAPIError as exc:
+                if getattr(exc.orig, "errno", None) not in LOCAL_FILES_REFUSED:
+                    raise
+                conn.connection.info[_NO_LOCAL_FILES] = True
+                log.debug("the server refuses LOAD DATA LOCAL (%s); loading with executemany", first_line(exc))
+            finally:
+                os.unlink(path)
         cursor = conn.connection.driver_connection.cursor()
         try:
-            cursor.executemany(self.load_sql(name, columns), self.rows(frame))
+            cursor.executemany(self.load_sql(name, columns), self.rows(_storable(frame, columns)))
         finally:
             cursor.close()
+
+    def _csv(self, frame: pd.DataFrame, columns: Columns) -> tuple[Any, list[str], list[str]]:
+        """The frame as an Arrow table ready for CSV, with the variables and ``SET`` clauses that read it back:
+        every valid value is quoted and NULL is an empty unquoted field, so text values carry a one-character
+        prefix to tell an empty string from NULL."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        frame = _storable(frame, columns)
+        arrays, names, assignments = [], [], []
+        for i, (column, kind) in enumerate(columns):
+            array = pa.array(frame[column], from_pandas=True)
+            variable = f"@c{i}"
+            if kind == "text":
+                array = pc.binary_join_element_wise(pa.scalar("x", pa.large_string()), array.cast(pa.large_string()),
+                                                    pa.scalar("", pa.large_string()))
+                value = f"IF({variable} = '', NULL, SUBSTRING({variable}, 2))"
+            else:
+                if kind == "boolean":
+                    array = array.cast(pa.int8())
+                elif kind == "float":  # a float32 output widened first: its shortest form is another double
+                    array = array.cast(pa.float64())
+                elif kind in ("timestamp", "timestamptz"):
+                    array = array.cast(pa.timestamp("us"))
+                value = f"NULLIF({variable}, '')"
+            arrays.append(array)
+            names.append(variable)
+            assignments.append(f"{self.quote(column)} = {value}")
+        return pa.Table.from_arrays(arrays, names=names), names, assignments
 
     def add_unique_key(self, conn: Connection, name: str, keys: Sequence[str]) -> None:
         """The primary key, built after the load (it commits the load: the table is the run's own)."""
@@ -370,6 +426,19 @@ class MariaDBDialect(Dialect):
         return ([f"view {name}" for name in views] + [f"foreign key from {name}" for name in keys]
                 + [f"the transaction of connection {thread} open since {started:%H:%M:%S} UTC (a backup or a long "
                    "reader may still read it)" for thread, started in open_since])
+
+
+def _storable(frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
+    """``frame`` as MariaDB can hold it: times with a zone in UTC, infinity as NaN (stored as NULL)."""
+    import numpy as np
+
+    for column, kind in columns:
+        series = frame[column]
+        if kind == "timestamptz" and getattr(series.dtype, "tz", None) is not None:
+            frame = frame.assign(**{column: series.dt.tz_convert("UTC").dt.tz_localize(None)})
+        elif kind == "float" and series.dtype.kind == "f" and np.isinf(series.to_numpy()).any():
+            frame = frame.assign(**{column: series.replace([np.inf, -np.inf], np.nan)})
+    return frame
 
 
 def _exists(conn: Connection, name: str) -> bool:
