@@ -1,5 +1,5 @@
-"""The phase hook: a run marks where it is (loading, indexing, auditing, flipping), and the crash tests stop
-it there to kill it. Unset in normal use, it only logs the phase at debug level."""
+"""The phase hook: a run marks where it is (loading, indexing, auditing, attached, flipping), and the crash tests
+stop it there to kill it. Unset in normal use, it only logs the phase at debug level."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 log = logging.getLogger("pipeline")
 
 #: ``PIPELINE_PAUSE_AT=phase[:seconds]`` stops a run at a phase (loading, indexing, auditing,
-#: flipping): the crash tests kill it there. Unset in normal use.
+#: attached, flipping): the crash tests kill it there. Unset in normal use.
 PAUSE_ENV = "PIPELINE_PAUSE_AT"
 
 

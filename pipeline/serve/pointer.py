@@ -163,6 +163,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         result = retry_on_lock(engine, dialect, what, flip, timeout=timeout)
         if result is not ATTACHED:
             break
+        checkpoint("attached")  # the version is within the views' reach, its flip not yet done
         dialect.wait_for_planners(engine)
     else:
         raise TableError(f"{what}: another process kept taking its versions out of serving; try again")

@@ -20,7 +20,7 @@ from pipeline.database.transactions import reading, retry_on_lock, transaction
 from pipeline.errors import JobLocked, TableError, ViewBusy
 from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import version_table
-from pipeline.serve.pointer import attach, require_table, serving, serving_set, settle, write_view
+from pipeline.serve.pointer import actor, attach, require_table, serving, serving_set, settle, write_view
 
 log = logging.getLogger("pipeline")
 
@@ -148,4 +148,23 @@ def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -
             log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
         for run in state.running_runs(conn, table):
             state.finish_run(conn, run.id, "failed", clock(), run.version, ABANDONED)
+        repair_pointers(conn, dialect, table, clock)
     return [(table, v.version) for v in stale]
+
+
+def repair_pointers(conn: Connection, dialect: Dialect, table: str, clock: Callable) -> None:
+    """Where a dead run's view DDL committed on its own (MariaDB) but its pointer did not, make each pointer say
+    what its view serves, whole, and log the flip as a repair."""
+    pointers = {p.alias: p for p in state.list_pointers(conn, table)}
+    for alias in sorted(set(pointers) | {state.DEFAULT_ALIAS}):
+        served = dialect.served_version(conn, table, alias)
+        found = pointers.get(alias)
+        if served is None or (found is not None and found.version == served):
+            continue
+        before = found.version if found is not None else None
+        now = clock()
+        state.set_pointer(conn, table, alias, served, [served, *(found.view_versions if found else ())], now)
+        state.record_flip(conn, table, alias, before, served, now, "repair: a run died between its view and its "
+                          "pointer", actor())
+        log.warning("%s: the %s view serves version %d, which a run that died published; its pointer (version "
+                    "%s) now says so", table, alias, served, before)

@@ -237,6 +237,12 @@ class Dialect:
         """Open the gate to ``version`` (of ``columns``) in the flip's transaction, where it is not the pointer
         row itself; before the view is written, so that a view made anew finds its gate open."""
 
+    def served_version(self, conn: Connection, table: str, alias: str) -> int | None:
+        """The version ``alias``'s view serves, read from the view and its gate, where a run that died between its
+        view's DDL and its pointer's commit can leave the two apart (DDL that commits); None where they move in
+        one transaction, so the pointer is the truth."""
+        return None
+
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
         return False

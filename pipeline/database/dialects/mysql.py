@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, grant, session_lock
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
-from pipeline.names import gate_table, served_table, serving_table, version_table
+from pipeline.names import gate_table, served_table, serving_table, version_table, view_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -345,6 +345,18 @@ class MariaDBDialect(Dialect):
         found = conn.exec_driver_sql("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
                                      "AND TABLE_NAME LIKE ?", (f"{table}\\_\\_p%",)).scalars()
         return [name for name in found if pattern.match(name)]
+
+    def served_version(self, conn: Connection, table: str, alias: str) -> int | None:
+        """The serving table the view names (its definition, as MariaDB keeps it), and the alias's gate row for
+        it."""
+        definition = conn.exec_driver_sql("SELECT VIEW_DEFINITION FROM information_schema.VIEWS WHERE "
+                                          "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                                          (view_name(table, alias),)).scalar()
+        found = re.search(rf"`({re.escape(table)}__p[0-9a-f]{{6}})`", definition or "")
+        if found is None:
+            return None
+        return conn.exec_driver_sql(f"SELECT version FROM {self.quote(gate_table(table))} WHERE alias = ? "
+                                    "AND serving = ?", (alias, found[1])).scalar()
 
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """MariaDB keeps a view's text rewritten: the digest of the SELECT each view was made from is kept in
