@@ -1,6 +1,6 @@
 """`make bench`: the pipeline against a naive pandas script and the raw limit, side by side in one run.
 
-    python bench/run.py                       # everything: PostgreSQL 100k/1M/10M, SQLite 100k/1M
+    python bench/run.py                       # everything: PostgreSQL 100k/1M/10M, SQLite and MariaDB 100k/1M
     python bench/run.py --sizes 100k,1M       # a quicker pass
     python bench/run.py --databases sqlite
     python bench/run.py --only contract --sizes 1M   # only the input contract's cost (and its pipeline run)
@@ -47,10 +47,16 @@ ROOT = HERE.parent
 FEATURES = [f"f{i}" for i in range(8)]
 PG_URL = os.environ.get("PIPELINE_BENCH_POSTGRES_URL",
                         os.environ.get("PIPELINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+MYSQL_URL = os.environ.get("PIPELINE_BENCH_MYSQL_URL",
+                           os.environ.get("PIPELINE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))
 SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
 
 
 # -- contenders, each run as its own process ---------------------------------------------
+
+#: The rows per INSERT batch the naive script's to_sql sends to MariaDB.
+NAIVE_MYSQL_CHUNK = 10_000
+
 
 def naive(url: str, table: str, model_path: str, out: str) -> dict:
     """What a user writes by hand: read_sql, predict_proba, to_sql."""
@@ -58,11 +64,15 @@ def naive(url: str, table: str, model_path: str, out: str) -> dict:
     import pandas as pd
     from sqlalchemy import create_engine
 
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    from pipeline.database.engines import normalize_url
+
+    engine = create_engine(normalize_url(url))
     frame = pd.read_sql(f"SELECT * FROM {table}", engine)
     proba = joblib.load(model_path).predict_proba(frame[FEATURES])
     result = pd.DataFrame({"id": frame["id"], "proba_0": proba[:, 0], "proba_1": proba[:, 1]})
-    result.to_sql(out, engine, if_exists="replace", index=False)
+    # MariaDB Connector/Python fails one executemany of a million rows: to_sql then needs a chunksize
+    result.to_sql(out, engine, if_exists="replace", index=False,
+                  chunksize=NAIVE_MYSQL_CHUNK if url.startswith(("mysql", "mariadb")) else None)
     return {"rows": len(result)}
 
 
@@ -93,6 +103,36 @@ def raw(url: str, table: str, model_path: str, out: str) -> dict:
                 copy.set_types(["bigint", "double precision", "double precision"])
                 for row in zip(frame["id"].tolist(), proba[:, 0].tolist(), proba[:, 1].tolist()):
                     copy.write_row(row)
+    elif url.startswith(("mysql", "mariadb")):
+        import mariadb
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        from sqlalchemy.engine import make_url
+
+        where = make_url(url)
+        conn = mariadb.connect(host=where.host, port=where.port or 3306, user=where.username,
+                               password=where.password or "", database=where.database, local_infile=True)
+        cursor = conn.cursor(binary=True)
+        cursor.execute(f"SELECT * FROM {table}")
+        data = np.array(cursor.fetchall())
+        frame = {"id": data[:, 0].astype("int64"), **{f: data[:, i + 1] for i, f in enumerate(FEATURES)}}
+        steps["read"] = time.perf_counter() - started
+        started = time.perf_counter()
+        import pandas as pd
+
+        proba = model.predict_proba(pd.DataFrame({f: frame[f] for f in FEATURES}))
+        steps["score"] = time.perf_counter() - started
+        started = time.perf_counter()
+        cursor.execute(f"DROP TABLE IF EXISTS {out}")
+        cursor.execute(f"CREATE TABLE {out} (id BIGINT, proba_0 DOUBLE, proba_1 DOUBLE)")
+        path = f"/tmp/{out}.csv"
+        pacsv.write_csv(pa.table({"id": frame["id"], "proba_0": proba[:, 0], "proba_1": proba[:, 1]}), path,
+                        pacsv.WriteOptions(include_header=False))
+        cursor.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {out} FIELDS TERMINATED BY ','")
+        conn.commit()
+        conn.close()
+        os.unlink(path)
+        frame = frame["id"]
     else:
         import sqlite3
 
@@ -259,6 +299,21 @@ def make_inputs(url: str, table: str, rows: int) -> None:
                          f"FROM generate_series(1, {rows}) g")
             conn.execute(f"ANALYZE {table}")
         return
+    if url.startswith(("mysql", "mariadb")):
+        from sqlalchemy import text
+
+        from pipeline.database.engines import make_engine
+
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            conn.execute(text(f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, "
+                              f"{', '.join(f + ' DOUBLE' for f in FEATURES)}) ENGINE=InnoDB"))
+            conn.execute(text(f"INSERT INTO {table} SELECT seq, {', '.join('RAND()' for _ in FEATURES)} "
+                              f"FROM seq_1_to_{rows}"))
+            conn.execute(text(f"ANALYZE TABLE {table}")).all()
+        engine.dispose()
+        return
     import sqlite3
 
     import numpy as np
@@ -302,6 +357,21 @@ def fresh_schema(url: str, schema: str = "pipeline_bench") -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
+def fresh_database(url: str, database: str = "pipeline_bench") -> str:
+    """An empty MariaDB database of its own; its URL."""
+    from sqlalchemy.engine import make_url
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.database.engines import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}")
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    engine.dispose()
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
 # -- the measurements -----------------------------------------------------------------------
 
 def contenders(url: str, table: str, model: Path, job: Path, naive_too: bool) -> dict[str, dict]:
@@ -341,8 +411,8 @@ def incremental_rows(url: str, database: str, table: str, size: str, n: int, job
     from pipeline.database.engines import make_engine
 
     engine = make_engine(url)
-    features = ", ".join("random() / 9223372036854775807.0 / 2 + 0.5" if database == "sqlite" else "random()"
-                         for _ in FEATURES)
+    random = {"sqlite": "random() / 9223372036854775807.0 / 2 + 0.5", "mariadb": "RAND()"}.get(database, "random()")
+    features = ", ".join(random for _ in FEATURES)
     with engine.begin() as conn:
         conn.execute(text(f"INSERT INTO {table} SELECT id + {n}, {features} FROM {table} WHERE id <= 100"))
     rows = []
@@ -375,6 +445,7 @@ def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     from pipeline.database.engines import make_engine
 
     engine = make_engine(url)
+    quote = engine.dialect.identifier_preparer.quote
     with engine.connect() as conn:
         active = conn.execute(text("SELECT version FROM pipeline_pointer WHERE table_name = :t "
                                    "AND alias = 'champion'"), {"t": table}).scalar_one()
@@ -394,12 +465,13 @@ def flip_and_lookups(url: str, table: str, rows: int) -> dict:
             spent = []
             for key in keys:
                 started = time.perf_counter()
-                conn.execute(text(f'SELECT proba_true FROM "{source}" WHERE id = :k'), {"k": key}).scalar()
+                conn.execute(text(f"SELECT proba_true FROM {quote(source)} WHERE id = :k"), {"k": key}).scalar()
                 spent.append(time.perf_counter() - started)
             timings[name] = np.percentile(spent, [50, 99]) * 1000
-        explain = "EXPLAIN (COSTS OFF) " if url.startswith("postgresql") else "EXPLAIN QUERY PLAN "
+        explain = {"postgresql": "EXPLAIN (COSTS OFF) ", "sqlite": "EXPLAIN QUERY PLAN "}.get(engine.dialect.name,
+                                                                                             "EXPLAIN ")
         plan = [" ".join(map(str, r)) if len(r) > 1 else r[0]
-                for r in conn.execute(text(f'{explain}SELECT proba_true FROM "{table}" WHERE id = 42'))]
+                for r in conn.execute(text(f"{explain}SELECT proba_true FROM {quote(table)} WHERE id = 42"))]
     engine.dispose()
     return {"flip_ms": statistics.median(flips) * 1000, "rollback_ms": statistics.median(backs) * 1000,
             "view": timings["view"], "direct": timings["direct"], "plan": plan}
@@ -593,7 +665,7 @@ def machine(pg_url: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100k,1M,10M")
-    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--databases", default="postgresql,sqlite,mariadb")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
     parser.add_argument("--only", choices=("contract", "serving", "startup"),
                         help="measure only this part (and the pipeline run it is set against); the report is "
@@ -617,10 +689,11 @@ def main() -> None:
         return
     rows_md, flips_md, dask_md, incremental_md, contract_md, notes = [], [], [], [], [], []
     for database in databases:
-        url = fresh_schema(PG_URL) if database == "postgresql" else f"sqlite:///{workdir / 'bench.db'}"
+        url = {"postgresql": lambda: fresh_schema(PG_URL), "mariadb": lambda: fresh_database(MYSQL_URL),
+               "sqlite": lambda: f"sqlite:///{workdir / 'bench.db'}"}[database]()
         for size in sizes:
             n = SIZES[size]
-            if database == "sqlite" and n > 1_000_000:
+            if database != "postgresql" and n > 1_000_000:  # SQLite and MariaDB stop at 1M: make bench stays short
                 continue
             table = f"bench_inputs_{size.lower()}"
             print(f"{database} {size}: making inputs", flush=True)
@@ -647,7 +720,7 @@ def main() -> None:
                     f" | {found['pipeline']['wall'] / found['raw']['wall']:.2f}x"
                     f" | {(base / found['pipeline']['wall']) if base else float('nan'):.1f}x |")
                 print(rows_md[-1], flush=True)
-                if kind == "hgb":  # before the incremental rows add keys to the inputs
+                if kind == "hgb" and database != "mariadb":  # before the incremental rows add keys to the inputs
                     contract_md.append(contract_row(url, database, size, job, found["pipeline"]))
                     print(contract_md[-1], flush=True)
                 if database == "postgresql" and kind == "hgb" and n >= 1_000_000:

@@ -64,6 +64,8 @@ TYPES = {"integer": "BIGINT", "float": "DOUBLE", "text": "LONGTEXT", "boolean": 
 KEY_BYTES, CHAR_BYTES = 3072, 4
 #: Bytes a key column of each type takes.
 KEY_WIDTH = {"integer": 8, "float": 8, "boolean": 1, "date": 3, "timestamp": 8, "timestamptz": 8, "numeric": 30}
+#: Rows of a retired version deleted from a serving table per transaction.
+DELETE_CHUNK = 10_000
 #: A transaction open this long (seconds) may be a backup that will read any table it listed: none is dropped.
 OLD_TRANSACTION = 1
 #: Where the dialect records the digest of each view it made (MariaDB keeps a view's text rewritten).
@@ -80,8 +82,10 @@ class MariaDBDialect(Dialect):
 
     @classmethod
     def configure(cls, engine: Engine) -> None:
-        """Strict mode (a value that does not fit is an error, not a truncation), sessions in UTC, local files
-        for loads, and :meth:`lock`'s locks released when a transaction's connection goes back to the pool."""
+        """Strict mode (a value that does not fit is an error, not a truncation), local files for loads, and
+        :meth:`lock`'s locks released when a transaction's connection goes back to the pool. The session's time
+        zone is left alone, so a domain query means what it means in the user's own client; the pipeline's
+        times are DATETIME values it writes in UTC."""
 
         @event.listens_for(engine, "do_connect")
         def _local_files(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
@@ -90,7 +94,7 @@ class MariaDBDialect(Dialect):
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), time_zone = '+00:00'")
+            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
             cursor.close()
 
         @event.listens_for(engine, "checkin")
@@ -210,11 +214,10 @@ class MariaDBDialect(Dialect):
             os.close(handle)
             try:
                 pacsv.write_csv(table, path, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
-                with self.savepoint(conn):
-                    conn.exec_driver_sql(
-                        f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {self.quote(name)} CHARACTER SET utf8mb4 "
-                        "FIELDS TERMINATED BY ',' ENCLOSED BY '\"' ESCAPED BY '' LINES TERMINATED BY '\\n' "
-                        f"({', '.join(names)}) SET {', '.join(assignments)}")
+                conn.exec_driver_sql(
+                    f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {self.quote(name)} CHARACTER SET utf8mb4 "
+                    "FIELDS TERMINATED BY ',' ENCLOSED BY '\"' ESCAPED BY '' LINES TERMINATED BY '\\n' "
+                    f"({', '.join(names)}) SET {', '.join(assignments)}")
                 return
             except DBAPIError as exc:
                 if getattr(exc.orig, "errno", None) not in LOCAL_FILES_REFUSED:
@@ -274,15 +277,18 @@ class MariaDBDialect(Dialect):
         conn.exec_driver_sql(f"ANALYZE TABLE {self.quote(name)}").all()
 
     def drop_table(self, conn: Connection, name: str) -> None:
-        """Drop a table; a version table's rows leave the serving tables first, and its mark last of all, so
-        that an interrupted drop leaves a version that :meth:`serve` copies again whole."""
+        """Drop a table; a version table's mark and then its rows leave the serving tables first, so that an
+        interrupted drop leaves a version that :meth:`serve` copies again whole."""
         found = _VERSION_TABLE.match(name)
         if found is not None:
             table, version = found["table"], int(found["version"])
-            for serving in self._serving_tables(conn, table):
-                conn.exec_driver_sql(f"DELETE FROM {self.quote(serving)} WHERE model_version = ?", (version,))
             if _exists(conn, served_table(table)):
                 conn.exec_driver_sql(f"DELETE FROM {self.quote(served_table(table))} WHERE version = ?", (version,))
+            for serving in self._serving_tables(conn, table):
+                # a transaction per chunk keeps the undo log small; the DROP below commits the caller's anyway
+                while conn.exec_driver_sql(f"DELETE FROM {self.quote(serving)} WHERE model_version = ? "
+                                           f"LIMIT {DELETE_CHUNK}", (version,)).rowcount >= DELETE_CHUNK:
+                    conn.exec_driver_sql("COMMIT")
         conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR "
                              f"DROP TABLE IF EXISTS {self.quote(name)}")
 
