@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, grant, session_lock
-from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+from pipeline.errors import DatabaseError, JobLocked, SourceError, TableError, first_line
 from pipeline.names import gate_table, served_table, serving_table, version_table, view_name
 
 if TYPE_CHECKING:
@@ -289,8 +289,9 @@ class MariaDBDialect(Dialect):
                 while conn.exec_driver_sql(f"DELETE FROM {self.quote(serving)} WHERE model_version = ? "
                                            f"LIMIT {DELETE_CHUNK}", (version,)).rowcount >= DELETE_CHUNK:
                     conn.exec_driver_sql("COMMIT")
+        kind = "VIEW" if _table_type(conn, name) == "VIEW" else "TABLE"  # a served version's table is a view
         conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR "
-                             f"DROP TABLE IF EXISTS {self.quote(name)}")
+                             f"DROP {kind} IF EXISTS {self.quote(name)}")
 
     # -- the stable view ----------------------------------------------------
 
@@ -320,12 +321,49 @@ class MariaDBDialect(Dialect):
         q = self.quote
         if conn.exec_driver_sql(f"SELECT 1 FROM {q(served)} WHERE version = ?", (version,)).first():
             return False
+        if _table_type(conn, physical) != "BASE TABLE":  # its rows lived in the serving table only, and left it
+            raise TableError(f"{physical} is gone (the version was being retired); it cannot be served again")
         names = self.column_list([c for c, _ in columns])
         conn.exec_driver_sql(f"DELETE FROM {q(serving)} WHERE model_version = ?", (version,))
         conn.exec_driver_sql(f"INSERT INTO {q(serving)} (model_version, {names}) SELECT ?, {names} "
                              f"FROM {q(physical)}", (version,))
         conn.exec_driver_sql(f"INSERT INTO {q(served)} (version, serving) VALUES (?, ?)", (version, serving))
         return True
+
+    def settle(self, engine: Engine, table: str, serving: set[int]) -> dict[int, str]:
+        """Replace the staging table of each version copied whole into a serving table by a view of its rows there,
+        so a served version is stored once; what a run, ``diff`` or ``report`` reads as ``<table>__v<N>`` stays
+        the same rows. A staging table an old transaction may still read (see :meth:`dependents`) is left for a
+        later publish or ``gc``. It never takes a version out of the views' reach: every retained version stays
+        served, and a rollback to any is one gate UPDATE."""
+        q = self.quote
+        try:
+            with engine.connect() as conn:
+                if not _exists(conn, served_table(table)):
+                    return {}
+                for version, serving_name in conn.exec_driver_sql(
+                        f"SELECT version, serving FROM {q(served_table(table))} ORDER BY version").all():
+                    physical = version_table(table, version)
+                    kind = _table_type(conn, physical)
+                    if kind == "VIEW":
+                        continue
+                    if kind == "BASE TABLE":
+                        users = self.dependents(conn, physical)
+                        if users:
+                            log.info("%s: %s stays a table while %s", table, physical, ", ".join(users))
+                            continue
+                        conn.exec_driver_sql(f"SET STATEMENT max_statement_time = {VIEW_WAIT} FOR "
+                                             f"DROP TABLE {q(physical)}")
+                    names = conn.exec_driver_sql(
+                        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
+                        "TABLE_NAME = ? AND COLUMN_NAME <> 'model_version' ORDER BY ORDINAL_POSITION",
+                        (serving_name,)).scalars().all()
+                    conn.exec_driver_sql(f"CREATE VIEW {q(physical)} AS SELECT {self.column_list(names)} FROM "
+                                         f"{q(serving_name)} WHERE model_version = {int(version)}")
+                    conn.commit()
+        except SQLAlchemyError as exc:
+            log.info("%s: version tables stay as they are for now: %s", table, first_line(exc))
+        return {}
 
     def _ensure_serving(self, conn: Connection, table: str, serving: str, columns: Columns, physical: str) -> None:
         """Make the serving table of these columns, the gate and the marks where missing. That DDL commits the
@@ -457,6 +495,12 @@ def _storable(frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
         elif kind == "float" and series.dtype.kind == "f" and np.isinf(series.to_numpy()).any():
             frame = frame.assign(**{column: series.replace([np.inf, -np.inf], np.nan)})
     return frame
+
+
+def _table_type(conn: Connection, name: str) -> str | None:
+    """``BASE TABLE``, ``VIEW``, or None where nothing has that name."""
+    return conn.exec_driver_sql("SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                                "AND TABLE_NAME = ?", (name,)).scalar()
 
 
 def _exists(conn: Connection, name: str) -> bool:

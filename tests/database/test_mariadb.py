@@ -1,0 +1,82 @@
+"""MariaDB as a target: one serving table per column set behind a gate, each version stored once."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from pipeline import activate, load_job, rollback, run_job
+from pipeline.database.engines import make_engine
+from pipeline.serve.retention import gc
+
+from fakemodels import Scripted
+from helpers import SCRIPTED_JOB, customers_frame, version_rows, view_rows, write_table
+
+pytestmark = pytest.mark.mysql
+ROWS = 300
+JOB = SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 100')
+
+
+@pytest.fixture
+def engine(mysql_url):
+    engine = make_engine(mysql_url)
+    write_table(engine, "customers", customers_frame(ROWS))
+    yield engine
+    engine.dispose()
+
+
+def kinds(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                                      "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'scores%'")).all())
+
+
+def test_a_served_version_is_stored_once_and_read_the_same(engine, write_job):
+    path = write_job(JOB, model=Scripted())
+    for scale in (1.0, 2.0, 3.0):
+        path = write_job(JOB, model=Scripted(scale=scale))
+        run_job(load_job(path), engine, force=True)
+    found = kinds(engine)
+    serving = next(name for name in found if name.startswith("scores__p"))
+    assert {found[f"scores__v{v}"] for v in (1, 2, 3)} == {"VIEW"} and found[serving] == "BASE TABLE"
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text(f"SELECT model_version, COUNT(*) FROM {serving} GROUP BY 1")).all())
+        plan = conn.execute(text("EXPLAIN SELECT prediction FROM scores WHERE customer_id = 42")).all()
+    assert counts == {1: ROWS, 2: ROWS, 3: ROWS}
+    assert [(row[2], row[3]) for row in plan] == [("g", "const"), ("s", "const")]  # two primary-key probes
+    one = version_rows(engine, 1)
+    rollback(engine, "scores", to=1)  # any retained version: one gate UPDATE
+    served = view_rows(engine)
+    assert set(served.model_version) == {1}
+    assert served.drop(columns="model_version").equals(one)
+    activate(engine, "scores", 2)
+    activate(engine, "scores", 3)  # served: 3, its rollback target and the version before, 2
+    assert gc(engine, "scores", keep=1).retired == [1]
+    found = kinds(engine)
+    assert "scores__v1" not in found and {found["scores__v2"], found["scores__v3"]} == {"VIEW"}
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT COUNT(*) FROM {serving} WHERE model_version = 1")).scalar_one() == 0
+
+
+def test_a_staging_table_an_old_transaction_may_read_stays_until_it_ends(engine, write_job):
+    """A transaction open since before the publish (a dump that listed the tables) keeps the new version's
+    staging table a table; the next publish or gc makes it a view once the transaction is gone."""
+    path = write_job(JOB, model=Scripted())
+    run_job(load_job(path), engine)
+    holder = engine.connect()
+    try:
+        holder.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+        holder.execute(text("SELECT COUNT(*) FROM scores")).scalar_one()
+        time.sleep(2.5)  # older than OLD_TRANSACTION, counted in whole seconds
+        run_job(load_job(path), engine, force=True)
+        assert kinds(engine)["scores__v2"] == "BASE TABLE"
+        assert set(view_rows(engine).model_version) == {2}  # published all the same
+    finally:
+        holder.rollback()
+        holder.close()
+    time.sleep(0.2)  # information_schema.INNODB_TRX is a cache InnoDB refreshes at most every 100 ms
+    gc(engine, "scores", keep=100)
+    assert kinds(engine)["scores__v2"] == "VIEW"
+    assert len(version_rows(engine, 2)) == ROWS
