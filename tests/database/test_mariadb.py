@@ -34,7 +34,6 @@ def kinds(engine) -> dict[str, str]:
 
 
 def test_a_served_version_is_stored_once_and_read_the_same(engine, write_job):
-    path = write_job(JOB, model=Scripted())
     for scale in (1.0, 2.0, 3.0):
         path = write_job(JOB, model=Scripted(scale=scale))
         run_job(load_job(path), engine, force=True)

@@ -194,7 +194,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback_on_mariadb(mysql_url, tmp_path, 
         # the dump stalls on its full pipe, unread until the end, inside its transaction
         dump = subprocess.Popen(["mariadb-dump", "--single-transaction", "-h", url.host, "-P", str(url.port or 3306),
                                  "-u", url.username, url.database], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.0)
+        time.sleep(2.1)  # older than OLD_TRANSACTION, counted in whole seconds, when the run's gc looks
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", mysql_url],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300,

@@ -67,6 +67,7 @@ KEY_WIDTH = {"integer": 8, "float": 8, "boolean": 1, "date": 3, "timestamp": 8, 
 #: Rows of a retired version deleted from a serving table per transaction.
 DELETE_CHUNK = 10_000
 #: A transaction open this long (seconds) may be a backup that will read any table it listed: none is dropped.
+#: ``trx_started`` counts whole seconds, so one begun 1 to 2 seconds before the check may pass unseen.
 OLD_TRANSACTION = 1
 #: Where the dialect records the digest of each view it made (MariaDB keeps a view's text rewritten).
 VIEWS = "pipeline_view_digests"
@@ -472,11 +473,10 @@ class MariaDBDialect(Dialect):
             "SELECT DISTINCT TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = DATABASE() "
             "AND REFERENCED_TABLE_NAME = ?", (table,)).scalars()
         try:
-            with self.savepoint(conn):
-                open_since = conn.exec_driver_sql(
-                    "SELECT trx_mysql_thread_id, trx_started FROM information_schema.INNODB_TRX WHERE "
-                    f"trx_mysql_thread_id <> CONNECTION_ID() AND trx_started < NOW() - INTERVAL {OLD_TRANSACTION} "
-                    "SECOND ORDER BY trx_started LIMIT 3").all()
+            open_since = conn.exec_driver_sql(
+                "SELECT trx_mysql_thread_id, trx_started FROM information_schema.INNODB_TRX WHERE "
+                f"trx_mysql_thread_id <> CONNECTION_ID() AND trx_started < NOW() - INTERVAL {OLD_TRANSACTION} "
+                "SECOND ORDER BY trx_started LIMIT 3").all()
         except DBAPIError:  # INNODB_TRX needs the PROCESS privilege: without it, drop as the other databases do
             open_since = []
         return ([f"view {name}" for name in views] + [f"foreign key from {name}" for name in keys]
