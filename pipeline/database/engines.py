@@ -82,11 +82,11 @@ def make_engine(url: str) -> Engine:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from pipeline.database.dialects import configure_engine
+    from pipeline.database.dialects import configure_engine, engine_options
 
     try:
         parsed = make_url(normalize_url(url))
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, **engine_options(parsed.get_backend_name()))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise DatabaseError(f"not a usable database URL {redact(url)!r}: {exc}") from None
     except ImportError as exc:

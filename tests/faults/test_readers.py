@@ -178,7 +178,8 @@ def test_no_reader_can_stop_a_run_or_a_rollback_on_mariadb(mysql_url, tmp_path, 
     errors: list[str] = []
 
     url = make_url(mysql_url)
-    snapshot, idle = engine.connect(), engine.connect()
+    # as a plain client or mariadb-dump opens them: REPEATABLE READ (the pipeline's own are READ COMMITTED)
+    snapshot, idle = (engine.connect().execution_options(isolation_level="REPEATABLE READ") for _ in "si")
     analytic: list = []
     # a lookup that waits 100 ms fails
     lookup = "SET STATEMENT max_statement_time = 0.1 FOR SELECT model_version FROM scores WHERE customer_id = 7"

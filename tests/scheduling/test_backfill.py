@@ -76,7 +76,7 @@ def test_the_pointer_never_goes_back_to_an_older_date(engine, job_path):
 
 def test_parallel_dates(engine, job_path):
     result = backfill(load_job(job_path), engine, D1, dt.date(2026, 1, 4), parallel=2)
-    assert len(result.done) == 4 and not result.failed
+    assert len(result.done) == 4 and not result.failed, result.failed
     assert sorted(dated_versions(engine)) == [D1, D2, D3, dt.date(2026, 1, 4)]
     assert len(view_rows(engine)) == 100 and active_date(engine) == dt.date(2026, 1, 4)
 

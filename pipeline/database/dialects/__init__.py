@@ -7,7 +7,7 @@ does not load PostgreSQL's driver.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.database.dialects.base import Dialect
 from pipeline.errors import PipelineError
@@ -47,6 +47,12 @@ def configure_engine(engine: Engine) -> None:
         cls.configure(engine)
 
 
+def engine_options(backend: str) -> dict[str, Any]:
+    """``create_engine`` arguments for a database of SQLAlchemy backend ``backend`` (none for other sources)."""
+    cls = _known(backend)
+    return dict(cls.ENGINE_OPTIONS) if cls is not None else {}
+
+
 def reader_for(engine: Engine) -> Dialect:
     """The dialect to read a domain query with: a known one's fast path, else the generic one."""
     name = engine.dialect.name
@@ -58,4 +64,4 @@ def dialect_for(engine: Engine) -> Dialect:
     return dialect_class(engine.dialect.name)(engine.dialect)
 
 
-__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "reader_for"]
+__all__ = ["Dialect", "configure_engine", "dialect_class", "engine_options", "dialect_for", "reader_for"]

@@ -74,6 +74,8 @@ class Dialect:
     #: DDL takes part in the transaction around it; where it commits that transaction instead (MariaDB), no
     #: savepoint can hold it (:meth:`savepoint`).
     TRANSACTIONAL_DDL: ClassVar[bool] = True
+    #: Keyword arguments for ``create_engine`` when this database is the target (see :func:`engine_options`).
+    ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa_dialect = sa_dialect
