@@ -171,7 +171,7 @@ class _Reader:
             self.cron(schedule, timezone)
         target = self.get(raw, "target", str, "target")
         domain = self.domain(self.section(raw, "domain", {"keys", "query", "file", "source", "product", "chunk_size",
-                                                                      "allow_type_changes"}))
+                                                                      "allow_type_changes", "exclude"}))
         domain_keys = domain.keys
         grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
         if grace < 1:
@@ -193,7 +193,8 @@ class _Reader:
             model=self.model(self.section(raw, "model", {"path", "uri", "tracking_uri", "sha256", "method",
                                                           "features", "format", "trusted"})),
             output=self.output(self.section(raw, "output", {"table", "keep", "default", "top_k", "group_by", "publish_timeout",
-                                                            "rank_by", "ascending", "grant_select"}), domain_keys),
+                                                            "rank_by", "ascending", "grant_select", "include"}),
+                               domain_keys),
             audits=self.audits(self.section(raw, "audits", {"allow_empty", "bounds", "drift", "sql"})
                                if "audits" in raw else {}),
             executor=self.executor(self.section(raw, "executor", {"kind", "address", "workers", "partitions"})
@@ -234,10 +235,11 @@ class _Reader:
         allow = self.get(raw, "allow_type_changes", bool, "domain.allow_type_changes", default=False)
         source = self.get(raw, "source", str, "domain.source")
         source = None if source is None else self.expand(source, "domain.source")
+        exclude = self.exclusions(raw, source)
         product = self.get(raw, "product", list, "domain.product")
         if product is None:
             plain = {k: v for k, v in raw.items() if k in ("query", "file", "source")}
-            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size, allow)
+            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size, allow, exclude)
         for key in ("query", "file"):
             if key in raw:
                 raise self.fail(f"domain.{key}", "cannot be combined with [[domain.product]]")
@@ -250,7 +252,19 @@ class _Reader:
                 raise self.fail(where, "must be a table ([[domain.product]])")
             self.no_unknown(item, {"query", "file", "source"}, f"{where}.")
             factors.append(self.factor(item, where, source))
-        return DomainSpec(keys, tuple(factors), chunk_size, allow)
+        return DomainSpec(keys, tuple(factors), chunk_size, allow, exclude)
+
+    def exclusions(self, raw: dict[str, Any], source: str | None) -> Factor | None:
+        """``exclude``: a query (on the domain's source) or a table with ``query``/``file``/``source``."""
+        exclude = raw.get("exclude")
+        if exclude is None:
+            return None
+        if isinstance(exclude, str):
+            exclude = {"query": exclude}
+        if not isinstance(exclude, dict):
+            raise self.fail("domain.exclude", "must be a query or a table with 'query' or 'file'")
+        self.no_unknown(exclude, {"query", "file", "source"}, "domain.exclude.")
+        return self.factor(exclude, "domain.exclude", source)
 
     def model(self, raw: dict[str, Any]) -> ModelSpec:
         path, uri = self.get(raw, "path", str, "model.path"), self.get(raw, "uri", str, "model.uri")
@@ -338,9 +352,13 @@ class _Reader:
                 raise self.fail(f"output.default.{column}", f"must be a number, string or boolean, got "
                                                             f"{type(value).__name__}")
             default.append((column, value))
+        include = self.names(raw, "include", "output.include") or ()
+        clash = [c for c in include if c.lower() in {k.lower() for k in keys}]
+        if clash:
+            raise self.fail("output.include", f"{', '.join(clash)} is a key, which every version holds already")
         return OutputSpec(table=self.identifier(table, "output.table", check_table_name), keep=keep,
                           default=tuple(default), top_k=top_k, group_by=group_by, rank_by=rank_by, ascending=ascending,
-                          publish_timeout=publish_timeout, grant_select=self.roles(raw))
+                          publish_timeout=publish_timeout, grant_select=self.roles(raw), include=include)
 
     def roles(self, raw: dict[str, Any]) -> tuple[str, ...]:
         """``[output] grant_select``: role names, plain identifiers so they are quoted as written; PUBLIC is

@@ -42,6 +42,9 @@ class DomainSpec:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     #: Let a run publish when a feature's type differs from the active version's (the change is recorded).
     allow_type_changes: bool = False
+    #: Rows to leave out of the domain (items a user already bought): the rows of a query or file whose columns
+    #: are domain columns; a domain row whose values on those columns match one is never scored.
+    exclude: Factor | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class OutputSpec:
     #: Roles granted SELECT on every view the pipeline makes for the table, never on its version tables;
     #: recorded when a run publishes, so a later activate, rollback or split grants them too (PostgreSQL).
     grant_select: tuple[str, ...] = ()
+    #: Domain columns stored beside the outputs in every version and the view (a segment, a region).
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pipeline.cron import next_tick
 from pipeline.database.engines import redact
 from pipeline.errors import JobFileError, PipelineError
 from pipeline.jobs import find_job, iter_jobs, job_files, load_job
-from pipeline.names import labels_text, outputs_of
+from pipeline.names import labels_text
 
 
 @main.command()
@@ -135,7 +135,7 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         ("inputs", ", ".join(f"{f} {d}" + (f" categories {c}" if c is not None else "") for f, d, c in found.input_schema)),
         *([("changed", "; ".join(found.type_changes) + " (allowed by [domain] allow_type_changes)")]
           if found.type_changes else []),
-        ("outputs", ", ".join(f"{c} {t}" for c, t in outputs_of(found.columns, found.keys))),
+        ("outputs", ", ".join(f"{c} {t}" for c, t in found.outputs)),
         *([("classes", labels_text(found.labels))] if found.labels else []),
         ("audits", ", ".join(found.audits)),
         ("executor", found.executor),

@@ -47,6 +47,7 @@ versions = Table(
     Column("output_labels", Text),                 # JSON [[column, class label], ...] of class-per-column outputs
     Column("settings_sha256", String(64)),         # the job settings that shape the rows (see run.materialize)
     Column("input_profile", Text),                 # JSON: per feature, NULL share and deciles (see run.gates)
+    Column("passthrough", Text),                   # JSON list: domain columns stored beside the outputs (include)
     Column("started_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp),
     Column("error", Text),

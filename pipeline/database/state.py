@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, grants, has_schema, partitions, pointer,
                                       runs, splits, versions)
 from pipeline.errors import TableError
-from pipeline.names import DEFAULT_ALIAS
+from pipeline.names import DEFAULT_ALIAS, outputs_of
 
 
 def utcnow() -> datetime:
@@ -74,6 +74,13 @@ class Version:
     #: Per feature, the share of NULLs and the deciles of numeric ones (see :mod:`pipeline.run.gates`); None
     #: unless the job has input gates.
     input_profile: dict[str, Any] | None = None
+    #: Domain columns stored beside the outputs (``[output] include``): neither keys nor outputs.
+    passthrough: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> list[tuple[str, str]]:
+        """The model's output columns (and ``rank``): what audits, diffs and reports compare."""
+        return outputs_of(self.columns, (*self.keys, *self.passthrough))
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -88,7 +95,7 @@ class Version:
             model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
             input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
             output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
-            input_profile=_json(m.get("input_profile")),
+            input_profile=_json(m.get("input_profile")), passthrough=tuple(_json(m.get("passthrough")) or ()),
         )
 
 
@@ -269,7 +276,8 @@ def next_version(conn: Connection, table: str) -> int:
 def insert_version(conn: Connection, *, table: str, version: int, job: str, logical_date: date | None,
                    keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
                    started_at: datetime, model_source: str | None = None, model_library: dict[str, Any] | None = None,
-                   output_labels: Sequence[Sequence[Any]] = (), settings_sha256: str | None = None) -> None:
+                   output_labels: Sequence[Sequence[Any]] = (), settings_sha256: str | None = None,
+                   passthrough: Sequence[str] = ()) -> None:
     """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.run.registry.Source`)."""
     conn.execute(versions.insert().values(
         table_name=table, version=version, job=job, logical_date=logical_date, status="building",
@@ -277,7 +285,7 @@ def insert_version(conn: Connection, *, table: str, version: int, job: str, logi
         model_class=model_class, model_source=model_source, started_at=started_at,
         model_library=json.dumps(model_library) if model_library else None,
         output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None,
-        settings_sha256=settings_sha256))
+        settings_sha256=settings_sha256, passthrough=json.dumps(list(passthrough)) if passthrough else None))
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:

@@ -262,8 +262,9 @@ def audit_version(engine: Engine, table: str, version: int, spec: AuditSpec = Au
         top_k = (output.group_by, output.top_k) if output is not None and output.top_k else None
         if expected_rows is None and top_k is None and RANK not in dict(columns):
             expected_rows = found.domain_size
-        subject = Subject(version_table(table, version), tuple(keys), tuple(outputs_of(columns, keys)),
-                          expected_rows, baseline, logical_date or found.logical_date, top_k)
+        outputs = tuple(outputs_of(columns, (*keys, *found.passthrough)))
+        subject = Subject(version_table(table, version), tuple(keys), outputs, expected_rows, baseline,
+                          logical_date or found.logical_date, top_k)
         results = run_audits(conn, dialect, subject, spec, check_unique=check_unique)
     with transaction(engine) as conn:
         state.save_audits(conn, table, version, results, clock())

@@ -46,6 +46,61 @@ class _Digest:
         return [self.columns, self.rows, self.total]
 
 
+#: Marks the exclusions' entry of a digest (a factor's entry starts with its list of columns).
+EXCLUDED = "excluded"
+#: The column a left join against the exclusions sets on the rows it matched.
+_MATCHED = "__pipeline_excluded"
+
+
+class _Exclusions:
+    """The rows to leave out (``[domain] exclude``), matched exactly on their columns by a left join.
+
+    Rows with a NULL never match, as in SQL; duplicates are dropped once, so a join keeps each
+    domain row once and in its order.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        frame = frame.dropna().drop_duplicates(ignore_index=True)
+        self.columns = [str(c) for c in frame.columns]
+        self.digest = _Digest()
+        self.digest.update(frame)
+        self.rows = frame.assign(**{_MATCHED: True})
+        self.removed = 0
+
+    def check(self, columns: Sequence[str]) -> None:
+        missing = [c for c in self.columns if c not in columns]
+        if missing:
+            raise SourceError(f"[domain] exclude has column(s) {', '.join(missing)} that are not among the domain's "
+                              f"columns: {', '.join(columns)}")
+
+    def apply(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """``chunk`` without the rows that match an exclusion."""
+        try:
+            joined = chunk[self.columns].merge(self.rows, how="left", on=self.columns, sort=False)
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"[domain] exclude cannot be matched with the domain: {first_line(exc)} "
+                              "(cast the columns to the same type)") from None
+        matched = joined[_MATCHED].notna().to_numpy()
+        if not matched.any():
+            return chunk
+        self.removed += int(matched.sum())
+        return chunk[~matched].reset_index(drop=True)
+
+    def state(self) -> list[object]:
+        return [EXCLUDED, self.removed, self.digest.state()]
+
+
+def _parts(digest: Sequence[list[object]]) -> tuple[list[list[object]], list[object] | None]:
+    """A digest's factor entries, and its exclusions' entry or None."""
+    factors = [entry for entry in digest if entry[0] != EXCLUDED]
+    return factors, next((entry for entry in digest if entry[0] == EXCLUDED), None)
+
+
+def _removed(digests: Sequence[Sequence[list[object]]]) -> int:
+    """The rows the exclusions left out of disjoint partitions, in all."""
+    return sum(int(entry[1]) for entry in (_parts(part)[1] for part in digests) if entry is not None)  # type: ignore
+
+
 def partition_columns(keys: Sequence[str], first_columns: Sequence[str]) -> list[str]:
     """What partitions hash: the key columns the first factor holds, else all its columns."""
     return [k for k in keys if k in first_columns] or list(first_columns)
@@ -59,17 +114,22 @@ def merged_fingerprint(digests: Sequence[list[list[object]]]) -> str:
     """
     first = [part[0] for part in digests]
     columns = next((c for c, _, _ in first if c), [])
+    factors, exclusions = _parts(digests[0])
     merged = [[columns, sum(int(r) for _, r, _ in first), sum(int(t) for _, _, t in first) % (1 << 64)],
-              *digests[0][1:]]
+              *factors[1:]]
+    if exclusions is not None:  # the rows each partition left out add up; the list itself is the same in each
+        merged.append([EXCLUDED, _removed(digests), exclusions[2]])
     return hashlib.sha256(json.dumps(merged).encode()).hexdigest()
 
 
 def merged_size(digests: Sequence[list[list[object]]]) -> int:
     """The size of the union of disjoint partitions: the first factor's rows times the other factors'."""
+    if not digests:
+        return 0
     size = sum(int(part[0][1]) for part in digests)
-    for _, rows, _ in digests[0][1:] if digests else []:
+    for _, rows, _ in _parts(digests[0])[0][1:]:
         size *= int(rows)
-    return size
+    return size - _removed(digests)
 
 
 class Domain:
@@ -83,6 +143,7 @@ class Domain:
         self._digests = [_Digest() for _ in spec.factors]
         self._engines: dict[str, Engine] = {}
         self._pushed_down = False
+        self._exclusions: _Exclusions | None = None
         #: Each factor's column kinds, decided at its first read and kept for every later one.
         self.contracts = [Contract() for _ in spec.factors]
 
@@ -94,7 +155,18 @@ class Domain:
     @property
     def digest(self) -> list[list[object]]:
         """What the fingerprint is made of; the digests of disjoint partitions merge into the whole's."""
-        return [d.state() for d in self._digests]
+        return [d.state() for d in self._digests] + ([self._exclusions.state()] if self._exclusions else [])
+
+    def arrives_grouped(self, columns: Sequence[str]) -> bool:
+        """Whether each group of ``columns`` arrives as one run of rows (known once a chunk was read): a product
+        crosses each row of its first factor with all of the others in turn, so groups by exactly the first
+        factor's keys do, with or without partitions and exclusions."""
+        first_keys = {k for k in self.spec.keys if k in self.first_columns}
+        return len(self.spec.factors) > 1 and bool(first_keys) and set(columns) == first_keys
+
+    def kind(self, column: str) -> str | None:
+        """The kind a factor's source declared for ``column`` (or its values told), once it was read."""
+        return next((c.kinds[column] for c in self.contracts if c.kinds.get(column)), None)
 
     @property
     def first_columns(self) -> list[str]:
@@ -123,6 +195,7 @@ class Domain:
             frame = pd.concat(list(self._read(factor, contract)), ignore_index=True)
             digest.update(frame)
             rest.append(frame)
+        self._exclusions = self._read_exclusions()
         checked = False
         first_factor = self.spec.factors[0]
         pushed = self._partition_query(first_factor, by, partition, partitions) if partitions > 1 and by else None
@@ -138,8 +211,11 @@ class Domain:
                     first = self._partition(first, by, partition, partitions)
                 self._digests[0].update(first)
                 for chunk in self._cross(first, rest):
-                    self.size += len(chunk)
-                    yield chunk
+                    if self._exclusions is not None:
+                        chunk = self._exclusions.apply(chunk)
+                    if len(chunk):
+                        self.size += len(chunk)
+                        yield chunk
 
     # -- reading factors ----------------------------------------------------
 
@@ -148,6 +224,15 @@ class Domain:
             yield from self._read_file(factor.file, contract)
         else:
             yield from self._read_query(factor, contract)
+
+    def _read_exclusions(self) -> _Exclusions | None:
+        """The rows ``[domain] exclude`` lists, read whole (like every factor but the first)."""
+        if self.spec.exclude is None:
+            return None
+        frames = list(self._read(self.spec.exclude, Contract()))
+        if not frames:
+            return None
+        return _Exclusions(pd.concat(frames, ignore_index=True))
 
     def _partition_query(self, factor: Factor, by: Sequence[str], partition: int, partitions: int) -> str | None:
         """The factor's query narrowed to one partition in its database, where the database can hash."""
@@ -202,6 +287,8 @@ class Domain:
         if missing:
             raise SourceError(f"domain key(s) {', '.join(missing)} not among the domain's columns: "
                               f"{', '.join(map(str, seen))}")
+        if self._exclusions is not None:
+            self._exclusions.check(list(map(str, seen)))
 
     def _partition(self, frame: pd.DataFrame, by: Sequence[str] | None, partition: int,
                    partitions: int) -> pd.DataFrame:

@@ -78,7 +78,7 @@ class Target:
         return self.context.logical_date
 
     def scorer(self) -> Scorer:
-        return Scorer(self.model, self.job.domain.keys, self.guard)
+        return Scorer(self.model, self.job.domain.keys, self.guard, self.job.output.include)
 
 
 class LocalExecutor:
@@ -94,11 +94,12 @@ class LocalExecutor:
         try:
             with transaction(context.engine) as conn:
                 progress = context.rows_written(progress_total(conn, job))
-                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys)
+                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys, kinds=domain.kind)
                 scorer = target.scorer()
                 chunks = scorer.checking(domain.chunks())
                 if top_up is None:
-                    expected = fill(writer, chunks, scorer, job, progress)
+                    expected = fill(writer, chunks, scorer, job, progress,
+                                    grouped=lambda: domain.arrives_grouped(job.output.group_by))
                 else:  # the bar counts the domain rows read: the changed ones are scored, the rest copied
                     writer.columns = top_up.columns
                     dialect.create_table(conn, target.physical, writer.columns, job.domain.keys)
@@ -187,8 +188,8 @@ class DaskExecutor:
                 if outside:  # a partition must hold whole groups
                     raise PipelineError(f"the dask executor splits the domain's first factor: top_k's group_by "
                                         f"({', '.join(outside)}) must be among its columns")
-                return columns_of(frame), job.output.group_by, "", scorer.schema
-            return (columns_of(frame), tuple(partition_columns(job.domain.keys, domain.first_columns)), "",
+                return columns_of(frame, domain.kind), job.output.group_by, "", scorer.schema
+            return (columns_of(frame, domain.kind), tuple(partition_columns(job.domain.keys, domain.first_columns)), "",
                     scorer.schema)
         finally:
             chunks.close()

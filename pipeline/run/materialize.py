@@ -223,12 +223,14 @@ def run_locked(context: RunContext) -> RunResult:
 
 def settings_digest(job: Job, model: Model) -> str:
     """A digest of what shapes a version's rows besides the model's bytes and the domain: the method, the
-    features and outputs, the keys, top-k and the default row. A run is skipped only when it matches."""
+    features and outputs, the keys, top-k, the default row and the columns passed through. A run is skipped
+    only when it matches."""
     output = job.output
     shape = dict(method=model.method, features=list(model.features), outputs=list(model.outputs),
                  labels=[list(pair) for pair in model.labels], keys=list(job.domain.keys), top_k=output.top_k,
                  group_by=list(output.group_by), rank_by=output.rank_by, ascending=output.ascending,
-                 default=[[c, v] for c, v in output.default])
+                 default=[[c, v] for c, v in output.default],
+                 **({"include": list(output.include)} if output.include else {}))
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -416,7 +418,7 @@ def _allocate(context: RunContext, model: Model) -> int:
                              model_sha256=model.sha256, model_class=model.class_name, started_at=context.clock(),
                              model_source=model.source.to_json() if model.source else None,
                              model_library=model.library, output_labels=model.labels,
-                             settings_sha256=settings_digest(job, model))
+                             settings_sha256=settings_digest(job, model), passthrough=job.output.include)
     return version
 
 

@@ -81,9 +81,11 @@ def write_partition(task: PartitionTask, model: Model,
             return done
         writer = VersionWriter(dialect, conn, task.physical, task.job.domain.keys, columns=list(task.columns))
         domain = Domain(task.job.domain, engine, task.logical_date)
+        scorer = Scorer(model, task.job.domain.keys, include=task.job.output.include)
         try:
-            expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by),
-                            Scorer(model, task.job.domain.keys), task.job, progress, phase="partition-loading")
+            expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by), scorer, task.job,
+                            progress, phase="partition-loading",
+                            grouped=lambda: domain.arrives_grouped(task.job.output.group_by))
         finally:
             domain.close()
         result = PartitionResult(task.partition, writer.rows, expected, domain.digest,

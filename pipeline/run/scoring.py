@@ -1,6 +1,7 @@
 """Turn a chunk of the domain into the rows a version table receives.
 
-A row is its keys, the model's outputs, the key's A/B bucket and a hash of its features;
+A row is its keys, any domain columns the job passes through (``[output] include``), the
+model's outputs, the key's A/B bucket and a hash of its inputs;
 with ``[output] top_k`` only each group's best rows are kept, ranked. Every executor (this
 process, or a Dask worker) builds its rows here, so the version tables they write are
 the same row for row.
@@ -26,13 +27,18 @@ _BUCKET_KEY = "pipeline-ab-keys"
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def check_inputs(model: Model, keys: Sequence[str], columns: list[str]) -> None:
-    """The domain's first chunk holds the model's features, and no key is named like an output."""
+def check_inputs(model: Model, keys: Sequence[str], columns: list[str], include: Sequence[str] = ()) -> None:
+    """The domain's first chunk holds the model's features and the columns passed through, and no key or
+    passed-through column is named like an output."""
     model.check_features(columns)
-    clash = sorted(set(keys) & set(model.outputs))
+    missing = [c for c in include if c not in columns]
+    if missing:
+        raise SourceError(f"[output] include names column(s) the domain does not have: {', '.join(missing)} "
+                          f"(domain columns: {', '.join(columns)})")
+    clash = sorted((set(keys) | set(include)) & set(model.outputs))
     if clash:
-        raise ModelError(f"key column(s) {', '.join(clash)} have the name of a model output; rename them")
-    reserved = sorted((set(keys) | set(model.outputs)) & {*SYSTEM_COLUMNS, RANK})
+        raise ModelError(f"domain column(s) {', '.join(clash)} have the name of a model output; rename them")
+    reserved = sorted((set(keys) | set(include) | set(model.outputs)) & {*SYSTEM_COLUMNS, RANK})
     if reserved:
         raise ModelError(f"column(s) {', '.join(reserved)} are the pipeline's own; rename them")
 
@@ -84,23 +90,34 @@ def input_hashes(frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(frame, index=False).to_numpy().view(np.int64)
 
 
-def score_chunk(model: Model, keys: Sequence[str], chunk: pd.DataFrame) -> pd.DataFrame:
-    """The rows a version table receives for ``chunk``: keys, outputs, bucket and input hash."""
+def hashed(model: Model, include: Sequence[str] = ()) -> list[str]:
+    """The columns a row's ``input_hash`` covers: the features, and what it passes through, so a top-up
+    copies a row only when everything it stores is unchanged."""
+    return [*model.features, *(c for c in include if c not in model.features)]
+
+
+def score_chunk(model: Model, keys: Sequence[str], chunk: pd.DataFrame, include: Sequence[str] = ()) -> pd.DataFrame:
+    """The rows a version table receives for ``chunk``: keys, passed-through columns, outputs, bucket and input
+    hash."""
     scores = model.score(chunk)
-    rows = pd.concat([chunk[list(keys)].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+    rows = pd.concat([chunk[[*keys, *include]].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
     rows[BUCKET] = key_buckets(rows[list(keys)])
-    rows[INPUT_HASH] = input_hashes(chunk[list(model.features)])
+    rows[INPUT_HASH] = input_hashes(chunk[hashed(model, include)])
     return rows
 
 
 class TopK:
-    """Each group's ``top_k`` best rows of a stream of scored chunks, in memory bounded by the groups.
+    """Each group's ``top_k`` best rows of a stream of scored chunks.
 
     The best rows seen so far are kept per chunk and merged again whenever they outgrow
-    twice what the last merge left, so the work stays linear in the rows streamed.
+    twice what the last merge left, so the work stays linear in the rows streamed, and
+    memory follows the groups times K. When the stream is ``grouped`` (each group's rows
+    arrive together, as a product's do when ``group_by`` is its first factor's key), every
+    group but the last one seen is complete: :meth:`finished` hands those out at once, so
+    memory follows the chunk size and K instead. Ties in ``rank_by`` go to the smaller key.
     """
 
-    def __init__(self, output: OutputSpec, keys: Sequence[str]) -> None:
+    def __init__(self, output: OutputSpec, keys: Sequence[str], grouped: bool = False) -> None:
         assert output.top_k is not None and output.rank_by is not None
         self.k = output.top_k
         self.group_by = list(output.group_by)
@@ -111,14 +128,35 @@ class TopK:
         self.counts: list[pd.Series] = []
         self.held = 0
         self.merged = 0
+        self.grouped = grouped
+        #: Rows of the groups :meth:`finished` handed out, which the table must hold.
+        self.handed_out = 0
+        self.last: tuple[Any, ...] = ()
 
     def add(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self.last = tuple(frame[self.group_by].iloc[-1])
         self.counts.append(frame.groupby(self.group_by, sort=False).size())
         self.parts.append(self._best(frame))
         self.held += len(self.parts[-1])
         if self.held > max(2 * self.merged, 100_000):
             self._merge()
 
+    def finished(self) -> Iterator[pd.DataFrame]:
+        """The ranked rows of the groups that are complete: in a grouped stream, all but the last one added."""
+        if not self.grouped or not self.parts:
+            return
+        self._merge()
+        best, counts = self.parts[0], self.counts[0]
+        open_rows = (best[self.group_by] == pd.Series(self.last, index=self.group_by)).all(axis=1).to_numpy()
+        if open_rows.all():
+            return
+        done = best[~open_rows]
+        open_groups = counts.index.isin([self.last if len(self.group_by) > 1 else self.last[0]])
+        self.handed_out += int(counts[~open_groups].clip(upper=self.k).sum())
+        self.parts, self.counts = [best[open_rows]], [counts[open_groups]]
+        self.held = self.merged = len(self.parts[0])
+        yield self._ranked(done)
     def _best(self, frame: pd.DataFrame) -> pd.DataFrame:
         ordered = frame.sort_values(self.order, ascending=self.ascending, kind="stable")
         return ordered.groupby(self.group_by, sort=False).head(self.k)
@@ -133,17 +171,21 @@ class TopK:
     def expected_rows(self) -> int:
         """What the table must hold: for each group, K rows or all its candidates if fewer."""
         self._merge()
-        return int(self.counts[0].clip(upper=self.k).sum()) if self.counts else 0
+        return self.handed_out + (int(self.counts[0].clip(upper=self.k).sum()) if self.counts else 0)
 
     def frames(self, size: int) -> Iterator[pd.DataFrame]:
         """The kept rows with their ``rank`` (1 = best), in chunks of ``size`` rows."""
         self._merge()
         if not self.parts:
             return
-        best = self.parts[0].reset_index(drop=True)
-        best[RANK] = best.groupby(self.group_by, sort=False).cumcount() + 1
+        best = self._ranked(self.parts[0])
         for start in range(0, len(best), size):
             yield best.iloc[start:start + size].reset_index(drop=True)
+
+    def _ranked(self, best: pd.DataFrame) -> pd.DataFrame:
+        best = best.reset_index(drop=True)
+        best[RANK] = best.groupby(self.group_by, sort=False).cumcount() + 1
+        return best
 
 
 def first_rows(scorer: Scorer, job: Job, chunk: pd.DataFrame) -> pd.DataFrame:
@@ -183,17 +225,19 @@ class TypeGuard:
 class Scorer:
     """:func:`score_chunk` for a stream of chunks, checking the inputs (and their types) on the first one."""
 
-    def __init__(self, model: Model, keys: Sequence[str], guard: TypeGuard | None = None) -> None:
+    def __init__(self, model: Model, keys: Sequence[str], guard: TypeGuard | None = None,
+                 include: Sequence[str] = ()) -> None:
         self.model = model
         self.keys = list(keys)
         self.guard = guard
+        self.include = list(include)
         #: The first chunk's input schema (see :meth:`Model.input_schema`), once it was seen.
         self.schema: list[list[Any]] | None = None
 
     def check(self, chunk: pd.DataFrame) -> None:
         """On the first chunk only: the features are there and their types are the active version's."""
         if self.schema is None:
-            check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
+            check_inputs(self.model, self.keys, list(map(str, chunk.columns)), self.include)
             schema = self.model.input_schema(chunk)
             if self.guard is not None:
                 self.guard.check(schema)
@@ -208,4 +252,4 @@ class Scorer:
 
     def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
         self.check(chunk)
-        return score_chunk(self.model, self.keys, chunk)
+        return score_chunk(self.model, self.keys, chunk, self.include)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.contract import value_kind
 from pipeline.database.dialects import Dialect
+from pipeline.database.dialects.base import COLUMN_TYPES
 from pipeline.errors import AuditError, SourceError
 from pipeline.jobspec import Job
 from pipeline.phases import checkpoint
@@ -19,13 +20,17 @@ from pipeline.run.audits import describe_keys, duplicate_keys
 from pipeline.run.scoring import Scorer, TopK
 from pipeline.run.stages import overlapped
 
+#: A column's kind as its source declared it (see :meth:`pipeline.run.domain.Domain.kind`), or None.
+Kinds = Callable[[str], str | None]
 
-def infer_type(name: str, series: pd.Series) -> str:
+
+def infer_type(name: str, series: pd.Series, declared: str | None = None) -> str:
     """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``: its kind in the
-    input contract (outputs of floats that are all NaN are still floats)."""
+    input contract (outputs of floats that are all NaN are still floats), or where its values cannot tell
+    (dates that are all NULL in the first chunk), the kind its source ``declared``."""
     if pd.api.types.is_float_dtype(series.dtype):
         return "float"
-    kind = value_kind(series)
+    kind = value_kind(series) or (declared if declared in COLUMN_TYPES else None)
     if kind is None:
         raise SourceError(f"column {name!r} holds only NULLs in the first chunk; its type cannot be told")
     if kind == "other":
@@ -34,28 +39,30 @@ def infer_type(name: str, series: pd.Series) -> str:
     return kind
 
 
-def columns_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """A version table's columns and portable types, told from its first rows."""
-    return [(str(c), infer_type(str(c), frame[c])) for c in frame.columns]
+def columns_of(frame: pd.DataFrame, kinds: Kinds | None = None) -> list[tuple[str, str]]:
+    """A version table's columns and portable types, told from its first rows (and the source's ``kinds``)."""
+    return [(str(c), infer_type(str(c), frame[c], kinds(str(c)) if kinds else None)) for c in frame.columns]
 
 
 class VersionWriter:
     """Appends scored chunks to a new version table inside the caller's transaction."""
 
     def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str],
-                 columns: list[tuple[str, str]] | None = None, rows: int = 0) -> None:
-        """``columns``: the table exists already with these columns (a distributed run's coordinator made it)."""
+                 columns: list[tuple[str, str]] | None = None, rows: int = 0, kinds: Kinds | None = None) -> None:
+        """``columns``: the table exists already with these columns (a distributed run's coordinator made it);
+        ``kinds``: the domain's declared column kinds, for columns its first rows cannot type."""
         self.dialect = dialect
         self.conn = conn
         self.name = name
         self.keys = list(keys)
         self.columns: list[tuple[str, str]] = columns or []
         self.rows = rows
+        self.kinds = kinds
 
     def write(self, frame: pd.DataFrame) -> None:
         """Append ``frame``; the first call creates the table with the types of its columns."""
         if not self.columns:
-            self.columns = columns_of(frame)
+            self.columns = columns_of(frame, self.kinds)
             self.dialect.create_table(self.conn, self.name, self.columns, self.keys)
         names = [c for c, _ in self.columns]
         if list(frame.columns) != names:
@@ -91,11 +98,14 @@ class VersionWriter:
 
 
 def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, job: Job,
-         progress: Callable[[int], None] | None = None, phase: str = "loading") -> int:
+         progress: Callable[[int], None] | None = None, phase: str = "loading",
+         grouped: Callable[[], bool] | None = None) -> int:
     """Score ``chunks`` with ``scorer`` into ``writer``, keeping only each group's best rows when the job has top_k.
 
     Returns the rows the table must hold. ``progress`` gets the rows scored so far;
     ``phase`` is the checkpoint marked once rows are written (and not yet committed).
+    ``grouped`` tells, once the first chunk was read, whether each top-k group's rows arrive
+    together (:meth:`Domain.arrives_grouped`): complete groups are then written as they end.
     """
     keys = job.domain.keys
     top = TopK(job.output, keys) if job.output.top_k else None
@@ -108,8 +118,15 @@ def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, 
 
     def write(frame: pd.DataFrame) -> None:
         nonlocal scored
+        if top is None:
+            put(frame)
+        else:
+            if not scored and grouped is not None:
+                top.grouped = grouped()
+            top.add(frame)
+            for done in top.finished():
+                put(done)
         scored += len(frame)
-        top.add(frame) if top is not None else put(frame)
         if progress is not None:
             progress(scored)
 

@@ -23,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.jobspec import Job
 from pipeline.names import INPUT_HASH, version_table
 from pipeline.run.model import Model
-from pipeline.run.scoring import check_inputs, input_hashes
+from pipeline.run.scoring import check_inputs, hashed, input_hashes
 from pipeline.run.stages import closing
 
 #: Keys per statement when reading the active version's keys and hashes.
@@ -52,6 +52,8 @@ class TopUp:
     #: Active rows whose key and inputs the domain listed again: they are copied, not scored.
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     checked: bool = False
+    #: The domain columns the job passes through (``[output] include``), hashed with the features.
+    include: tuple[str, ...] = ()
 
     @property
     def copied(self) -> int:
@@ -60,11 +62,12 @@ class TopUp:
     def to_score(self, chunk: pd.DataFrame) -> pd.DataFrame:
         """The rows of ``chunk`` to score: new keys and keys whose features changed."""
         if not self.checked:
-            check_inputs(self.model, self.keys, list(map(str, chunk.columns)))
+            check_inputs(self.model, self.keys, list(map(str, chunk.columns)), self.include)
             self.checked = True
         positions = self.index.get_indexer(_keys(chunk[self.keys]))
         known = positions >= 0
-        same = known & (self.hashes[np.where(known, positions, 0)] == input_hashes(chunk[list(self.model.features)]))
+        hashes = input_hashes(chunk[hashed(self.model, self.include)])
+        same = known & (self.hashes[np.where(known, positions, 0)] == hashes)
         self.kept[positions[same]] = True
         return chunk[~same]
 
@@ -134,6 +137,10 @@ def from_active(engine: Engine, job: Job, model: Model) -> TopUp:
     if INPUT_HASH not in dict(columns) or list(active.keys) != list(job.domain.keys):
         raise PipelineError(f"version {active.version} of {table} has no {INPUT_HASH} for its keys (made by an "
                             "older release or another key); run without --incremental once")
+    if active.passthrough != job.output.include:
+        raise PipelineError(f"version {active.version} of {table} passes through "
+                            f"({', '.join(active.passthrough) or 'nothing'}) and the job's [output] include is "
+                            f"({', '.join(job.output.include) or 'nothing'}); run without --incremental once")
     keys = list(job.domain.keys)
     reader = reader_for(engine)
     select = f"SELECT {reader.column_list(keys + [INPUT_HASH])} FROM {reader.quote(version_table(table, active.version))}"
@@ -141,4 +148,4 @@ def from_active(engine: Engine, job: Job, model: Model) -> TopUp:
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keys + [INPUT_HASH])
     index = _keys(frame[keys])
     return TopUp(active.version, columns, keys, model, index, frame[INPUT_HASH].to_numpy(dtype=np.int64),
-                 np.zeros(len(index), dtype=bool))
+                 np.zeros(len(index), dtype=bool), include=job.output.include)

@@ -19,7 +19,7 @@ from pipeline.database import state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading
 from pipeline.errors import TableError
-from pipeline.names import outputs_of, version_table
+from pipeline.names import version_table
 
 #: Portable column types whose change is a number (B - A).
 NUMERIC_TYPES = ("integer", "float", "numeric")
@@ -139,8 +139,8 @@ def diff_versions(engine: Engine, table: str, a: int, b: int, top: int = 10) -> 
                              f"({', '.join(new.keys)}); versions with different keys cannot be compared")
         pair = _Pair(dialect, version_table(table, a), version_table(table, b), old.keys)
         only_in_a, in_both, only_in_b = _domain(conn, pair)
-        kinds_a = dict(outputs_of(old.columns, old.keys))
-        kinds_b = dict(outputs_of(new.columns, new.keys))
+        kinds_a = dict(old.outputs)
+        kinds_b = dict(new.outputs)
         shared = [c for c in kinds_a if c in kinds_b]
         numeric = [c for c in shared if kinds_a[c] in NUMERIC_TYPES and kinds_b[c] in NUMERIC_TYPES]
         others = [c for c in shared if c not in numeric]

@@ -23,7 +23,7 @@ from pipeline.database.engines import redact
 from pipeline.database.transactions import reading
 from pipeline.errors import AuditError
 from pipeline.jobspec import Job
-from pipeline.names import version_table, view_name
+from pipeline.names import outputs_of, version_table, view_name
 from pipeline.run import topup
 from pipeline.run.audits import planned_audits
 from pipeline.run.domain import Domain
@@ -71,6 +71,13 @@ class Plan:
     library: dict[str, str | None] | None = None
     #: Why the run would make nothing (a ready version holds its work already), or None.
     skipped: str | None = None
+    #: Domain columns stored beside the outputs (``[output] include``).
+    passthrough: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> list[tuple[str, str]]:
+        """The model's output columns (and ``rank``) of the version table."""
+        return outputs_of(self.columns, (*self.keys, *self.passthrough))
 
 
 def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = False) -> Plan:
@@ -96,7 +103,7 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
         domain.close()
     if sample is None and not job.audits.allow_empty:
         raise AuditError(EMPTY_DOMAIN)
-    columns = tuple(columns_of(sample)) if sample is not None else ()
+    columns = tuple(columns_of(sample, checked.kinds)) if sample is not None else ()
     with reading(engine) as conn:
         known = schema.has_schema(conn)
         version = state.next_version(conn, job.output.table) if known else 1
@@ -116,7 +123,7 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     )
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,
-                domain_columns=columns_seen, keys=tuple(keys),
+                domain_columns=columns_seen, keys=tuple(keys), passthrough=job.output.include,
                 features=model.features, columns=columns, model_class=model.class_name,
                 model_sha256=model.sha256, model_location=model.location, model_source=model.source,
                 method=model.method, audits=tuple(planned_audits(job.audits, bool(job.output.top_k))), sql=sql,

@@ -18,7 +18,7 @@ from pipeline.database import state
 from pipeline.database.dialects import dialect_for
 from pipeline.database.transactions import reading
 from pipeline.errors import TableError
-from pipeline.names import outputs_of, previous_version, version_table
+from pipeline.names import previous_version, version_table
 from pipeline.run.audits import histogram, population_stability
 from pipeline.serve import catalog
 from pipeline.tools.diff import NUMERIC_TYPES, diff_versions
@@ -67,7 +67,7 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
             raise TableError(f"{table} has no version {v} with a table to report on")
     dialect = dialect_for(engine)
     versions = [v for v in (a, b) if v is not None]
-    outputs = [(c, t) for c, t in outputs_of(by_number[b].columns, by_number[b].keys) if t in NUMERIC_TYPES]
+    outputs = [(c, t) for c, t in by_number[b].outputs if t in NUMERIC_TYPES]
     sections, plots = [], 0
     with reading(engine) as conn:
         for column, _ in outputs:

@@ -21,6 +21,7 @@ from pipeline.run.executors import executor_for
 from pipeline.run.materialize import check_roles, type_guard
 from pipeline.run.model import Model, load_model
 from pipeline.run.scoring import Scorer, check_output, first_rows
+from pipeline.run.store import Kinds
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Checked:
     scorer: Scorer
     chunk: pd.DataFrame | None
     rows: pd.DataFrame | None
+    #: The domain's column kinds (see :meth:`Domain.kind`), for columns its first rows cannot type.
+    kinds: Kinds
 
     def summary(self) -> str:
         """One line on what was checked, for ``pipeline validate``."""
@@ -50,7 +53,7 @@ def check_job(job: Job, engine: Engine, logical_date: date) -> Checked:
     check_output(job, model)
     check_roles(engine, job)
     executor_for(job.executor).check(dialect_for(engine))
-    scorer = Scorer(model, list(job.domain.keys), type_guard(engine, job))
+    scorer = Scorer(model, list(job.domain.keys), type_guard(engine, job), job.output.include)
     domain = Domain(job.domain, engine, logical_date)
     chunks = domain.chunks()
     try:
@@ -59,4 +62,4 @@ def check_job(job: Job, engine: Engine, logical_date: date) -> Checked:
     finally:
         chunks.close()
         domain.close()
-    return Checked(model, scorer, chunk, rows)
+    return Checked(model, scorer, chunk, rows, domain.kind)

@@ -90,6 +90,52 @@ def test_top_k_streams_with_memory_bounded_by_the_groups():
     assert rows.groupby("g")["rank"].apply(list).map(lambda r: r == [1, 2, 3]).all()
 
 
+def test_a_grouped_stream_hands_out_each_group_as_it_ends_in_memory_bounded_by_the_chunk():
+    """Groups arriving one after another (a product's users crossed with every item in turn), spread over
+    chunks that cut groups in two: memory holds K rows of the groups of one chunk, whatever the number of
+    groups, and the rows handed out equal what the whole stream ranked at once gives, ties to the smaller key."""
+    output = OutputSpec(table="t", top_k=3, group_by=("g",), rank_by="s")
+    rng = np.random.default_rng(1)
+    groups, per_group, chunk = 2000, 70, 500
+    stream = pd.DataFrame({"g": np.repeat(np.arange(groups), per_group), "i": np.tile(np.arange(per_group), groups),
+                           "s": rng.integers(0, 20, groups * per_group) / 20})  # many ties
+    stream = stream[~((stream.g % 7 == 0) & (stream.i > 1))]  # some groups keep fewer than K
+    grouped, whole = TopK(output, ("g", "i"), grouped=True), TopK(output, ("g", "i"))
+    handed, peak = [], 0
+    for start in range(0, len(stream), chunk):
+        frame = stream.iloc[start:start + chunk].reset_index(drop=True)
+        grouped.add(frame)
+        whole.add(frame)
+        handed.extend(grouped.finished())
+        peak = max(peak, grouped.held)
+    assert peak <= (chunk // per_group + 2) * 3  # K rows of the groups one chunk touches
+    handed.extend(grouped.frames(100))
+    got = pd.concat(handed, ignore_index=True)
+    want = pd.concat(list(whole.frames(100)), ignore_index=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert grouped.expected_rows == whole.expected_rows == len(got) == (groups - 286) * 3 + 286 * 2
+    ties = stream.sort_values(["g", "s", "i"], ascending=[True, False, True]).groupby("g").head(3)
+    assert list(got.i) == list(ties.i)
+
+
+def test_a_product_grouped_by_its_first_factor_is_written_as_groups_end(inputs, write_job, monkeypatch):
+    """A run of a product whose group_by is its first factor's key never holds more than a chunk's groups."""
+    peaks = []
+    finished = TopK.finished
+
+    def watch(self):
+        peaks.append((self.grouped, self.held))
+        return finished(self)
+
+    monkeypatch.setattr(TopK, "finished", watch)
+    job = load_job(write_job(JOB))
+    run_job(job, inputs)
+    pd.testing.assert_frame_equal(served(inputs).drop(columns="model_version"), expected(inputs, job),
+                                  check_dtype=False)
+    # before it hands them out: the groups a chunk of 250 pairs touches, and the one left open before it
+    assert all(grouped for grouped, _ in peaks) and max(held for _, held in peaks) <= (250 // ITEMS + 3) * K
+
+
 def test_a_broken_ranking_fails_the_top_k_audit(inputs, write_job):
     job = load_job(write_job(JOB))
     run_job(job, inputs)
