@@ -136,9 +136,15 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
 
 
 def serving(job: Job, engine: Engine) -> list[str]:
-    """How the table is cut and served, one phrase each: top_k, aliases, the A/B split, the default row."""
+    """How the table is cut and served, one phrase each: exclusions, columns passed through, top_k, aliases, the
+    A/B split, the default row."""
     found = []
     output = job.output
+    if job.domain.exclude is not None:
+        excluded = job.domain.exclude
+        found.append(f"leaving out the domain rows that {excluded.file or excluded.query} lists ([domain] exclude)")
+    if output.include:
+        found.append(f"with the domain's {', '.join(output.include)} beside the outputs")
     if output.top_k:
         found.append(f"top {output.top_k} per {', '.join(output.group_by)} by {output.rank_by} "
                      f"({'ascending' if output.ascending else 'descending'}), with rank")

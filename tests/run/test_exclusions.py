@@ -179,3 +179,16 @@ def test_dask_partitions_exclude_the_same_pairs(postgresql_url, write_job):
             assert conn.execute(text(f"SELECT COUNT(*) FROM {quoted(engine, 'scores')}")).scalar_one() == len(got)
     finally:
         engine.dispose()
+
+
+def test_plan_says_what_is_left_out_and_what_is_passed_through(inputs, db_url, write_job, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_job(job_body() + '    include = ["x1"]\n')
+    out = CliRunner().invoke(main, ["plan", "scores", "--db", db_url])
+    assert out.exit_code == 0, out.output
+    serving = [line for line in out.output.splitlines() if line.startswith("serving:")]
+    assert serving[:2] == [
+        "serving:   leaving out the domain rows that SELECT user_id, item_id FROM purchases lists ([domain] exclude)",
+        "serving:   with the domain's x1 beside the outputs"]
+    domain = next(line for line in out.output.splitlines() if line.startswith("domain:"))
+    assert domain.startswith(f"domain:    {USERS * ITEMS - len(purchases().dropna().drop_duplicates())} rows")
