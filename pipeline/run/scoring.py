@@ -167,6 +167,14 @@ class TopK:
             self.counts = [pd.concat(self.counts).groupby(level=list(range(len(self.group_by)))).sum()]
         self.held = self.merged = len(self.parts[0]) if self.parts else 0
 
+    def take(self) -> pd.DataFrame | None:
+        """The best rows held, unranked, and nothing held any more: for a caller that ranks them elsewhere."""
+        self._merge()
+        best = self.parts[0] if self.parts else None
+        self.parts, self.counts = [], []
+        self.held = self.merged = 0
+        return best
+
     @property
     def expected_rows(self) -> int:
         """What the table must hold: for each group, K rows or all its candidates if fewer."""

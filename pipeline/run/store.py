@@ -14,7 +14,8 @@ from pipeline.contract import value_kind
 from pipeline.database.dialects import Dialect
 from pipeline.database.dialects.base import COLUMN_TYPES
 from pipeline.errors import AuditError, SourceError
-from pipeline.jobspec import Job
+from pipeline.jobspec import Job, OutputSpec
+from pipeline.names import RANK
 from pipeline.phases import checkpoint
 from pipeline.run.audits import describe_keys, duplicate_keys
 from pipeline.run.scoring import Scorer, TopK
@@ -97,6 +98,62 @@ class VersionWriter:
         return f"the domain lists some keys more than once, e.g. {describe_keys(self.keys, found)}"
 
 
+#: Best rows a top-k run holds in memory, at most, before it moves them to a temporary table (see :class:`Spill`).
+SPILL_ROWS = 1_000_000
+
+
+class Spill:
+    """A top-k run's best rows so far, moved out of memory once they outgrow :data:`SPILL_ROWS` (rows that
+    arrive in any group order, for many groups), and ranked by the database at the end.
+
+    Each group's best rows of every batch go to a temporary table of the writer's connection; at the end one
+    ``ROW_NUMBER()`` over the groups keeps each group's K best into the version table, ordered as
+    :class:`TopK` orders them (NULLs last, ties to the smaller key, text by code point), so the table is the
+    same row for row as an in-memory run's.
+    """
+
+    def __init__(self, writer: VersionWriter, top: TopK, output: OutputSpec) -> None:
+        self.writer, self.top, self.output = writer, top, output
+        self.name = f"{writer.name}__spill"
+        self.columns: list[tuple[str, str]] = []
+
+    @property
+    def used(self) -> bool:
+        return bool(self.columns)
+
+    def move(self) -> None:
+        """Move the rows ``top`` holds to the temporary table."""
+        frame = self.top.take()
+        if frame is None or not len(frame):
+            return
+        writer = self.writer
+        if not self.columns:
+            self.columns = columns_of(frame, writer.kinds)
+            writer.dialect.create_scratch(writer.conn, self.name, self.columns)
+        writer.dialect.load(writer.conn, self.name, self.columns, frame[[c for c, _ in self.columns]])
+
+    def finish(self) -> int:
+        """Rank the moved rows into the version table; the rows it received (what the table must hold)."""
+        self.move()
+        writer, output, dialect = self.writer, self.output, self.writer.dialect
+        q, types = dialect.quote, dict(self.columns)
+        if not writer.columns:
+            writer.columns = [*self.columns, (RANK, "integer")]
+            dialect.create_table(writer.conn, writer.name, writer.columns, writer.keys)
+        ranked = q(output.rank_by or "")
+        order = [f"CASE WHEN {ranked} IS NULL THEN 1 ELSE 0 END", f"{ranked} {'ASC' if output.ascending else 'DESC'}",
+                 *(dialect.sort_key(k, types[k]) for k in writer.keys if k not in output.group_by)]
+        names = dialect.column_list([c for c, _ in self.columns])
+        inserted = writer.conn.exec_driver_sql(
+            f"INSERT INTO {q(writer.name)} ({names}, {q(RANK)}) SELECT {names}, _rank FROM (SELECT {names}, "
+            f"ROW_NUMBER() OVER (PARTITION BY {', '.join(dialect.sort_key(g, types[g]) for g in output.group_by)} "
+            f"ORDER BY {', '.join(order)}) AS _rank FROM {q(self.name)}) ranked WHERE _rank <= {int(self.top.k)}"
+        ).rowcount
+        dialect.drop_scratch(writer.conn, self.name)
+        writer.rows += inserted
+        return inserted
+
+
 def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, job: Job,
          progress: Callable[[int], None] | None = None, phase: str = "loading",
          grouped: Callable[[], bool] | None = None) -> int:
@@ -109,6 +166,7 @@ def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, 
     """
     keys = job.domain.keys
     top = TopK(job.output, keys) if job.output.top_k else None
+    spill = Spill(writer, top, job.output) if top is not None else None
     scored = 0
 
     def put(frame: pd.DataFrame) -> None:
@@ -126,6 +184,8 @@ def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, 
             top.add(frame)
             for done in top.finished():
                 put(done)
+            if top.held > SPILL_ROWS:
+                spill.move()
         scored += len(frame)
         if progress is not None:
             progress(scored)
@@ -133,6 +193,10 @@ def fill(writer: VersionWriter, chunks: Iterator[pd.DataFrame], scorer: Scorer, 
     overlapped(chunks, scorer, write)
     if top is None:
         return writer.rows
+    if spill.used:
+        expected = spill.finish()
+        checkpoint(phase)
+        return expected
     for frame in top.frames(job.domain.chunk_size):
         put(frame)
     return top.expected_rows

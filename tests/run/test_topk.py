@@ -14,7 +14,7 @@ from pipeline.jobspec import ExecutorSpec, OutputSpec
 from pipeline.run.audits import audit_version
 from pipeline.run.scoring import TopK
 
-from helpers import PRODUCT_JOB, write_users_items
+from helpers import PRODUCT_JOB, write_table, write_users_items
 
 USERS, ITEMS, K = 60, 45, 4
 JOB = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\n    chunk_size = 250') + """\
@@ -134,6 +134,69 @@ def test_a_product_grouped_by_its_first_factor_is_written_as_groups_end(inputs, 
                                   check_dtype=False)
     # before it hands them out: the groups a chunk of 250 pairs touches, and the one left open before it
     assert all(grouped for grouped, _ in peaks) and max(held for _, held in peaks) <= (250 // ITEMS + 3) * K
+
+
+#: A single query of pairs in no order, with text items that sort differently by code point than in a locale.
+SPILL_JOB = """
+    [domain]
+    keys = ["user_id", "item_id"]
+    chunk_size = 40
+    query = "SELECT user_id, item_id, x1, x2, x3 FROM pairs"
+    [model]
+    path = "models/{model}"
+    method = "predict_proba"
+    [output]
+    table = "scores"
+    top_k = 3
+    group_by = ["user_id"]
+    rank_by = "proba_true"
+"""
+TEXT_ITEMS = ["b", "a10", "a9", "Zed", "apple", "_x", "10", "9", "Mango", "kiwi"]
+
+
+def shuffled_pairs(users: int = 40, seed: int = 4) -> pd.DataFrame:
+    """Users x TEXT_ITEMS in random order; items share three feature rows, so scores tie within a user; some
+    users have fewer than K items."""
+    pairs = pd.DataFrame([(u, item) for u in range(users) for item in TEXT_ITEMS], columns=["user_id", "item_id"])
+    pairs = pairs[~((pairs.user_id % 9 == 0) & ~pairs.item_id.isin(["b", "9"]))]
+    look = {item: i % 3 for i, item in enumerate(TEXT_ITEMS)}
+    pairs["x1"] = np.sin(pairs.user_id.to_numpy())
+    pairs["x2"] = pairs.item_id.map(look).astype(float)
+    pairs["x3"] = 0.5
+    return pairs.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def test_many_groups_in_any_order_move_to_the_database_and_rank_the_same(engine, write_job, monkeypatch):
+    """Past SPILL_ROWS held rows, a top-k run ranks in the database: the same table row for row as ranking in
+    memory, ties to the smaller item by code point, groups with fewer than K candidates whole."""
+    from pipeline.run import store
+
+    write_table(engine, "pairs", shuffled_pairs())
+    job = load_job(write_job(SPILL_JOB))
+    memory = run_job(job, engine)
+    moves = []
+    spill_move = store.Spill.move
+
+    def move(self):
+        moves.append(self.top.held)
+        spill_move(self)
+
+    monkeypatch.setattr(store, "SPILL_ROWS", 20)
+    monkeypatch.setattr(store.Spill, "move", move)
+    moved = run_job(job, engine, force=True)
+    assert len(moves) > 3 and max(moves) <= 20 + 40  # held rows never grew past the limit and a chunk
+    ordered = "ORDER BY user_id, rank"
+    with engine.connect() as conn:
+        one, two = (pd.read_sql(text(f"SELECT user_id, item_id, proba_true, rank FROM scores__v{v} {ordered}"), conn)
+                    for v in (memory.version, moved.version))
+        assert not engine.dialect.has_table(conn, "scores__v2__spill")
+    pd.testing.assert_frame_equal(one, two)
+    assert moved.rows == memory.rows == len(two) == 35 * 3 + 5 * 2  # users 0, 9, 18, 27 and 36 have two items
+    tied = two[two.duplicated(["user_id", "proba_true"], keep=False)]
+    assert len(tied) > 20  # the ties are real, and broken by code point
+    for _, group in tied.groupby(["user_id", "proba_true"]):
+        assert list(group.item_id) == sorted(group.item_id)
+    assert all(r.passed for r in moved.audits)
 
 
 def test_a_broken_ranking_fails_the_top_k_audit(inputs, write_job):

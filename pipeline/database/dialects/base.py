@@ -212,6 +212,20 @@ class Dialect:
     def drop_table(self, conn: Connection, name: str) -> None:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
 
+    def create_scratch(self, conn: Connection, name: str, columns: Columns) -> None:
+        """A temporary table of this connection, for rows a run moves out of memory within its transaction:
+        creating (and dropping) it commits nothing on any database."""
+        definitions = ", ".join(f"{self.quote(c)} {self.type_sql(t)}" for c, t in columns)
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.quote(name)} ({definitions})")
+
+    def drop_scratch(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"DROP TABLE {self.quote(name)}")
+
+    def sort_key(self, column: str, type_name: str) -> str:
+        """``column`` as ORDER BY and PARTITION BY should take it: text compared by code point, as Python
+        compares it (SQLite's default BINARY collation does)."""
+        return self.quote(column)
+
     # -- the stable view ----------------------------------------------------
 
     def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:

@@ -205,6 +205,12 @@ class MariaDBDialect(Dialect):
     def create_table(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str] = ()) -> None:
         conn.exec_driver_sql(f"CREATE TABLE {self.quote(name)} ({self.column_sql(columns, keys)}) ENGINE=InnoDB")
 
+    def drop_scratch(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {self.quote(name)}")  # a plain DROP TABLE would commit
+
+    def sort_key(self, column: str, type_name: str) -> str:
+        return f"CAST({self.quote(column)} AS BINARY)" if type_name == "text" else self.quote(column)
+
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         """``LOAD DATA LOCAL INFILE`` of the frame written as CSV by Arrow: 1M rows of five columns in 3.5 s here,
         against 6.2 s for MariaDB Connector/Python's bulk ``executemany`` (``bench/run.py``). Where the server

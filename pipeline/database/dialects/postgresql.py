@@ -269,6 +269,9 @@ class PostgresqlDialect(Dialect):
     def load_sql(self, name: str, columns: Columns) -> str:
         return f"COPY {self.quote(name)} ({self.column_list([c for c, _ in columns])}) FROM STDIN (FORMAT BINARY)"
 
+    def sort_key(self, column: str, type_name: str) -> str:
+        return f'{self.quote(column)} COLLATE "C"' if type_name == "text" else self.quote(column)
+
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
         """Binary COPY through psycopg 3, on the connection's own transaction."""
         raw = conn.connection.driver_connection
