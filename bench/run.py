@@ -5,6 +5,7 @@
     python bench/run.py --databases sqlite
     python bench/run.py --only contract --sizes 1M   # only the input contract's cost (and its pipeline run)
     python bench/run.py --only serving               # only lookups through the view against the version table
+    python bench/run.py --only topk --topk-shape 500x2000   # only the top-k case, at a tenth of each side
 
 Each contender runs as a whole process (imports included) under `measure`, which
 reports wall time and the child's own peak RSS (wait4). The data, the models and the
@@ -26,6 +27,9 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
             retained versions: pgbench (8 clients, simple and prepared protocol, medians of three runs
             interleaved view/direct) and one Python client (p50/p99 of 2,000 lookups), idle and while
             another connection flips the pointer ten times a second (issue 13)
+- topk:     PostgreSQL, top 20 items per user of a 5,000 users x 20,000 items product (100M pairs) with
+            exclusions (purchases), locally and on 2 Dask workers, wall time and peak RSS of every process;
+            both versions read back and checked: the same rows, K per user, no purchase (issue 18)
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FEATURES = [f"f{i}" for i in range(8)]
+#: The top-k case's features: its users carry the first two, its items the other two.
+TOPK_FEATURES = FEATURES[:4]
 PG_URL = os.environ.get("PIPELINE_BENCH_POSTGRES_URL",
                         os.environ.get("PIPELINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
 MYSQL_URL = os.environ.get("PIPELINE_BENCH_MYSQL_URL",
@@ -247,24 +254,67 @@ def contract(url: str, job_path: str, repeats: str = "3") -> dict:
             "all": found}
 
 
-def measure(command: list[str], env: dict | None = None) -> dict:
-    """Run ``command`` to completion; its wall time, its own peak RSS, and the JSON it printed last."""
+def watch_tree(pid: int, stop: threading.Event, peaks: dict) -> None:
+    """Poll process ``pid`` and its descendants every 0.1 s until ``stop``: the peak of their summed RSS
+    (``peaks["sum"]``) and each process's own peak RSS, VmHWM (``peaks["each"]``, by pid), in MB."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        try:
+            pids = [pid, *(p.pid for p in root.children(recursive=True))]
+        except psutil.Error:  # the root has exited
+            return
+        total = 0.0
+        for one in pids:
+            try:
+                fields = dict(line.split(":", 1) for line in Path(f"/proc/{one}/status").read_text().splitlines())
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+            if "VmHWM" in fields:  # not in a zombie's
+                total += int(fields["VmRSS"].split()[0]) / 1024
+                peaks["each"][one] = max(peaks["each"].get(one, 0.0), int(fields["VmHWM"].split()[0]) / 1024)
+        peaks["sum"] = max(peaks["sum"], total)
+        stop.wait(0.1)
+
+
+def measure(command: list[str], env: dict | None = None, tree: bool = False) -> dict:
+    """Run ``command`` to completion; its wall time, its own peak RSS, and the JSON it printed last. wait4's
+    peak RSS is the largest of the child's and of the descendants it reaped, never a sum: with ``tree``, the
+    child's process tree is also polled (:func:`watch_tree`) for ``tree_rss_mb``, the peak of the tree's summed
+    RSS, ``root_rss_mb``, the child's own peak, and ``others_rss_mb``, its descendants' own peaks."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, **(env or {})})
+    stop, peaks = threading.Event(), {"sum": 0.0, "each": {}}
+    watcher = threading.Thread(target=watch_tree, args=(child.pid, stop, peaks), daemon=True)
+    if tree:
+        watcher.start()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
+    stop.set()
+    if tree:
+        watcher.join()
     out, err = child.stdout.read(), child.stderr.read()
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({child.returncode}):\n{err[-2000:]}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, **(json.loads(lines[-1]) if lines else {})}
+    found = {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, **(json.loads(lines[-1]) if lines else {})}
+    if tree:
+        found.update(tree_rss_mb=peaks["sum"], root_rss_mb=peaks["each"].pop(child.pid, 0.0),
+                     others_rss_mb=sorted(peaks["each"].values(), reverse=True))
+    return found
 
 
 # -- set-up --------------------------------------------------------------------------------
 
-def make_models(workdir: Path, names: tuple[str, ...] = ("hgb", "logistic", "hgb500")) -> dict[str, Path]:
+def make_models(workdir: Path, names: tuple[str, ...] = ("hgb", "logistic", "hgb500", "topk")) -> dict[str, Path]:
+    """The models, fitted on 8 random features (topk: a logistic regression on the first 4 only, which the top-k
+    case's users and items carry, 2 each)."""
     import joblib
     import numpy as np
     import pandas as pd
@@ -279,11 +329,12 @@ def make_models(workdir: Path, names: tuple[str, ...] = ("hgb", "logistic", "hgb
                         ("logistic", LogisticRegression()),
                         # a model as costly to score as many production ones: 500 trees of 63 leaves
                         ("hgb500", HistGradientBoostingClassifier(max_iter=500, max_leaf_nodes=63, early_stopping=False,
-                                                                  random_state=0))):
+                                                                  random_state=0)),
+                        ("topk", LogisticRegression())):
         if name not in names:
             continue
         paths[name] = workdir / f"{name}.joblib"
-        joblib.dump(model.fit(x, y), paths[name])
+        joblib.dump(model.fit(x[TOPK_FEATURES] if name == "topk" else x, y), paths[name])
     return paths
 
 
@@ -332,17 +383,61 @@ def make_inputs(url: str, table: str, rows: int) -> None:
     conn.close()
 
 
-def write_job(workdir: Path, name: str, table: str, model: Path) -> Path:
+#: The top-k case's K.
+TOPK = 20
+
+
+def make_topk_inputs(url: str, users: int, items: int, model: Path) -> dict[str, list[int]]:
+    """``users`` (user_id, f0, f1), ``items`` (item_id, f2, f3) and ``purchases`` (user_id, item_id): about 50
+    random items per user; users 1-4 bought all items but 5, K / 2, K - 1 and K (so 1-3 have fewer than K
+    candidates left), users 5-10 their 3 K best items by ``model`` besides their random ones (more than two
+    thirds of their natural top items excluded). The special users, by kind."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    import psycopg
+
+    rng = np.random.default_rng(18)
+    user_x, item_x = rng.random((users, 2)), rng.random((items, 2))
+    left = {1: 5, 2: TOPK // 2, 3: TOPK - 1, 4: TOPK}  # user: items not bought
+    random = np.arange(len(left), users)[:, None] * items + rng.integers(0, items, (users - len(left), 50))
+    bought = [random.ravel(), *((user - 1) * items + rng.permutation(items)[n:] for user, n in left.items())]
+    scorer = joblib.load(model)
+    for user in range(5, 11):
+        x = pd.DataFrame(np.hstack([np.repeat(user_x[user - 1:user], items, axis=0), item_x]), columns=TOPK_FEATURES)
+        bought.append((user - 1) * items + np.argsort(-scorer.predict_proba(x)[:, 1], kind="stable")[:3 * TOPK])
+    pairs = np.unique(np.concatenate(bought))
+    tables = {"users": ("user_id bigint, f0 double precision, f1 double precision",
+                        [np.arange(1, users + 1), *user_x.T]),
+              "items": ("item_id bigint, f2 double precision, f3 double precision",
+                        [np.arange(1, items + 1), *item_x.T]),
+              "purchases": ("user_id bigint, item_id bigint", [pairs // items + 1, pairs % items + 1])}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table, (columns, values) in tables.items():
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"CREATE TABLE {table} ({columns})")
+            with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+                for row in zip(*(v.tolist() for v in values)):
+                    copy.write_row(row)
+            conn.execute(f"ANALYZE {table}")
+    return {"fewer than K left": [1, 2, 3], "exactly K left": [4], "3 K best bought": list(range(5, 11))}
+
+
+def write_job(workdir: Path, name: str, table: str | None, model: Path, domain: str | None = None,
+              output: str = "") -> Path:
+    """A job scoring ``table`` by ``id`` into the table ``name``; ``domain`` replaces its [domain] section's body
+    and ``output`` is added to its [output] section."""
     path = workdir / f"{name}.toml"
+    domain = domain or f'keys = ["id"]\nquery = "SELECT * FROM {table}"'
     path.write_text(f"""
 [domain]
-keys = ["id"]
-query = "SELECT * FROM {table}"
+{domain}
 [model]
 path = "{model}"
 method = "predict_proba"
 [output]
 table = "{name}"
+{output}
 """)
     return path
 
@@ -400,6 +495,130 @@ def dask_row(url: str, job: Path, size: str, local: dict) -> str:
     one, two = (measure(run + ["--workers", str(n)]) for n in (1, 2))
     return (f"| {size} | {local['wall']:.1f} s, {local['rss_mb']:.0f} MB | {one['wall']:.1f} s, {one['rss_mb']:.0f} MB"
             f" | {two['wall']:.1f} s, {two['rss_mb']:.0f} MB | {two['wall'] / local['wall']:.2f}x |")
+
+
+def topk_checks(url: str, table: str, versions: tuple[int, int], special: dict[str, list[int]],
+                model: Path) -> dict:
+    """Read both versions back from PostgreSQL: whether they hold the same rows (keys, rank, proba_true), whether
+    each user has K rows ranked 1..n, or all its candidates where fewer than K are left, whether any row is a
+    purchase, and, for the special users and 5 others, whether the rows are the top K that ``model`` gives
+    the items not bought (ties to the smaller item_id)."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    import psycopg
+
+    a, b = (f"{table}__v{v}" for v in versions)
+    columns = "user_id, item_id, rank, proba_true"
+    found: dict = {}
+    with psycopg.connect(url) as conn:
+        def one(query: str) -> tuple:
+            return conn.execute(query).fetchone()
+
+        found["rows"] = [one(f"SELECT COUNT(*) FROM {v}")[0] for v in (a, b)]
+        found["differ"] = sum(one(f"SELECT COUNT(*) FROM (SELECT {columns} FROM {x} EXCEPT "
+                                  f"SELECT {columns} FROM {y}) d")[0] for x, y in ((a, b), (b, a)))
+        if found["differ"]:  # how they differ
+            found["proba_diff"], found["rank_diff"] = one(
+                f"SELECT MAX(ABS(x.proba_true - y.proba_true)), COUNT(*) FILTER (WHERE x.rank <> y.rank) "
+                f"FROM {a} x FULL JOIN {b} y USING (user_id, item_id)")
+        want = (f"SELECT u.user_id, LEAST({TOPK}, (SELECT COUNT(*) FROM items) - COUNT(p.item_id)) AS n "
+                "FROM users u LEFT JOIN (SELECT DISTINCT user_id, item_id FROM purchases) p USING (user_id) "
+                "GROUP BY u.user_id")
+        found["short_users"], found["expected_rows"] = one(f"SELECT COUNT(*) FILTER (WHERE n < {TOPK}), SUM(n) "
+                                                           f"FROM ({want}) w")
+        found["wrong_counts"], found["bought"] = [], []
+        for v in (a, b):
+            got = (f"SELECT user_id, COUNT(*) AS n, MIN(rank) AS lo, MAX(rank) AS hi, COUNT(DISTINCT rank) AS ranks "
+                   f"FROM {v} GROUP BY user_id")
+            found["wrong_counts"].append(one(
+                f"SELECT COUNT(*) FROM ({want}) w FULL JOIN ({got}) g USING (user_id) "
+                "WHERE COALESCE(g.n, 0) <> COALESCE(w.n, 0) OR g.n > 0 AND (g.lo <> 1 OR g.hi <> g.n "
+                "OR g.ranks <> g.n)")[0])
+            found["bought"].append(one(f"SELECT COUNT(*) FROM {v} JOIN purchases USING (user_id, item_id)")[0])
+        # the top K of a few users, scored here
+        users = [u for kind in special.values() for u in kind]
+        users += [u for (u,) in conn.execute("SELECT user_id FROM users WHERE user_id > 10 ORDER BY "
+                                             "hashint8(user_id) LIMIT 5")]
+        items = pd.DataFrame(conn.execute("SELECT item_id, f2, f3 FROM items ORDER BY item_id").fetchall(),
+                             columns=["item_id", "f2", "f3"])
+        scorer = joblib.load(model)
+        found["topk_wrong"], found["topk_proba_diff"] = {a: 0, b: 0}, 0.0
+        for user in users:
+            f0, f1 = one(f"SELECT f0, f1 FROM users WHERE user_id = {user}")
+            bought = {i for (i,) in conn.execute(f"SELECT item_id FROM purchases WHERE user_id = {user}")}
+            mine = items[~items.item_id.isin(bought)].assign(f0=f0, f1=f1)
+            proba = scorer.predict_proba(mine[TOPK_FEATURES])[:, 1]
+            best = np.lexsort((mine.item_id.to_numpy(), -proba))[:TOPK]
+            for v in (a, b):
+                rows = conn.execute(f"SELECT item_id, proba_true FROM {v} WHERE user_id = {user} "
+                                    "ORDER BY rank").fetchall()
+                found["topk_wrong"][v] += [i for i, _ in rows] != mine.item_id.to_numpy()[best].tolist()
+                if len(rows) == len(best):
+                    found["topk_proba_diff"] = max(found["topk_proba_diff"],
+                                                   float(np.abs(np.array([p for _, p in rows]) - proba[best]).max()))
+        found["topk_users"] = len(users)
+    return found
+
+
+def topk_rows(workdir: Path, model: Path, users: int, items: int) -> tuple[list[str], list[str]]:
+    """A top-k job over users x items with exclusions, run locally and then on a local Dask cluster of 2 workers
+    (both measured with their process trees), and :func:`topk_checks` of the two versions: the table's rows
+    and the checks' lines."""
+    url = fresh_schema(PG_URL, "pipeline_bench_topk")
+    print(f"top-k {users:,} x {items:,}: making inputs", flush=True)
+    special = make_topk_inputs(url, users, items, model)
+    domain = ('keys = ["user_id", "item_id"]\nexclude = "SELECT user_id, item_id FROM purchases"\n'
+              'chunk_size = 100000\n[[domain.product]]\nquery = "SELECT user_id, f0, f1 FROM users"\n'
+              '[[domain.product]]\nquery = "SELECT item_id, f2, f3 FROM items"')
+    job = write_job(workdir, "bench_topk", None, model, domain=domain,
+                    output=f'top_k = {TOPK}\ngroup_by = ["user_id"]\nrank_by = "proba_true"')
+    run = [sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url]
+    print(f"top-k {users:,} x {items:,}: local run", flush=True)
+    local = measure(run, tree=True)
+    print(f"top-k {users:,} x {items:,}: dask run, 2 workers", flush=True)
+    dask = measure(run + ["--force", "--executor", "dask", "--workers", "2"], tree=True)
+    c = topk_checks(url, "bench_topk", (1, 2), special, model)
+    limit = 1536
+    rows = []
+    for name, found, rows_written in (("local", local, c["rows"][0]), ("dask, 2 workers", dask, c["rows"][1])):
+        peak = max(found["rss_mb"], found["tree_rss_mb"])
+        others = found["others_rss_mb"]
+        rows.append(f"| {name} | {users * items:,} | {rows_written:,} | {found['wall']:.1f} s | "
+                    f"{found['rss_mb']:.0f} MB | {found['root_rss_mb']:.0f} MB"
+                    + (f" + {' + '.join(f'{m:.0f}' for m in others)} MB" if others else "")
+                    + f" | {found['tree_rss_mb']:.0f} MB | {'yes' if peak < limit else '**no**'} |")
+        print(rows[-1], flush=True)
+    same = c["differ"] == 0 and c["rows"][0] == c["rows"][1]
+    checks = [
+        "- Same rows locally and on Dask (user_id, item_id, rank, proba_true, `EXCEPT` both ways): "
+        + ("**yes**" if same else f"**NO**: {c['differ']:,} rows differ, proba_true by up to "
+           f"{c['proba_diff']}, {c['rank_diff']:,} ranks differ") + " (target: the same result).",
+        f"- K = {TOPK} rows per user ranked 1..n, or all its candidates where fewer are left "
+        f"({c['short_users']} users have fewer than K; {c['expected_rows']:,} rows expected): users wrong "
+        f"locally / on Dask: {c['wrong_counts'][0]} / {c['wrong_counts'][1]}.",
+        f"- Rows that are purchases (excluded pairs): {c['bought'][0]} / {c['bought'][1]}.",
+        f"- Top K recomputed outside the pipeline for {c['topk_users']} users (the special users: "
+        + "; ".join(f"{kind} {', '.join(map(str, ids))}" for kind, ids in special.items())
+        + "; and 5 others): users whose items or order differ locally / on Dask: "
+        f"{' / '.join(str(n) for n in c['topk_wrong'].values())}; proba_true within "
+        f"{c['topk_proba_diff']:.1e} of the bench's own predict_proba."]
+    print(*checks, sep="\n", flush=True)
+    return rows, checks
+
+
+def topk_section(rows: list[str], checks: list[str], pairs: int) -> list[str]:
+    return [f"Top-k of a {pairs / 1e6:g}M-pair product with exclusions (issue 18): `[[domain.product]]` of users "
+            "(user_id and 2 features) x items (item_id and 2 features), `exclude = \"SELECT user_id, item_id FROM "
+            f"purchases\"` (about 50 random items per user, nearly all items for a few users), a logistic "
+            f"regression on the 4 features, `top_k = {TOPK}` by user on proba_true, chunks of 100,000 pairs; "
+            "PostgreSQL; run locally, then `--executor dask --workers 2 --force`. Peak RSS: the run's process as "
+            "wait4 reports it (its own, or a reaped child's if larger, never a sum); each process's own peak "
+            "(VmHWM, coordinator + workers and helpers, polled every 0.1 s); and the peak of all the run's "
+            "processes together (polled). Targets: peak RSS under 1.5 GB, and the same result locally and on "
+            "Dask.", "",
+            "| run | pairs | rows written | wall | peak RSS (wait4) | each process's peak | all processes "
+            "| < 1.5 GB |", "|---|---|---|---|---|---|---|---|", *rows, "", *checks, ""]
 
 
 def incremental_rows(url: str, database: str, table: str, size: str, n: int, jobs: dict[str, Path]) -> list[str]:
@@ -500,8 +719,6 @@ def pgbench_tps(url: str, source: str, rows: int, protocol: str) -> float:
 
 def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[str], str]:
     """pgbench and a single client through the view and directly, at 2, 10 and 50 retained versions."""
-    import threading
-
     import numpy as np
     import psycopg
     from sqlalchemy import text
@@ -667,21 +884,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite,mariadb")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
-    parser.add_argument("--only", choices=("contract", "serving", "startup"),
+    parser.add_argument("--only", choices=("contract", "serving", "startup", "topk"),
                         help="measure only this part (and the pipeline run it is set against); the report is "
                              "printed, and written only where --out says")
     parser.add_argument("--out", default=None, help="where the report goes (default bench/results.md, "
                                                      "except with --only)")
+    parser.add_argument("--topk-shape", default="5000x20000", help="users x items of the top-k case (PostgreSQL)")
     args = parser.parse_args()
     if args.out is None and not args.only:
         args.out = str(HERE / "results.md")
     sizes = [s for s in args.sizes.split(",") if s]
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
-    models = make_models(workdir, ("hgb",) if args.only else ("hgb", "logistic", "hgb500"))
-    if args.only in ("startup", "serving"):
-        section = (startup_section(startup_rows(workdir, models["hgb"], databases)) if args.only == "startup" else
-                   serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"])))
+    users, items = map(int, args.topk_shape.lower().split("x"))
+    models = make_models(workdir, {"topk": ("topk",), None: ("hgb", "logistic", "hgb500", "topk")}.get(args.only,
+                                                                                                    ("hgb",)))
+    if args.only in ("startup", "serving", "topk"):
+        section = (
+            startup_section(startup_rows(workdir, models["hgb"], databases)) if args.only == "startup" else
+            serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"])) if args.only == "serving" else
+            topk_section(*topk_rows(workdir, models["topk"], users, items), users * items))
         report = [f"# Benchmark results (only {args.only})", "", *machine(PG_URL), "", *section]
         if args.out:
             Path(args.out).write_text("\n".join(report))
@@ -760,6 +982,8 @@ def main() -> None:
     serving_md = (serving_section(*serving_rows(fresh_schema(PG_URL), workdir, models["hgb"]))
                   if "postgresql" in databases and not args.only else [])
     startup_md = startup_section(startup_rows(workdir, models["hgb"], databases)) if not args.only else []
+    topk_md = (topk_section(*topk_rows(workdir, models["topk"], users, items), users * items)
+               if "postgresql" in databases and not args.only else [])
     contract_section = [
         "The input contract's cost: the domain read in one process through the pipeline's reader, which "
         "conforms every chunk to the contract, plus `Model.inputs` (contract), against the same rows read "
@@ -785,10 +1009,10 @@ def main() -> None:
               "|---|---|---|---|---|---|---|", *flips_md, "",
               "The dask executor (`--executor dask`, a local cluster started by the run, 4 partitions per "
               "worker, each worker reading, scoring and COPYing its own partitions) against the local executor, "
-              "on PostgreSQL with the HGB model. Wall time includes starting the cluster; RSS is the "
-              "coordinator's own.", "",
+              "on PostgreSQL with the HGB model. Wall time includes starting the cluster; RSS is wait4's: the "
+              "largest of the coordinator's and its reaped workers' own, never their sum.", "",
               "| rows | local | dask, 1 worker | dask, 2 workers | 2 workers / local |", "|---|---|---|---|---|",
-              *dask_md, "",
+              *dask_md, "", *topk_md,
               "Incremental top-up: 100 keys added to the domain, then `pipeline run --incremental` (scores the "
               "100 new keys, copies the rest inside the database) against a full `pipeline run --force` of the "
               "same domain; hgb500 is a costlier model (500 trees of 63 leaves); `same table` compares the two "

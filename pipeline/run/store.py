@@ -114,7 +114,7 @@ class Spill:
 
     def __init__(self, writer: VersionWriter, top: TopK, output: OutputSpec) -> None:
         self.writer, self.top, self.output = writer, top, output
-        self.name = f"{writer.name}__spill"
+        self.name = f"{writer.name}__top"  # no longer than the key index's name (names.MAX_TABLE_LENGTH)
         self.columns: list[tuple[str, str]] = []
 
     @property

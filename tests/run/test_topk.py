@@ -189,7 +189,7 @@ def test_many_groups_in_any_order_move_to_the_database_and_rank_the_same(engine,
     with engine.connect() as conn:
         one, two = (pd.read_sql(text(f"SELECT user_id, item_id, proba_true, rank FROM scores__v{v} {ordered}"), conn)
                     for v in (memory.version, moved.version))
-        assert not engine.dialect.has_table(conn, "scores__v2__spill")
+        assert not engine.dialect.has_table(conn, "scores__v2__top")
     pd.testing.assert_frame_equal(one, two)
     assert moved.rows == memory.rows == len(two) == 35 * 3 + 5 * 2  # users 0, 9, 18, 27 and 36 have two items
     tied = two[two.duplicated(["user_id", "proba_true"], keep=False)]
