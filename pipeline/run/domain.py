@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from datetime import date
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -135,10 +136,13 @@ def merged_size(digests: Sequence[list[list[object]]]) -> int:
 class Domain:
     """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
 
-    def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None) -> None:
+    def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None,
+                 snapshots: Mapping[str | None, str] | None = None) -> None:
         self.spec = spec
         self.target = target
         self.run_date = run_date
+        #: The snapshot each query source is read as of, by source (None: the target), from :meth:`one_instant`.
+        self.snapshots = dict(snapshots or {})
         self.size = 0
         self._digests = [_Digest() for _ in spec.factors]
         self._engines: dict[str, Engine] = {}
@@ -177,6 +181,33 @@ class Domain:
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
+
+    @contextlib.contextmanager
+    def one_instant(self, partitioned: bool = False) -> Iterator[None]:
+        """Within the block, read each query source as of one instant, however many statements read it.
+
+        A source read by several statements (several factors, an exclusion list, or ``partitioned``:
+        a sample and each partition, in other processes too) exports a snapshot where its database can share
+        one (PostgreSQL), held until the block ends; :attr:`snapshots` carries the ids to the
+        partitions' own Domains. Elsewhere (SQLite, MariaDB) each statement reads its own instant,
+        and files are read as they are.
+        """
+        read = [*self.spec.factors, *([self.spec.exclude] if self.spec.exclude else [])]
+        statements = Counter(f.source for f in read if f.query is not None)
+        with contextlib.ExitStack() as stack:
+            for source, count in statements.items():
+                if partitioned or count > 1:
+                    engine = self._engine(source)
+                    try:
+                        exported = stack.enter_context(reader_for(engine).export_snapshot(engine))
+                    except SourceError as exc:
+                        raise SourceError(f"cannot export a snapshot of the domain{_on(source)}: {exc}") from None
+                    if exported is not None:
+                        self.snapshots[source] = exported
+            try:
+                yield
+            finally:
+                self.snapshots.clear()
 
     def chunks(self, partition: int = 0, partitions: int = 1,
                by: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
@@ -266,12 +297,11 @@ class Domain:
     def _read_query(self, factor: Factor, contract: Contract) -> Iterator[pd.DataFrame]:
         assert factor.query is not None
         engine = self._engine(factor.source)
-        where = f" on {redact(factor.source)}" if factor.source else ""
         try:
             yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size,
-                                                     contract)
+                                                     contract, self.snapshots.get(factor.source))
         except SourceError as exc:
-            raise SourceError(f"domain query failed{where}: {exc}") from None
+            raise SourceError(f"domain query failed{_on(factor.source)}: {exc}") from None
 
     # -- shaping ------------------------------------------------------------
 
@@ -307,3 +337,8 @@ class Domain:
             positions = np.unravel_index(np.arange(start, min(start + self.spec.chunk_size, total)), shape)
             parts = [frame.iloc[pos].reset_index(drop=True) for frame, pos in zip([first, *rest], positions)]
             yield pd.concat(parts, axis=1)
+
+
+def _on(source: str | None) -> str:
+    """Where a domain query ran, for errors: its source without the password; nothing for the target."""
+    return f" on {redact(source)}" if source else ""

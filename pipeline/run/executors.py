@@ -92,7 +92,7 @@ class LocalExecutor:
         dialect = context.dialect
         domain = Domain(job.domain, context.engine, context.logical_date)
         try:
-            with transaction(context.engine) as conn:
+            with domain.one_instant(), transaction(context.engine) as conn:
                 progress = context.rows_written(progress_total(conn, job))
                 writer = VersionWriter(dialect, conn, target.physical, job.domain.keys, kinds=domain.kind)
                 scorer = target.scorer()
@@ -123,6 +123,9 @@ class DaskExecutor:
 
     The coordinator (this process) creates the table from a first scored chunk, sends
     the model to every worker once, and keys the table after every partition committed.
+    Where the domain's queries read PostgreSQL, the coordinator exports a snapshot that
+    the sample and every partition read as of (:meth:`Domain.one_instant`), so a domain
+    changing during the run gives one instant's rows; elsewhere each partition reads its own.
     """
 
     def __init__(self, spec: ExecutorSpec) -> None:
@@ -139,9 +142,19 @@ class DaskExecutor:
             raise PipelineError(DASK_MISSING) from None
 
     def load(self, target: Target) -> Loaded:
+        domain = Domain(target.job.domain, target.context.engine, target.logical_date)
+        try:
+            with domain.one_instant(partitioned=True):
+                return self._load(target, domain)
+        finally:
+            domain.close()
+
+    # -- steps ----------------------------------------------------------------
+
+    def _load(self, target: Target, domain: Domain) -> Loaded:
         context, job = target.context, target.job
         engine, dialect = context.engine, context.dialect
-        columns, by, fingerprint, schema = self._sample(target)
+        columns, by, fingerprint, schema = self._sample(target, domain)
         if not columns:
             with transaction(engine) as conn:
                 columns = empty_columns(conn, job)
@@ -154,7 +167,7 @@ class DaskExecutor:
         try:
             checkpoint("loading")
             with self._client() as client:
-                results = self._run(client, target, columns, by, context.rows_written(expected))
+                results = self._run(client, target, domain, columns, by, context.rows_written(expected))
             rows = sum(r.rows for r in results)
             checkpoint("indexing")
             with transaction(engine) as conn:
@@ -168,13 +181,10 @@ class DaskExecutor:
         return Loaded(rows, columns, size, merged_fingerprint([r.digest for r in results]),
                       sum(r.expected_rows for r in results), input_schema=schema)
 
-    # -- steps ----------------------------------------------------------------
-
-    def _sample(self, target: Target) -> tuple[list[tuple[str, str]], tuple[str, ...], str,
+    def _sample(self, target: Target, domain: Domain) -> tuple[list[tuple[str, str]], tuple[str, ...], str,
                                                                list[list[Any]] | None]:
         """The table's columns, the partitions' hash columns and the input schema, from the first chunk
         (none: an empty domain, whose fingerprint comes third)."""
-        domain = Domain(target.job.domain, target.context.engine, target.logical_date)
         chunks = domain.chunks()
         try:
             first = next(chunks, None)
@@ -193,7 +203,6 @@ class DaskExecutor:
                     scorer.schema)
         finally:
             chunks.close()
-            domain.close()
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
@@ -217,7 +226,7 @@ class DaskExecutor:
                      client.dashboard_link)
             yield client
 
-    def _run(self, client: Any, target: Target, columns: list[tuple[str, str]],
+    def _run(self, client: Any, target: Target, domain: Domain, columns: list[tuple[str, str]],
              by: tuple[str, ...], progress: Callable[[int], None] | None) -> list[PartitionResult]:
         """Write every partition; the first one that fails for good cancels the rest and is raised."""
         from distributed import as_completed
@@ -225,7 +234,7 @@ class DaskExecutor:
         partitions = self.spec.partitions or PARTITIONS_PER_THREAD * max(1, sum(client.nthreads().values()))
         url = target.context.engine.url.render_as_string(hide_password=False)
         tasks = [PartitionTask(url, target.job, target.version, target.physical, tuple(columns), i, partitions, by,
-                               target.logical_date) for i in range(partitions)]
+                               target.logical_date, tuple(domain.snapshots.items())) for i in range(partitions)]
         topic = f"pipeline-progress-{target.physical}-{os.getpid()}"
         counts: dict[int, int] = {}
         lock = threading.Lock()

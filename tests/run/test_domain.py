@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import text
 
 from pipeline.errors import SourceError
 from pipeline.jobspec import DomainSpec, Factor
@@ -112,6 +113,27 @@ def test_postgresql_reads_only_the_partition_it_is_asked_for(postgresql_url):
     counts = [sum(map(len, Domain(spec, engine).chunks(i, 4, ("user_id",)))) for i in range(4)]
     assert sum(counts) == 3
     engine.dispose()
+
+
+def test_one_instant_shares_a_snapshot_until_the_block_ends_where_the_database_can(engine):
+    """PostgreSQL exports one, which another Domain reads as of while it lives; SQLite and MariaDB none."""
+    write_table(engine, "customers", customers_frame(10))
+    spec = DomainSpec(("customer_id",), (Factor(query="SELECT * FROM customers"),))
+    domain = Domain(spec, engine)
+    shares = engine.dialect.name == "postgresql"
+    with domain.one_instant():  # one statement reads one instant anyway
+        assert domain.snapshots == {}
+    with pytest.raises(KeyboardInterrupt), domain.one_instant(partitioned=True):
+        exported = domain.snapshots.get(None)
+        assert (exported is not None) == shares
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM customers WHERE customer_id > 4"))
+        assert len(collect(Domain(spec, engine, snapshots=domain.snapshots))) == (10 if shares else 4)
+        raise KeyboardInterrupt  # a load that fails ends the exporting transaction too
+    assert domain.snapshots == {}
+    if shares:
+        with pytest.raises(SourceError, match="invalid snapshot identifier"):
+            collect(Domain(spec, engine, snapshots={None: exported}))
 
 
 def test_fingerprint_ignores_order_and_sees_changes(engine):

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.database.dialects import dialect_for
+from pipeline.database.dialects.postgresql import PostgresqlDialect
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
 from pipeline.errors import ModelError
@@ -28,7 +29,8 @@ from pipeline.run.store import columns_of
 from pipeline.serve import catalog
 
 from fakemodels import Scripted
-from helpers import CUSTOMERS_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for, write_table
+from helpers import (CUSTOMERS_JOB, PRODUCT_JOB, customers_frame, rest, start_run, version_rows, view_rows, wait_for,
+                     write_table, write_users_items)
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 400')
@@ -93,6 +95,87 @@ def test_a_worker_killed_mid_partition_still_gives_a_complete_version(pg, postgr
         workers = conn.execute(text("SELECT partition, worker FROM pipeline_partitions WHERE version = 2")).all()
     assert sorted(p for p, _ in workers) == [0, 1, 2, 3]
     assert not any(w.endswith(f":{worker}") for _, w in workers)  # the killed worker's rows rolled back
+
+
+#: users x items; a partition of 50 users pauses at partition-loading after its first chunk of three.
+PRODUCT = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\n    chunk_size = 500')
+#: Changes every row of both factors, and which users and items there are.
+CHANGE = ["UPDATE users SET x1 = x1 + 1", "DELETE FROM users WHERE user_id % 3 = 0",
+          "INSERT INTO users SELECT user_id + 1000, x1 FROM users", "UPDATE items SET x2 = -x2",
+          "INSERT INTO items SELECT item_id + 1000, x2, x3 FROM items"]
+
+
+def change_domain(engine) -> None:
+    with engine.begin() as conn:
+        for statement in CHANGE:
+            conn.execute(text(statement))
+
+
+def assert_same_domain(engine, version: int, before: int) -> None:
+    """``version`` holds the rows of version ``before``, scored from the same domain."""
+    order = "user_id, item_id"
+    pd.testing.assert_frame_equal(version_rows(engine, version, order), version_rows(engine, before, order))
+    versions = {v.version.version: v.version for v in catalog.versions(engine, "scores")}
+    now, then = versions[version], versions[before]
+    assert (now.domain_size, now.domain_fingerprint) == (then.domain_size, then.domain_fingerprint)
+
+
+@pytest.mark.postgres
+def test_every_partition_reads_the_domain_as_of_the_runs_snapshot(postgresql_url, write_job, tmp_path):
+    """Both factors change while the first partitions are loading: the later ones read the domain as it was
+    when the run began, like the first ones (without the snapshot, they would read the change)."""
+    engine = make_engine(postgresql_url)
+    write_users_items(engine, 200, 30, seed=1)
+    run_job(load_job(write_job(PRODUCT)), engine)  # version 1: the domain before the change, scored locally
+    child, lines = start_run(tmp_path, postgresql_url, "partition-loading:1", "--executor", "dask", "--workers", "2",
+                             "--partitions", "4")
+    try:
+        wait_for(lines, "pipeline: paused at partition-loading")  # 2 partitions at most have begun reading
+        change_domain(engine)
+        err = rest(lines)
+        assert child.wait(120) == 0, err
+    finally:
+        child.kill()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM users")).scalar() == 2 * 133
+    assert_same_domain(engine, 2, before=1)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_local_product_reads_its_factors_as_of_one_snapshot(postgresql_url, write_job, monkeypatch):
+    """The domain changes after the items were read and before the users are: the run reads the users
+    as they were when it read the items."""
+    engine = make_engine(postgresql_url)
+    write_users_items(engine, 50, 20, seed=2)
+    job = load_job(write_job(PRODUCT))
+    run_job(job, engine)
+    read_query = PostgresqlDialect.read_query
+    reads = []
+
+    def read_then_change(self, *args, **kwargs):
+        reads.append(args[1])
+        if len(reads) == 2:
+            change_domain(engine)
+        yield from read_query(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgresqlDialect, "read_query", read_then_change)
+    run_job(job, engine, force=True)
+    assert [q.split()[-1] for q in reads] == ["items", "users"]
+    assert_same_domain(engine, 2, before=1)
+    engine.dispose()
+
+
+@pytest.mark.mysql
+def test_a_dask_run_on_mariadb_gives_the_local_executors_rows(mysql_url, write_job):
+    """MariaDB shares no snapshot: the partitions read without one, as before."""
+    engine = make_engine(mysql_url)
+    write_users_items(engine, 60, 10, seed=3)
+    job = load_job(write_job(PRODUCT))
+    run_job(job, engine)
+    run_job(dataclasses.replace(job, executor=DASK), engine, force=True)
+    assert_same_domain(engine, 2, before=1)
+    engine.dispose()
 
 
 def test_a_partition_written_twice_is_written_once(engine, write_job):

@@ -100,13 +100,21 @@ class Dialect:
 
     # -- reading the domain ---------------------------------------------------
 
+    @contextlib.contextmanager
+    def export_snapshot(self, engine: Engine) -> Iterator[str | None]:
+        """A snapshot of ``engine``'s database that :meth:`read_query` on other connections (other processes too)
+        reads as of, valid until the block ends; None where the database cannot share one, and each
+        statement then reads its own instant."""
+        yield None
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None) -> Iterator[pd.DataFrame]:
+                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
         """Stream a query's rows in chunks of ``chunk_size`` through a server-side cursor.
 
         Each chunk is conformed to ``contract`` (a fresh one by default): a database this
         package has no dialect for declares no types it can read, so each column's kind is
-        told from its first non-NULL values and kept for the run.
+        told from its first non-NULL values and kept for the run. ``snapshot`` is what
+        :meth:`export_snapshot` yielded: always None here.
 
         Raises:
             SourceError: the query failed, or returns no rows to score.

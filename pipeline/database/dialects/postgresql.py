@@ -282,10 +282,27 @@ class PostgresqlDialect(Dialect):
             for row in self.rows(frame):
                 copy.write_row(row)
 
+    @contextlib.contextmanager
+    def export_snapshot(self, engine: Engine) -> Iterator[str | None]:
+        """``pg_export_snapshot()`` of a REPEATABLE READ transaction held open until the block ends: a snapshot
+        can be imported only while the transaction that exported it lives, so the server's
+        ``idle_in_transaction_session_timeout`` must not end it while the load runs."""
+        with contextlib.ExitStack() as stack:
+            try:
+                conn = stack.enter_context(engine.connect())
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                conn.begin()  # rolled back as the connection closes
+                conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+                exported = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
+            except SQLAlchemyError as exc:
+                raise SourceError(first_line(exc)) from None
+            yield exported
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None) -> Iterator[pd.DataFrame]:
+                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
         """Read through ADBC: rows arrive as Arrow record batches, several times faster than a cursor,
-        and their schema carries the server's column types."""
+        and their schema carries the server's column types. With ``snapshot``, the query reads as of it
+        (ADBC's connection is in a transaction from the start, and SET TRANSACTION must come first in it)."""
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
 
@@ -297,6 +314,10 @@ class PostgresqlDialect(Dialect):
         uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
             with adbc.connect(uri) as conn, conn.cursor() as cursor:
+                if snapshot is not None:
+                    literal = snapshot.replace("'", "''")
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    cursor.execute(f"SET TRANSACTION SNAPSHOT '{literal}'")
                 cursor.execute(query, params or None)
                 if cursor.description is None:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")

@@ -117,7 +117,7 @@ class SQLiteDialect(Dialect):
         return found == f"CREATE VIEW {self.quote(view)} AS\n{select_sql}"
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None) -> Iterator[pd.DataFrame]:
+                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
         """Read with the sqlite3 cursor itself: 1.9 s for 1M rows x 9 columns here, against 6 s through
         SQLAlchemy's row objects. (ADBC's SQLite driver reads faster, but it links a second SQLite
         library into the process, and two libraries on one WAL file break each other's locks.)
