@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.contract import Contract
 from pipeline.database.dialects import reader_for
@@ -75,10 +76,13 @@ def merged_size(digests: Sequence[list[list[object]]]) -> int:
 class Domain:
     """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
 
-    def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None) -> None:
+    def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None,
+                 since: datetime | None = None) -> None:
+        """``since``: what queries that name ``:since`` (a top-up's change queries) are given."""
         self.spec = spec
         self.target = target
         self.run_date = run_date
+        self.since = since
         self.size = 0
         self._digests = [_Digest() for _ in spec.factors]
         self._engines: dict[str, Engine] = {}
@@ -100,6 +104,20 @@ class Domain:
     def first_columns(self) -> list[str]:
         """The first factor's columns (known once a chunk was read)."""
         return self._digests[0].columns
+
+    def clock(self) -> datetime:
+        """The clock of the first factor's database, in UTC (see :meth:`pipeline.database.dialects.Dialect.clock`).
+
+        Raises:
+            SourceError: the database cannot be asked.
+        """
+        source = self.spec.factors[0].source
+        engine = self._engine(source)
+        try:
+            return reader_for(engine).clock(engine)
+        except SQLAlchemyError as exc:
+            where = f" of {redact(source)}" if source else ""
+            raise SourceError(f"cannot read the clock{where}: {first_line(exc)}") from None
 
     def close(self) -> None:
         for engine in self._engines.values():
@@ -184,7 +202,7 @@ class Domain:
         where = f" on {redact(factor.source)}" if factor.source else ""
         try:
             yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size,
-                                                     contract)
+                                                     contract, self.since)
         except SourceError as exc:
             raise SourceError(f"domain query failed{where}: {exc}") from None
 
