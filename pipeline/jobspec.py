@@ -42,6 +42,14 @@ class DomainSpec:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     #: Let a run publish when a feature's type differs from the active version's (the change is recorded).
     allow_type_changes: bool = False
+    #: The domain rows new or changed since ``:since`` (the active version's watermark): a top-up reads only these.
+    changed: str | None = None
+    #: The keys that left the domain since ``:since``, which a top-up drops (needs ``changed``).
+    removed: str | None = None
+    #: A top-up after ``full_every - 1`` top-ups in a row is a full run instead (needs ``changed``).
+    full_every: int | None = None
+    #: Runs are top-ups unless ``--full`` (needs ``changed``); a full run is the default.
+    incremental: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,11 @@ class Version:
     #: Per feature, the share of NULLs and the deciles of numeric ones (see :mod:`pipeline.run.gates`); None
     #: unless the job has input gates.
     input_profile: dict[str, Any] | None = None
+    #: The source database's clock as the run that made it began: the next top-up's ``:since`` (UTC); None unless
+    #: the job has ``[domain] changed``.
+    watermark: datetime | None = None
+    #: How many top-ups in a row made it since a full run: 0 or None for a full run.
+    top_ups: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Version":
@@ -88,7 +93,8 @@ class Version:
             model_source=_json(m["model_source"]), model_library=_json(m["model_library"]),
             input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
             output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
-            input_profile=_json(m.get("input_profile")),
+            input_profile=_json(m.get("input_profile")), watermark=_utc(m.get("watermark")),
+            top_ups=m.get("top_ups"),
         )
 
 

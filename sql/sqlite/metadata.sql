@@ -106,6 +106,8 @@ CREATE TABLE pipeline_versions (
 	output_labels TEXT,
 	settings_sha256 VARCHAR(64),
 	input_profile TEXT,
+	watermark DATETIME,
+	top_ups INTEGER,
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,
