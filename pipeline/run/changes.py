@@ -127,13 +127,15 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
             yield chunk
 
     assert job.domain.changed is not None and active.watermark is not None
-    changed = _reader(context, job.domain.changed, active.watermark)
+    # to the second: a source that stamps whole seconds (truncated) then lists a change of the watermark's second
+    since = active.watermark.replace(microsecond=0)
+    changed = _reader(context, job.domain.changed, since)
     try:
         scored = fill(writer, noted(scorer.checking(changed.chunks())), scorer, job, progress)
     finally:
         changed.close()
     if job.domain.removed is not None:
-        removed = _reader(context, job.domain.removed, active.watermark)
+        removed = _reader(context, job.domain.removed, since)
         try:
             listed.extend(chunk[keys] for chunk in removed.chunks())
         finally:

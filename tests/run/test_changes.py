@@ -4,6 +4,7 @@ that says why."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 from urllib.parse import quote
@@ -25,8 +26,11 @@ from pipeline.run import materialize
 from helpers import CUSTOMERS_JOB, customers_frame, quoted, train_model, version_rows, write_table
 
 KEYS = 1000
-#: The source's own clock, as an application stamps ``updated_at`` with it, and the column that holds it.
+#: The source's own clock, as an application stamps ``updated_at`` with it, an hour before it, and the column that
+#: holds it.
 NOW = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')", "postgresql": "now()", "mariadb": "NOW(6)"}
+HOUR_AGO = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 hour')", "postgresql": "now() - interval '1 hour'",
+            "mariadb": "NOW(6) - INTERVAL 1 HOUR"}
 STAMP = {"sqlite": "TEXT", "postgresql": "timestamp", "mariadb": "DATETIME(6)"}
 
 CHANGES_JOB = CUSTOMERS_JOB.replace('query = "SELECT customer_id, x1, x2, x3 FROM customers"', '''\
@@ -40,14 +44,15 @@ def now(engine: Engine) -> str:
 
 
 def write_source(engine: Engine, frame: pd.DataFrame) -> None:
-    """``customers`` with an ``updated_at`` the database's clock stamps, and an empty ``customers_gone``."""
+    """``customers`` with an ``updated_at`` the database's clock stamped an hour ago (before the seconds :since
+    rounds down to), and an empty ``customers_gone``."""
     write_table(engine, "customers", frame)
     write_table(engine, "customers_gone", pd.DataFrame({"customer_id": pd.Series([], dtype="int64")}))
     kind = STAMP[dialect_for(engine).name]
     with engine.begin() as conn:
         conn.execute(text(f"ALTER TABLE customers ADD COLUMN updated_at {kind}"))
         conn.execute(text(f"ALTER TABLE customers_gone ADD COLUMN deleted_at {kind}"))
-        conn.execute(text(f"UPDATE customers SET updated_at = {now(engine)}"))
+        conn.execute(text(f"UPDATE customers SET updated_at = {HOUR_AGO[dialect_for(engine).name]}"))
 
 
 def change(engine: Engine, where: str) -> None:
@@ -113,9 +118,11 @@ def test_a_top_up_after_updates_inserts_and_deletes_equals_a_full_run(engine, db
 
 
 def _stamp(engine: Engine, value: datetime) -> str:
-    """``value`` (UTC) as a literal the source's ``updated_at`` holds (the test servers' sessions are in UTC)."""
+    """``value`` (UTC) as a literal the source's ``updated_at`` holds (the test servers' sessions are in UTC); a
+    whole second as ``CURRENT_TIMESTAMP`` writes it, without a fraction."""
     if dialect_for(engine).name == "sqlite":
-        return f"'{value.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}'"
+        fraction = f".{value.microsecond // 1000:03d}" if value.microsecond else ""
+        return f"'{value.strftime('%Y-%m-%d %H:%M:%S')}{fraction}'"
     return f"'{value.replace(tzinfo=None).isoformat(sep=' ')}'"
 
 
@@ -127,10 +134,11 @@ def test_since_is_the_watermark_of_the_active_version_from_the_sources_clock(eng
     run_job(job, engine, clock=lambda: past)  # the pipeline's own clock says 2001; the watermark is the source's
     (_, _, _, watermark, _), = versions(engine)
     assert before < watermark < datetime.now(timezone.utc) + timedelta(seconds=5)
-    with engine.begin() as conn:  # rows 1-3 stamped just before the watermark, rows 4-6 at and just after it
+    second = watermark.replace(microsecond=0)  # :since: the watermark to the second
+    with engine.begin() as conn:  # rows 1-3 stamped just before that second, rows 4-6 in it and after the watermark
         conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = "
-                          f"{_stamp(engine, watermark - timedelta(milliseconds=2))} WHERE customer_id <= 3"))
-        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = {_stamp(engine, watermark)} "
+                          f"{_stamp(engine, second - timedelta(milliseconds=2))} WHERE customer_id <= 3"))
+        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = {_stamp(engine, second)} "
                           f"WHERE customer_id BETWEEN 4 AND 5"))
         conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = "
                           f"{_stamp(engine, watermark + timedelta(milliseconds=2))} WHERE customer_id = 6"))
@@ -146,6 +154,7 @@ def test_a_change_made_during_a_run_is_read_by_the_next_top_up(engine, write_job
     job = load_job(write_job(CHANGES_JOB))
     run_job(job, engine)
     change(engine, "customer_id = 1")
+    time.sleep(1.01 - datetime.now().microsecond / 1e6)  # so that the next watermark's second comes after it
 
     def late(phase: str) -> None:  # once this run's rows are read and written: a writer changes row 7
         if phase == "auditing":

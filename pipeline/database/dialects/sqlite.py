@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
     from pipeline.contract import Contract
 
-#: How SQLite writes a point in time (``CURRENT_TIMESTAMP``'s text, with milliseconds): ``:since`` is bound so.
-SINCE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: How SQLite writes a point in time to the millisecond (:meth:`SQLiteDialect.clock` reads it so).
+CLOCK_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: ``:since`` as ``CURRENT_TIMESTAMP`` writes it: to the second, so that a stamp of that second compares as >=.
+SINCE_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: Execution option (milliseconds) for how long a transaction waits for another process's write lock.
 PATIENCE_OPTION = "pipeline_patience_ms"
 BUSY_TIMEOUT_MS = 30_000
@@ -121,8 +123,8 @@ class SQLiteDialect(Dialect):
     def clock(self, engine: Engine) -> datetime:
         """``'now'`` in UTC, to the millisecond (``CURRENT_TIMESTAMP`` stops at the second)."""
         with engine.connect() as conn:
-            now = conn.exec_driver_sql(f"SELECT strftime('{SINCE_FORMAT.replace('%S.%f', '%f')}', 'now')").scalar_one()
-        return datetime.strptime(now, SINCE_FORMAT).replace(tzinfo=timezone.utc)
+            now = conn.exec_driver_sql(f"SELECT strftime('{CLOCK_FORMAT.replace('%S.%f', '%f')}', 'now')").scalar_one()
+        return datetime.strptime(now, CLOCK_FORMAT).replace(tzinfo=timezone.utc)
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None, since: datetime | None = None) -> Iterator[pd.DataFrame]:
@@ -132,10 +134,11 @@ class SQLiteDialect(Dialect):
 
         Column kinds come from the declared types of the query's columns (:func:`declared_types`);
         an expression declares none and is told from its values. ``:since`` is bound as UTC text in the form of
-        ``CURRENT_TIMESTAMP`` with milliseconds (``2026-01-31 23:59:59.250``), which compares with such text."""
+        ``CURRENT_TIMESTAMP`` (``2026-01-31 23:59:59``, its fraction dropped), which compares as >= with such text
+        and with text that has milliseconds."""
         params = {"run_date": run_date.isoformat() if run_date else None} if RUN_DATE.search(query) else {}
         if since is not None and SINCE.search(query):
-            params["since"] = since.astimezone(timezone.utc).strftime(SINCE_FORMAT)[:-3]
+            params["since"] = since.astimezone(timezone.utc).strftime(SINCE_FORMAT)
         try:
             with engine.connect() as conn:
                 raw = conn.connection.driver_connection
