@@ -102,9 +102,8 @@ def watermark(context: RunContext) -> datetime:
 
 @dataclass(frozen=True)
 class Applied:
-    """What a change-driven top-up wrote."""
+    """What a change-driven top-up wrote besides the rows it scored."""
 
-    scored: int
     copied: int
     #: The rows the version must hold: the active version's, less the keys changed or gone, plus those scored.
     expected: int
@@ -144,7 +143,7 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
     copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
                                      active.columns, keys, gone, count_held=True)
     writer.rows += copied
-    return Applied(scored, copied, (active.row_count or 0) - held + scored)
+    return Applied(copied, (active.row_count or 0) - held + scored)
 
 
 def _reader(context: RunContext, query: str, since: datetime) -> Domain:

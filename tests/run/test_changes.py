@@ -219,6 +219,19 @@ def test_full_every_makes_every_nth_run_a_full_one(engine, write_job):
     assert (forced.top_up, forced.full_because) == (False, None)
 
 
+def test_a_backfill_runs_in_full_whatever_the_job_says(engine, write_job):
+    from datetime import date
+
+    from pipeline.scheduling.backfill import backfill
+
+    write_source(engine, customers_frame(50))
+    job = load_job(write_job(CHANGES_JOB.replace("[model]", "incremental = true\n    [model]")))
+    assert run_job(job, engine, incremental=True).full_because == "there is no active version to top up"
+    assert run_job(job, engine).top_up  # the job's own setting
+    done = backfill(job, engine, date(2026, 1, 1), date(2026, 1, 2))
+    assert not done.failed and [top_ups for *_, top_ups in versions(engine)] == [None, 1, None, None]
+
+
 def test_a_top_up_is_refused_on_the_dask_executor_before_a_version_is_made(engine, write_job):
     import dataclasses
 
