@@ -6,6 +6,7 @@
     python bench/run.py --only contract --sizes 1M   # only the input contract's cost (and its pipeline run)
     python bench/run.py --only serving               # only lookups through the view against the version table
     python bench/run.py --only topk --topk-shape 500x2000   # only the top-k case, at a tenth of each side
+    python bench/run.py --only changes --sizes 1M --databases postgresql   # only change-driven top-ups
 
 Each contender runs as a whole process (imports included) under `measure`, which
 reports wall time and the child's own peak RSS (wait4). The data, the models and the
@@ -18,6 +19,9 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
 - pipeline: `python -m pipeline run` (versioned table, key index, audits, flip)
 - dask:     the same run with `--executor dask --workers 1` and `--workers 2` (PostgreSQL, 1M rows and up)
 - incremental: 100 keys added, `run --incremental` against a full `run --force` (1M rows and up)
+- changes:  a change-driven top-up (`[domain] changed`/`removed`) after 0.1% of the keys changed (0.08% updated,
+            0.01% inserted, 0.01% deleted), `run --incremental` against a full `run --full --force`, both
+            versions compared in the database (1M rows and up; `--only changes` measures only this)
 - contract: the job's domain read twice in one process, alternately, median of 3 each: raw, as the readers
             did before the input contract (ADBC batches re-sliced and `to_pandas`; sqlite3 `fetchmany` and
             `DataFrame.from_records`), and through the pipeline's reader (which conforms every chunk) plus
@@ -665,6 +669,90 @@ def incremental_rows(url: str, database: str, table: str, size: str, n: int, job
     return rows
 
 
+#: The source's clock, as an application stamps ``updated_at``, and the type of that column.
+BENCH_NOW = {"postgresql": ("now()", "timestamptz"), "mariadb": ("NOW(6)", "DATETIME(6)"),
+             "sqlite": ("strftime('%Y-%m-%d %H:%M:%f', 'now')", "TEXT")}
+
+
+def changes_rows(url: str, database: str, size: str, n: int, workdir: Path, models: dict[str, Path]) -> list[str]:
+    """A change-driven top-up against a full run, per model: inputs with an indexed ``updated_at`` and a table of
+    deleted keys; a full run takes the watermark, then 0.1% of the keys change (80% updated, 10% inserted, 10%
+    deleted) and the top-up (``--incremental``) and a full run (``--full --force``) are timed and compared."""
+    from sqlalchemy import text
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.database.engines import make_engine
+
+    table, gone = f"bench_changes_{size.lower()}", f"bench_changes_gone_{size.lower()}"
+    make_inputs(url, table, n)
+    now, kind = BENCH_NOW[database]
+    random = {"sqlite": "random() / 9223372036854775807.0 / 2 + 0.5", "mariadb": "RAND()"}.get(database, "random()")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN updated_at {kind} NOT NULL DEFAULT '2000-01-01 00:00:00'"))
+        conn.execute(text(f"CREATE INDEX {table}_updated ON {table} (updated_at)"))
+        conn.execute(text(f"DROP TABLE IF EXISTS {gone}"))
+        conn.execute(text(f"CREATE TABLE {gone} (id BIGINT, deleted_at {kind})"))
+        conn.execute(text(f"CREATE INDEX {gone}_at ON {gone} (deleted_at)"))
+    columns = ", ".join(["id", *FEATURES])
+    rows = []
+    for name, model in models.items():
+        job = workdir / f"bench_changes_{name}_{size.lower()}.toml"
+        job.write_text(f"""
+[domain]
+keys = ["id"]
+query = "SELECT {columns} FROM {table}"
+changed = "SELECT {columns} FROM {table} WHERE updated_at >= :since"
+removed = "SELECT id FROM {gone} WHERE deleted_at >= :since"
+[model]
+path = "{model}"
+method = "predict_proba"
+[output]
+table = "{job.stem}"
+""")
+        run = [sys.executable, "-m", "pipeline", "-q", "run", str(job), "--db", url]
+        subprocess.run(run + ["--full", "--force"], check=True, capture_output=True)  # the watermark to top up from
+        changed, added, deleted = n * 8 // 10_000, n // 10_000, n // 10_000
+        low, top = len(rows) * (deleted + changed), n + len(rows) * added  # each model's run changes other keys
+        with engine.begin() as conn:
+            conn.execute(text(f"UPDATE {table} SET f0 = {random}, updated_at = {now} "
+                              f"WHERE id > {low + deleted} AND id <= {low + deleted + changed}"))
+            conn.execute(text(f"INSERT INTO {table} ({columns}, updated_at) SELECT id + {top - low - deleted}, "
+                              f"{', '.join(random for _ in FEATURES)}, {now} FROM {table} "
+                              f"WHERE id > {low + deleted} AND id <= {low + deleted + added}"))
+            conn.execute(text(f"INSERT INTO {gone} SELECT id, {now} FROM {table} WHERE id > {low} AND id <= "
+                              f"{low + deleted}"))
+            conn.execute(text(f"DELETE FROM {table} WHERE id > {low} AND id <= {low + deleted}"))
+        top_up = measure(run + ["--incremental"])
+        full = measure(run + ["--full", "--force"])
+        with engine.connect() as conn:
+            last = conn.execute(text("SELECT MAX(version) FROM pipeline_versions WHERE table_name = :t"),
+                                {"t": job.stem}).scalar_one()
+            compared = "id, proba_false, proba_true, ab_bucket, input_hash"
+            differ = sum(conn.execute(text(f"SELECT COUNT(*) FROM (SELECT {compared} FROM {job.stem}__v{x} EXCEPT "
+                                           f"SELECT {compared} FROM {job.stem}__v{y}) d")).scalar_one()
+                         for x, y in ((last - 1, last), (last, last - 1)))
+            count = conn.execute(text(f"SELECT COUNT(*) FROM {job.stem}__v{last - 1}")).scalar_one()
+        ratio = top_up["wall"] / full["wall"]
+        rows.append(f"| {database} | {size} ({count:,} after) | {name} | {changed + added + deleted:,} | "
+                    f"{full['wall']:.1f} s | {top_up['wall']:.1f} s | {ratio:.2f}x | "
+                    f"{'yes' if differ == 0 else f'NO: {differ} rows differ'} |")
+        print(rows[-1], flush=True)
+    engine.dispose()
+    return rows
+
+
+CHANGES_HEADER = [
+    "Change-driven top-up: the job has `[domain] changed` (rows with `updated_at >= :since`, indexed) and "
+    "`removed` (a table of deleted keys); after a full run, 0.1% of the keys change (0.08% updated, 0.01% inserted, "
+    "0.01% deleted), then `pipeline run --incremental` (reads and scores only those, copies the rest inside the "
+    "database) against a full `pipeline run --full --force`; hgb is the bench's model (100 trees), hgb500 a "
+    "costlier one (500 trees of 63 leaves); `same table` compares the two versions row for row in the database. "
+    "Target (issue 18, at 10M rows): top-up / full at most 0.30 with the cheap model, 0.10 with the costly one.", "",
+    "| database | rows | model | keys changed | full run | top-up | top-up / full | same table |",
+    "|---|---|---|---|---|---|---|---|"]
+
+
 def flip_and_lookups(url: str, table: str, rows: int) -> dict:
     """Median flip and rollback times, and point lookups through the view against the version table."""
     import numpy as np
@@ -894,9 +982,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite,mariadb")
     parser.add_argument("--naive-max", default="10M", help="largest size the naive script is run at")
-    parser.add_argument("--only", choices=("contract", "serving", "startup", "topk"),
+    parser.add_argument("--only", choices=("contract", "serving", "startup", "topk", "changes"),
                         help="measure only this part (and the pipeline run it is set against); the report is "
                              "printed, and written only where --out says")
+    parser.add_argument("--models", default="hgb,hgb500", help="with --only changes: the models measured")
     parser.add_argument("--out", default=None, help="where the report goes (default bench/results.md, "
                                                      "except with --only)")
     parser.add_argument("--topk-shape", default="5000x20000", help="users x items of the top-k case (PostgreSQL)")
@@ -907,8 +996,21 @@ def main() -> None:
     databases = [d for d in args.databases.split(",") if d]
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     users, items = map(int, args.topk_shape.lower().split("x"))
-    models = make_models(workdir, {"topk": ("topk",), None: ("hgb", "logistic", "hgb500", "topk")}.get(args.only,
-                                                                                                    ("hgb",)))
+    models = make_models(workdir, {"topk": ("topk",), "changes": ("hgb", "hgb500"),
+                                   None: ("hgb", "logistic", "hgb500", "topk")}.get(args.only, ("hgb",)))
+    if args.only == "changes":
+        urls = {"postgresql": lambda: fresh_schema(PG_URL, "pipeline_bench_changes"),
+                "mariadb": lambda: fresh_database(MYSQL_URL, "pipeline_bench_changes"),
+                "sqlite": lambda: f"sqlite:///{workdir / 'bench.db'}"}
+        chosen = {name: models[name] for name in args.models.split(",")}
+        found = [row for database in databases for size in sizes
+                 for row in changes_rows(urls[database](), database, size, SIZES[size], workdir, chosen)]
+        report = ["# Benchmark results (only change-driven top-ups)", "", *machine(PG_URL), "", *CHANGES_HEADER,
+                  *found, ""]
+        if args.out:
+            Path(args.out).write_text("\n".join(report))
+        print("\n".join(report))
+        return
     if args.only in ("startup", "serving", "topk"):
         section = (
             startup_section(startup_rows(workdir, models["hgb"], databases)) if args.only == "startup" else
@@ -919,7 +1021,7 @@ def main() -> None:
             Path(args.out).write_text("\n".join(report))
         print("\n".join(report))
         return
-    rows_md, flips_md, dask_md, incremental_md, contract_md, notes = [], [], [], [], [], []
+    rows_md, flips_md, dask_md, incremental_md, changes_md, contract_md, notes = [], [], [], [], [], [], []
     for database in databases:
         url = {"postgresql": lambda: fresh_schema(PG_URL), "mariadb": lambda: fresh_database(MYSQL_URL),
                "sqlite": lambda: f"sqlite:///{workdir / 'bench.db'}"}[database]()
@@ -966,6 +1068,8 @@ def main() -> None:
                                         "--db", url], check=True)
                     incremental_md.extend(incremental_rows(url, database, table, size, n, jobs))
                     print(*incremental_md[-len(jobs):], sep="\n", flush=True)
+                    changes_md.extend(changes_rows(url, database, size, n, workdir,
+                                                   {k: models[k] for k in jobs}))
         if args.only:
             continue
         largest = max((s for s in sizes if database == "postgresql" or SIZES[s] <= 1_000_000), key=SIZES.get)
@@ -1028,7 +1132,8 @@ def main() -> None:
               "same domain; hgb500 is a costlier model (500 trees of 63 leaves); `same table` compares the two "
               "versions row for row in the database.", "",
               "| database | rows | model | full run | incremental run | incremental / full | same table |",
-              "|---|---|---|---|---|---|---|", *incremental_md, "", *contract_section, *serving_md, *startup_md,
+              "|---|---|---|---|---|---|---|", *incremental_md, "", *CHANGES_HEADER, *changes_md, "",
+              *contract_section, *serving_md, *startup_md,
               *notes, ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))

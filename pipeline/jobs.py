@@ -171,7 +171,8 @@ class _Reader:
             self.cron(schedule, timezone)
         target = self.get(raw, "target", str, "target")
         domain = self.domain(self.section(raw, "domain", {"keys", "query", "file", "source", "product", "chunk_size",
-                                                                      "allow_type_changes", "exclude"}))
+                                                          "allow_type_changes", "exclude", "changed", "removed",
+                                                          "full_every", "incremental"}))
         domain_keys = domain.keys
         grace = self.get(raw, "misfire_grace_seconds", int, "misfire_grace_seconds", default=300)
         if grace < 1:
@@ -179,7 +180,7 @@ class _Reader:
         retries = self.get(raw, "retries", int, "retries", default=0)
         if not 0 <= retries <= MAX_RETRIES:
             raise self.fail("retries", f"must be from 0 to {MAX_RETRIES}")
-        return Job(
+        job = Job(
             catchup=self.get(raw, "catchup", bool, "catchup", default=False),
             misfire_grace_seconds=grace,
             retries=retries,
@@ -203,6 +204,12 @@ class _Reader:
                                                          "max_null_change", "max_psi"}) if "gates" in raw else {}),
             notify=self.notify(raw) if "notify" in raw else notify_defaults(self.path.parent, self.environ),
         )
+        if domain.changed is not None and job.output.top_k:
+            raise self.fail("domain.changed", "cannot go with output.top_k (a changed row moves its whole group, "
+                                              "so every run is a full one)")
+        if domain.incremental and job.executor.kind != "local":
+            raise self.fail("domain.incremental", "top-ups run on the local executor ([executor] kind = \"local\")")
+        return job
 
     def cron(self, expression: str, timezone: str) -> None:
 
@@ -237,9 +244,10 @@ class _Reader:
         source = None if source is None else self.expand(source, "domain.source")
         exclude = self.exclusions(raw, source)
         product = self.get(raw, "product", list, "domain.product")
+        changes = self.changes(raw, product is None and "query" in raw)
         if product is None:
             plain = {k: v for k, v in raw.items() if k in ("query", "file", "source")}
-            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size, allow, exclude)
+            return DomainSpec(keys, (self.factor(plain, "domain", None),), chunk_size, allow, exclude, **changes)
         for key in ("query", "file"):
             if key in raw:
                 raise self.fail(f"domain.{key}", "cannot be combined with [[domain.product]]")
@@ -265,6 +273,27 @@ class _Reader:
             raise self.fail("domain.exclude", "must be a query or a table with 'query' or 'file'")
         self.no_unknown(exclude, {"query", "file", "source"}, "domain.exclude.")
         return self.factor(exclude, "domain.exclude", source)
+
+    def changes(self, raw: dict[str, Any], one_query: bool) -> dict[str, Any]:
+        """``changed``, ``removed``, ``full_every`` and ``incremental``: what a change-driven top-up reads."""
+        found = dict(changed=self.get(raw, "changed", str, "domain.changed"),
+                     removed=self.get(raw, "removed", str, "domain.removed"),
+                     full_every=self.get(raw, "full_every", int, "domain.full_every"),
+                     incremental=self.get(raw, "incremental", bool, "domain.incremental", default=False))
+        if found["changed"] is None:
+            for key in ("removed", "full_every", "incremental"):
+                if key in raw:
+                    raise self.fail(f"domain.{key}", "goes with domain.changed (the query of the rows changed since "
+                                                     ":since)")
+            return found
+        if not one_query:
+            raise self.fail("domain.changed", "needs a domain of one query (not a file nor [[domain.product]])")
+        if "exclude" in raw:
+            raise self.fail("domain.exclude", "cannot go with domain.changed: a top-up reads only the changed rows "
+                                              "and would miss what the list leaves out since the last run")
+        if found["full_every"] is not None and found["full_every"] < 1:
+            raise self.fail("domain.full_every", "must be at least 1")
+        return found
 
     def model(self, raw: dict[str, Any]) -> ModelSpec:
         path, uri = self.get(raw, "path", str, "model.path"), self.get(raw, "uri", str, "model.uri")

@@ -45,6 +45,14 @@ class DomainSpec:
     #: Rows to leave out of the domain (items a user already bought): the rows of a query or file whose columns
     #: are domain columns; a domain row whose values on those columns match one is never scored.
     exclude: Factor | None = None
+    #: The domain rows new or changed since ``:since`` (the active version's watermark): a top-up reads only these.
+    changed: str | None = None
+    #: The keys that left the domain since ``:since``, which a top-up drops (needs ``changed``).
+    removed: str | None = None
+    #: A top-up after ``full_every - 1`` top-ups in a row is a full run instead (needs ``changed``).
+    full_every: int | None = None
+    #: Runs are top-ups unless ``--full`` (needs ``changed``); a full run is the default.
+    incremental: bool = False
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,18 @@ def test_an_mlflow_model_directory_takes_no_other_format(jobs_dir, mlflow_dir):
     assert str(info.value) == f"{path}: model.format: models/churn is an MLflow model directory, so format must be 'mlflow'"
 
 
+def test_change_driven_top_up_settings(jobs_dir):
+    changed = "SELECT id, x1 FROM t WHERE updated_at >= :since"
+    path = write(jobs_dir, compose(domain=BASE["domain"] + f"\nchanged = {q(changed)}\n"
+                                   'removed = "SELECT id FROM gone WHERE at >= :since"\n'
+                                   "full_every = 24\nincremental = true"))
+    domain = load_job(path, environ={}).domain
+    assert (domain.changed, domain.removed, domain.full_every, domain.incremental) == (
+        changed, "SELECT id FROM gone WHERE at >= :since", 24, True)
+    plain = load_job(write(jobs_dir, compose(), "plain"), environ={}).domain
+    assert (plain.changed, plain.removed, plain.full_every, plain.incremental) == (None, None, None, False)
+
+
 def test_domain_from_a_file(jobs_dir):
     job = load_job(write(jobs_dir, compose(domain='keys = ["month"]\nfile = "data/months.csv"\nchunk_size = 1')),
                    environ={})
@@ -488,6 +500,32 @@ BAD = [
      "must be an integer, got str"),
     ("executor-unknown", dict(output='table = "scores"\n[executor]\nthreads = 2'), "executor.threads",
      "unknown key (expected one of: address, kind, partitions, workers)"),
+    # change-driven top-ups
+    ("removed-without-changed", dict(domain=BASE["domain"] + '\nremoved = "SELECT id FROM gone"'), "domain.removed",
+     "goes with domain.changed (the query of the rows changed since :since)"),
+    ("full-every-without-changed", dict(domain=BASE["domain"] + "\nfull_every = 3"), "domain.full_every",
+     "goes with domain.changed"),
+    ("incremental-without-changed", dict(domain=BASE["domain"] + "\nincremental = true"), "domain.incremental",
+     "goes with domain.changed"),
+    ("changed-with-top-k", dict(domain='keys = ["id", "g"]\nquery = "SELECT id, g, x1 FROM t"\n'
+                                       'changed = "SELECT id, g, x1 FROM t WHERE t.at > :since"',
+                                output='table = "scores"\ntop_k = 2\ngroup_by = ["g"]\nrank_by = "p"'),
+     "domain.changed", "cannot go with output.top_k (a changed row moves its whole group, so every run is a full one)"),
+    ("changed-of-a-file", dict(domain='keys = ["month"]\nfile = "data/months.csv"\nchanged = "SELECT 1"'),
+     "domain.changed", "needs a domain of one query (not a file nor [[domain.product]])"),
+    ("changed-empty", dict(domain=BASE["domain"] + '\nchanged = " "'), "domain.changed", "must not be empty"),
+    ("changed-with-exclude", dict(domain=BASE["domain"] + '\nchanged = "SELECT id, x1 FROM t"\n'
+                                                         'exclude = "SELECT id FROM banned"'),
+     "domain.exclude", "cannot go with domain.changed: a top-up reads only the changed rows"),
+    ("exclude-unknown-key", dict(domain=BASE["domain"] + '\nexclude = { query = "SELECT id FROM banned", x = 1 }'),
+     "domain.exclude.x", "unknown key"),
+    ("include-a-key", dict(output='table = "scores"\ninclude = ["id"]'), "output.include",
+     "id is a key, which every version holds already"),
+    ("full-every-zero", dict(domain=BASE["domain"] + '\nchanged = "SELECT id, x1 FROM t"\nfull_every = 0'),
+     "domain.full_every", "must be at least 1"),
+    ("incremental-on-dask", dict(domain=BASE["domain"] + '\nchanged = "SELECT id, x1 FROM t"\nincremental = true',
+                                 output='table = "scores"\n[executor]\nkind = "dask"'),
+     "domain.incremental", 'top-ups run on the local executor ([executor] kind = "local")'),
 ]
 
 

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 @click.option("--scheduled", is_flag=True, help="Run the tick of the job's schedule that is due now, as cron does: "
                                                 "once per tick, and exit 0 if another process has it.")
 @click.option("--incremental", is_flag=True, help="Build from the active version: score only new and changed keys, "
-                                                  "copy the rest (the model must be the active version's).")
+                                                  "copy the rest (the model must be the active version's); with "
+                                                  "[domain] changed, read only the changed rows.")
+@click.option("--full", is_flag=True, help="A full run, even where the job's [domain] incremental makes runs top-ups.")
 @click.option("--executor", type=click.Choice(EXECUTORS), help="Score here (local, the default) or as partitions "
                                                                   "on a Dask cluster (dask); overrides [executor].")
 @click.option("--dask-address", metavar="ADDRESS", help="A running Dask scheduler, e.g. tcp://host:8786 (default: "
@@ -44,8 +46,8 @@ if TYPE_CHECKING:
 @click.pass_obj
 @pipeline_errors
 def run(settings: Settings, job: str, logical_date: datetime | None, no_activate: bool, force: bool,
-        metrics_file: str | None, scheduled: bool, incremental: bool, executor: str | None, dask_address: str | None,
-        workers: int | None, partitions: int | None, db: Databases) -> None:
+        metrics_file: str | None, scheduled: bool, incremental: bool, full: bool, executor: str | None,
+        dask_address: str | None, workers: int | None, partitions: int | None, db: Databases) -> None:
     """Score a job's domain into a new version and flip to it.
 
     JOB is a job file's path or the name of a job in the jobs directory. A run for a
@@ -57,13 +59,16 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
       pipeline run churn --date 2026-01-31
       pipeline run jobs/churn.toml --db postgresql://localhost/app --no-activate
       pipeline run churn --executor dask --dask-address tcp://scheduler:8786
+      pipeline run churn --incremental
     """
+    if incremental and full:
+        raise click.UsageError("--incremental and --full ask for opposite runs; give one")
     path = find_job(job, settings.jobs_dir)
     overrides = dict(kind=executor, address=dask_address, workers=workers, partitions=partitions)
     if scheduled:
-        if any(v is not None for v in overrides.values()):
-            raise click.UsageError("--scheduled runs with the job file's [executor]; drop --executor, "
-                                   "--dask-address, --workers and --partitions")
+        if any(v is not None for v in overrides.values()) or incremental or full:
+            raise click.UsageError("--scheduled runs with the job file's [executor] and [domain] incremental; drop "
+                                   "--executor, --dask-address, --workers, --partitions, --incremental and --full")
         from pipeline.scheduling.scheduler import run_tick
 
         try:
@@ -75,6 +80,8 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
             click.echo(f"{job}: another process is running this tick; nothing to do")
             return
         _write_metrics(metrics_file, db, load_job(path), done)
+        if done.full_because:
+            click.echo(f"{done.table}: a full run, not a top-up: {done.full_because}")
         if done.skipped:
             click.echo(f"{done.table or job}: skipped: {done.skipped}")
         else:
@@ -88,12 +95,15 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     try:
         with reporter(loaded.output.table, quiet=settings.quiet) as progress:
             result = run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
-                             activate=not no_activate, force=force, progress=progress, incremental=incremental)
+                             activate=not no_activate, force=force, progress=progress, incremental=incremental,
+                             full=full)
     finally:
         _write_metrics(metrics_file, db, loaded, result)
     where = redact(str(engine.url))
     rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} copied"
-                                    if incremental and not result.skipped else "")
+                                    if result.top_up and not result.skipped else "")
+    if result.full_because:
+        click.echo(f"{result.table}: a full run, not a top-up: {result.full_because}")
     if result.skipped:
         click.echo(f"{result.table}: skipped: {result.skipped}")
     elif result.activated:

@@ -48,6 +48,8 @@ versions = Table(
     Column("settings_sha256", String(64)),         # the job settings that shape the rows (see run.materialize)
     Column("input_profile", Text),                 # JSON: per feature, NULL share and deciles (see run.gates)
     Column("passthrough", Text),                   # JSON list: domain columns stored beside the outputs (include)
+    Column("watermark", Timestamp),                # the source's clock as the run began ([domain] changed)
+    Column("top_ups", Integer),                    # top-ups in a row that made it, since a full run (0 or NULL: full)
     Column("started_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp),
     Column("error", Text),

@@ -77,6 +77,12 @@ class Version:
     #: Domain columns stored beside the outputs (``[output] include``): neither keys nor outputs.
     passthrough: tuple[str, ...] = ()
 
+    #: The source database's clock as the run that made it began: the next top-up's ``:since`` (UTC); None unless
+    #: the job has ``[domain] changed``.
+    watermark: datetime | None = None
+    #: How many top-ups in a row made it since a full run: 0 or None for a full run.
+    top_ups: int | None = None
+
     @property
     def outputs(self) -> list[tuple[str, str]]:
         """The model's output columns (and ``rank``): what audits, diffs and reports compare."""
@@ -96,6 +102,7 @@ class Version:
             input_schema=_json(m["input_schema"]), type_changes=m["type_changes"],
             output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
             input_profile=_json(m.get("input_profile")), passthrough=tuple(_json(m.get("passthrough")) or ()),
+            watermark=_utc(m.get("watermark")), top_ups=m.get("top_ups"),
         )
 
 

@@ -42,6 +42,8 @@ class RunOptions:
     scheduled_for: datetime | None = None
     #: Build the version from the active one, scoring only new and changed keys.
     incremental: bool = False
+    #: A full run even where ``incremental`` or the job's ``[domain] incremental`` asks for a top-up.
+    full: bool = False
 
 
 @dataclass

@@ -13,13 +13,14 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.contract import Contract
 from pipeline.database.dialects import reader_for
@@ -137,10 +138,12 @@ class Domain:
     """One run's view of the domain: streams chunks and keeps their count and fingerprint."""
 
     def __init__(self, spec: DomainSpec, target: Engine, run_date: date | None = None,
-                 snapshots: Mapping[str | None, str] | None = None) -> None:
+                 *, since: datetime | None = None, snapshots: Mapping[str | None, str] | None = None) -> None:
+        """``since``: what queries that name ``:since`` (a top-up's change queries) are given."""
         self.spec = spec
         self.target = target
         self.run_date = run_date
+        self.since = since
         #: The snapshot each query source is read as of, by source (None: the target), from :meth:`one_instant`.
         self.snapshots = dict(snapshots or {})
         self.size = 0
@@ -176,6 +179,20 @@ class Domain:
     def first_columns(self) -> list[str]:
         """The first factor's columns (known once a chunk was read)."""
         return self._digests[0].columns
+
+    def clock(self) -> datetime:
+        """The clock of the first factor's database, in UTC (see :meth:`pipeline.database.dialects.Dialect.clock`).
+
+        Raises:
+            SourceError: the database cannot be asked.
+        """
+        source = self.spec.factors[0].source
+        engine = self._engine(source)
+        try:
+            return reader_for(engine).clock(engine)
+        except SQLAlchemyError as exc:
+            where = f" of {redact(source)}" if source else ""
+            raise SourceError(f"cannot read the clock{where}: {first_line(exc)}") from None
 
     def close(self) -> None:
         for engine in self._engines.values():
@@ -299,7 +316,7 @@ class Domain:
         engine = self._engine(factor.source)
         try:
             yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size,
-                                                     contract, self.snapshots.get(factor.source))
+                                                     contract, self.since, self.snapshots.get(factor.source))
         except SourceError as exc:
             raise SourceError(f"domain query failed{_on(factor.source)}: {exc}") from None
 

@@ -23,7 +23,7 @@ from pipeline.database.transactions import transaction
 from pipeline.errors import AuditError, PipelineError, first_line
 from pipeline.jobspec import ExecutorSpec, Job
 from pipeline.phases import checkpoint
-from pipeline.run import topup
+from pipeline.run import changes, topup
 from pipeline.run.context import RunContext
 from pipeline.run.domain import Domain, merged_fingerprint, merged_size, partition_columns
 from pipeline.run.model import Model
@@ -47,7 +47,8 @@ class Loaded:
     rows: int
     columns: list[tuple[str, str]]
     domain_size: int
-    fingerprint: str
+    #: None for a change-driven top-up, which never reads the whole domain.
+    fingerprint: str | None
     #: The rows the table must hold: the domain size, or with top_k each group's best rows.
     expected_rows: int
     #: Rows an incremental run copied from the active version instead of scoring them.
@@ -68,6 +69,8 @@ class Target:
     top_up: topup.TopUp | None = None
     #: The active version's input types, which the domain must keep unless the job allows a change.
     guard: TypeGuard | None = None
+    #: The active version a change-driven top-up builds on (see :mod:`pipeline.run.changes`).
+    changes_from: state.Version | None = None
 
     @property
     def job(self) -> Job:
@@ -88,6 +91,8 @@ class LocalExecutor:
         """Any database will do."""
 
     def load(self, target: Target) -> Loaded:
+        if target.changes_from is not None:
+            return self._apply_changes(target, target.changes_from)
         context, job, top_up = target.context, target.job, target.top_up
         dialect = context.dialect
         domain = Domain(job.domain, context.engine, context.logical_date)
@@ -116,6 +121,22 @@ class LocalExecutor:
             domain.close()
         return Loaded(rows, writer.columns, domain.size, domain.fingerprint, expected,
                       top_up.copied if top_up is not None else 0, scorer.schema)
+
+    def _apply_changes(self, target: Target, active: state.Version) -> Loaded:
+        """A change-driven top-up: the changed rows scored, the active version's others copied, in one transaction.
+        The domain's size is what the version must hold; with no rows read, the types the model was handed are
+        the active version's."""
+        context, job = target.context, target.job
+        with transaction(context.engine) as conn:
+            writer = VersionWriter(context.dialect, conn, target.physical, job.domain.keys)
+            scorer = target.scorer()
+            done = changes.apply(context, conn, writer, scorer, active, context.rows_written(None))
+            if done.expected == 0:
+                empty_columns(conn, job)  # refused unless the job allows an empty version
+            checkpoint("indexing")
+            rows = writer.finish()
+        return Loaded(rows, writer.columns, done.expected, None, done.expected, done.copied,
+                      scorer.schema or active.input_schema)
 
 
 class DaskExecutor:

@@ -30,7 +30,7 @@ from pipeline.errors import (AuditError, DatabaseError, GateError, JobFileError,
 from pipeline.jobspec import GateSpec, Job
 from pipeline.names import version_table
 from pipeline.phases import checkpoint
-from pipeline.run import gates, topup
+from pipeline.run import changes, gates, topup
 from pipeline.run.audits import AuditResult, audit_version, failures
 from pipeline.run.context import Clock, Progress, RunContext, RunOptions, Tries, today
 from pipeline.run.domain import Domain
@@ -62,6 +62,10 @@ class RunResult:
     phases: dict[str, float] = field(default_factory=dict)
     #: Rows an incremental run copied from the active version (the rest were scored).
     copied: int = 0
+    #: The version was built from the active one (a top-up), not from the whole domain.
+    top_up: bool = False
+    #: Why a run asked to top up was a full one (see :mod:`pipeline.run.changes`), or None.
+    full_because: str | None = None
     #: The run's row in ``pipeline_runs``; None for a tick another process recorded already.
     run_id: int | None = None
 
@@ -69,7 +73,7 @@ class RunResult:
 def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None = None, activate: bool = True,
             force: bool = False, trigger: str = "manual", scheduled_for: datetime | None = None,
             clock: Clock = state.utcnow, progress: Progress | None = None,
-            incremental: bool = False) -> RunResult:
+            incremental: bool = False, full: bool = False) -> RunResult:
     """Materialize ``job`` into a new version of its table and, unless told not to, flip to it.
 
     Args:
@@ -85,7 +89,10 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
         progress: called as rows are written with (rows so far, expected rows: the active
             version's count, or None).
         incremental: build the version from the active one, scoring only new and changed keys
-            (the model must be the active version's).
+            (the model must be the active version's); a job with ``[domain] incremental`` does so unless ``full``.
+            With ``[domain] changed``, only the changed rows are read (:mod:`pipeline.run.changes`), and a
+            top-up that cannot be trusted is a full run, which the result's ``full_because`` explains.
+        full: a full run, whatever ``incremental`` and the job say.
 
     The job's ``[notify]`` hooks hear how the run ended (see :mod:`pipeline.run.notify`).
 
@@ -95,7 +102,7 @@ def run_job(job: Job, engine: Engine | None = None, *, logical_date: date | None
     """
     logical_date = logical_date or today(job, clock)
     options = RunOptions(activate=activate, force=force, trigger=trigger, scheduled_for=scheduled_for,
-                         incremental=incremental)
+                         incremental=incremental, full=full)
     tries = Tries()
     return notified(job, logical_date, options,
                     lambda: _run_job(job, engine, logical_date, options, clock, progress, tries), tries)
@@ -207,13 +214,18 @@ def run_locked(context: RunContext) -> RunResult:
         return RunResult(table, 0, 0, False, None, time.monotonic() - started,
                          skipped=f"a run of {job.name} for the tick {options.scheduled_for} was recorded already")
     try:
-        # A scheduled run is told apart by its tick (recorded above), not by its date.
-        done = None if options.force or options.scheduled_for is not None else _done_before(context, model)
+        how = changes.plan(context, model, settings_digest(job, model))
+        # A scheduled run is told apart by its tick (recorded above), not by its date. A change-driven top-up
+        # never reads the whole domain, which telling whether its work was done would take; nor is a run that was
+        # to be one skipped, so that it records the watermark the next top-up needs.
+        again = (options.force or options.scheduled_for is not None or how.active is not None
+                 or how.full_because is not None)
+        done = None if again else _done_before(context, model)
         if done is not None:
             _finish(context, run_id, "skipped", done.version)
             return RunResult(table, done.version, done.row_count or 0, False, None, time.monotonic() - started,
                              skipped=skip_reason(context.engine, table, done, context.logical_date), run_id=run_id)
-        result = _build(context, model, _gate(context, model, run_id))
+        result = _build(context, model, how, _gate(context, model, run_id))
     except BaseException as exc:
         _finish(context, run_id, "failed", error=_reason(exc))
         raise
@@ -301,15 +313,16 @@ def _gate(context: RunContext, model: Model, run_id: int) -> dict | None:
     return profile
 
 
-def _build(context: RunContext, model: Model, profile: dict | None = None) -> RunResult:
+def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict | None = None) -> RunResult:
     job, table, engine = context.job, context.table, context.engine
     activate = context.options.activate
     check_output(job, model)
     check_roles(engine, job)
     executor = executor_for(job.executor)
     executor.check(context.dialect)
-    previous = topup.from_active(engine, job, model) if context.options.incremental else None
+    previous = topup.from_active(engine, job, model) if how.hashes else None
     guard = type_guard(engine, job)
+    watermark = changes.watermark(context) if job.domain.changed is not None else None
     version = _allocate(context, model)
     physical = version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
@@ -322,14 +335,15 @@ def _build(context: RunContext, model: Model, profile: dict | None = None) -> Ru
         mark = time.monotonic()
 
     try:
-        loaded = executor.load(Target(context, model, version, physical, previous, guard))
+        loaded = executor.load(Target(context, model, version, physical, previous, guard, how.active))
         lap("load")
         results = _audit(context, version, loaded)
         lap("audit")
         ready = dict(finished_at=context.clock(), row_count=loaded.rows, columns=loaded.columns,
                      domain_size=loaded.domain_size, domain_fingerprint=loaded.fingerprint,
                      input_schema=loaded.input_schema, type_changes="; ".join(guard.changes) or None,
-                     input_profile=profile)
+                     input_profile=profile, watermark=watermark,
+                     top_ups=None if how.active is None else (how.active.top_ups or 0) + 1)
         if guard.changes:
             log.warning("%s: version %d has other feature types than version %s (allowed by the job): %s",
                         table, version, guard.version, "; ".join(guard.changes))
@@ -344,7 +358,8 @@ def _build(context: RunContext, model: Model, profile: dict | None = None) -> Ru
     log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
     _tidy(context, version)
     return RunResult(table, version, loaded.rows, activate, flip.from_version if flip else None, 0.0,
-                     tuple(results), phases=phases, copied=loaded.copied)
+                     tuple(results), phases=phases, copied=loaded.copied, top_up=how.top_up,
+                     full_because=how.full_because)
 
 
 def _publish(context: RunContext, version: int, ready: dict) -> FlipResult | None:

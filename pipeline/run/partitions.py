@@ -82,7 +82,7 @@ def write_partition(task: PartitionTask, model: Model,
         if done is not None:
             return done
         writer = VersionWriter(dialect, conn, task.physical, task.job.domain.keys, columns=list(task.columns))
-        domain = Domain(task.job.domain, engine, task.logical_date, dict(task.snapshots))
+        domain = Domain(task.job.domain, engine, task.logical_date, snapshots=dict(task.snapshots))
         scorer = Scorer(model, task.job.domain.keys, include=task.job.output.include)
         try:
             expected = fill(writer, domain.chunks(task.partition, task.partitions, task.by), scorer, task.job,

@@ -10,7 +10,7 @@ version's (same sha256): a new model means every row must be scored again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,26 +87,37 @@ class TopUp:
 
     def copy(self, conn: Connection, dialect: Dialect, physical: str, table: str) -> int:
         """Copy the kept rows of the active version into ``physical`` inside the database; their count."""
-        q = dialect.quote
         gone = self.index[~self.kept].to_frame(index=False)  # changed or left the domain
         gone.columns = self.keys
-        source = q(version_table(table, self.version))
-        columns = dialect.column_list([c for c, _ in self.columns])
-        if gone.empty:
-            conn.exec_driver_sql(f"INSERT INTO {q(physical)} ({columns}) SELECT {columns} FROM {source}")
-            return self.copied
-        dropped = f"{physical}__gone"
-        types = dict(self.columns)
-        gone_columns = [(k, types[k]) for k in self.keys]
-        dialect.create_table(conn, dropped, gone_columns, self.keys)
-        dialect.load(conn, dropped, gone_columns, gone)
-        dialect.add_unique_key(conn, dropped, self.keys)
-        match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in self.keys)
-        conn.exec_driver_sql(
-            f"INSERT INTO {q(physical)} ({columns}) SELECT {', '.join(f'a.{q(c)}' for c, _ in self.columns)} "
-            f"FROM {source} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
-        dialect.drop_table(conn, dropped)
+        copy_except(conn, dialect, physical, version_table(table, self.version), self.columns, self.keys, gone)
         return self.copied
+
+
+def copy_except(conn: Connection, dialect: Dialect, physical: str, source: str, columns: Sequence[tuple[str, str]],
+                keys: Sequence[str], gone: pd.DataFrame, count_held: bool = False) -> tuple[int, int]:
+    """Copy the rows of version table ``source`` whose key ``gone`` (unique keys) does not hold into ``physical``,
+    inside the database: ``gone`` is loaded into a keyed ``<physical>__gone`` table, and the copy is one INSERT ...
+    SELECT ... WHERE NOT EXISTS. Returns the rows copied and, with ``count_held``, the rows of ``source`` that ``gone``
+    held (counted from ``gone``'s side through ``source``'s key, cheap when few keys are gone; else 0)."""
+    q = dialect.quote
+    names = dialect.column_list([c for c, _ in columns])
+    if gone.empty:
+        done = conn.exec_driver_sql(f"INSERT INTO {q(physical)} ({names}) SELECT {names} FROM {q(source)}")
+        return done.rowcount, 0
+    dropped = f"{physical}__gone"
+    types = dict(columns)
+    gone_columns = [(k, types[k]) for k in keys]
+    dialect.create_table(conn, dropped, gone_columns, keys)
+    dialect.load(conn, dropped, gone_columns, gone[list(keys)])
+    dialect.add_unique_key(conn, dropped, keys)
+    match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in keys)
+    held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {q(dropped)} g WHERE EXISTS "
+                                f"(SELECT 1 FROM {q(source)} a WHERE {match})").scalar_one() if count_held else 0
+    done = conn.exec_driver_sql(
+        f"INSERT INTO {q(physical)} ({names}) SELECT {', '.join(f'a.{q(c)}' for c, _ in columns)} "
+        f"FROM {q(source)} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
+    dialect.drop_table(conn, dropped)
+    return done.rowcount, int(held)
 
 
 def _keys(keys: pd.DataFrame) -> pd.Index:

@@ -69,7 +69,8 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     table = job.output.table
     dialect = dialect_for(engine)
     engine = dialect.patient(engine, job.output.publish_timeout)
-    options = RunOptions(activate=False, force=force, trigger="backfill")
+    # full runs, whatever [domain] incremental says: a top-up builds on the version that serves now, not on the date
+    options = RunOptions(activate=False, force=force, trigger="backfill", full=True)
 
     def one(day: date) -> RunResult:  # each date notifies the job's hooks of its own outcome
         tries = Tries()

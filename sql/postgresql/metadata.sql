@@ -107,6 +107,8 @@ CREATE TABLE pipeline_versions (
 	settings_sha256 VARCHAR(64),
 	input_profile TEXT,
 	passthrough TEXT,
+	watermark TIMESTAMP WITH TIME ZONE,
+	top_ups INTEGER,
 	started_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	finished_at TIMESTAMP WITH TIME ZONE,
 	error TEXT,

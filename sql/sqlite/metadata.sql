@@ -107,6 +107,8 @@ CREATE TABLE pipeline_versions (
 	settings_sha256 VARCHAR(64),
 	input_profile TEXT,
 	passthrough TEXT,
+	watermark DATETIME,
+	top_ups INTEGER,
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,

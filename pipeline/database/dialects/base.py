@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
@@ -44,14 +44,27 @@ Columns = Sequence[tuple[str, str]]  # (name, portable type name)
 #: dialect whose transactions must take the write lock up front (SQLite).
 WRITE_OPTION = "pipeline_write"
 RUN_DATE = re.compile(r"(?<![:\w\\]):run_date(?![:\w])")
+#: The watermark a change query (``[domain] changed``, ``removed``) reads from (see :meth:`Dialect.clock`).
+SINCE = re.compile(r"(?<![:\w\\]):since(?![:\w])")
 
 
-def bind_run_date(query: str, run_date: date | None) -> tuple[TextClause, dict[str, date | None]]:
-    """``query`` as a statement, with ``:run_date`` bound as a DATE where the query uses it."""
-    statement = text(query)
-    if not RUN_DATE.search(query):
-        return statement, {}
-    return statement.bindparams(bindparam("run_date", type_=sqltypes.Date())), {"run_date": run_date}
+def bind_run_date(query: str, run_date: date | None,
+                  since: datetime | None = None) -> tuple[TextClause, dict[str, date | datetime | None]]:
+    """``query`` as a statement, with ``:run_date`` bound as a DATE and ``:since`` (when given) as a timestamp with
+    time zone, where the query uses them."""
+    statement, params = text(query), {}
+    if RUN_DATE.search(query):
+        statement = statement.bindparams(bindparam("run_date", type_=sqltypes.Date()))
+        params["run_date"] = run_date
+    if since is not None and SINCE.search(query):
+        statement = statement.bindparams(bindparam("since", type_=sqltypes.DateTime(timezone=True)))
+        params["since"] = since
+    return statement, params
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -107,9 +120,18 @@ class Dialect:
         statement then reads its own instant."""
         yield None
 
+    def clock(self, engine: Engine) -> datetime:
+        """The database's own clock now, in UTC: a change-driven run's watermark, which the next top-up binds as
+        ``:since``. Taken from the source, not from this machine, so that it compares with the ``updated_at`` the
+        source's own clock stamped."""
+        with engine.connect() as conn:
+            return as_utc(conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar_one())
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
-        """Stream a query's rows in chunks of ``chunk_size`` through a server-side cursor.
+                   contract: Contract | None = None, since: datetime | None = None,
+                   snapshot: str | None = None) -> Iterator[pd.DataFrame]:
+        """Stream a query's rows in chunks of ``chunk_size`` through a server-side cursor; ``since`` (a UTC
+        datetime) is bound to ``:since``.
 
         Each chunk is conformed to ``contract`` (a fresh one by default): a database this
         package has no dialect for declares no types it can read, so each column's kind is
@@ -119,7 +141,7 @@ class Dialect:
         Raises:
             SourceError: the query failed, or returns no rows to score.
         """
-        statement, params = bind_run_date(query, run_date)
+        statement, params = bind_run_date(query, run_date, since)
         try:
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(statement, params)

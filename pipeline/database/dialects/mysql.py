@@ -17,14 +17,14 @@ import logging
 import os
 import re
 import tempfile
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, grant, session_lock
+from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, as_utc, grant, session_lock
 from pipeline.errors import DatabaseError, JobLocked, SourceError, TableError, first_line
 from pipeline.names import gate_table, served_table, serving_table, version_table, view_name
 
@@ -114,27 +114,43 @@ class MariaDBDialect(Dialect):
 
     # -- reading the domain -------------------------------------------------
 
+    def clock(self, engine: Engine) -> datetime:
+        """``UTC_TIMESTAMP(6)``: the server's time, to the microsecond, whatever the session's time zone."""
+        with engine.connect() as conn:
+            return as_utc(conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one())
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
+                   contract: Contract | None = None, since: datetime | None = None,
+                   snapshot: str | None = None) -> Iterator[pd.DataFrame]:
         """Stream through MariaDB Connector/Python's unbuffered cursor in the binary protocol: a server-side
         prepared statement whose numbers and dates arrive as binary values, not text to parse. 1M rows of an int,
         4 floats and a text column, into conformed chunks: 2.1 s, against 5.9 s through mysqlclient and 9.7 s
         through PyMySQL, each with its own server-side cursor (``bench/mysql_drivers.py``).
 
-        ``:run_date`` becomes a ``?`` parameter the server types as DATE. Column kinds come from each result
-        column's field type (:func:`pipeline.contract.mysql_kind`), so a chunk of NULLs has its column's dtype."""
+        ``:run_date`` becomes a ``?`` parameter the server types as DATE; ``:since`` a DATETIME(6) in the session's
+        time zone (``FROM_UNIXTIME`` of the watermark's epoch seconds), which compares with a TIMESTAMP column and
+        with a DATETIME one that ``NOW()`` stamped. Column kinds come from each result column's field type
+        (:func:`pipeline.contract.mysql_kind`), so a chunk of NULLs has its column's dtype."""
         import mariadb
 
         from pipeline.contract import Contract, mysql_kind
 
-        marks = len(RUN_DATE.findall(query))
-        query = RUN_DATE.sub("CAST(? AS DATE)", query)
+        params: list[Any] = []
+
+        def mark(match: re.Match[str]) -> str:
+            if match[0] == ":run_date":
+                params.append(run_date)
+                return "CAST(? AS DATE)"
+            params.append(_epoch(since))
+            return "FROM_UNIXTIME(CAST(? AS DECIMAL(20, 6)))"
+
+        query = _PARAMETER.sub(mark, query) if since is not None else RUN_DATE.sub(mark, query)
         contract = contract or Contract()
         try:
             with engine.connect() as conn:
                 cursor = conn.connection.driver_connection.cursor(buffered=False, binary=True)
                 try:
-                    cursor.execute(query, (run_date,) * marks)
+                    cursor.execute(query, tuple(params))
                     if not cursor.description:
                         raise SourceError("it returns no rows to score (is it a SELECT?)")
                     columns = [d[0] for d in cursor.description]
@@ -505,6 +521,17 @@ def _storable(frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
         elif kind == "float" and series.dtype.kind == "f" and np.isinf(series.to_numpy()).any():
             frame = frame.assign(**{column: series.replace([np.inf, -np.inf], np.nan)})
     return frame
+
+
+#: ``:run_date`` or ``:since``, in the order a query names them (each is one ``?``).
+_PARAMETER = re.compile(f"{RUN_DATE.pattern}|{SINCE.pattern}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _epoch(value: datetime) -> str:
+    """Seconds since 1970 of ``value``, to the microsecond, as exact decimal text."""
+    micros = (value - _EPOCH) // (datetime.resolution)
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
 def _table_type(conn: Connection, name: str) -> str | None:

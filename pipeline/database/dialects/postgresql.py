@@ -7,14 +7,14 @@ import contextlib
 import hashlib
 import logging
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, Columns, Dialect, arrow_chunks, grant, session_lock
+from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, arrow_chunks, as_utc, grant, session_lock
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
 
@@ -298,19 +298,30 @@ class PostgresqlDialect(Dialect):
                 raise SourceError(first_line(exc)) from None
             yield exported
 
+    def clock(self, engine: Engine) -> datetime:
+        """``clock_timestamp()``: the server's time now, not its transaction's start."""
+        with engine.connect() as conn:
+            return as_utc(conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
+
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
-                   contract: Contract | None = None, snapshot: str | None = None) -> Iterator[pd.DataFrame]:
+                   contract: Contract | None = None, since: datetime | None = None,
+                   snapshot: str | None = None) -> Iterator[pd.DataFrame]:
         """Read through ADBC: rows arrive as Arrow record batches, several times faster than a cursor,
-        and their schema carries the server's column types. With ``snapshot``, the query reads as of it
-        (ADBC's connection is in a transaction from the start, and SET TRANSACTION must come first in it)."""
+        and their schema carries the server's column types. ``:since`` is a ``timestamptz``: compared with a
+        ``timestamp`` column, that column is read in the session's ``TimeZone``, as ``now()`` stamped it. With
+        ``snapshot``, the query reads as of it (ADBC's connection is in a transaction from the start, and SET
+        TRANSACTION must come first in it)."""
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
 
         from pipeline.contract import Contract
 
-        params: tuple[date | None, ...] = ()
+        params: tuple[date | str | None, ...] = ()
         if RUN_DATE.search(query):
             query, params = RUN_DATE.sub("$1::date", query), (run_date,)
+        if since is not None and SINCE.search(query):  # ISO text with its offset: no time zone guessed on the way
+            params += (since.astimezone(timezone.utc).isoformat(),)
+            query = SINCE.sub(f"${len(params)}::timestamptz", query)
         uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
             with adbc.connect(uri) as conn, conn.cursor() as cursor:

@@ -1,0 +1,153 @@
+"""Change-driven top-ups: a new version made from the active one and the rows the source says changed.
+
+A hash-based top-up (:mod:`pipeline.run.topup`) still reads the whole domain to find what
+changed. With ``[domain] changed`` the source lists it instead: the rows new or changed since
+``:since`` (the watermark the active version's run took from the source's clock as it began)
+and, with ``removed``, the keys that left. Only those are read and scored; the active
+version's other rows are copied inside the database. A top-up that cannot be trusted (no
+active version, no watermark, another model or settings) is a full run instead, and says why,
+as is every ``full_every``-th run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from pipeline.database import schema, state
+from pipeline.database.transactions import reading
+from pipeline.jobspec import Factor
+from pipeline.names import version_table
+from pipeline.run import topup
+from pipeline.run.context import RunContext
+from pipeline.run.domain import Domain
+from pipeline.run.model import Model
+from pipeline.run.scoring import Scorer
+from pipeline.run.store import VersionWriter, fill
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run builds its version: in full (the default), from the domain's hashes, or from the changes."""
+
+    #: A hash-based top-up (``--incremental`` of a job without ``changed``).
+    hashes: bool = False
+    #: The version a change-driven top-up builds on; None: not one.
+    active: state.Version | None = None
+    #: Why a run that was to be a top-up is a full one.
+    full_because: str | None = None
+
+    @property
+    def top_up(self) -> bool:
+        return self.hashes or self.active is not None
+
+
+def plan(context: RunContext, model: Model, settings: str) -> Plan:
+    """Decide how the run builds its version; ``settings`` is the job's settings digest for ``model``.
+
+    Raises:
+        PipelineError: a top-up the job cannot have (see :func:`pipeline.run.topup.check`).
+    """
+    job, options = context.job, context.options
+    if options.full or not (options.incremental or job.domain.incremental):
+        return Plan()
+    if job.domain.changed is None:
+        return Plan(hashes=True)
+    topup.check(job)
+    with reading(context.engine) as conn:
+        active = state.active_version(conn, context.table) if schema.has_schema(conn) else None
+    why = _why_full(context, model, settings, active)
+    if why is None:
+        return Plan(active=active)
+    log.warning("%s: a full run, not a top-up: %s", context.table, why)
+    return Plan(full_because=why)
+
+
+def _why_full(context: RunContext, model: Model, settings: str, active: state.Version | None) -> str | None:
+    """Why the active version cannot be topped up, or None."""
+    if active is None:
+        return "there is no active version to top up"
+    version = f"version {active.version}"
+    if active.model_sha256 != model.sha256:
+        return (f"{version} was scored by another model (sha256 {active.model_sha256[:12]}; the job's is "
+                f"{model.sha256[:12]})")
+    if active.settings_sha256 != settings:
+        return f"{version} was made with other settings (method, features, outputs, keys or default row)"
+    if active.watermark is None:
+        return (f"{version} recorded no watermark to read changes from (it was made by a run of a job without "
+                "domain.changed, or by an older release)")
+    every, done = context.job.domain.full_every, active.top_ups or 0
+    if every is not None and done + 1 >= every:
+        return f"domain.full_every = {every} (top-ups since the last full run: {done})"
+    return None
+
+
+def watermark(context: RunContext) -> datetime:
+    """The source's clock now: taken as a run of a job with ``changed`` begins, before it reads anything, so the
+    next top-up's ``:since`` lists every row changed after this run's reads began."""
+    domain = Domain(context.job.domain, context.engine, context.logical_date)
+    try:
+        return domain.clock()
+    finally:
+        domain.close()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a change-driven top-up wrote besides the rows it scored."""
+
+    copied: int
+    #: The rows the version must hold: the active version's, less the keys changed or gone, plus those scored.
+    expected: int
+
+
+def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: Scorer, active: state.Version,
+          progress: Callable[[int], None] | None = None) -> Applied:
+    """Fill ``writer``'s table (made here, with the active version's columns) with the changed rows, scored,
+    and the active version's other rows, copied. A key that ``changed`` lists is scored even when ``removed``
+    lists it too: ``changed`` reads the domain as it is now."""
+    job = context.job
+    keys = list(job.domain.keys)
+    writer.columns = list(active.columns)
+    context.dialect.create_table(conn, writer.name, writer.columns, keys)
+    listed: list[pd.DataFrame] = []
+
+    def noted(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for chunk in chunks:
+            listed.append(chunk[keys])
+            yield chunk
+
+    assert job.domain.changed is not None and active.watermark is not None
+    # to the second: a source that stamps whole seconds (truncated) then lists a change of the watermark's second
+    since = active.watermark.replace(microsecond=0)
+    changed = _reader(context, job.domain.changed, since)
+    try:
+        scored = fill(writer, noted(scorer.checking(changed.chunks())), scorer, job, progress)
+    finally:
+        changed.close()
+    if job.domain.removed is not None:
+        removed = _reader(context, job.domain.removed, since)
+        try:
+            listed.extend(chunk[keys] for chunk in removed.chunks())
+        finally:
+            removed.close()
+    gone = pd.concat(listed, ignore_index=True).drop_duplicates() if listed else pd.DataFrame(columns=keys)
+    copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
+                                     active.columns, keys, gone, count_held=True)
+    writer.rows += copied
+    return Applied(copied, (active.row_count or 0) - held + scored)
+
+
+def _reader(context: RunContext, query: str, since: datetime) -> Domain:
+    """A change query (``changed`` or ``removed``) read like the domain's own query, from its database."""
+    spec = context.job.domain
+    factor = Factor(query=query, source=spec.factors[0].source)
+    return Domain(dataclasses.replace(spec, factors=(factor,)), context.engine, context.logical_date, since=since)

@@ -1,0 +1,295 @@
+"""Change-driven top-ups: only the rows the source says changed since the watermark are read and scored; the
+result equals a full run's, no change made during a run is lost, and a top-up that cannot be trusted is a full run
+that says why."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+from urllib.parse import quote
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from pipeline import load_job, run_job
+from pipeline.cli import main
+from pipeline.database import state
+from pipeline.database.dialects import dialect_for
+from pipeline.database.engines import make_engine
+from pipeline.errors import PipelineError
+from pipeline.run import materialize
+
+from helpers import CUSTOMERS_JOB, customers_frame, quoted, train_model, version_rows, write_table
+
+KEYS = 1000
+#: The source's own clock, as an application stamps ``updated_at`` with it, an hour before it, and the column that
+#: holds it.
+NOW = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')", "postgresql": "now()", "mariadb": "NOW(6)"}
+HOUR_AGO = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 hour')", "postgresql": "now() - interval '1 hour'",
+            "mariadb": "NOW(6) - INTERVAL 1 HOUR"}
+STAMP = {"sqlite": "TEXT", "postgresql": "timestamp", "mariadb": "DATETIME(6)"}
+
+CHANGES_JOB = CUSTOMERS_JOB.replace('query = "SELECT customer_id, x1, x2, x3 FROM customers"', '''\
+query = "SELECT customer_id, x1, x2, x3 FROM customers"
+    changed = "SELECT customer_id, x1, x2, x3 FROM customers WHERE updated_at >= :since"
+    removed = "SELECT customer_id FROM customers_gone WHERE deleted_at >= :since"''')
+
+
+def now(engine: Engine) -> str:
+    return NOW[dialect_for(engine).name]
+
+
+def write_source(engine: Engine, frame: pd.DataFrame) -> None:
+    """``customers`` with an ``updated_at`` the database's clock stamped an hour ago (before the seconds :since
+    rounds down to), and an empty ``customers_gone``."""
+    write_table(engine, "customers", frame)
+    write_table(engine, "customers_gone", pd.DataFrame({"customer_id": pd.Series([], dtype="int64")}))
+    kind = STAMP[dialect_for(engine).name]
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE customers ADD COLUMN updated_at {kind}"))
+        conn.execute(text(f"ALTER TABLE customers_gone ADD COLUMN deleted_at {kind}"))
+        conn.execute(text(f"UPDATE customers SET updated_at = {HOUR_AGO[dialect_for(engine).name]}"))
+
+
+def change(engine: Engine, where: str) -> None:
+    """Change x1 of the rows ``where`` selects, stamping them."""
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = {now(engine)} WHERE {where}"))
+
+
+def insert(engine: Engine, frame: pd.DataFrame) -> None:
+    frame.to_sql("customers", engine, index=False, if_exists="append")
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE customers SET updated_at = {now(engine)} WHERE updated_at IS NULL"))
+
+
+def delete(engine: Engine, where: str) -> None:
+    """Delete rows, leaving their keys in ``customers_gone``, stamped."""
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO customers_gone (customer_id, deleted_at) "
+                          f"SELECT customer_id, {now(engine)} FROM customers WHERE {where}"))
+        conn.execute(text(f"DELETE FROM customers WHERE {where}"))
+
+
+def versions(engine: Engine) -> list[tuple]:
+    """(version, row_count, domain_size, watermark, top_ups) of each version, as the metadata records them."""
+    with engine.connect() as conn:
+        return [(v.version, v.row_count, v.domain_size, v.watermark, v.top_ups)
+                for v in state.list_versions(conn, "scores")]
+
+
+def test_a_top_up_after_updates_inserts_and_deletes_equals_a_full_run(engine, db_url, write_job, tmp_path):
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    cli = CliRunner()
+    base = ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", db_url]
+    first = cli.invoke(main, base)
+    assert first.exit_code == 0 and "version 1 is active (1000 rows," in first.output, first.output
+    change(engine, "customer_id <= 10")                  # 10 changed, 5 of them then deleted
+    new = customers_frame(100, seed=9)
+    new["customer_id"] += KEYS
+    insert(engine, new)                                  # 100 new keys
+    delete(engine, "customer_id <= 5 OR customer_id = 500")  # 6 keys gone
+    out = cli.invoke(main, base + ["--incremental"])
+    assert out.exit_code == 0, out.output
+    assert "version 2 is active (1094 rows: 105 scored, 989 copied" in out.output
+    assert "full run" not in out.output
+    full = cli.invoke(main, base + ["--full", "--force"])
+    assert full.exit_code == 0 and "version 3 is active (1094 rows," in full.output, full.output
+    topped, fresh = version_rows(engine, 2), version_rows(engine, 3)
+    pd.testing.assert_frame_equal(topped, fresh, check_exact=True)  # the same rows, bit for bit
+    one = version_rows(engine, 1).set_index("customer_id")
+    two = topped.set_index("customer_id")
+    assert (one.loc[6:10, "proba_true"] != two.loc[6:10, "proba_true"]).all()  # the changed rows were scored again
+    assert 500 not in two.index and not set(range(1, 6)) & set(two.index)
+    rows = versions(engine)
+    assert [(v, n, size, top_ups) for v, n, size, _, top_ups in rows] == [
+        (1, 1000, 1000, None), (2, 1094, 1094, 1), (3, 1094, 1094, None)]
+    assert all(watermark is not None for _, _, _, watermark, _ in rows)
+    with engine.connect() as conn:
+        audits = conn.execute(text("SELECT COUNT(*) FROM pipeline_audits WHERE version = 2 AND passed = :t"),
+                              {"t": True}).scalar()
+        assert audits > 0
+        assert not any(t.endswith("__gone") for t in engine.dialect.get_table_names(conn))
+
+
+def _stamp(engine: Engine, value: datetime) -> str:
+    """``value`` (UTC) as a literal the source's ``updated_at`` holds (the test servers' sessions are in UTC); a
+    whole second as ``CURRENT_TIMESTAMP`` writes it, without a fraction."""
+    if dialect_for(engine).name == "sqlite":
+        fraction = f".{value.microsecond // 1000:03d}" if value.microsecond else ""
+        return f"'{value.strftime('%Y-%m-%d %H:%M:%S')}{fraction}'"
+    return f"'{value.replace(tzinfo=None).isoformat(sep=' ')}'"
+
+
+def test_since_is_the_watermark_of_the_active_version_from_the_sources_clock(engine, write_job):
+    write_source(engine, customers_frame(100))
+    job = load_job(write_job(CHANGES_JOB))
+    past = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    run_job(job, engine, clock=lambda: past)  # the pipeline's own clock says 2001; the watermark is the source's
+    (_, _, _, watermark, _), = versions(engine)
+    assert before < watermark < datetime.now(timezone.utc) + timedelta(seconds=5)
+    second = watermark.replace(microsecond=0)  # :since: the watermark to the second
+    with engine.begin() as conn:  # rows 1-3 stamped just before that second, rows 4-6 in it and after the watermark
+        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = "
+                          f"{_stamp(engine, second - timedelta(milliseconds=2))} WHERE customer_id <= 3"))
+        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = {_stamp(engine, second)} "
+                          f"WHERE customer_id BETWEEN 4 AND 5"))
+        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = "
+                          f"{_stamp(engine, watermark + timedelta(milliseconds=2))} WHERE customer_id = 6"))
+    top_up = run_job(job, engine, incremental=True)
+    assert (top_up.rows, top_up.copied, top_up.top_up) == (100, 97, True)  # 4, 5 and 6 scored; 1-3 kept as they were
+    one, two = (version_rows(engine, v).set_index("customer_id") for v in (1, 2))
+    assert (one.loc[1:3, "proba_true"] == two.loc[1:3, "proba_true"]).all()
+    assert (one.loc[4:6, "proba_true"] != two.loc[4:6, "proba_true"]).all()
+
+
+def test_a_change_made_during_a_run_is_read_by_the_next_top_up(engine, write_job, monkeypatch):
+    write_source(engine, customers_frame(200))
+    job = load_job(write_job(CHANGES_JOB))
+    run_job(job, engine)
+    change(engine, "customer_id = 1")
+    time.sleep(1.01 - datetime.now().microsecond / 1e6)  # so that the next watermark's second comes after it
+
+    def late(phase: str) -> None:  # once this run's rows are read and written: a writer changes row 7
+        if phase == "auditing":
+            change(engine, "customer_id = 7")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(materialize, "checkpoint", late)
+        during = run_job(job, engine, incremental=True)
+    assert (during.rows, during.copied) == (200, 199)  # row 1 only: row 7 changed after it was read
+    after = run_job(job, engine, incremental=True)
+    assert after.copied == 199 + 1 - 1  # row 7 scored now (row 1, stamped before this run's watermark, copied)
+    assert (version_rows(engine, 3).set_index("customer_id").loc[7, "proba_true"]
+            != version_rows(engine, 2).set_index("customer_id").loc[7, "proba_true"])
+    full = run_job(job, engine, full=True, force=True)
+    pd.testing.assert_frame_equal(version_rows(engine, after.version), version_rows(engine, full.version),
+                                  check_exact=True)
+
+
+def test_a_top_up_without_a_watermark_is_a_full_run_and_says_so(engine, db_url, write_job, tmp_path):
+    write_source(engine, customers_frame(100))
+    path = write_job(CUSTOMERS_JOB)  # no changed query: versions record no watermark
+    run_job(load_job(path), engine)
+    write_job(CHANGES_JOB)
+    cli = CliRunner()
+    base = ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", db_url]
+    out = cli.invoke(main, base + ["--incremental", "--force"])
+    assert out.exit_code == 0, out.output
+    assert ("scores: a full run, not a top-up: version 1 recorded no watermark to read changes from" in out.output)
+    assert "version 2 is active (100 rows," in out.output and "copied" not in out.output
+    again = cli.invoke(main, base + ["--incremental"])  # version 2 has one
+    assert "version 3 is active (100 rows: 0 scored, 100 copied" in again.output, again.output
+    assert "full run" not in again.output
+
+
+def test_no_active_version_or_another_model_is_a_full_run(engine, write_job, caplog):
+    write_source(engine, customers_frame(50))
+    path = write_job(CHANGES_JOB)
+    first = run_job(load_job(path), engine, incremental=True)
+    assert (first.top_up, first.full_because) == (False, "there is no active version to top up")
+    train_model(path.parent / "models" / "scores.joblib", seed=5)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        second = run_job(load_job(path), engine, incremental=True)
+    assert not second.top_up and second.full_because.startswith("version 1 was scored by another model")
+    assert "a full run, not a top-up: version 1 was scored by another model" in caplog.text
+    third = run_job(load_job(path), engine, incremental=True)
+    assert third.top_up and third.full_because is None
+
+
+def test_full_every_makes_every_nth_run_a_full_one(engine, write_job):
+    write_source(engine, customers_frame(50))
+    job = load_job(write_job(CHANGES_JOB.replace("[model]", "full_every = 3\n    incremental = true\n    [model]")))
+    kinds = []
+    for _ in range(6):  # the job's own setting makes them top-ups, no --incremental given
+        change(engine, "customer_id = 1")
+        result = run_job(job, engine)
+        kinds.append((result.top_up, result.full_because))
+    every = "domain.full_every = 3 (top-ups since the last full run: 2)"
+    assert kinds == [(False, "there is no active version to top up"), (True, None), (True, None), (False, every),
+                     (True, None), (True, None)]
+    assert [top_ups for *_, top_ups in versions(engine)] == [None, 1, 2, None, 1, 2]
+    forced = run_job(job, engine, full=True)  # --full
+    assert (forced.top_up, forced.full_because) == (False, None)
+
+
+def test_a_backfill_runs_in_full_whatever_the_job_says(engine, write_job):
+    from datetime import date
+
+    from pipeline.scheduling.backfill import backfill
+
+    write_source(engine, customers_frame(50))
+    job = load_job(write_job(CHANGES_JOB.replace("[model]", "incremental = true\n    [model]")))
+    assert run_job(job, engine, incremental=True).full_because == "there is no active version to top up"
+    assert run_job(job, engine).top_up  # the job's own setting
+    done = backfill(job, engine, date(2026, 1, 1), date(2026, 1, 2))
+    assert not done.failed and [top_ups for *_, top_ups in versions(engine)] == [None, 1, None, None]
+
+
+def test_a_top_up_is_refused_on_the_dask_executor_before_a_version_is_made(engine, write_job):
+    import dataclasses
+
+    from pipeline.jobspec import ExecutorSpec
+
+    write_source(engine, customers_frame(50))
+    job = load_job(write_job(CHANGES_JOB))
+    run_job(job, engine)
+    with pytest.raises(PipelineError, match="--incremental runs on the local executor"):
+        run_job(dataclasses.replace(job, executor=ExecutorSpec("dask")), engine, incremental=True)
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT COUNT(*) FROM {quoted(engine, 'pipeline_versions')}")).scalar() == 1
+
+
+def test_incremental_and_full_together_are_refused(write_job, tmp_path, sqlite_url):
+    write_job(CHANGES_JOB)
+    out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", sqlite_url,
+                                    "--incremental", "--full"])
+    assert out.exit_code == 2 and "--incremental and --full ask for opposite runs; give one" in out.output
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def zoned_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """A database whose sessions are 5 hours behind UTC, so that local stamps and UTC ones differ."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    if request.param == "postgresql":
+        monkeypatch.setenv("PGTZ", "EST")  # libpq's: every connection, ADBC's reader too, sets TimeZone
+    else:
+        url += "?init_command=" + quote("SET time_zone = '-05:00'")
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_since_compares_with_local_stamps_in_the_sessions_time_zone(zoned_engine, write_job):
+    engine = zoned_engine
+    with engine.connect() as conn:  # the test is void unless the session's clock reads local time
+        local = conn.execute(text(f"SELECT {now(engine)}")).scalar_one()
+    assert abs(local.replace(tzinfo=None) - datetime.now(timezone.utc).replace(tzinfo=None)) > timedelta(hours=4)
+    write_source(engine, customers_frame(100))  # updated_at: a timestamp / DATETIME without a zone
+    job = load_job(write_job(CHANGES_JOB))
+    run_job(job, engine)
+    change(engine, "customer_id <= 4")  # stamped with now() / NOW(6): local time, 5 hours behind UTC
+    top_up = run_job(job, engine, incremental=True)
+    assert (top_up.rows, top_up.copied) == (100, 96)
+    full = run_job(job, engine, full=True, force=True)
+    pd.testing.assert_frame_equal(version_rows(engine, 2), version_rows(engine, full.version), check_exact=True)
+
+
+def test_a_database_an_older_release_made_gains_the_watermark_and_tops_up_after_a_full_run(engine, write_job):
+    write_source(engine, customers_frame(50))
+    job = load_job(write_job(CHANGES_JOB))
+    run_job(job, engine)
+    with engine.begin() as conn:  # as a release before change-driven top-ups left it
+        conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN watermark"))
+        conn.execute(text("ALTER TABLE pipeline_versions DROP COLUMN top_ups"))
+    upgraded = run_job(job, engine, incremental=True)
+    assert not upgraded.top_up and upgraded.full_because.startswith("version 1 recorded no watermark")
+    again = run_job(job, engine, incremental=True)
+    assert again.top_up, again.full_because
