@@ -64,4 +64,4 @@ def dialect_for(engine: Engine) -> Dialect:
     return dialect_class(engine.dialect.name)(engine.dialect)
 
 
-__all__ = ["Dialect", "configure_engine", "dialect_class", "engine_options", "dialect_for", "reader_for"]
+__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "engine_options", "reader_for"]

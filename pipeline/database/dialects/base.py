@@ -89,6 +89,8 @@ class Dialect:
     TRANSACTIONAL_DDL: ClassVar[bool] = True
     #: Keyword arguments for ``create_engine`` when this database is the target (see :func:`engine_options`).
     ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: The database's clock now (see :meth:`clock`).
+    CLOCK_SQL: ClassVar[str] = "SELECT CURRENT_TIMESTAMP"
 
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa_dialect = sa_dialect
@@ -125,7 +127,7 @@ class Dialect:
         ``:since``. Taken from the source, not from this machine, so that it compares with the ``updated_at`` the
         source's own clock stamped."""
         with engine.connect() as conn:
-            return as_utc(conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar_one())
+            return as_utc(conn.exec_driver_sql(self.CLOCK_SQL).scalar_one())
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None, since: datetime | None = None,

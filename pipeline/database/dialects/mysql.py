@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, as_utc, grant, session_lock
+from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, grant, session_lock
 from pipeline.errors import DatabaseError, JobLocked, SourceError, TableError, first_line
 from pipeline.names import gate_table, served_table, serving_table, version_table, view_name
 
@@ -84,6 +84,8 @@ class MariaDBDialect(Dialect):
     #: DELETE that finds no rows gap-locks the end of the index, so two runs recording their first audits (or
     #: grants) at once deadlock on their INSERTs; READ COMMITTED takes no such gap locks.
     ENGINE_OPTIONS = {"isolation_level": "READ COMMITTED"}
+    #: The server's time to the microsecond, in UTC whatever the session's time zone.
+    CLOCK_SQL = "SELECT UTC_TIMESTAMP(6)"
 
     @classmethod
     def configure(cls, engine: Engine) -> None:
@@ -113,11 +115,6 @@ class MariaDBDialect(Dialect):
                     record.invalidate()
 
     # -- reading the domain -------------------------------------------------
-
-    def clock(self, engine: Engine) -> datetime:
-        """``UTC_TIMESTAMP(6)``: the server's time, to the microsecond, whatever the session's time zone."""
-        with engine.connect() as conn:
-            return as_utc(conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one())
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None, since: datetime | None = None,

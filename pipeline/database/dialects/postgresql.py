@@ -14,7 +14,7 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, arrow_chunks, as_utc, grant, session_lock
+from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, arrow_chunks, grant, session_lock
 from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
 
@@ -46,6 +46,8 @@ TRANSIENT_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P0
 class PostgresqlDialect(Dialect):
     name = "postgresql"
     HAS_REPLACE_VIEW = True
+    #: The server's time now, not its transaction's start.
+    CLOCK_SQL = "SELECT clock_timestamp()"
 
     def lock(self, conn: Connection, key: str) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _lock_key(conn, key)})
@@ -297,11 +299,6 @@ class PostgresqlDialect(Dialect):
             except SQLAlchemyError as exc:
                 raise SourceError(first_line(exc)) from None
             yield exported
-
-    def clock(self, engine: Engine) -> datetime:
-        """``clock_timestamp()``: the server's time now, not its transaction's start."""
-        with engine.connect() as conn:
-            return as_utc(conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
 
     def read_query(self, engine: Engine, query: str, run_date: date | None, chunk_size: int,
                    contract: Contract | None = None, since: datetime | None = None,
