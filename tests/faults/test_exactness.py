@@ -44,6 +44,8 @@ from sqlalchemy.engine import Engine
 
 from pipeline import load_job, run_job
 
+from helpers import CUSTOMERS_JOB, FEATURES, customers_frame, write_table
+
 
 @pytest.fixture(autouse=True)
 def one_thread_per_model_call():
@@ -699,3 +701,21 @@ def test_onnx_and_pyfunc_models_equal_their_own_runtime_on_read_sql(engine, tmp_
                        f"{where}: the view differs from the runtime called on the same chunks of read_sql's rows")
         assert_outputs(view, reference(exact), outputs, keys, f"{where}: the view is further than rounding from "
                        "the runtime called once on all of read_sql's rows", rtol=1e-6, atol=1e-7)
+
+
+def test_text_keys_that_differ_only_in_case_accents_or_spaces_are_distinct_rows(engine, write_job):
+    """Keys 'a', 'A', 'a ', 'á', 'ß' and 'ss' are six customers: each gets its own row, scored from its own
+    inputs, in every version, and a lookup through the view finds exactly its own (MariaDB's default collations
+    would fold them into one key and fail the run)."""
+    keys = ["a", "A", "a ", " a", "á", "ä", "ss", "ß", "Ǆ", "ǅ", "😀", "😁", ""]
+    frame = customers_frame(len(keys)).assign(customer_id=keys)
+    write_table(engine, "customers", frame)
+    job = load_job(write_job(CUSTOMERS_JOB))
+    expected = joblib.load(job.model.path).predict_proba(frame[FEATURES])[:, 1]
+    for _ in range(2):  # the second version is served beside the first
+        run_job(job, engine, force=True)
+        with engine.connect() as conn:
+            for key, proba in zip(keys, expected):
+                found = conn.execute(text("SELECT proba_true FROM scores WHERE customer_id = :k"),
+                                     {"k": key}).scalars().all()
+                assert found == [proba], repr(key)

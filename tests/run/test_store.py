@@ -249,3 +249,25 @@ def test_fill_with_top_k_writes_each_groups_best_rows_ranked(engine, write_job):
     best["rank"] = best.groupby("user_id").cumcount() + 1
     want = best[["user_id", "item_id", "proba_true", "rank"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+#: Keys a case- or accent-folding, space-padding collation would take for one another, and a 4-byte character.
+LOOKALIKE_KEYS = ["a", "A", "a ", "á", "ä", "ss", "ß", "Ǆ", "ǅ", "😀", "😁", ""]
+
+
+def test_text_keys_and_values_are_kept_byte_for_byte(engine, write_job):
+    """A text key is compared as its exact characters, as PostgreSQL and SQLite compare it: on MariaDB, whose
+    default collations fold case and accents and pad spaces, 'a', 'A' and 'a ' would be one key (a run failing
+    on a duplicate that is none), and a lookup of 'a' would find 'A'. Any character set of the database."""
+    chunk = pd.DataFrame({"code": LOOKALIKE_KEYS, "score": np.arange(len(LOOKALIKE_KEYS), dtype=float),
+                          "label": [f"{k}|{k.upper()}" for k in LOOKALIKE_KEYS]})
+    with transaction(engine) as conn:
+        writer = VersionWriter(dialect_for(engine), conn, "scores__v1", ["code"])
+        writer.write(chunk)
+        assert writer.finish() == len(LOOKALIKE_KEYS)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT code, label FROM scores__v1")).all())
+        assert stored == dict(zip(chunk.code, chunk.label))
+        for i, key in enumerate(LOOKALIKE_KEYS):
+            found = conn.execute(text("SELECT score FROM scores__v1 WHERE code = :k"), {"k": key}).scalars().all()
+            assert found == [float(i)], key

@@ -244,11 +244,14 @@ class Dialect:
     def drop_table(self, conn: Connection, name: str) -> None:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.quote(name)}")
 
+    def column_sql(self, columns: Columns, keys: Sequence[str] = ()) -> str:
+        """The column definitions of a table the pipeline makes, ``keys`` being those it will be keyed by."""
+        return ", ".join(f"{self.quote(c)} {self.type_sql(t)}" for c, t in columns)
+
     def create_scratch(self, conn: Connection, name: str, columns: Columns) -> None:
         """A temporary table of this connection, for rows a run moves out of memory within its transaction:
         creating (and dropping) it commits nothing on any database."""
-        definitions = ", ".join(f"{self.quote(c)} {self.type_sql(t)}" for c, t in columns)
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.quote(name)} ({definitions})")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.quote(name)} ({self.column_sql(columns)})")
 
     def drop_scratch(self, conn: Connection, name: str) -> None:
         conn.exec_driver_sql(f"DROP TABLE {self.quote(name)}")

@@ -60,6 +60,10 @@ KEY_ERRORS = frozenset({1062, 1138, 1171, 1265, 1048})
 #: Column types of version tables, by portable type name.
 TYPES = {"integer": "BIGINT", "float": "DOUBLE", "text": "LONGTEXT", "boolean": "BOOL", "date": "DATE",
          "timestamp": "DATETIME(6)", "timestamptz": "DATETIME(6)", "numeric": "DECIMAL(65,30)"}
+#: How text columns are made: utf8mb4 whatever the database's default (latin1 upstream), compared byte for byte
+#: without padding. The default collations fold case and accents and ignore trailing spaces, so 'a', 'A' and 'a '
+#: would be one key, and a lookup of one would find the others.
+TEXT_COLLATION = "CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
 #: Bytes an InnoDB key may hold, and per character of utf8mb4.
 KEY_BYTES, CHAR_BYTES = 3072, 4
 #: Bytes a key column of each type takes.
@@ -207,13 +211,20 @@ class MariaDBDialect(Dialect):
         return TYPES[type_name]
 
     def column_sql(self, columns: Columns, keys: Sequence[str] = ()) -> str:
-        """Column definitions; a text key is a VARCHAR as wide as InnoDB's key allows (a TEXT cannot be keyed)."""
+        """Column definitions; a text key is a VARCHAR as wide as InnoDB's key allows (a TEXT cannot be keyed).
+        Text is utf8mb4 in :data:`TEXT_COLLATION`, whatever the database's defaults: its values are stored and
+        compared as their exact characters, as PostgreSQL and SQLite keep them."""
         types = dict(columns)
         texts = [k for k in keys if types.get(k) == "text"]
         room = KEY_BYTES - sum(KEY_WIDTH.get(types.get(k, ""), 8) for k in keys if k not in texts) - 4
         width = max(1, room // CHAR_BYTES // max(1, len(texts)))
-        return ", ".join(f"{self.quote(c)} {f'VARCHAR({width})' if c in texts else self.type_sql(t)}"
-                         for c, t in columns)
+
+        def kind(column: str, type_name: str) -> str:
+            if type_name != "text":
+                return self.type_sql(type_name)
+            return f"{f'VARCHAR({width})' if column in texts else self.type_sql(type_name)} {TEXT_COLLATION}"
+
+        return ", ".join(f"{self.quote(c)} {kind(c, t)}" for c, t in columns)
 
     def create_table(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str] = ()) -> None:
         conn.exec_driver_sql(f"CREATE TABLE {self.quote(name)} ({self.column_sql(columns, keys)}) ENGINE=InnoDB")
