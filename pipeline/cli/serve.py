@@ -34,6 +34,10 @@ def alias_option(func):
 def versions(table: str, db: Databases) -> None:
     """List the versions of a prediction table; * marks the active one.
 
+    For a job with [domain] changed, watermark is the source's clock as the version's run
+    began (the next top-up reads the changes since), and top-ups counts those since the
+    last full run.
+
     \b
     Example:
       pipeline versions churn_scores
@@ -44,10 +48,11 @@ def versions(table: str, db: Databases) -> None:
     rows = catalog.versions(engine, table)
     print_table(
         ["", "version", "status", "logical_date", "rows", "model_sha256", "model", "started", "finished", "error",
-         "classes", "type changes", "aliases"],
+         "classes", "type changes", "watermark", "top-ups", "aliases"],
         [["*" if r.active else "", v.version, v.status, v.logical_date, v.row_count, v.model_sha256[:12],
           v.model_path if v.model_source else Path(v.model_path).name, v.started_at, v.finished_at, v.error,
-          labels_text(v.output_labels or ()) or None, v.type_changes, ", ".join(r.aliases) or None]
+          labels_text(v.output_labels or ()) or None, v.type_changes, v.watermark, v.top_ups,
+          ", ".join(r.aliases) or None]
          for r in rows for v in [r.version]],
     )
 

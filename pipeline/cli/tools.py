@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from pipeline.database.engines import redact
 from pipeline.errors import JobFileError, PipelineError
 from pipeline.jobs import find_job, iter_jobs, job_files, load_job
 from pipeline.names import labels_text
+
+if TYPE_CHECKING:
+    from pipeline.run.changes import Pending
 
 
 @main.command()
@@ -142,10 +146,20 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
         *(("serving", line) for line in found.serving),
         *([("top-up", f"{found.incremental[0]} rows to score (new or changed), {found.incremental[1]} copied, "
                       f"{found.incremental[2]} active rows changed or gone")] if found.incremental else []),
+        *([("top-up", _changes(found.change_driven))] if found.change_driven else []),
+        *([("top-up", f"none, a full run: {found.full_because}")] if found.full_because else []),
         ("schedule", f"{found.schedule}, next tick {found.next_tick}" if found.schedule else "none"),
     ]:
         click.echo(f"{label + ':':<10} {value}")
     click.echo("\nSQL:\n" + ";\n".join(found.sql) + ";")
+
+
+def _changes(pending: Pending) -> str:
+    """A change-driven top-up's plan in words (:class:`pipeline.run.changes.Pending`)."""
+    active = pending.active
+    removed = "" if pending.removed is None else f", {pending.removed} key(s) removed"
+    return (f"from v{active.version} (watermark {pending.since}): {pending.changed} row(s) changed since{removed}; "
+            f"the rest of v{active.version}'s {active.row_count} rows copied")
 
 
 def _library(library: dict[str, str | None] | None) -> str:

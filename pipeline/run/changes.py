@@ -125,9 +125,8 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
             listed.append(chunk[keys])
             yield chunk
 
-    assert job.domain.changed is not None and active.watermark is not None
-    # to the second: a source that stamps whole seconds (truncated) then lists a change of the watermark's second
-    since = active.watermark.replace(microsecond=0)
+    assert job.domain.changed is not None
+    since = _since(active)
     changed = _reader(context, job.domain.changed, since)
     try:
         scored = fill(writer, noted(scorer.checking(changed.chunks())), scorer, job, progress)
@@ -144,6 +143,42 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
                                      active.columns, keys, gone, count_held=True)
     writer.rows += copied
     return Applied(copied, (active.row_count or 0) - held + scored)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a change-driven top-up would read now (``pipeline plan``), without reading the whole domain."""
+
+    active: state.Version
+    since: datetime
+    #: Rows ``changed`` lists since the watermark (to score).
+    changed: int
+    #: Keys ``removed`` lists since the watermark (None: the job has no ``removed``).
+    removed: int | None
+
+
+def pending(context: RunContext, active: state.Version) -> Pending:
+    """Count the rows a top-up of ``active`` would read: ``changed`` and ``removed`` since its watermark."""
+    job, since = context.job, _since(active)
+    assert job.domain.changed is not None
+    counts = []
+    for query in (job.domain.changed, job.domain.removed):
+        if query is None:
+            counts.append(None)
+            continue
+        reader = _reader(context, query, since)
+        try:
+            counts.append(sum(len(chunk) for chunk in reader.chunks()))
+        finally:
+            reader.close()
+    return Pending(active, since, counts[0] or 0, counts[1])
+
+
+def _since(active: state.Version) -> datetime:
+    """``:since`` for a top-up of ``active``: its watermark to the second, so a source that stamps whole seconds
+    (truncated) still lists a change made in the watermark's second."""
+    assert active.watermark is not None
+    return active.watermark.replace(microsecond=0)
 
 
 def _reader(context: RunContext, query: str, since: datetime) -> Domain:

@@ -24,11 +24,13 @@ from pipeline.database.transactions import reading
 from pipeline.errors import AuditError
 from pipeline.jobspec import Job
 from pipeline.names import outputs_of, version_table, view_name
-from pipeline.run import topup
+from pipeline.run import changes, topup
 from pipeline.run.audits import planned_audits
+from pipeline.run.context import RunContext, RunOptions
 from pipeline.run.domain import Domain
 from pipeline.run.executors import EMPTY_DOMAIN, describe
-from pipeline.run.materialize import held_by, skip_reason
+from pipeline.run.materialize import held_by, settings_digest, skip_reason
+from pipeline.run.model import Model
 from pipeline.run.registry import Source
 from pipeline.run.store import columns_of
 from pipeline.tools.validate import check_job
@@ -61,6 +63,9 @@ class Plan:
     serving: tuple[str, ...] = ()
     #: With --incremental: rows to score (new or changed keys), rows copied, active rows changed or gone.
     incremental: tuple[int, int, int] | None = None
+    #: A job with ``[domain] changed``, run incrementally: what the top-up would read, or why it would be a full run.
+    change_driven: changes.Pending | None = None
+    full_because: str | None = None
     #: What the model is handed: (feature, dtype, categories or None) each.
     input_schema: tuple[tuple[Any, ...], ...] = ()
     #: Which class each output column holds.
@@ -92,7 +97,8 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
     model, scorer, sample = checked.model, checked.scorer, checked.rows
     columns_seen = tuple(map(str, checked.chunk.columns)) if checked.chunk is not None else ()
     keys = list(job.domain.keys)
-    top_up = topup.from_active(engine, job, model) if incremental else None
+    how, pending = _change_driven(job, engine, logical_date, model, incremental)
+    top_up = topup.from_active(engine, job, model) if incremental and how is None else None
     to_score = 0
     domain = Domain(job.domain, engine, logical_date)
     try:
@@ -132,7 +138,19 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
                 input_schema=tuple(tuple(row) for row in scorer.schema or ()), labels=model.labels,
                 type_changes=tuple(scorer.guard.changes) if scorer.guard else (), library=model.library,
                 incremental=None if top_up is None else (to_score, top_up.copied, len(top_up.kept) - top_up.copied),
+                change_driven=pending, full_because=how.full_because if how is not None else None,
                 skipped=skip_reason(engine, job.output.table, held, logical_date) if held else None)
+
+
+def _change_driven(job: Job, engine: Engine, logical_date: date, model: Model,
+                   incremental: bool) -> tuple[changes.Plan | None, changes.Pending | None]:
+    """For a job with ``[domain] changed`` run incrementally (``--incremental`` or ``[domain] incremental``): how
+    the run would build its version, as a run decides it, and what its top-up would read; else (None, None)."""
+    if job.domain.changed is None or not (incremental or job.domain.incremental):
+        return None, None
+    context = RunContext(job, engine, dialect_for(engine), logical_date, RunOptions(incremental=True))
+    how = changes.plan(context, model, settings_digest(job, model))
+    return how, changes.pending(context, how.active) if how.active is not None else None
 
 
 def serving(job: Job, engine: Engine) -> list[str]:

@@ -22,6 +22,8 @@ from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 from pipeline.errors import PipelineError
 from pipeline.run import materialize
+from pipeline.run.context import today
+from pipeline.tools.plan import plan_job
 
 from helpers import CUSTOMERS_JOB, customers_frame, quoted, train_model, version_rows, write_table
 
@@ -110,6 +112,10 @@ def test_a_top_up_after_updates_inserts_and_deletes_equals_a_full_run(engine, db
     assert [(v, n, size, top_ups) for v, n, size, _, top_ups in rows] == [
         (1, 1000, 1000, None), (2, 1094, 1094, 1), (3, 1094, 1094, None)]
     assert all(watermark is not None for _, _, _, watermark, _ in rows)
+    listed = cli.invoke(main, ["versions", "scores", "--db", db_url]).output.splitlines()
+    assert "watermark" in listed[0] and "top-ups" in listed[0]
+    second = next(line for line in listed if line.split()[0] == "2")
+    assert f"{rows[1][3]:%Y-%m-%d %H:%M:%S}  1  " in second, second
     with engine.connect() as conn:
         audits = conn.execute(text("SELECT COUNT(*) FROM pipeline_audits WHERE version = 2 AND passed = :t"),
                               {"t": True}).scalar()
@@ -293,3 +299,29 @@ def test_a_database_an_older_release_made_gains_the_watermark_and_tops_up_after_
     assert not upgraded.top_up and upgraded.full_because.startswith("version 1 recorded no watermark")
     again = run_job(job, engine, incremental=True)
     assert again.top_up, again.full_because
+
+
+def test_plan_counts_what_a_top_up_would_read_or_says_why_it_would_be_a_full_run(engine, db_url, write_job,
+                                                                                   tmp_path):
+    write_source(engine, customers_frame(KEYS))
+    path = write_job(CHANGES_JOB)
+    cli = CliRunner()
+    base = ["--jobs", str(tmp_path / "jobs"), "plan", "scores", "--incremental", "--db", db_url]
+    first = cli.invoke(main, base)
+    assert first.exit_code == 0 and "top-up:    none, a full run: there is no active version to top up" \
+        in first.output, first.output
+    run_job(load_job(path), engine)
+    change(engine, "customer_id <= 7")
+    delete(engine, "customer_id > 997")
+    out = cli.invoke(main, base)
+    assert out.exit_code == 0, out.output
+    watermark = versions(engine)[0][3].replace(microsecond=0)
+    assert (f"top-up:    from v1 (watermark {watermark}): 7 row(s) changed since, 3 key(s) removed; the rest of "
+            "v1's 1000 rows copied") in out.output
+    assert "rows to score (new or changed)" not in out.output  # the domain's hashes are not compared
+    found = plan_job(load_job(path), engine, today(load_job(path)), incremental=True)
+    assert (found.change_driven.changed, found.change_driven.removed, found.full_because) == (7, 3, None)
+    assert versions(engine)[-1][0] == 1  # nothing was written
+    train_model(path.parent / "models" / "scores.joblib", seed=5)
+    again = cli.invoke(main, base)
+    assert "top-up:    none, a full run: version 1 was scored by another model" in again.output, again.output
