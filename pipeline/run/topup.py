@@ -96,27 +96,28 @@ class TopUp:
 def copy_except(conn: Connection, dialect: Dialect, physical: str, source: str, columns: Sequence[tuple[str, str]],
                 keys: Sequence[str], gone: pd.DataFrame, count_held: bool = False) -> tuple[int, int]:
     """Copy the rows of version table ``source`` whose key ``gone`` (unique keys) does not hold into ``physical``,
-    inside the database: ``gone`` is loaded into a keyed ``<physical>__gone`` table, and the copy is one INSERT ...
-    SELECT ... WHERE NOT EXISTS. Returns the rows copied and, with ``count_held``, the rows of ``source`` that ``gone``
-    held (counted from ``gone``'s side through ``source``'s key, cheap when few keys are gone; else 0)."""
+    inside the database: ``gone`` is loaded into a keyed temporary ``<physical>__gone`` table (which commits nothing,
+    on MariaDB too, and which a run that dies leaves nowhere), and the copy is one INSERT ... SELECT ... WHERE NOT
+    EXISTS. Returns the rows copied and, with ``count_held``, the rows of ``source`` that ``gone`` held (counted from
+    ``gone``'s side through ``source``'s key, cheap when few keys are gone; else 0). A key with a NULL matches none."""
     q = dialect.quote
     names = dialect.column_list([c for c, _ in columns])
+    gone = gone[list(keys)].dropna()
     if gone.empty:
         done = conn.exec_driver_sql(f"INSERT INTO {q(physical)} ({names}) SELECT {names} FROM {q(source)}")
         return done.rowcount, 0
     dropped = f"{physical}__gone"
     types = dict(columns)
     gone_columns = [(k, types[k]) for k in keys]
-    dialect.create_table(conn, dropped, gone_columns, keys)
-    dialect.load(conn, dropped, gone_columns, gone[list(keys)])
-    dialect.add_unique_key(conn, dropped, keys)
+    dialect.create_scratch(conn, dropped, gone_columns, keys)
+    dialect.load(conn, dropped, gone_columns, gone)
     match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in keys)
     held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {q(dropped)} g WHERE EXISTS "
                                 f"(SELECT 1 FROM {q(source)} a WHERE {match})").scalar_one() if count_held else 0
     done = conn.exec_driver_sql(
         f"INSERT INTO {q(physical)} ({names}) SELECT {', '.join(f'a.{q(c)}' for c, _ in columns)} "
         f"FROM {q(source)} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
-    dialect.drop_table(conn, dropped)
+    dialect.drop_scratch(conn, dropped)
     return done.rowcount, int(held)
 
 

@@ -325,3 +325,18 @@ def test_plan_counts_what_a_top_up_would_read_or_says_why_it_would_be_a_full_run
     train_model(path.parent / "models" / "scores.joblib", seed=5)
     again = cli.invoke(main, base)
     assert "top-up:    none, a full run: version 1 was scored by another model" in again.output, again.output
+
+
+def test_a_null_key_that_removed_lists_matches_nothing_and_leaves_no_table_behind(engine, write_job):
+    write_source(engine, customers_frame(100))
+    path = write_job(CHANGES_JOB)
+    run_job(load_job(path), engine)
+    delete(engine, "customer_id = 40")
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO customers_gone (customer_id, deleted_at) VALUES (NULL, {now(engine)})"))
+    topped = run_job(load_job(path), engine, incremental=True)
+    assert topped.top_up and topped.version == 2
+    assert versions(engine)[1][:2] == (2, 99)
+    assert 40 not in set(version_rows(engine, 2).customer_id)
+    with engine.connect() as conn:
+        assert not any(t.endswith("__gone") for t in engine.dialect.get_table_names(conn))

@@ -248,10 +248,12 @@ class Dialect:
         """The column definitions of a table the pipeline makes, ``keys`` being those it will be keyed by."""
         return ", ".join(f"{self.quote(c)} {self.type_sql(t)}" for c, t in columns)
 
-    def create_scratch(self, conn: Connection, name: str, columns: Columns) -> None:
+    def create_scratch(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str] = ()) -> None:
         """A temporary table of this connection, for rows a run moves out of memory within its transaction:
-        creating (and dropping) it commits nothing on any database."""
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.quote(name)} ({self.column_sql(columns)})")
+        creating (and dropping) it commits nothing on any database, and a run that dies leaves nothing behind.
+        ``keys``, when given, are its primary key."""
+        key = f", PRIMARY KEY ({self.column_list(keys)})" if keys else ""
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.quote(name)} ({self.column_sql(columns, keys)}{key})")
 
     def drop_scratch(self, conn: Connection, name: str) -> None:
         conn.exec_driver_sql(f"DROP TABLE {self.quote(name)}")
