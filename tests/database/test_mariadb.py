@@ -79,3 +79,23 @@ def test_a_staging_table_an_old_transaction_may_read_stays_until_it_ends(engine,
     gc(engine, "scores", keep=100)
     assert kinds(engine)["scores__v2"] == "VIEW"
     assert len(version_rows(engine, 2)) == ROWS
+
+
+def test_a_text_key_too_long_for_the_key_fails_the_run_instead_of_being_cut(engine, mysql_url, write_job, tmp_path):
+    """LOAD DATA LOCAL takes strict mode's errors as warnings: a key longer than its VARCHAR was stored cut short,
+    under another key. The run fails naming it, and nothing is published."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    write_job(JOB, model=Scripted())
+    run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine)
+    frame = customers_frame(20).assign(customer_id=[f"k{i}" for i in range(19)] + ["k" * 800])
+    write_table(engine, "customers", frame)
+    out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", mysql_url])
+    assert out.exit_code == 1
+    assert ("Error: MariaDB would not store a value of scores__v2 as given (Data truncated for column "
+            "'customer_id' at row 20, counting rows within a chunk): a text key of more than 767 characters") \
+        in out.output, out.output
+    assert "Traceback" not in out.output
+    assert set(view_rows(engine).customer_id) == set(range(1, ROWS + 1))  # version 1 still serves, whole

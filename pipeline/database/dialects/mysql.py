@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, grant, session_lock
-from pipeline.errors import DatabaseError, JobLocked, SourceError, TableError, first_line
+from pipeline.errors import AuditError, DatabaseError, JobLocked, SourceError, TableError, first_line
 from pipeline.names import gate_table, served_table, serving_table, version_table, view_name
 
 if TYPE_CHECKING:
@@ -253,6 +253,7 @@ class MariaDBDialect(Dialect):
                     f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {self.quote(name)} CHARACTER SET utf8mb4 "
                     "FIELDS TERMINATED BY ',' ENCLOSED BY '\"' ESCAPED BY '' LINES TERMINATED BY '\\n' "
                     f"({', '.join(names)}) SET {', '.join(assignments)}")
+                self._refuse_altered(conn, name)
                 return
             except DBAPIError as exc:
                 if getattr(exc.orig, "errno", None) not in LOCAL_FILES_REFUSED:
@@ -266,6 +267,28 @@ class MariaDBDialect(Dialect):
             cursor.executemany(self.load_sql(name, columns), self.rows(_storable(frame, columns)))
         finally:
             cursor.close()
+
+    def _refuse_altered(self, conn: Connection, name: str) -> None:
+        """Fail on a value the last ``LOAD DATA LOCAL`` stored otherwise than given. With LOCAL, the server takes
+        even strict mode's errors as warnings (it cannot stop the client's file): a text key longer than its
+        VARCHAR is cut short, and would then stand for another key, or collide with one.
+
+        Raises:
+            AuditError: a value was truncated or out of its column's range.
+        """
+        warned = [w for w in conn.exec_driver_sql("SHOW WARNINGS LIMIT 5").all() if w[0] != "Note"]
+        if not warned:
+            return
+        message = str(warned[0][2])
+        found = re.search(r"column [`']?(?:\w+[`']?\.[`']?)*(\w+)[`']?", message)
+        width = conn.exec_driver_sql(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = %(t)s AND COLUMN_NAME = %(c)s AND DATA_TYPE = 'varchar'",
+            {"t": name, "c": found.group(1) if found else ""}).scalar()
+        why = (f": a text key of more than {width} characters (what InnoDB's key allows for these keys)"
+               if width is not None else "")
+        raise AuditError(f"MariaDB would not store a value of {name} as given ({message}, counting rows within a "
+                         f"chunk){why}")
 
     def _csv(self, frame: pd.DataFrame, columns: Columns) -> tuple[Any, list[str], list[str]]:
         """The frame as an Arrow table ready for CSV, with the variables and ``SET`` clauses that read it back:
