@@ -237,8 +237,8 @@ def _from_python(values: Sequence[Any], kind: str | None) -> pd.Series:
             return pd.Series(pd.array(values, dtype="Int64"))
         if kind == "text":
             return pd.Series(pd.array(values, dtype="str"))
-    except (TypeError, ValueError):
-        pass  # a value of another type (SQLite stores what it is given): convert says which
+    except (TypeError, ValueError, OverflowError):
+        pass  # a value of another type (SQLite stores what it is given) or range: convert says which
     return pd.Series(values, dtype=object)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import resource
 import textwrap
 from typing import Any
@@ -153,6 +154,51 @@ def test_a_bad_query_fails_with_one_line(mysql_url, sqlite_url, query, message):
         list(domain.chunks())
     assert "\n" not in str(caught.value)
     domain.close()
+    engine.dispose()
+
+
+def test_legacy_values_a_lenient_server_keeps_fail_in_one_line_that_says_what_to_do(mysql_url, sqlite_url):
+    """Zero and partial dates, which a lenient sql_mode stores and Connector/Python cannot read (CONPY-368: a bare
+    SystemError, or a crashed process), and a BIGINT UNSIGNED beyond a signed 64-bit integer (an OverflowError)
+    fail in one line naming the column; the expression the message gives reads such dates as NULL, as
+    ``pandas.read_sql`` gives them."""
+    with make_engine(mysql_url).begin() as conn:
+        conn.execute(text("SET SESSION sql_mode = ''"))
+        conn.execute(text("CREATE TABLE legacy (id INT PRIMARY KEY, d DATE, t DATETIME, big BIGINT UNSIGNED)"))
+        conn.execute(text("INSERT INTO legacy SELECT seq, IF(seq % 3 = 0, '0000-00-00', IF(seq % 3 = 1, '2024-05-00', "
+                          "'2024-01-31')), IF(seq % 2 = 0, '0000-00-00 00:00:00', '2024-01-31 10:00:00'), seq "
+                          "FROM seq_1_to_5000"))
+        conn.execute(text("INSERT INTO legacy VALUES (5001, '2024-00-10', NULL, 9223372036854775808)"))
+    engine = make_engine(sqlite_url)
+
+    def read(query: str, chunk_size: int = 1000) -> pd.DataFrame:
+        domain = Domain(DomainSpec(("id",), (Factor(query=query, source=mysql_url),), chunk_size=chunk_size),
+                        engine, dt.date(2024, 1, 31))
+        try:
+            return pd.concat(domain.chunks(), ignore_index=True)
+        finally:
+            domain.close()
+
+    mend = "IF(YEAR({c}) * MONTH({c}) * DAYOFMONTH({c}) = 0, NULL, {c}) AS {c}"
+    for query, message in [
+        ("SELECT id, t FROM legacy ORDER BY id", "column t holds a zero or partial date"),
+        ("SELECT id, big, d FROM legacy WHERE d = :run_date OR t IS NULL ORDER BY id", "column d holds a zero"),
+        ("SELECT id, big FROM legacy ORDER BY id",
+         "domain column 'big' is integer but holds 9223372036854775808; fix the value or cast the column in the "
+         "query$"),
+    ]:
+        with pytest.raises(SourceError, match="^domain query failed on .*: " + message):
+            read(query)
+    with pytest.raises(SourceError, match=re.escape(
+            "column d holds a zero or partial date ('0000-00-00', '2024-05-00'), which MariaDB Connector/Python "
+            f"cannot read (CONPY-368): select it as {mend.format(c='d')} (NULL, as pandas.read_sql gives it), or "
+            "mend the rows")):
+        read("SELECT * FROM legacy")
+    for chunk_size in (7, 5001):
+        got = read(f"SELECT id, {mend.format(c='d')}, {mend.format(c='t')} FROM legacy WHERE id <= 5001 - "
+                   "DAYOFMONTH(:run_date) + 31 ORDER BY id", chunk_size)
+        assert got["d"].tolist() == [dt.date(2024, 1, 31) if i % 3 == 2 else None for i in range(1, 5002)]
+        assert got["t"].isna().tolist() == [i % 2 == 0 for i in range(1, 5001)] + [True]
     engine.dispose()
 
 
