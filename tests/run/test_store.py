@@ -271,3 +271,24 @@ def test_text_keys_and_values_are_kept_byte_for_byte(engine, write_job):
         for i, key in enumerate(LOOKALIKE_KEYS):
             found = conn.execute(text("SELECT score FROM scores__v1 WHERE code = :k"), {"k": key}).scalars().all()
             assert found == [float(i)], key
+
+
+def test_a_nul_character_is_kept_where_text_holds_it_and_named_on_postgresql(engine):
+    """SQLite and MariaDB text holds NUL (a SQLite or MariaDB source can hand one over); PostgreSQL's cannot, and the
+    load fails in one line naming the column, where it was psycopg's CharacterNotInRepertoire."""
+    chunk = pd.DataFrame({"code": ["a", "b\x00c"], "label": ["x", "y\x00"], "score": [0.5, 0.25]})
+    dialect = dialect_for(engine)
+    if dialect.name != "postgresql":
+        with transaction(engine) as conn:
+            writer = VersionWriter(dialect, conn, "scores__v1", ["code"])
+            writer.write(chunk)
+            writer.finish()
+        with engine.connect() as conn:
+            assert dict(conn.execute(text("SELECT code, label FROM scores__v1")).all()) == {"a": "x", "b\x00c": "y\x00"}
+        return
+    with pytest.raises(AuditError, match=r"^code holds the NUL character \(\\x00\), which PostgreSQL text cannot "
+                                         r"store: remove it in the domain query \(replace\(code, char\(0\), ''\) on "
+                                         r"SQLite, REPLACE\(code, CHAR\(0\), ''\) on MariaDB\)$"):
+        with transaction(engine) as conn:
+            VersionWriter(dialect, conn, "scores__v1", ["code"]).write(chunk)
+    assert not has_table(engine, "scores__v1")

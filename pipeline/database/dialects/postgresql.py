@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.database.dialects.base import RUN_DATE, SINCE, Columns, Dialect, arrow_chunks, grant, session_lock
-from pipeline.errors import DatabaseError, JobLocked, SourceError, first_line
+from pipeline.errors import AuditError, DatabaseError, JobLocked, SourceError, first_line
 from pipeline.names import gate_table, serving_table, version_table
 
 if TYPE_CHECKING:
@@ -275,14 +276,26 @@ class PostgresqlDialect(Dialect):
         return f'{self.quote(column)} COLLATE "C"' if type_name == "text" else self.quote(column)
 
     def load(self, conn: Connection, name: str, columns: Columns, frame: pd.DataFrame) -> None:
-        """Binary COPY through psycopg 3, on the connection's own transaction."""
+        """Binary COPY through psycopg 3, on the connection's own transaction.
+
+        Raises:
+            AuditError: a text value holds the NUL character, which PostgreSQL text cannot store (SQLite and
+                MariaDB sources can hold it).
+        """
         raw = conn.connection.driver_connection
         sql = self.load_sql(name, columns)
         types = [self.type_sql(t).lower() for _, t in columns]
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.set_types(types)
-            for row in self.rows(frame):
-                copy.write_row(row)
+        try:
+            with raw.cursor() as cursor, cursor.copy(sql) as copy:
+                copy.set_types(types)
+                for row in self.rows(frame):
+                    copy.write_row(row)
+        except psycopg.errors.CharacterNotInRepertoire as exc:
+            found = re.search(r"column (\w+)", exc.diag.context or "")
+            column = found.group(1) if found else "a text column"
+            raise AuditError(f"{column} holds the NUL character (\\x00), which PostgreSQL text cannot store: remove "
+                             f"it in the domain query (replace({column}, char(0), '') on SQLite, REPLACE({column}, "
+                             f"CHAR(0), '') on MariaDB)") from None
 
     @contextlib.contextmanager
     def export_snapshot(self, engine: Engine) -> Iterator[str | None]:
