@@ -181,7 +181,7 @@ def test_legacy_values_a_lenient_server_keeps_fail_in_one_line_that_says_what_to
 
     mend = "IF(YEAR({c}) * MONTH({c}) * DAYOFMONTH({c}) = 0, NULL, {c}) AS {c}"
     for query, message in [
-        ("SELECT id, t FROM legacy ORDER BY id", "column t holds a zero or partial date"),
+        ("SELECT id, t FROM legacy ORDER BY id;\n", "column t holds a zero or partial date"),
         ("SELECT id, big, d FROM legacy WHERE d = :run_date OR t IS NULL ORDER BY id", "column d holds a zero"),
         ("SELECT id, big FROM legacy ORDER BY id",
          "domain column 'big' is integer but holds 9223372036854775808; fix the value or cast the column in the "

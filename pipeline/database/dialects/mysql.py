@@ -177,6 +177,7 @@ class MariaDBDialect(Dialect):
         a quarter of the read (1M rows: 0.6 s against 2.2 s)."""
         import mariadb
 
+        query = query.rstrip().rstrip(";")  # as a derived table
         cursor = driver.cursor()
         try:
             try:
