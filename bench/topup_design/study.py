@@ -101,6 +101,14 @@ def clock() -> float:
     return time.perf_counter()
 
 
+def timed(conn: psycopg.Connection, t: dict[str, float], name: str, *statements: str) -> None:
+    """Run ``statements`` in turn; their time goes to ``t[name]``."""
+    t0 = clock()
+    for sql in statements:
+        conn.execute(sql)
+    t[name] = clock() - t0
+
+
 def wal_lsn(conn: psycopg.Connection) -> str:
     return one(conn, "SELECT pg_current_wal_insert_lsn()::text")[0]
 
@@ -160,20 +168,11 @@ def build_plain(conn: psycopg.Connection) -> None:
 def build_current(conn: psycopg.Connection) -> dict[str, float]:
     """Version 1 of the current design: a version table as a full run leaves it, attached under the gate."""
     t: dict[str, float] = {}
-    t0 = clock()
-    conn.execute(f"CREATE TABLE c__v1 ({TABLE_COLS})")
-    conn.execute(f"INSERT INTO c__v1 SELECT {COLS} FROM plain")
-    t["load"] = clock() - t0
-    t0 = clock()
-    conn.execute("ALTER TABLE c__v1 ADD CONSTRAINT c__v1__key PRIMARY KEY (id)")
-    t["key"] = clock() - t0
-    t0 = clock()
-    conn.execute("ANALYZE c__v1")
-    t["analyze"] = clock() - t0
-    t0 = clock()
-    conn.execute("ALTER TABLE c__v1 ADD COLUMN model_version integer NOT NULL DEFAULT 1, "
-                 "ADD CONSTRAINT c__v1__ver CHECK (model_version = 1)")
-    t["mark"] = clock() - t0
+    timed(conn, t, "load", f"CREATE TABLE c__v1 ({TABLE_COLS})", f"INSERT INTO c__v1 SELECT {COLS} FROM plain")
+    timed(conn, t, "key", "ALTER TABLE c__v1 ADD CONSTRAINT c__v1__key PRIMARY KEY (id)")
+    timed(conn, t, "analyze", "ANALYZE c__v1")
+    timed(conn, t, "mark", "ALTER TABLE c__v1 ADD COLUMN model_version integer NOT NULL DEFAULT 1, "
+                           "ADD CONSTRAINT c__v1__ver CHECK (model_version = 1)")
     conn.execute(f"CREATE TABLE c__p ({TABLE_COLS}, model_version integer NOT NULL) PARTITION BY LIST (model_version)")
     conn.execute("ALTER TABLE c__p ATTACH PARTITION c__v1 FOR VALUES IN (1)")
     conn.execute("CREATE TABLE c__gate (alias text NOT NULL, version integer NOT NULL)")
@@ -191,23 +190,14 @@ def build_lineage(conn: psycopg.Connection, p: str, key: str) -> dict[str, float
     """Lineage 1 as a full run would leave it: its rows loaded as today, then three columns that are stored in
     no row (defaults), the key, ANALYZE; plus a small older lineage 0 attached, and the (empty) changes log."""
     t: dict[str, float] = {}
-    t0 = clock()
-    conn.execute(f"CREATE TABLE {p}__l1 ({TABLE_COLS})")
-    conn.execute(f"INSERT INTO {p}__l1 SELECT {COLS} FROM plain")
-    t["load"] = clock() - t0
-    t0 = clock()
-    conn.execute(f"ALTER TABLE {p}__l1 ADD COLUMN lineage integer NOT NULL DEFAULT 1, "
-                 f"ADD COLUMN valid_from integer NOT NULL DEFAULT 1, "
-                 f"ADD COLUMN valid_to integer NOT NULL DEFAULT {MAX}, "
-                 f"ADD CONSTRAINT {p}__l1__lin CHECK (lineage = 1), "
-                 f"ADD CONSTRAINT {p}__l1__span CHECK (valid_to > valid_from)")
-    t["mark"] = clock() - t0
-    t0 = clock()
-    conn.execute(f"ALTER TABLE {p}__l1 ADD CONSTRAINT {p}__l1__key PRIMARY KEY (id, {key})")
-    t["key"] = clock() - t0
-    t0 = clock()
-    conn.execute(f"ANALYZE {p}__l1")
-    t["analyze"] = clock() - t0
+    timed(conn, t, "load", f"CREATE TABLE {p}__l1 ({TABLE_COLS})", f"INSERT INTO {p}__l1 SELECT {COLS} FROM plain")
+    timed(conn, t, "mark", f"ALTER TABLE {p}__l1 ADD COLUMN lineage integer NOT NULL DEFAULT 1, "
+                           f"ADD COLUMN valid_from integer NOT NULL DEFAULT 1, "
+                           f"ADD COLUMN valid_to integer NOT NULL DEFAULT {MAX}, "
+                           f"ADD CONSTRAINT {p}__l1__lin CHECK (lineage = 1), "
+                           f"ADD CONSTRAINT {p}__l1__span CHECK (valid_to > valid_from)")
+    timed(conn, t, "key", f"ALTER TABLE {p}__l1 ADD CONSTRAINT {p}__l1__key PRIMARY KEY (id, {key})")
+    timed(conn, t, "analyze", f"ANALYZE {p}__l1")
     conn.execute(f"CREATE TABLE {p}__l0 ({TABLE_COLS}, lineage integer NOT NULL DEFAULT 0 "
                  f"CONSTRAINT {p}__l0__lin CHECK (lineage = 0), valid_from integer NOT NULL DEFAULT 0, "
                  f"valid_to integer NOT NULL DEFAULT {MAX})")
@@ -293,9 +283,7 @@ def copy_topup(conn: psycopg.Connection, n: int) -> dict[str, float]:
         t["key"] = clock() - t2
     t["total"] = clock() - t0
     t["wal"] = wal_since(conn, start)
-    t0 = clock()
-    conn.execute("ANALYZE c__v2")
-    t["analyze"] = clock() - t0
+    timed(conn, t, "analyze", "ANALYZE c__v2")
     return t
 
 
