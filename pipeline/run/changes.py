@@ -11,6 +11,7 @@ as is every ``full_every``-th run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -127,17 +128,11 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
 
     assert job.domain.changed is not None
     since = _since(active)
-    changed = _reader(context, job.domain.changed, since)
-    try:
+    with contextlib.closing(_reader(context, job.domain.changed, since)) as changed:
         scored = fill(writer, noted(scorer.checking(changed.chunks())), scorer, job, progress)
-    finally:
-        changed.close()
     if job.domain.removed is not None:
-        removed = _reader(context, job.domain.removed, since)
-        try:
+        with contextlib.closing(_reader(context, job.domain.removed, since)) as removed:
             listed.extend(chunk[keys] for chunk in removed.chunks())
-        finally:
-            removed.close()
     gone = pd.concat(listed, ignore_index=True).drop_duplicates() if listed else pd.DataFrame(columns=keys)
     copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
                                      active.columns, keys, gone, count_held=True)
@@ -161,17 +156,13 @@ def pending(context: RunContext, active: state.Version) -> Pending:
     """Count the rows a top-up of ``active`` would read: ``changed`` and ``removed`` since its watermark."""
     job, since = context.job, _since(active)
     assert job.domain.changed is not None
-    counts = []
-    for query in (job.domain.changed, job.domain.removed):
-        if query is None:
-            counts.append(None)
-            continue
-        reader = _reader(context, query, since)
-        try:
-            counts.append(sum(len(chunk) for chunk in reader.chunks()))
-        finally:
-            reader.close()
-    return Pending(active, since, counts[0] or 0, counts[1])
+
+    def count(query: str) -> int:
+        with contextlib.closing(_reader(context, query, since)) as reader:
+            return sum(len(chunk) for chunk in reader.chunks())
+
+    removed = job.domain.removed
+    return Pending(active, since, count(job.domain.changed), count(removed) if removed is not None else None)
 
 
 def _since(active: state.Version) -> datetime:
