@@ -316,7 +316,7 @@ class MariaDBDialect(Dialect):
         Raises:
             AuditError: a value was truncated or out of its column's range.
         """
-        warned = [w for w in conn.exec_driver_sql("SHOW WARNINGS LIMIT 5").all() if w[0] != "Note"]
+        warned = [w for w in conn.exec_driver_sql("SHOW WARNINGS").all() if w[0] != "Note"]  # max_error_count rows
         if not warned:
             return
         message = str(warned[0][2])
