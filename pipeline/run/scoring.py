@@ -157,6 +157,7 @@ class TopK:
         self.parts, self.counts = [best[open_rows]], [counts[open_groups]]
         self.held = self.merged = len(self.parts[0])
         yield self._ranked(done)
+
     def _best(self, frame: pd.DataFrame) -> pd.DataFrame:
         ordered = frame.sort_values(self.order, ascending=self.ascending, kind="stable")
         return ordered.groupby(self.group_by, sort=False).head(self.k)
