@@ -191,11 +191,11 @@ def contract(url: str, job_path: str, repeats: str = "3") -> dict:
         import adbc_driver_postgresql.dbapi as adbc
         import pyarrow as pa
 
-        uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)  # as the reader does
+        from pipeline.database.dialects.postgresql import conninfo
 
         def raw_chunks():
             """ADBC record batches re-sliced into chunk_size rows, each to_pandas (arrow_chunks before the contract)."""
-            with adbc.connect(uri) as conn, conn.cursor() as cursor:
+            with adbc.connect(conninfo(engine)) as conn, conn.cursor() as cursor:
                 cursor.execute(query)
                 pending, held = [], 0
                 for batch in cursor.fetch_record_batch():

@@ -35,6 +35,21 @@ def two_versions(pg, write_job):
     return pg
 
 
+def test_the_domain_reader_connects_with_every_setting_of_the_url(postgresql_url):
+    """libpq's own form, ``options=-c%20name%3Dvalue``, with two settings: the reader (ADBC, not SQLAlchemy) got
+    ``+`` for each space before and failed (``unrecognized configuration parameter "+search_path"``)."""
+    schema = postgresql_url.rsplit("search_path%3D", 1)[1]
+    settings = f"-c%20search_path%3D{schema}%20-c%20application_name%3Dnightly%5C%20scores"
+    url = f"{postgresql_url.split('?')[0]}?options={settings}"
+    engine = make_engine(url)
+    try:
+        chunks = dialect_for(engine).read_query(engine, "SELECT current_setting('search_path') AS s, "
+                                                "current_setting('application_name') AS a", None, 10)
+        assert pd.concat(list(chunks)).to_dict("records") == [{"s": schema, "a": "nightly scores"}]
+    finally:
+        engine.dispose()
+
+
 def test_copy_round_trips_types_and_nulls(pg):
     import datetime as dt
 

@@ -265,9 +265,9 @@ def unreachable_url(live: Live) -> str:
 
 def read_only_url(live: Live) -> str:
     if live.dialect == "postgresql":
-        # The fixture's URL ends with options=-csearch_path%3D<schema>: one options value holds both settings.
-        assert "?options=-csearch_path%3D" in live.db_url and live.db_url.count("options=") == 1
-        return live.db_url + "%20-cdefault_transaction_read_only%3Don"
+        # The fixture's URL ends with options=-c%20search_path%3D<schema>: one options value holds both settings.
+        assert "?options=-c%20search_path%3D" in live.db_url and live.db_url.count("options=") == 1
+        return live.db_url + "%20-c%20default_transaction_read_only%3Don"
     if live.dialect == "mysql":
         return live.db_url + "?init_command=SET%20SESSION%20TRANSACTION%20READ%20ONLY"
     return f"sqlite:///file:{live.engine.url.database}?mode=ro&uri=true"

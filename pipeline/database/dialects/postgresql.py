@@ -332,9 +332,8 @@ class PostgresqlDialect(Dialect):
         if since is not None and SINCE.search(query):  # ISO text with its offset: no time zone guessed on the way
             params += (since.astimezone(timezone.utc).isoformat(),)
             query = SINCE.sub(f"${len(params)}::timestamptz", query)
-        uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            with adbc.connect(uri) as conn, conn.cursor() as cursor:
+            with adbc.connect(conninfo(engine)) as conn, conn.cursor() as cursor:
                 if snapshot is not None:
                     literal = snapshot.replace("'", "''")
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -434,6 +433,16 @@ def _lock_key(conn: Connection, name: str) -> int:
     schema = conn.exec_driver_sql("SELECT current_schema()").scalar() or ""
     digest = hashlib.sha256(f"{schema}.{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def conninfo(engine: Engine) -> str:
+    """The libpq connection string of ``engine``'s connections, for clients that are not SQLAlchemy's (ADBC).
+
+    Built from the arguments the engine's own driver gets, as keyword=value pairs: a URL rendered back would
+    carry a space of ``options=-c search_path=x`` as ``+``, which libpq reads as a ``+``, not a space."""
+    known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+    _, params = engine.dialect.create_connect_args(engine.url)
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if k in known})
 
 
 def _adbc_message(exc: Exception) -> str:
