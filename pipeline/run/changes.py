@@ -21,8 +21,10 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 from sqlalchemy.engine import Connection
 
+from pipeline.contract import value_kind
 from pipeline.database import schema, state
 from pipeline.database.transactions import reading
+from pipeline.errors import ModelError, SourceError
 from pipeline.jobspec import Factor
 from pipeline.names import version_table
 from pipeline.run import topup
@@ -30,6 +32,7 @@ from pipeline.run.context import RunContext
 from pipeline.run.domain import Domain
 from pipeline.run.model import Model
 from pipeline.run.scoring import Scorer
+from pipeline.run.stages import closing
 from pipeline.run.store import VersionWriter, fill
 
 log = logging.getLogger("pipeline")
@@ -128,16 +131,37 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
 
     assert job.domain.changed is not None
     since = _since(active)
-    with contextlib.closing(_reader(context, job.domain.changed, since)) as changed:
+    with _named("changed"), contextlib.closing(_reader(context, job.domain.changed, since)) as changed:
         scored = fill(writer, noted(scorer.checking(changed.chunks())), scorer, job, progress)
     if job.domain.removed is not None:
-        with contextlib.closing(_reader(context, job.domain.removed, since)) as removed:
-            listed.extend(chunk[keys] for chunk in removed.chunks())
+        with _named("removed"), contextlib.closing(_reader(context, job.domain.removed, since)) as removed, \
+                closing(removed.chunks()) as chunks:
+            listed.extend(_same_keys(chunk[keys], dict(active.columns)) for chunk in chunks)
     gone = pd.concat(listed, ignore_index=True).drop_duplicates() if listed else pd.DataFrame(columns=keys)
     copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
                                      active.columns, keys, gone, count_held=True)
     writer.rows += copied
     return Applied(copied, (active.row_count or 0) - held + scored)
+
+
+@contextlib.contextmanager
+def _named(query: str) -> Iterator[None]:
+    """Name the change query a failure came from: "domain query failed" alone points at the domain's own query."""
+    try:
+        yield
+    except (SourceError, ModelError) as exc:
+        raise type(exc)(f"[domain] {query}: {exc}") from exc
+
+
+def _same_keys(keys: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
+    """``removed``'s keys, refused in one line when one is of another kind than the table's key: ``'5'`` is not
+    ``5`` to the copy, which would keep the row (or fail on the key of the keys it leaves out)."""
+    for column in keys.columns:
+        kind = value_kind(keys[column])
+        if kind is not None and kind != types[column]:
+            raise SourceError(f"it returns {column} as {kind} values, and the table's key {column} is {types[column]}; "
+                              f"cast it to that type in the query")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -157,12 +181,13 @@ def pending(context: RunContext, active: state.Version) -> Pending:
     job, since = context.job, _since(active)
     assert job.domain.changed is not None
 
-    def count(query: str) -> int:
-        with contextlib.closing(_reader(context, query, since)) as reader:
+    def count(name: str, query: str) -> int:
+        with _named(name), contextlib.closing(_reader(context, query, since)) as reader:
             return sum(len(chunk) for chunk in reader.chunks())
 
     removed = job.domain.removed
-    return Pending(active, since, count(job.domain.changed), count(removed) if removed is not None else None)
+    return Pending(active, since, count("changed", job.domain.changed),
+                   count("removed", removed) if removed is not None else None)
 
 
 def _since(active: state.Version) -> datetime:

@@ -340,3 +340,35 @@ def test_a_null_key_that_removed_lists_matches_nothing_and_leaves_no_table_behin
     assert 40 not in set(version_rows(engine, 2).customer_id)
     with engine.connect() as conn:
         assert not any(t.endswith("__gone") for t in engine.dialect.get_table_names(conn))
+
+
+@pytest.mark.parametrize("changed, removed, error", [
+    pytest.param("SELECT customer_id, x1, x2, x3 FROM nowhere WHERE updated_at >= :since", None,
+                 "[domain] changed: domain query failed", id="changed-fails"),
+    pytest.param(None, "SELECT customer_id AS id FROM customers_gone WHERE deleted_at >= :since",
+                 "[domain] removed: domain key(s) customer_id not among the domain's columns: id", id="removed-no-key"),
+    pytest.param(None, "SELECT CAST(customer_id AS CHAR(20)) AS customer_id FROM customers_gone "
+                 "WHERE deleted_at >= :since", "[domain] removed: it returns customer_id as text values, and the "
+                 "table's key customer_id is integer; cast it to that type in the query", id="removed-text-keys"),
+])
+def test_a_change_query_that_fails_is_named_and_the_served_version_stays(engine, db_url, write_job, tmp_path,
+                                                                        changed, removed, error):
+    """A failure in ``changed`` or ``removed`` names that query (a bare "domain query failed" points at the domain's
+    own, which works); text keys from ``removed`` for an integer key are refused: ``'5'`` is not ``5`` to the copy."""
+    write_source(engine, customers_frame(100))
+    body = CHANGES_JOB
+    if changed:
+        body = body.replace("SELECT customer_id, x1, x2, x3 FROM customers WHERE updated_at >= :since", changed)
+    if removed:
+        body = body.replace("SELECT customer_id FROM customers_gone WHERE deleted_at >= :since", removed)
+    write_job(body)
+    base = ["--jobs", str(tmp_path / "jobs"), "run", "scores", "--db", db_url]
+    assert CliRunner().invoke(main, base + ["--full"]).exit_code == 0
+    change(engine, "customer_id <= 10")
+    delete(engine, "customer_id = 5")
+    out = CliRunner().invoke(main, base + ["--incremental"])
+    assert out.exit_code == 1 and out.output.strip().splitlines()[-1].startswith(f"Error: {error}"), out.output
+    assert "Traceback" not in out.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT DISTINCT model_version FROM scores")).scalars().all() == [1]
+        assert state.get_version(conn, "scores", 2).status == "failed"
