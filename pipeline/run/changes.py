@@ -124,10 +124,13 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
     context.dialect.create_table(conn, writer.name, writer.columns, keys)
     listed: list[pd.DataFrame] = []
 
+    types, stored = dict(active.columns), [*keys, *job.output.include]
+
     def noted(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for chunk in chunks:
-            listed.append(chunk[keys])
-            yield chunk
+        with closing(chunks):  # a check that stops the stream closes its reader
+            for chunk in chunks:
+                listed.append(_same_kinds(chunk[stored], types)[keys])
+                yield chunk
 
     assert job.domain.changed is not None
     since = _since(active)
@@ -136,7 +139,7 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
     if job.domain.removed is not None:
         with _named("removed"), contextlib.closing(_reader(context, job.domain.removed, since)) as removed, \
                 closing(removed.chunks()) as chunks:
-            listed.extend(_same_keys(chunk[keys], dict(active.columns)) for chunk in chunks)
+            listed.extend(_same_kinds(chunk[keys], types) for chunk in chunks)
     gone = pd.concat(listed, ignore_index=True).drop_duplicates() if listed else pd.DataFrame(columns=keys)
     copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
                                      active.columns, keys, gone, count_held=True)
@@ -153,15 +156,15 @@ def _named(query: str) -> Iterator[None]:
         raise type(exc)(f"[domain] {query}: {exc}") from exc
 
 
-def _same_keys(keys: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
-    """``removed``'s keys, refused in one line when one is of another kind than the table's key: ``'5'`` is not
-    ``5`` to the copy, which would keep the row (or fail on the key of the keys it leaves out)."""
-    for column in keys.columns:
-        kind = value_kind(keys[column])
+def _same_kinds(frame: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
+    """``frame`` (keys, and columns passed through), refused in one line where a column is of another kind than
+    the active version's: the version is made with its types, and ``'5'`` is not ``5`` to the copy."""
+    for column in frame.columns:
+        kind = value_kind(frame[column])
         if kind is not None and kind != types[column]:
-            raise SourceError(f"it returns {column} as {kind} values, and the table's key {column} is {types[column]}; "
-                              f"cast it to that type in the query")
-    return keys
+            raise SourceError(f"it returns {column} as {kind} values where the active version's {column} is "
+                              f"{types[column]}; cast it to that type in the query")
+    return frame
 
 
 @dataclass(frozen=True)

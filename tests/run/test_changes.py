@@ -345,16 +345,21 @@ def test_a_null_key_that_removed_lists_matches_nothing_and_leaves_no_table_behin
 @pytest.mark.parametrize("changed, removed, error", [
     pytest.param("SELECT customer_id, x1, x2, x3 FROM nowhere WHERE updated_at >= :since", None,
                  "[domain] changed: domain query failed", id="changed-fails"),
+    pytest.param("SELECT CAST(customer_id AS CHAR(20)) AS customer_id, x1, x2, x3 FROM customers "
+                 "WHERE updated_at >= :since", None, "[domain] changed: it returns customer_id as text values where "
+                 "the active version's customer_id is integer; cast it to that type in the query",
+                 id="changed-text-keys"),
     pytest.param(None, "SELECT customer_id AS id FROM customers_gone WHERE deleted_at >= :since",
                  "[domain] removed: domain key(s) customer_id not among the domain's columns: id", id="removed-no-key"),
     pytest.param(None, "SELECT CAST(customer_id AS CHAR(20)) AS customer_id FROM customers_gone "
-                 "WHERE deleted_at >= :since", "[domain] removed: it returns customer_id as text values, and the "
-                 "table's key customer_id is integer; cast it to that type in the query", id="removed-text-keys"),
+                 "WHERE deleted_at >= :since", "[domain] removed: it returns customer_id as text values where the "
+                 "active version's customer_id is integer; cast it to that type in the query", id="removed-text-keys"),
 ])
 def test_a_change_query_that_fails_is_named_and_the_served_version_stays(engine, db_url, write_job, tmp_path,
                                                                         changed, removed, error):
     """A failure in ``changed`` or ``removed`` names that query (a bare "domain query failed" points at the domain's
-    own, which works); text keys from ``removed`` for an integer key are refused: ``'5'`` is not ``5`` to the copy."""
+    own, which works); text keys for an integer key are refused: ``'5'`` is not ``5`` to the copy, and PostgreSQL
+    failed on them with an unexpected TypeError."""
     write_source(engine, customers_frame(100))
     body = CHANGES_JOB
     if changed:
