@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "sqlite:///predictions.db"
 URL_ENV = "PIPELINE_DATABASE_URL"
+#: URL schemes of PostgreSQL (SQLAlchemy's name, and libpq's short one).
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: URL schemes of MySQL and MariaDB.
 MYSQL_SCHEMES = ("mysql", "mariadb")
 #: The driver MySQL and MariaDB are read with (see :mod:`pipeline.database.dialects.mysql` for why), and its extra.
@@ -28,13 +30,13 @@ def _scheme(url: str) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL whatever spelling the user chose (``postgres://``, ``postgresql://``), and
-    MariaDB Connector/Python for MySQL and MariaDB, whichever driver the URL names: the reader needs its binary
-    protocol. ``mysql://`` keeps SQLAlchemy's MySQL dialect, which a MySQL server needs."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+    """Use psycopg 3 for PostgreSQL whatever spelling or driver the URL names (``postgres://``,
+    ``postgresql+psycopg2://``, an application's SQLAlchemy URL): loads, errors and the reader's connection
+    settings are psycopg 3's. The same for MariaDB Connector/Python with MySQL and MariaDB: the reader needs its
+    binary protocol. ``mysql://`` keeps SQLAlchemy's MySQL dialect, which a MySQL server needs."""
     scheme = _scheme(url)
+    if scheme in POSTGRES_SCHEMES:
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
     if scheme in MYSQL_SCHEMES:
         return f"{scheme}+{MYSQL_DRIVER}://" + url.split("://", 1)[1]
     return url

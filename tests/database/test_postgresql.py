@@ -14,7 +14,7 @@ from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
 
-from helpers import CUSTOMERS_JOB, customers_frame, write_table
+from helpers import CUSTOMERS_JOB, customers_frame, view_rows, write_table
 
 pytestmark = pytest.mark.postgres
 
@@ -46,6 +46,23 @@ def test_the_domain_reader_connects_with_every_setting_of_the_url(postgresql_url
         chunks = dialect_for(engine).read_query(engine, "SELECT current_setting('search_path') AS s, "
                                                 "current_setting('application_name') AS a", None, 10)
         assert pd.concat(list(chunks)).to_dict("records") == [{"s": schema, "a": "nightly scores"}]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql+psycopg2", "postgresql+pg8000", "postgresql+psycopg"])
+def test_a_url_naming_another_driver_runs_on_psycopg_3(postgresql_url, scheme, write_job):
+    """An application's SQLAlchemy URL names its own driver (``postgresql+psycopg2://``, SQLAlchemy's default): the
+    pipeline's COPY, errors and reader are psycopg 3's, so the run used to fail with ``no driver ... psycopg2``, and
+    with psycopg2 installed, after making a version, with ``unexpected AttributeError: ... no attribute 'copy'``."""
+    url = f"{scheme}://{postgresql_url.split('://', 1)[1]}"
+    engine = make_engine(url)
+    try:
+        assert engine.driver == "psycopg"
+        write_table(engine, "customers", customers_frame(50))
+        result = run_job(load_job(write_job(CUSTOMERS_JOB)), engine)
+        assert (result.version, result.rows) == (1, 50)
+        assert view_rows(engine).customer_id.tolist() == list(range(1, 51))
     finally:
         engine.dispose()
 
