@@ -99,3 +99,29 @@ def test_a_text_key_too_long_for_the_key_fails_the_run_instead_of_being_cut(engi
         in out.output, out.output
     assert "Traceback" not in out.output
     assert set(view_rows(engine).customer_id) == set(range(1, ROWS + 1))  # version 1 still serves, whole
+
+
+def test_a_url_written_for_another_driver_runs_with_its_charset(engine, mysql_url, write_job, tmp_path):
+    """``mysql+pymysql://...?charset=utf8mb4`` is SQLAlchemy's advice for PyMySQL and mysqlclient; the pipeline reads
+    every MySQL URL with MariaDB Connector/Python, which always speaks utf8mb4 and has no ``charset`` argument: the
+    run failed with ``unexpected TypeError: 'charset' is an invalid keyword argument for connect()``. A parameter
+    the connector does not take at all fails in one line that names it."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    rest = mysql_url.split("://", 1)[1]
+    other = make_engine(f"mysql+pymysql://{rest}{'&' if '?' in rest else '?'}charset=utf8mb4&use_unicode=1")
+    try:
+        write_table(other, "customers", customers_frame(20).assign(customer_id=[f"ü{i}" for i in range(20)]))
+        result = run_job(load_job(write_job(JOB, model=Scripted())), other)
+        assert (result.version, result.rows) == (1, 20)
+        assert sorted(view_rows(other).customer_id) == sorted(f"ü{i}" for i in range(20))
+    finally:
+        other.dispose()
+    refused = f"{mysql_url}?ssl_disabled=1"  # PyMySQL's
+    out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "status", "--db", refused])
+    assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+    assert out.output.startswith("Error: cannot connect to mysql+mariadbconnector://"), out.output
+    assert out.output.count("\n") == 1, out.output
+    assert "'ssl_disabled' is an invalid keyword argument" in out.output and "unexpected" not in out.output

@@ -55,6 +55,9 @@ TRANSIENT_ERRORS = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1213, 19
 LOCAL_FILES_REFUSED = frozenset({1148, 2068, 3948, 4166})
 #: Where loads write their CSV chunks: memory, where the machine has it.
 _TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+#: URL parameters of other drivers (PyMySQL, mysqlclient) that Connector/Python has no use for: it always speaks
+#: utf8mb4 and returns text as ``str``.
+UNICODE_PARAMETERS = ("charset", "use_unicode")
 #: Connection info key: the server refused LOAD DATA LOCAL on this connection.
 _NO_LOCAL_FILES = "pipeline_no_local_files"
 #: Error numbers of keying a table whose key is NULL or repeated.
@@ -101,8 +104,18 @@ class MariaDBDialect(Dialect):
         times are DATETIME values it writes in UTC."""
 
         @event.listens_for(engine, "do_connect")
-        def _local_files(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        def _connect_args(dialect: Any, _record: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+            """A URL written for PyMySQL or mysqlclient (``?charset=utf8mb4``) connects too, and one with a
+            parameter the connector does not take fails in one line naming it, not with a bare TypeError."""
             kwargs.setdefault("local_infile", True)  # loads send their chunks as files (see load)
+            for name in UNICODE_PARAMETERS:
+                kwargs.pop(name, None)
+            try:
+                return dialect.loaded_dbapi.connect(*args, **kwargs)
+            except TypeError as exc:
+                where = engine.url.render_as_string(hide_password=True)
+                raise DatabaseError(f"cannot connect to {where}: {exc} (MySQL and MariaDB are read with MariaDB "
+                                    "Connector/Python, which takes its own URL parameters)") from None
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
