@@ -54,7 +54,7 @@ def missing_file(url: str) -> Path | None:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a port that is not a number: make_engine says so
         return None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -70,7 +70,7 @@ def redact(url: str) -> str:
 
     try:
         return hide_passwords(make_url(url).render_as_string(hide_password=True))
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable URL>"
 
 

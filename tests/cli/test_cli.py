@@ -114,6 +114,18 @@ def test_errors_are_one_line_and_exit_non_zero(cli, db_url, job, args, message):
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize("url", ["postgresql://app:s3cret w@db:54x2/app", "mariadb://app:s3cret w@[::1:3306/app"])
+@pytest.mark.parametrize("command", [["status"], ["run", "scores"], ["versions", "scores"], ["runs"]])
+def test_a_malformed_url_is_refused_in_one_line(cli, write_job, url, command):
+    """A port that is not a number failed as ``unexpected ValueError: invalid literal for int()``: the password
+    masking and the SQLite file check parse the URL first, and took only SQLAlchemy's ArgumentError as unusable."""
+    write_job(CUSTOMERS_JOB)
+    code, out = cli(*command, "--db", url)
+    assert code == 1 and out.count("\n") == 1 and "Traceback" not in out, out
+    assert out.startswith("Error: not a usable database URL") and "unexpected" not in out, out
+    assert "s3cret" not in out
+
+
 def test_bad_job_file_leaves_the_view_alone(cli, db_url, engine, job):
     assert cli("run", "scores", "--db", db_url)[0] == 0
     job.write_text(job.read_text().split("[model]")[0] + '[output]\ntable = "scores"\n')
