@@ -148,8 +148,11 @@ class Databases:
         if missing is not None:
             raise PipelineError(f"no database at {redact(url)} ({missing} does not exist); {HOW_TO_POINT}")
         if url not in self._engines:
-            self._engines[url] = make_engine(url)
-            self._stack.callback(self._engines[url].dispose)
+            from pipeline.database.dialects import dialect_for
+
+            engine = self._engines[url] = make_engine(url)
+            self._stack.callback(engine.dispose)
+            dialect_for(engine)  # a database that cannot hold prediction tables is refused before any query
         return self._engines[url]
 
     def for_job(self, job: Job | None, create: bool = False) -> Engine:

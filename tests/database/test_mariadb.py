@@ -125,3 +125,32 @@ def test_a_url_written_for_another_driver_runs_with_its_charset(engine, mysql_ur
     assert out.output.startswith("Error: cannot connect to mysql+mariadbconnector://"), out.output
     assert out.output.count("\n") == 1, out.output
     assert "'ssl_disabled' is an invalid keyword argument" in out.output and "unexpected" not in out.output
+
+
+def test_a_url_without_a_database_is_refused_as_a_target_and_read_as_a_source(engine, mysql_url, write_job,
+                                                                                tmp_path):
+    """``mariadb://user@host:3306`` names a server, not a database: every command on it failed with ``unexpected
+    AssertionError`` (SQLAlchemy's table lookup needs a database). As a target it is refused in one line; as a
+    ``source`` it is fine, for queries that name their tables' database."""
+    from click.testing import CliRunner
+    from sqlalchemy.engine import make_url
+
+    from pipeline.cli import main
+
+    database = make_url(mysql_url).database
+    server = mysql_url.split("?")[0].rsplit("/", 1)[0]
+    for command in (["status"], ["run", "scores"], ["versions", "scores"], ["runs"], ["jobs"]):
+        write_job(JOB, model=Scripted())
+        out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), *command, "--db", server])
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "Traceback" not in out.output, out.output
+        assert out.output.startswith(f"Error: {server.replace('://', '+mariadbconnector://')} names no database"), \
+            out.output
+    body = JOB.replace("FROM customers", f"FROM {database}.customers").replace(
+        "[domain]", f'[domain]\nsource = "{server}"')
+    job = load_job(write_job(body, model=Scripted()))
+    target = make_engine(f"sqlite:///{tmp_path / 'predictions.db'}")
+    try:
+        assert run_job(job, target).rows == ROWS
+        assert len(view_rows(target)) == ROWS
+    finally:
+        target.dispose()

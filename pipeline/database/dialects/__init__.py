@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pipeline.database.dialects.base import Dialect
-from pipeline.errors import PipelineError
+from pipeline.errors import DatabaseError, PipelineError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -60,8 +60,14 @@ def reader_for(engine: Engine) -> Dialect:
 
 
 def dialect_for(engine: Engine) -> Dialect:
-    """The dialect implementation for ``engine``."""
-    return dialect_class(engine.dialect.name)(engine.dialect)
+    """The dialect implementation for ``engine``, a target: one whose URL names no database where the prediction
+    tables need one (a MariaDB server's URL, fine for a ``source``) is refused here, in one line."""
+    cls = dialect_class(engine.dialect.name)
+    if cls.NEEDS_DATABASE and not engine.url.database:
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"{where} names no database: prediction tables are kept in the database the URL's "
+                            f"path names ({engine.url.get_backend_name()}://user@host/DATABASE)")
+    return cls(engine.dialect)
 
 
 __all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "engine_options", "reader_for"]

@@ -87,6 +87,8 @@ class Dialect:
     #: DDL takes part in the transaction around it; where it commits that transaction instead (MariaDB), no
     #: savepoint can hold it (:meth:`savepoint`).
     TRANSACTIONAL_DDL: ClassVar[bool] = True
+    #: A target's URL must name a database (MariaDB's name a server; PostgreSQL's default to the user's).
+    NEEDS_DATABASE: ClassVar[bool] = False
     #: Keyword arguments for ``create_engine`` when this database is the target (see :func:`engine_options`).
     ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {}
     #: The database's clock now (see :meth:`clock`).

@@ -89,6 +89,7 @@ class MariaDBDialect(Dialect):
     name = "mariadb"
     HAS_REPLACE_VIEW = True
     TRANSACTIONAL_DDL = False
+    NEEDS_DATABASE = True
     #: READ COMMITTED, as on PostgreSQL (and as Django sets for MySQL): under InnoDB's default REPEATABLE READ, a
     #: DELETE that finds no rows gap-locks the end of the index, so two runs recording their first audits (or
     #: grants) at once deadlock on their INSERTs; READ COMMITTED takes no such gap locks.
