@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sqlalchemy import text
 
-from pipeline.database.engines import make_engine
+from pipeline.database.engines import make_engine, redact
 
 HERE = Path(__file__).resolve().parent
 MODEL = HERE / "models" / "churn.joblib"
@@ -57,7 +57,7 @@ def build(db: str, seed: int) -> None:
     engine.dispose()
     MODEL.parent.mkdir(exist_ok=True)
     joblib.dump(train(frame, seed), MODEL)
-    print(f"customers: {len(frame)} rows in {db}; model (seed {seed}): {MODEL}")
+    print(f"customers: {len(frame)} rows in {redact(db)}; model (seed {seed}): {MODEL}")
 
 
 def show(db: str) -> None:
