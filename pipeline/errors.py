@@ -10,10 +10,11 @@ import logging
 import re
 from typing import Iterator
 
-#: A password in a URL (``scheme://user:PASSWORD@host``, as SQLAlchemy splits it: up to the next ``@``) or a
-#: ``password=`` parameter (a URL's query string, a libpq connection string).
-_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/?#@]*:)[^\s@]+(?=@)"
-                       r"|(\bpassword=)(?:'[^']*'|[^\s&;'\"]+)", re.IGNORECASE)
+#: A password in a URL (``scheme://user:PASSWORD@host``, as SQLAlchemy splits it: up to the next ``@``, spaces
+#: included, which SQLAlchemy renders as they are, in the user's name too; never into another URL) or a
+#: ``password=`` parameter (a URL's query string, a libpq connection string with its ``\'`` escapes).
+_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/?#@]*(?: [^\s:/?#@]+)*:)(?:(?!://)[^@\r\n])+(?=@)"
+                       r"|(\bpassword=)(?:'(?:[^'\\]|\\.)*'|[^\s&;'\"]+)", re.IGNORECASE)
 MASK = "***"
 
 

@@ -127,8 +127,13 @@ def test_library_callers_get_masked_errors_and_logs(postgresql_url, write_job, t
     ("failed on postgresql+psycopg://app:pw@db/app: refused", "failed on postgresql+psycopg://app:***@db/app: refused"),
     ("postgresql://app@db/app?password=pw&x=1", "postgresql://app@db/app?password=***&x=1"),
     ("host=db user=app password='a b' dbname=app", "host=db user=app password=*** dbname=app"),
+    # a space, as typed and as SQLAlchemy renders a URL (it leaves spaces as they are, in the user's name too)
+    ("failed on postgresql://app:s3cr et@db/app: refused", "failed on postgresql://app:***@db/app: refused"),
+    ("mysql+mariadbconnector://pipe user:s3 cr%40et@db/app", "mysql+mariadbconnector://pipe user:***@db/app"),
+    ("host=db password='it\\'s me' user=app", "host=db password=*** user=app"),  # libpq's escaped quote
     ("https://hook:t0ken@example.com/x, https://ex.com/y", "https://hook:***@example.com/x, https://ex.com/y"),
     ("sqlite:///tmp/a:b@c.db, models:/churn@champion, db:5432 x@y", None),
+    ("postgresql://app@db:5432/app and postgresql://db/app, user x@y", None),
 ])
 def test_hide_passwords(written, shown):
     assert hide_passwords(written) == (shown or written)
