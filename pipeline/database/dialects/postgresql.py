@@ -9,7 +9,7 @@ import logging
 import re
 import time
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import psycopg
 from sqlalchemy.engine import Connection, Engine
@@ -341,7 +341,7 @@ class PostgresqlDialect(Dialect):
                 cursor.execute(query, params or None)
                 if cursor.description is None:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")
-                yield from arrow_chunks(cursor.fetch_record_batch(), chunk_size, contract or Contract())
+                yield from arrow_chunks(_as_values(cursor.fetch_record_batch()), chunk_size, contract or Contract())
         except adbc_driver_manager.Error as exc:
             raise SourceError(_adbc_message(exc)) from None
 
@@ -443,6 +443,55 @@ def conninfo(engine: Engine) -> str:
     known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
     _, params = engine.dialect.create_connect_args(engine.url)
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if k in known})
+
+
+#: PostgreSQL types ADBC reads into an Arrow type that holds another number, each with what it gives and the cast
+#: that reads the value itself.
+_MISREAD = {
+    "money": ("an integer count of its smallest unit (12.34 as 1234)", "numeric"),
+    "oid": ("a signed 32-bit integer (4294967295 as -1)", "bigint"),
+}
+#: Below these (microseconds, days since 1970), no PostgreSQL timestamp or date lies, 4714-11-24 BC being its first
+#: day: ADBC shifts 'infinity' and '-infinity' to Arrow's epoch with a wrap, which lands them there.
+_FLOORS = {"timestamp": -211_813_488_000_000_000, "date": -2_440_588}
+
+
+def _as_values(reader: Any) -> Iterator[Any]:
+    """The record batches of an ADBC result, refusing (naming the column and the cast to make) what ADBC gives in
+    another form than the value: a type in :data:`_MISREAD`, a type it has no Arrow type for (the bytes of
+    PostgreSQL's binary wire format: timetz, inet, ranges...), and infinite timestamps and dates, which would
+    reach the model as dates in year -290278 or fail in pandas without a word of which column.
+
+    Raises:
+        SourceError: such a column, or such a value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    floors = []
+    for i, field in enumerate(reader.schema):
+        typname = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
+        name = field.name
+        if typname.startswith("unnamed<oid:"):
+            typname = f"type oid {typname[12:-1]}"
+        if typname in _MISREAD:
+            form, cast = _MISREAD[typname]
+        elif isinstance(field.type, pa.OpaqueType) and field.type.storage_type == pa.binary():
+            form, cast = "the bytes of its binary wire format", "text"
+        else:
+            if pa.types.is_timestamp(field.type):
+                floors.append((i, name, pa.int64(), _FLOORS["timestamp"]))
+            elif pa.types.is_date32(field.type):
+                floors.append((i, name, pa.int32(), _FLOORS["date"]))
+            continue
+        raise SourceError(f"domain column {name!r} is PostgreSQL {typname}, which ADBC reads as {form}: "
+                          f"cast it in the query ({name}::{cast})")
+    for batch in reader:
+        for i, name, integers, floor in floors:
+            low = pc.min(batch.column(i).view(integers)).as_py()
+            if low is not None and low < floor:
+                raise SourceError(f"domain column {name!r} holds infinity or -infinity, which pandas cannot hold: "
+                                  f"map it in the query (CASE WHEN isfinite({name}) THEN {name} END gives NULL)")
+        yield batch
 
 
 def _adbc_message(exc: Exception) -> str:

@@ -1,0 +1,109 @@
+"""PostgreSQL source types whose Arrow form (ADBC's) is not their value: each reaches the model as the value a
+psycopg cursor gives, or fails the run in one line naming the column and the cast to make."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from pipeline.cli import main
+from pipeline.database.engines import make_engine
+from pipeline.errors import SourceError
+from pipeline.jobspec import DomainSpec, Factor
+from pipeline.run.domain import Domain
+
+from helpers import train_model
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg(postgresql_url):
+    engine = make_engine(postgresql_url)
+    yield engine
+    engine.dispose()
+
+
+def one_column(engine, ddl: str, values: list[str]) -> None:
+    """Table ``typed (id, v <ddl>)``: rows 1 and 2 NULL, then ``values`` (SQL literals), so that with small chunks
+    the first chunk holds no value."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE typed (id integer PRIMARY KEY, v {ddl})")
+        for i, value in enumerate(["NULL", "NULL", *values], start=1):
+            conn.exec_driver_sql(f"INSERT INTO typed VALUES ({i}, {value})")
+
+
+def read(engine, chunk_size: int, query: str = "SELECT id, v FROM typed ORDER BY id") -> list[pd.DataFrame]:
+    return list(Domain(DomainSpec(("id",), (Factor(query=query),), chunk_size=chunk_size), engine).chunks())
+
+
+@pytest.mark.parametrize("ddl, values, message", [
+    # ADBC gives money as an int64 of cents: 12.34 would reach the model as 1234
+    ("money", ["12.34"], r"column 'v' is PostgreSQL money, .*cast it in the query \(v::numeric\)"),
+    # and oid as an int32: 4294967295 would reach it as -1
+    ("oid", ["4294967295"], r"column 'v' is PostgreSQL oid, .*\(v::bigint\)"),
+    # types ADBC has no Arrow type for arrive as the bytes of PostgreSQL's binary wire format
+    ("timetz", ["'12:34:56+02'"], r"column 'v' is PostgreSQL timetz, .*\(v::text\)"),
+    ("inet", ["'10.0.0.1'"], r"column 'v' is PostgreSQL inet, .*\(v::text\)"),
+    ("int4range", ["'[1,5)'"], r"column 'v' is PostgreSQL type oid 3904, .*\(v::text\)"),
+    ("bit(3)", ["B'101'"], r"column 'v' is PostgreSQL bit, .*\(v::text\)"),
+])
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_types_adbc_gives_in_another_form_fail_naming_the_column_and_the_cast(pg, ddl, values, message, chunk_size):
+    one_column(pg, ddl, values)
+    with pytest.raises(SourceError, match=message):
+        read(pg, chunk_size)
+
+
+@pytest.mark.parametrize("ddl, values, message", [
+    # ADBC shifts 'infinity' to its own epoch and wraps: it would reach the model as a date in year -290278
+    ("timestamp", ["'2026-01-01'", "'infinity'"], r"column 'v' holds infinity or -infinity, .*isfinite\(v\)"),
+    ("timestamptz", ["'-infinity'"], r"column 'v' holds infinity or -infinity"),
+    ("date", ["'infinity'"], r"column 'v' holds infinity or -infinity"),
+])
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_values_pandas_cannot_hold_fail_naming_the_column(pg, ddl, values, message, chunk_size):
+    one_column(pg, ddl, values)
+    with pytest.raises(SourceError, match=message):
+        read(pg, chunk_size)
+
+
+def test_finite_timestamps_at_postgresql_s_limits_are_read_as_they_are(pg):
+    one_column(pg, "timestamp", ["'4713-01-01 00:00:00 BC'", "'9999-12-31 23:59:59.999999'"])
+    whole = pd.concat(read(pg, 2), ignore_index=True)
+    assert whole["v"].iloc[3] == pd.Timestamp("9999-12-31 23:59:59.999999")
+    assert whole["v"].iloc[2].year == -4712  # 4713 BC, in ISO years
+
+
+def test_a_run_over_a_money_column_fails_in_one_line_and_publishes_nothing(postgresql_url, tmp_path, monkeypatch):
+    engine = make_engine(postgresql_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE customers (customer_id integer PRIMARY KEY, x1 float8, x2 float8, "
+                             "x3 money)")
+        conn.exec_driver_sql("INSERT INTO customers SELECT i, i / 10.0, -i / 7.0, i * 1.25 "
+                             "FROM generate_series(1, 50) AS i")
+    train_model(tmp_path / "jobs" / "models" / "scores.joblib")
+    (tmp_path / "jobs" / "scores.toml").write_text(textwrap.dedent("""
+        [domain]
+        keys = ["customer_id"]
+        query = "SELECT customer_id, x1, x2, x3 FROM customers"
+        chunk_size = 20
+        [model]
+        path = "models/scores.joblib"
+        method = "predict_proba"
+        [output]
+        table = "scores"
+    """), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--quiet", "run", "scores", "--db", postgresql_url])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "'x3' is PostgreSQL money" in lines[0] and "Traceback" not in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('scores')")).scalar() is None
+    engine.dispose()
+
