@@ -21,7 +21,8 @@ timestamp     ``datetime64[us]``         ``NaT``        timestamp without time z
 timestamptz   ``datetime64[us, UTC]``    ``NaT``        timestamp with time zone
 ============  =========================  =============  =========================================
 
-Other types (bytes, JSON, UUID...) are passed on as the driver gives them, with ``None``.
+Other types (bytes, JSON, UUID...) are passed on as the driver gives them, with ``None``; arrays and values
+pandas cannot hold (a time of 24:00) fail naming the column.
 A column whose kind is not known yet because every value so far was NULL arrives as
 ``float64`` NaN, which numeric and text encoders alike take as missing.
 """
@@ -189,18 +190,19 @@ class Contract:
 
     def arrow(self, table: Any) -> pd.DataFrame:
         """An Arrow table or record batch as a conformed frame (its schema declares the kinds)."""
+        import pyarrow as pa
+
         self.declare(table.schema.names, [arrow_kind(f.type) for f in table.schema])
         columns = {}
         for name, array in zip(table.schema.names, table.columns):
-            kind = self.kinds.get(name)
-            if kind == "integer":
-                columns[name] = array.to_pandas(types_mapper={array.type: pd.Int64Dtype()}.get)
-            elif kind == "boolean":
-                columns[name] = array.to_pandas(types_mapper={array.type: pd.BooleanDtype()}.get)
-            elif kind == "numeric" and hasattr(array.type, "storage_type"):
-                columns[name] = pd.Series(array.cast(array.type.storage_type).to_pandas(), dtype=object)
-            else:
-                columns[name] = array.to_pandas()
+            if pa.types.is_nested(array.type):  # pandas would hold numpy arrays, which no hash or model takes
+                raise SourceError(f"domain column {name!r} holds arrays or other nested values, which a model "
+                                  "does not take: pick elements or unnest them in the query")
+            try:
+                columns[name] = _arrow_series(array, self.kinds.get(name))
+            except (ValueError, OverflowError, pa.ArrowException) as exc:  # a time of 24:00, a date in 4713 BC
+                raise SourceError(f"domain column {name!r} holds a value pandas cannot hold ({exc}): "
+                                  "cast the column in the query") from None
         return self.conform(pd.DataFrame(columns))
 
     def records(self, rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
@@ -212,6 +214,17 @@ class Contract:
         for i, column in enumerate(columns):
             out[column] = _from_python(values[i], self.kinds.get(column))
         return self.conform(pd.DataFrame(out))
+
+
+def _arrow_series(array: Any, kind: str | None) -> pd.Series:
+    """One Arrow column in the dtype of ``kind``."""
+    if kind == "integer":
+        return array.to_pandas(types_mapper={array.type: pd.Int64Dtype()}.get)
+    if kind == "boolean":
+        return array.to_pandas(types_mapper={array.type: pd.BooleanDtype()}.get)
+    if kind == "numeric" and hasattr(array.type, "storage_type"):
+        return pd.Series(array.cast(array.type.storage_type).to_pandas(), dtype=object)
+    return array.to_pandas()
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> Sequence[Sequence[Any]]:

@@ -60,6 +60,13 @@ def test_fractional_values_in_an_integer_column_are_refused():
         convert(pd.Series([1.0, 1.5]), "integer", "n")
 
 
+def test_nested_arrow_columns_fail_naming_the_column():
+    """A Parquet list column, a PostgreSQL array: pandas would hold numpy arrays, which the domain's fingerprint
+    cannot hash (a bare ``unhashable type: 'numpy.ndarray'``) and no model takes."""
+    with pytest.raises(SourceError, match=r"domain column 'tags' holds arrays"):
+        Contract().arrow(pa.table({"id": [1, 2], "tags": [[1, 2], None]}))
+
+
 def test_type_changes_name_each_feature():
     before = [["age", "Int64", None], ["city", "str", None], ["gone", "str", None]]
     after = [["age", "float64", None], ["city", "str", None], ["new", "Int64", None]]

@@ -64,6 +64,10 @@ def test_types_adbc_gives_in_another_form_fail_naming_the_column_and_the_cast(pg
     ("timestamp", ["'2026-01-01'", "'infinity'"], r"column 'v' holds infinity or -infinity, .*isfinite\(v\)"),
     ("timestamptz", ["'-infinity'"], r"column 'v' holds infinity or -infinity"),
     ("date", ["'infinity'"], r"column 'v' holds infinity or -infinity"),
+    # pandas takes no arrays as features, and the domain's fingerprint cannot hash them
+    ("integer[]", ["'{1,2}'"], r"column 'v' holds arrays"),
+    # a time of 24:00:00, which Python's datetime.time cannot hold
+    ("time", ["'12:00'", "'24:00:00'"], r"column 'v' .*hour must be in 0\.\.23"),
 ])
 @pytest.mark.parametrize("chunk_size", [1, 3])
 def test_values_pandas_cannot_hold_fail_naming_the_column(pg, ddl, values, message, chunk_size):
