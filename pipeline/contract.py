@@ -217,13 +217,18 @@ class Contract:
 
 
 def _arrow_series(array: Any, kind: str | None) -> pd.Series:
-    """One Arrow column in the dtype of ``kind``."""
+    """One Arrow column in the dtype of ``kind``; a UUID as :class:`uuid.UUID`, as a DB-API driver gives it
+    (pandas would give the UUID's 16 bytes)."""
+    import pyarrow as pa
+
     if kind == "integer":
         return array.to_pandas(types_mapper={array.type: pd.Int64Dtype()}.get)
     if kind == "boolean":
         return array.to_pandas(types_mapper={array.type: pd.BooleanDtype()}.get)
     if kind == "numeric" and hasattr(array.type, "storage_type"):
         return pd.Series(array.cast(array.type.storage_type).to_pandas(), dtype=object)
+    if isinstance(array.type, pa.UuidType):
+        return pd.Series(array.to_pylist(), dtype=object)
     return array.to_pandas()
 
 

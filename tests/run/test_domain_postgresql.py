@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from pipeline.errors import SourceError
 from pipeline.jobspec import DomainSpec, Factor
 from pipeline.run.domain import Domain
 
-from helpers import train_model
+from helpers import CUSTOMERS_JOB, train_model, view_rows
 
 pytestmark = pytest.mark.postgres
 
@@ -111,3 +112,33 @@ def test_a_run_over_a_money_column_fails_in_one_line_and_publishes_nothing(postg
         assert conn.execute(text("SELECT to_regclass('scores')")).scalar() is None
     engine.dispose()
 
+
+@pytest.mark.parametrize("chunk_size", [7, 100])
+def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(postgresql_url, write_job, chunk_size):
+    """ADBC's UUIDs became their 16 bytes in pandas, which an encoder fitted on ``pandas.read_sql``'s
+    ``uuid.UUID`` values takes for categories it never saw: every prediction silently the unknown one's."""
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from pipeline import load_job, run_job
+
+    engine = make_engine(postgresql_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE customers (customer_id integer PRIMARY KEY, x1 float8, segment uuid)")
+        conn.exec_driver_sql("INSERT INTO customers SELECT i, sin(i), CASE WHEN mod(i, 5) > 0 THEN "
+                             "md5(mod(i, 3)::text)::uuid END FROM generate_series(1, 60) AS i")
+    with engine.connect() as conn:
+        frame = pd.read_sql(text("SELECT * FROM customers ORDER BY customer_id"), conn)
+    features = frame[["x1", "segment"]]
+    encoder = OneHotEncoder(handle_unknown="ignore")
+    model = make_pipeline(make_column_transformer((encoder, ["segment"]), remainder="passthrough"),
+                          LogisticRegression()).fit(features, frame["customer_id"] % 3 == 0)
+    job = CUSTOMERS_JOB.replace("x1, x2, x3", "x1, segment").replace("[model]", f"chunk_size = {chunk_size}\n[model]")
+    path = write_job(job, model=model)
+    run_job(load_job(path), engine)
+    served = view_rows(engine)
+    engine.dispose()
+    assert served["customer_id"].tolist() == frame["customer_id"].tolist()
+    np.testing.assert_array_equal(served[["proba_false", "proba_true"]].to_numpy(), model.predict_proba(features))
