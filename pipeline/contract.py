@@ -166,9 +166,11 @@ class Contract:
     value in it, and kept from then on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        """``keys``: the columns stored as read (the domain's keys), whose values must survive their dtype."""
         self.kinds: dict[str, str | None] = {}
         self.declared = False
+        self.keys = frozenset(keys)
 
     def declare(self, columns: Sequence[str], kinds: Iterable[str | None]) -> None:
         """Fix the kinds the source declares for ``columns`` (position by position); later calls do nothing."""
@@ -185,6 +187,8 @@ class Contract:
             kind = self.kinds.get(column)
             if kind is None:
                 kind = self.kinds[column] = value_kind(series)
+            if kind == "numeric" and column in self.keys:
+                _refuse_inexact(series, str(column))
             out[column] = convert(series, kind, str(column))
         return pd.DataFrame(out, index=frame.index)
 
@@ -212,7 +216,9 @@ class Contract:
         values = _columns(rows, len(columns))
         out = {}
         for i, column in enumerate(columns):
-            out[column] = _from_python(values[i], self.kinds.get(column))
+            kind = self.kinds.get(column)
+            exact = kind == "numeric" and column in self.keys  # kept as read, for conform to check
+            out[column] = _from_python(values[i], None if exact else kind)
         return self.conform(pd.DataFrame(out))
 
 
@@ -269,6 +275,25 @@ def convert(series: pd.Series, kind: str | None, column: str) -> pd.Series:
         bad = next((v for v in series.dropna() if not _fits(v, kind)), None)
         raise SourceError(f"domain column {column!r} is {kind} but holds {bad!r}; "
                           "fix the value or cast the column in the query") from None
+
+
+def _refuse_inexact(series: pd.Series, column: str) -> None:
+    """Refuse a numeric key a float64 does not hold exactly (2**53 + 1 would be stored as 2**53, another key):
+    a feature is handed over as ``read_sql`` gives it, but a key is written back as read."""
+    if series.dtype != object:
+        return  # floats already: what the source holds
+    for value in series:
+        if value is None or isinstance(value, float):
+            continue
+        try:
+            exact = decimal.Decimal(str(value))
+            held = float(exact)
+        except (decimal.InvalidOperation, ValueError):
+            return  # not a number: convert says so
+        if exact.is_finite() and decimal.Decimal(repr(held)) != exact:
+            raise SourceError(f"key column {column!r} is numeric and holds {value}, which float64 cannot hold "
+                              f"exactly (it would be stored as {held!r}): cast it in the query to an integer or "
+                              "text type")
 
 
 def _fits(value: Any, kind: str | None) -> bool:

@@ -258,3 +258,28 @@ def test_a_feature_type_change_is_refused_naming_the_column(engine, write_job):
     out = CliRunner().invoke(main, ["versions", "scores", "--db", engine.url.render_as_string(hide_password=False)])
     assert out.exit_code == 0 and "x3: Int64 -> float64" in out.output
     assert "proba_false=False, proba_true=True" in out.output
+
+
+# -- keys: stored as read, so a key's value must survive its dtype -------------------------------------------
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_a_numeric_key_a_float_cannot_hold_exactly_fails_naming_the_column(engine, chunk_size):
+    """NUMERIC becomes float64 (as ``read_sql`` gives it), which a model takes alike; a key, though, is stored as read,
+    and 9007199254740993 (2**53 + 1) was stored as 9007199254740992: a prediction under another customer's id."""
+    numeric = "NUMERIC(20, 0)" if engine.dialect.name != "mysql" else "DECIMAL(20, 0)"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE accounts (account_id {numeric} PRIMARY KEY, x DOUBLE PRECISION)"
+                          .replace("DOUBLE PRECISION", "DOUBLE" if engine.dialect.name == "mysql" else "FLOAT")))
+        conn.execute(text("INSERT INTO accounts VALUES (1, 0.5), (2, 1.5), (9007199254740993, 2.5)"))
+
+    def read(query: str) -> pd.DataFrame:
+        spec = DomainSpec(("account_id",), (Factor(query=query),), chunk_size=chunk_size)
+        return pd.concat(list(Domain(spec, engine).chunks()), ignore_index=True)
+
+    with pytest.raises(SourceError, match=r"key column 'account_id' is numeric and holds 9007199254740993, "
+                                          r"which float64 cannot hold exactly"):
+        read("SELECT account_id, x FROM accounts ORDER BY account_id")
+    fine = read("SELECT account_id, x FROM accounts WHERE account_id < 3 ORDER BY account_id")
+    assert fine["account_id"].tolist() == [1.0, 2.0]
+    features = read("SELECT x AS account_id, account_id AS x FROM accounts ORDER BY x")  # not a key: as read_sql
+    assert features["x"].tolist() == [1.0, 2.0, 9007199254740992.0]

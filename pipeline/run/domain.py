@@ -152,7 +152,7 @@ class Domain:
         self._pushed_down = False
         self._exclusions: _Exclusions | None = None
         #: Each factor's column kinds, decided at its first read and kept for every later one.
-        self.contracts = [Contract() for _ in spec.factors]
+        self.contracts = [Contract(spec.keys) for _ in spec.factors]
 
     @property
     def fingerprint(self) -> str:
@@ -277,7 +277,7 @@ class Domain:
         """The rows ``[domain] exclude`` lists, read whole (like every factor but the first)."""
         if self.spec.exclude is None:
             return None
-        frames = list(self._read(self.spec.exclude, Contract()))
+        frames = list(self._read(self.spec.exclude, Contract(self.spec.keys)))
         if not frames:
             return None
         return _Exclusions(pd.concat(frames, ignore_index=True))
