@@ -142,3 +142,19 @@ def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(postgresql_
     engine.dispose()
     assert served["customer_id"].tolist() == frame["customer_id"].tolist()
     np.testing.assert_array_equal(served[["proba_false", "proba_true"]].to_numpy(), model.predict_proba(features))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_citext_is_read_as_the_text_it_holds(pg, chunk_size):
+    """citext (emails, user names: keys) has no Arrow type in ADBC, but its wire format is its text's bytes: it
+    reads as text, as psycopg gives it, case and trailing spaces kept."""
+    with pg.begin() as conn:
+        where = conn.exec_driver_sql("SELECT extnamespace::regnamespace::text FROM pg_extension "
+                                     "WHERE extname = 'citext'").scalar()
+        if where is None:  # an extension is installed once per database: in this test's schema, dropped with it
+            conn.exec_driver_sql("CREATE EXTENSION citext SCHEMA " + conn.exec_driver_sql(
+                "SELECT quote_ident(current_schema())").scalar())
+    one_column(pg, f"{where}.citext" if where else "citext", ["'Ann@Example.org '", "'é'"])
+    chunks = read(pg, chunk_size)
+    assert {str(c["v"].dtype) for c in chunks} == {"str"}
+    assert pd.concat(chunks, ignore_index=True)["v"].tolist()[2:] == ["Ann@Example.org ", "é"]

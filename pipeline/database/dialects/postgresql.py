@@ -454,20 +454,23 @@ _MISREAD = {
 #: Below these (microseconds, days since 1970), no PostgreSQL timestamp or date lies, 4714-11-24 BC being its first
 #: day: ADBC shifts 'infinity' and '-infinity' to Arrow's epoch with a wrap, which lands them there.
 _FLOORS = {"timestamp": -211_813_488_000_000_000, "date": -2_440_588}
+#: Types ADBC has no Arrow type for whose binary wire format is their text in UTF-8: read as text.
+_TEXT_WIRE = frozenset({"citext"})
 
 
 def _as_values(reader: Any) -> Iterator[Any]:
     """The record batches of an ADBC result, refusing (naming the column and the cast to make) what ADBC gives in
     another form than the value: a type in :data:`_MISREAD`, a type it has no Arrow type for (the bytes of
-    PostgreSQL's binary wire format: timetz, inet, ranges...), and infinite timestamps and dates, which would
-    reach the model as dates in year -290278 or fail in pandas without a word of which column.
+    PostgreSQL's binary wire format: timetz, inet, ranges...) but those in :data:`_TEXT_WIRE`, which become
+    text, and infinite timestamps and dates, which would reach the model as dates in year -290278 or fail in
+    pandas without a word of which column.
 
     Raises:
         SourceError: such a column, or such a value."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    floors = []
+    floors, texts, schema = [], [], reader.schema
     for i, field in enumerate(reader.schema):
         typname = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
         name = field.name
@@ -476,6 +479,10 @@ def _as_values(reader: Any) -> Iterator[Any]:
         if typname in _MISREAD:
             form, cast = _MISREAD[typname]
         elif isinstance(field.type, pa.OpaqueType) and field.type.storage_type == pa.binary():
+            if typname in _TEXT_WIRE:
+                texts.append(i)
+                schema = schema.set(i, field.with_type(pa.string()))
+                continue
             form, cast = "the bytes of its binary wire format", "text"
         else:
             if pa.types.is_timestamp(field.type):
@@ -486,6 +493,11 @@ def _as_values(reader: Any) -> Iterator[Any]:
         raise SourceError(f"domain column {name!r} is PostgreSQL {typname}, which ADBC reads as {form}: "
                           f"cast it in the query ({name}::{cast})")
     for batch in reader:
+        if texts:
+            columns = list(batch.columns)
+            for i in texts:
+                columns[i] = columns[i].storage.cast(pa.string())  # checks that the bytes are UTF-8
+            batch = pa.RecordBatch.from_arrays(columns, schema=schema)
         for i, name, integers, floor in floors:
             low = pc.min(batch.column(i).view(integers)).as_py()
             if low is not None and low < floor:
