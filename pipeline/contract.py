@@ -339,11 +339,14 @@ def _to_int(series: pd.Series) -> pd.Series:
 
 
 def _to_date(series: pd.Series) -> pd.Series:
-    """``datetime.date`` objects, ``None`` where missing; ISO text (SQLite's way of storing dates) is parsed."""
+    """``datetime.date`` objects, ``None`` where missing; ISO text (SQLite's way of storing dates) is parsed, and
+    one with a time of day other than midnight (which SQLite lets a DATE column hold) refused, not cut off."""
     if series.dtype == object and all(v is None or type(v) is dt.date for v in series):
         return series
     parsed = pd.to_datetime(series, format="ISO8601") if not pd.api.types.is_datetime64_any_dtype(series.dtype) \
         else series
+    if (parsed.dropna() != parsed.dropna().dt.normalize()).any():
+        raise ValueError("a time of day in a date column")
     return pd.Series([None if pd.isna(v) else v.date() for v in parsed], index=series.index, dtype=object)
 
 

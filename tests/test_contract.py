@@ -60,6 +60,15 @@ def test_fractional_values_in_an_integer_column_are_refused():
         convert(pd.Series([1.0, 1.5]), "integer", "n")
 
 
+def test_a_time_of_day_in_a_date_column_is_refused_not_dropped():
+    """SQLite stores whatever text a DATE column is given: '2026-01-02 10:30:00' reached the model as
+    2026-01-02, its time silently gone. Midnight loses nothing, and is read as the date."""
+    with pytest.raises(SourceError, match=r"'day' is date but holds '2026-01-02 10:30:00'"):
+        convert(pd.Series(["2026-01-01", "2026-01-02 10:30:00", None], dtype=object), "date", "day")
+    midnight = convert(pd.Series(["2026-01-01 00:00:00", "2026-01-02", None], dtype=object), "date", "day")
+    assert midnight.tolist() == [dt.date(2026, 1, 1), dt.date(2026, 1, 2), None]
+
+
 def test_nested_arrow_columns_fail_naming_the_column():
     """A Parquet list column, a PostgreSQL array: pandas would hold numpy arrays, which the domain's fingerprint
     cannot hash (a bare ``unhashable type: 'numpy.ndarray'``) and no model takes."""
