@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,3 +159,32 @@ def test_citext_is_read_as_the_text_it_holds(pg, chunk_size):
     chunks = read(pg, chunk_size)
     assert {str(c["v"].dtype) for c in chunks} == {"str"}
     assert pd.concat(chunks, ignore_index=True)["v"].tolist()[2:] == ["Ann@Example.org ", "é"]
+
+
+@pytest.mark.parametrize("chunk_size", [2, 100])
+def test_a_character_n_key_is_stored_as_postgresql_casts_it_to_text(postgresql_url, write_job, chunk_size):
+    """char(n) values arrive padded ('a    '), but PostgreSQL compares them, and casts them to text, without the
+    padding: stored padded, no key of the view matched its customer (a join, or sql/queries.sql's lookup with a
+    default, answered every key with the default). Features keep the padding, as ``pandas.read_sql`` gives it."""
+    from pipeline import load_job, run_job
+
+    engine = make_engine(postgresql_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE customers (customer_id char(5) PRIMARY KEY, x1 float8, x2 float8, "
+                             "x3 float8)")
+        conn.exec_driver_sql("INSERT INTO customers SELECT CASE WHEN i > 3 THEN 'c' || i ELSE repeat('z', i) END, "
+                             "sin(i), cos(i), i / 9.0 FROM generate_series(1, 30) AS i")
+    path = write_job(CUSTOMERS_JOB.replace("[model]", f"chunk_size = {chunk_size}\n[model]"))
+    run_job(load_job(path), engine)
+    with engine.connect() as conn:
+        frame = pd.read_sql(text("SELECT customer_id::text AS customer_id, x1, x2, x3 FROM customers "
+                                 "ORDER BY customer_id"), conn)
+        joined = conn.exec_driver_sql("SELECT count(*) FROM customers c JOIN scores s "
+                                      "ON s.customer_id = c.customer_id").scalar()
+    served = view_rows(engine)
+    engine.dispose()
+    assert joined == 30
+    assert served["customer_id"].tolist() == frame["customer_id"].tolist()  # 'z', 'zz', ..., 'c10', ...
+    model = joblib.load(path.parent / "models" / "scores.joblib")
+    np.testing.assert_array_equal(served[["proba_false", "proba_true"]].to_numpy(),
+                                  model.predict_proba(frame[["x1", "x2", "x3"]]))

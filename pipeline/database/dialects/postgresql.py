@@ -9,7 +9,7 @@ import logging
 import re
 import time
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 
 import psycopg
 from sqlalchemy.engine import Connection, Engine
@@ -341,7 +341,9 @@ class PostgresqlDialect(Dialect):
                 cursor.execute(query, params or None)
                 if cursor.description is None:
                     raise SourceError("it returns no rows to score (is it a SELECT?)")
-                yield from arrow_chunks(_as_values(cursor.fetch_record_batch()), chunk_size, contract or Contract())
+                contract = contract or Contract()
+                batches = _as_values(cursor.fetch_record_batch(), contract.keys)
+                yield from arrow_chunks(batches, chunk_size, contract)
         except adbc_driver_manager.Error as exc:
             raise SourceError(_adbc_message(exc)) from None
 
@@ -458,19 +460,23 @@ _FLOORS = {"timestamp": -211_813_488_000_000_000, "date": -2_440_588}
 _TEXT_WIRE = frozenset({"citext"})
 
 
-def _as_values(reader: Any) -> Iterator[Any]:
+def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
     """The record batches of an ADBC result, refusing (naming the column and the cast to make) what ADBC gives in
     another form than the value: a type in :data:`_MISREAD`, a type it has no Arrow type for (the bytes of
     PostgreSQL's binary wire format: timetz, inet, ranges...) but those in :data:`_TEXT_WIRE`, which become
     text, and infinite timestamps and dates, which would reach the model as dates in year -290278 or fail in
     pandas without a word of which column.
 
+    A ``char(n)`` key is stored as PostgreSQL casts it to text, without its padding, since PostgreSQL compares
+    it so: stored padded, it would match no row of its source in a join. Features keep the padding, as
+    ``pandas.read_sql`` gives them.
+
     Raises:
         SourceError: such a column, or such a value."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    floors, texts, schema = [], [], reader.schema
+    floors, texts, trimmed, schema = [], [], [], reader.schema
     for i, field in enumerate(reader.schema):
         typname = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
         name = field.name
@@ -485,7 +491,9 @@ def _as_values(reader: Any) -> Iterator[Any]:
                 continue
             form, cast = "the bytes of its binary wire format", "text"
         else:
-            if pa.types.is_timestamp(field.type):
+            if typname == "bpchar" and name in keys:
+                trimmed.append(i)
+            elif pa.types.is_timestamp(field.type):
                 floors.append((i, name, pa.int64(), _FLOORS["timestamp"]))
             elif pa.types.is_date32(field.type):
                 floors.append((i, name, pa.int32(), _FLOORS["date"]))
@@ -493,10 +501,12 @@ def _as_values(reader: Any) -> Iterator[Any]:
         raise SourceError(f"domain column {name!r} is PostgreSQL {typname}, which ADBC reads as {form}: "
                           f"cast it in the query ({name}::{cast})")
     for batch in reader:
-        if texts:
+        if texts or trimmed:
             columns = list(batch.columns)
             for i in texts:
                 columns[i] = columns[i].storage.cast(pa.string())  # checks that the bytes are UTF-8
+            for i in trimmed:
+                columns[i] = pc.utf8_rtrim(columns[i], characters=" ")
             batch = pa.RecordBatch.from_arrays(columns, schema=schema)
         for i, name, integers, floor in floors:
             low = pc.min(batch.column(i).view(integers)).as_py()
