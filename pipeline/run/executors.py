@@ -277,8 +277,9 @@ class DaskExecutor:
         try:
             for future in as_completed(futures):
                 if future.status == "error":
+                    error = _partition_error(future)  # before cancelling, which may release the worker's exception
                     client.cancel(futures)
-                    raise _partition_error(future)
+                    raise error
                 results.append(future.result())
         finally:
             client.unsubscribe_topic(topic)
