@@ -18,7 +18,9 @@ from sqlalchemy import text
 from pipeline import load_job
 from pipeline.cli import main
 from pipeline.database import schema, state
+from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
+from pipeline.errors import PipelineError
 from pipeline.scheduling.crontab import crontab
 from pipeline.scheduling.scheduler import Scheduler, missed_ticks
 from pipeline.serve import catalog
@@ -190,6 +192,38 @@ def test_cron_lines(tmp_path, monkeypatch, write_job):
     assert "# cron has no seconds field; use `pipeline schedule` for fast" in lines
     out = CliRunner().invoke(main, ["cron"])
     assert out.exit_code == 0 and entry in out.output
+
+
+def test_cron_runs_read_the_variables_the_job_files_name_as_pipeline_cron_did(tmp_path, monkeypatch, write_job):
+    """cron starts each line with the crontab's environment only: a job's ``target = "${SCORES_DB}"`` failed there
+    ("environment variable SCORES_DB is not set"), and a ``${VAR:-default}`` would have read its default."""
+    target = tmp_path / "scores.db"
+    write_table(make_engine(f"sqlite:///{target}"), "customers", customers_frame(50))
+    write_job(scheduled(CUSTOMERS_JOB, "* * * * *", target='"${SCORES_DB:-sqlite:///elsewhere.db}"'))
+    (tmp_path / "jobs" / "defaults.toml").write_text('[notify.on_success]\ncommand = "echo ${RUN_NOTE} >> note.txt"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SCORES_DB", f"sqlite:///{target}")
+    monkeypatch.setenv("RUN_NOTE", "from cron")
+    lines = crontab("jobs", "logs")
+    assert f"SCORES_DB=sqlite:///{target}" in lines and "RUN_NOTE=from cron" in lines
+    environment = dict(line.split("=", 1) for line in lines if re.match(r"[A-Z_]+=", line))
+    entry = next(line for line in lines if line.startswith("* * * * * "))
+    run = subprocess.run(["sh", "-c", entry.split(" ", 5)[5].replace("\\%", "%")], env=environment, timeout=120)
+    assert run.returncode == 0, (tmp_path / "logs" / "scores.log").read_text()
+    assert versions_of(target) == [1] and not (tmp_path / "elsewhere.db").exists()
+    assert (tmp_path / "jobs" / "note.txt").read_text().strip() == "from cron"  # hooks run in the jobs folder
+    monkeypatch.setenv("RUN_NOTE", "two\nlines")
+    with pytest.raises(PipelineError, match="RUN_NOTE holds a line break"):
+        crontab("jobs", "logs")
+
+
+def versions_of(path) -> list[int]:
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        found = [v.version for v in state.list_versions(conn, "scores")]
+    engine.dispose()
+    return found
 
 
 def test_cron_lines_escape_percent_signs(tmp_path, monkeypatch, write_job):
