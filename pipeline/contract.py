@@ -199,9 +199,8 @@ class Contract:
         self.declare(table.schema.names, [arrow_kind(f.type) for f in table.schema])
         columns = {}
         for name, array in zip(table.schema.names, table.columns):
-            if pa.types.is_nested(array.type):  # pandas would hold numpy arrays, which no hash or model takes
-                raise SourceError(f"domain column {name!r} holds arrays or other nested values, which a model "
-                                  "does not take: pick elements or unnest them in the query")
+            if pa.types.is_nested(array.type):
+                raise nested_values(name)
             try:
                 columns[name] = _arrow_series(array, self.kinds.get(name))
             except (ValueError, OverflowError, pa.ArrowException) as exc:  # a time of 24:00, a date in 4713 BC
@@ -220,6 +219,13 @@ class Contract:
             exact = kind == "numeric" and column in self.keys  # kept as read, for conform to check
             out[column] = _from_python(values[i], None if exact else kind)
         return self.conform(pd.DataFrame(out))
+
+
+def nested_values(column: str) -> SourceError:
+    """The refusal of a column of arrays or other nested values (composites, records): pandas would hold numpy
+    arrays or dicts, which no hash or model takes."""
+    return SourceError(f"domain column {column!r} holds arrays or other nested values, which a model does not "
+                       "take: pick elements or unnest them in the query")
 
 
 def _arrow_series(array: Any, kind: str | None) -> pd.Series:

@@ -78,6 +78,16 @@ def test_values_pandas_cannot_hold_fail_naming_the_column(pg, ddl, values, messa
         read(pg, chunk_size)
 
 
+@pytest.mark.parametrize("query", ["SELECT id, ROW(id, v) AS v FROM typed ORDER BY id",
+                                   "SELECT id, ARRAY[ROW(v, 'a')] AS v FROM typed ORDER BY id"])
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_records_fail_naming_the_column(pg, query, chunk_size):
+    """ADBC cannot read an anonymous ROW(...): it failed the run with an ArrowInvalid naming no column."""
+    one_column(pg, "integer", ["7"])
+    with pytest.raises(SourceError, match=r"column 'v' holds arrays or other nested values"):
+        read(pg, chunk_size, query)
+
+
 def test_finite_timestamps_at_postgresql_s_limits_are_read_as_they_are(pg):
     one_column(pg, "timestamp", ["'4713-01-01 00:00:00 BC'", "'9999-12-31 23:59:59.999999'"])
     whole = pd.concat(read(pg, 2), ignore_index=True)

@@ -465,7 +465,8 @@ def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
     another form than the value: a type in :data:`_MISREAD`, a type it has no Arrow type for (the bytes of
     PostgreSQL's binary wire format: timetz, inet, ranges...) but those in :data:`_TEXT_WIRE`, which become
     text, and infinite timestamps and dates, which would reach the model as dates in year -290278 or fail in
-    pandas without a word of which column.
+    pandas without a word of which column. Arrays and composites are refused from the schema, as the contract
+    refuses them: ADBC fails to read an anonymous ``ROW(...)`` (a record) with an ``ArrowInvalid`` naming no column.
 
     A ``char(n)`` key is stored as PostgreSQL casts it to text, without its padding, since PostgreSQL compares
     it so: stored padded, it would match no row of its source in a join. Features keep the padding, as
@@ -476,12 +477,16 @@ def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from pipeline.contract import nested_values
+
     floors, texts, trimmed, schema = [], [], [], reader.schema
     for i, field in enumerate(reader.schema):
         typname = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
         name = field.name
         if typname.startswith("unnamed<oid:"):
             typname = f"type oid {typname[12:-1]}"
+        if pa.types.is_nested(field.type):
+            raise nested_values(name)
         if typname in _MISREAD:
             form, cast = _MISREAD[typname]
         elif isinstance(field.type, pa.OpaqueType) and field.type.storage_type == pa.binary():
