@@ -447,11 +447,13 @@ def conninfo(engine: Engine) -> str:
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if k in known})
 
 
-#: PostgreSQL types ADBC reads into an Arrow type that holds another number, each with what it gives and the cast
-#: that reads the value itself.
+#: PostgreSQL types ADBC reads into an Arrow type that holds another value than ``pandas.read_sql`` gives, each with
+#: what it gives and the cast (of ``{c}``, the column) that reads the value itself.
 _MISREAD = {
-    "money": ("an integer count of its smallest unit (12.34 as 1234)", "numeric"),
-    "oid": ("a signed 32-bit integer (4294967295 as -1)", "bigint"),
+    "money": ("an integer count of its smallest unit (12.34 as 1234)", "{c}::numeric"),
+    "oid": ("a signed 32-bit integer (4294967295 as -1)", "{c}::bigint"),
+    # an encoder fitted on read_sql's timedeltas takes DateOffsets for values it never saw: other predictions
+    "interval": ("pandas DateOffset objects, not the timedeltas pandas.read_sql gives", "extract(epoch from {c})"),
 }
 #: Below these (microseconds, days since 1970), no PostgreSQL timestamp or date lies, 4714-11-24 BC being its first
 #: day: ADBC shifts 'infinity' and '-infinity' to Arrow's epoch with a wrap, which lands them there.
@@ -462,11 +464,12 @@ _TEXT_WIRE = frozenset({"citext"})
 
 def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
     """The record batches of an ADBC result, refusing (naming the column and the cast to make) what ADBC gives in
-    another form than the value: a type in :data:`_MISREAD`, a type it has no Arrow type for (the bytes of
-    PostgreSQL's binary wire format: timetz, inet, ranges...) but those in :data:`_TEXT_WIRE`, which become
-    text, and infinite timestamps and dates, which would reach the model as dates in year -290278 or fail in
-    pandas without a word of which column. Arrays and composites are refused from the schema, as the contract
-    refuses them: ADBC fails to read an anonymous ``ROW(...)`` (a record) with an ``ArrowInvalid`` naming no column.
+    another form than the value: a type in :data:`_MISREAD` (money, oid, interval), a type it has no Arrow type
+    for (the bytes of PostgreSQL's binary wire format: timetz, inet, ranges...) but those in :data:`_TEXT_WIRE`,
+    which become text, and infinite timestamps and dates, which would reach the model as dates in year -290278 or
+    fail in pandas without a word of which column. Arrays and composites are refused from the schema, as the
+    contract refuses them: ADBC fails to read an anonymous ``ROW(...)`` (a record) with an ``ArrowInvalid`` naming
+    no column.
 
     A ``char(n)`` key is stored as PostgreSQL casts it to text, without its padding, since PostgreSQL compares
     it so: stored padded, it would match no row of its source in a join. Features keep the padding, as
@@ -494,7 +497,7 @@ def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
                 texts.append(i)
                 schema = schema.set(i, field.with_type(pa.string()))
                 continue
-            form, cast = "the bytes of its binary wire format", "text"
+            form, cast = "the bytes of its binary wire format", "{c}::text"
         else:
             if typname == "bpchar" and name in keys:
                 trimmed.append(i)
@@ -504,7 +507,7 @@ def _as_values(reader: Any, keys: Collection[str] = ()) -> Iterator[Any]:
                 floors.append((i, name, pa.int32(), _FLOORS["date"]))
             continue
         raise SourceError(f"domain column {name!r} is PostgreSQL {typname}, which ADBC reads as {form}: "
-                          f"cast it in the query ({name}::{cast})")
+                          f"cast it in the query ({cast.format(c=name)})")
     for batch in reader:
         if texts or trimmed:
             columns = list(batch.columns)
