@@ -28,7 +28,9 @@ Kinds = Callable[[str], str | None]
 def infer_type(name: str, series: pd.Series, declared: str | None = None) -> str:
     """The portable column type (see ``dialects.base.COLUMN_TYPES``) that holds ``series``: its kind in the
     input contract (outputs of floats that are all NaN are still floats), or where its values cannot tell
-    (dates that are all NULL in the first chunk), the kind its source ``declared``."""
+    (dates that are all NULL in the first chunk), the kind its source ``declared``. A domain column (a key, an
+    included one: ``declared`` is known) of values no type holds (a PostgreSQL uuid, a MariaDB TIME) is refused
+    with the cast to text that stores it."""
     if pd.api.types.is_float_dtype(series.dtype):
         return "float"
     kind = value_kind(series) or (declared if declared in COLUMN_TYPES else None)
@@ -36,7 +38,8 @@ def infer_type(name: str, series: pd.Series, declared: str | None = None) -> str
         raise SourceError(f"column {name!r} holds only NULLs in the first chunk; its type cannot be told")
     if kind == "other":
         value = series.dropna().iloc[0]
-        raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored")
+        fix = f": cast it to text in the query ({name}::text, CAST({name} AS CHAR) on MariaDB)" if declared else ""
+        raise SourceError(f"column {name!r} holds {type(value).__name__} values, which cannot be stored{fix}")
     return kind
 
 
