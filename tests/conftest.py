@@ -85,6 +85,14 @@ def postgresql_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def pg(postgresql_url: str) -> Iterator[Engine]:
+    """An engine on :func:`postgresql_url`'s fresh schema."""
+    engine = make_engine(postgresql_url)
+    yield engine
+    engine.dispose()
+
+
 def mysql_error() -> str | None:
     """None when the MySQL/MariaDB test server answers, else why not (checked once per session)."""
     if "error" not in _mysql_state:

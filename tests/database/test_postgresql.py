@@ -20,13 +20,6 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg(postgresql_url):
-    engine = make_engine(postgresql_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def two_versions(pg, write_job):
     write_table(pg, "customers", customers_frame(1000))
     path = write_job(CUSTOMERS_JOB)

@@ -3,8 +3,6 @@ psycopg cursor gives, or fails the run in one line naming the column and the cas
 
 from __future__ import annotations
 
-import textwrap
-
 import joblib
 import numpy as np
 import pandas as pd
@@ -13,21 +11,13 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from pipeline.cli import main
-from pipeline.database.engines import make_engine
 from pipeline.errors import SourceError
 from pipeline.jobspec import DomainSpec, Factor
 from pipeline.run.domain import Domain
 
-from helpers import CUSTOMERS_JOB, train_model, view_rows
+from helpers import CUSTOMERS_JOB, view_rows
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg(postgresql_url):
-    engine = make_engine(postgresql_url)
-    yield engine
-    engine.dispose()
 
 
 def one_column(engine, ddl: str, values: list[str]) -> None:
@@ -110,38 +100,25 @@ VALUES = {"integer": "i", "float8": "i / 3.0", "money": "i * 1.25", "interval": 
     ("uuid", "float8", "'customer_id' holds UUID values, which cannot be stored: cast it to text in the query "
                        "(customer_id::text"),
 ])
-def test_a_run_over_such_a_column_fails_in_one_line_and_publishes_nothing(postgresql_url, tmp_path, monkeypatch,
-                                                                          key, x3, message):
-    engine = make_engine(postgresql_url)
-    with engine.begin() as conn:
+def test_a_run_over_such_a_column_fails_in_one_line_and_publishes_nothing(pg, postgresql_url, write_job, tmp_path,
+                                                                          monkeypatch, key, x3, message):
+    with pg.begin() as conn:
         conn.exec_driver_sql(f"CREATE TABLE customers (customer_id {key} PRIMARY KEY, x1 float8, x2 float8, "
                              f"x3 {x3})")
         conn.exec_driver_sql(f"INSERT INTO customers SELECT {VALUES[key]}, i / 10.0, -i / 7.0, {VALUES[x3]} "
                              "FROM generate_series(1, 50) AS i")
-    train_model(tmp_path / "jobs" / "models" / "scores.joblib")
-    (tmp_path / "jobs" / "scores.toml").write_text(textwrap.dedent("""
-        [domain]
-        keys = ["customer_id"]
-        query = "SELECT customer_id, x1, x2, x3 FROM customers"
-        chunk_size = 20
-        [model]
-        path = "models/scores.joblib"
-        method = "predict_proba"
-        [output]
-        table = "scores"
-    """), encoding="utf-8")
+    write_job(CUSTOMERS_JOB.replace("[model]", "chunk_size = 20\n[model]"))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--quiet", "run", "scores", "--db", postgresql_url])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
-    with engine.connect() as conn:
+    with pg.connect() as conn:
         assert conn.execute(text("SELECT to_regclass('scores')")).scalar() is None
-    engine.dispose()
 
 
 @pytest.mark.parametrize("chunk_size", [7, 100])
-def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(postgresql_url, write_job, chunk_size):
+def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(pg, write_job, chunk_size):
     """ADBC's UUIDs became their 16 bytes in pandas, which an encoder fitted on ``pandas.read_sql``'s
     ``uuid.UUID`` values takes for categories it never saw: every prediction silently the unknown one's."""
     from sklearn.compose import make_column_transformer
@@ -151,12 +128,11 @@ def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(postgresql_
 
     from pipeline import load_job, run_job
 
-    engine = make_engine(postgresql_url)
-    with engine.begin() as conn:
+    with pg.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE customers (customer_id integer PRIMARY KEY, x1 float8, segment uuid)")
         conn.exec_driver_sql("INSERT INTO customers SELECT i, sin(i), CASE WHEN mod(i, 5) > 0 THEN "
                              "md5(mod(i, 3)::text)::uuid END FROM generate_series(1, 60) AS i")
-    with engine.connect() as conn:
+    with pg.connect() as conn:
         frame = pd.read_sql(text("SELECT * FROM customers ORDER BY customer_id"), conn)
     features = frame[["x1", "segment"]]
     encoder = OneHotEncoder(handle_unknown="ignore")
@@ -164,9 +140,8 @@ def test_a_uuid_feature_reaches_the_model_as_the_uuid_a_cursor_gives(postgresql_
                           LogisticRegression()).fit(features, frame["customer_id"] % 3 == 0)
     job = CUSTOMERS_JOB.replace("x1, x2, x3", "x1, segment").replace("[model]", f"chunk_size = {chunk_size}\n[model]")
     path = write_job(job, model=model)
-    run_job(load_job(path), engine)
-    served = view_rows(engine)
-    engine.dispose()
+    run_job(load_job(path), pg)
+    served = view_rows(pg)
     assert served["customer_id"].tolist() == frame["customer_id"].tolist()
     np.testing.assert_array_equal(served[["proba_false", "proba_true"]].to_numpy(), model.predict_proba(features))
 
@@ -188,27 +163,25 @@ def test_citext_is_read_as_the_text_it_holds(pg, chunk_size):
 
 
 @pytest.mark.parametrize("chunk_size", [2, 100])
-def test_a_character_n_key_is_stored_as_postgresql_casts_it_to_text(postgresql_url, write_job, chunk_size):
+def test_a_character_n_key_is_stored_as_postgresql_casts_it_to_text(pg, write_job, chunk_size):
     """char(n) values arrive padded ('a    '), but PostgreSQL compares them, and casts them to text, without the
     padding: stored padded, no key of the view matched its customer (a join, or sql/queries.sql's lookup with a
     default, answered every key with the default). Features keep the padding, as ``pandas.read_sql`` gives it."""
     from pipeline import load_job, run_job
 
-    engine = make_engine(postgresql_url)
-    with engine.begin() as conn:
+    with pg.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE customers (customer_id char(5) PRIMARY KEY, x1 float8, x2 float8, "
                              "x3 float8)")
         conn.exec_driver_sql("INSERT INTO customers SELECT CASE WHEN i > 3 THEN 'c' || i ELSE repeat('z', i) END, "
                              "sin(i), cos(i), i / 9.0 FROM generate_series(1, 30) AS i")
     path = write_job(CUSTOMERS_JOB.replace("[model]", f"chunk_size = {chunk_size}\n[model]"))
-    run_job(load_job(path), engine)
-    with engine.connect() as conn:
+    run_job(load_job(path), pg)
+    with pg.connect() as conn:
         frame = pd.read_sql(text("SELECT customer_id::text AS customer_id, x1, x2, x3 FROM customers "
                                  "ORDER BY customer_id"), conn)
         joined = conn.exec_driver_sql("SELECT count(*) FROM customers c JOIN scores s "
                                       "ON s.customer_id = c.customer_id").scalar()
-    served = view_rows(engine)
-    engine.dispose()
+    served = view_rows(pg)
     assert joined == 30
     assert served["customer_id"].tolist() == frame["customer_id"].tolist()  # 'z', 'zz', ..., 'c10', ...
     model = joblib.load(path.parent / "models" / "scores.joblib")
