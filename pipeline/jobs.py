@@ -538,7 +538,7 @@ _TOML_NAMES = {"str": "string", "int": "integer", "list": "array", "dict": "tabl
 def environment_names(jobs_dir: str | os.PathLike[str] = "jobs") -> list[str]:
     """The environment variables the files of ``jobs_dir`` (``defaults.toml`` too) name in ``${...}``: what a run
     started elsewhere (by cron) must be given to read them as they read here."""
-    return sorted({match.group(1) for path in sorted(Path(jobs_dir).glob("*.toml"))
+    return sorted({match.group(1) for path in Path(jobs_dir).glob("*.toml")
                    for match in _ENV_VAR.finditer(path.read_text(encoding="utf-8", errors="replace"))})
 
 
