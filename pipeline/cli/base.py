@@ -92,8 +92,8 @@ def pipeline_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         settings = click.get_current_context().find_object(Settings)
         try:
             return func(*args, **kwargs)
-        except click.ClickException:
-            raise  # usage errors already speak click's language
+        except (click.ClickException, BrokenPipeError):
+            raise  # usage errors already speak click's language; click ends quietly when stdout's reader left
         except PipelineError as exc:
             if settings and settings.debug:
                 hide_in_traceback(exc)

@@ -151,6 +151,17 @@ def test_python_dash_m_and_console_script_run_the_cli(tmp_path):
                                                "jobs/nothing-here.toml or job named 'nothing-here' in jobs/"]
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
+    """``pipeline plan churn | head -3`` ended with ``Error: unexpected BrokenPipeError: [Errno 32] Broken pipe
+    (run `pipeline --debug ...` for the traceback)`` once ``head`` had its lines: the error boundary took the closed
+    pipe for a bug, where click ends quietly with exit 1."""
+    command = [sys.executable, "-m", "pipeline", "runs", "churn", "--db", f"sqlite:///{tmp_path / 'p.db'}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the command writes, as `head` is once it has its lines
+    assert proc.wait(timeout=60) == 1
+    assert proc.stderr.read() == ""
+
+
 def test_every_command_has_help_with_an_example():
     runner = CliRunner()
     for name in main.commands:
