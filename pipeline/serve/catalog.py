@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from pipeline.database import schema, state
 from pipeline.database.transactions import reading
+from pipeline.serve.split import unserved
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,16 @@ def status(engine: Engine) -> list[TableStatus]:
                 failed_runs=failed,
                 missed_ticks=missed,
                 aliases=tuple((p.alias, p.version) for p in pointers if p.alias != state.DEFAULT_ALIAS),
-                split=f"{ab.percent}% {ab.alias}" if ab else None,
+                split=_split(conn, ab),
             ))
     return rows
+
+
+def _split(conn: Connection, ab: state.Split | None) -> str | None:
+    if ab is None:
+        return None
+    why = unserved(conn, ab)
+    return f"{ab.percent}% {ab.alias}" + (f" (not served: {why})" if why else "")
 
 
 def runs(engine: Engine, job: str | None = None, limit: int = 50) -> list[state.Run]:

@@ -71,6 +71,16 @@ def refresh(conn: Connection, dialect: Dialect, table: str) -> None:
         log.warning("%s: %s no longer served: %s", table, view_name(table, AB), exc)
 
 
+def unserved(conn: Connection, split: Split) -> str | None:
+    """Why ``<table>__ab`` does not serve ``split`` now (a flip left the two aliases on other columns, so the view
+    was dropped and waits for them to match again), or None when it does."""
+    try:
+        _columns(conn, split.table, split.alias)
+    except TableError as exc:
+        return str(exc)
+    return None
+
+
 def drop_view(conn: Connection, dialect: Dialect, table: str) -> None:
     dialect.drop_view(conn, view_name(table, AB))
 

@@ -33,6 +33,7 @@ from pipeline.run.materialize import held_by, settings_digest, skip_reason
 from pipeline.run.model import Model
 from pipeline.run.registry import Source
 from pipeline.run.store import columns_of
+from pipeline.serve.split import unserved
 from pipeline.tools.validate import check_job
 
 
@@ -172,8 +173,9 @@ def serving(job: Job, engine: Engine) -> list[str]:
                       for p in state.list_pointers(conn, job.output.table) if p.alias != state.DEFAULT_ALIAS]
             ab = state.get_split(conn, job.output.table)
             if ab is not None:
+                why = unserved(conn, ab)
                 found.append(f"A/B split: {ab.percent}% of keys from {ab.alias} in "
-                             f"{view_name(job.output.table, 'ab')}")
+                             f"{view_name(job.output.table, 'ab')}" + (f" (not served: {why})" if why else ""))
     if output.default:
         found.append(f"default for unseen keys in {view_name(output.table, 'default')}: "
                      + ", ".join(f"{c} = {v!r}" for c, v in output.default))

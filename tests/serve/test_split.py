@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -12,7 +14,9 @@ from pipeline.cli import main
 from pipeline.database.engines import make_engine
 from pipeline.errors import TableError
 from pipeline.run.scoring import key_buckets
+from pipeline.serve import catalog
 from pipeline.serve.split import set_split
+from pipeline.tools.plan import plan_job
 
 from helpers import CUSTOMERS_JOB, customers_frame, reference_query, train_model, write_table
 
@@ -105,3 +109,20 @@ def test_buckets_are_identical_on_sqlite_and_postgresql(sqlite_url, postgresql_u
             found.append(pd.read_sql(text("SELECT customer_id, ab_bucket FROM scores ORDER BY customer_id"), conn))
         engine.dispose()
     pd.testing.assert_frame_equal(found[0], found[1], check_dtype=False)
+
+
+def test_status_and_plan_say_when_a_flip_left_the_split_unserved(engine, db_url, two_versions):
+    """A champion run with other columns (``include``) drops ``scores__ab``, which then waits for the challenger to
+    serve the same ones; ``pipeline status`` still said ``ab 20% challenger`` and ``pipeline plan`` ``A/B split: 20%
+    of keys from challenger in scores__ab``, while applications got ``relation "scores__ab" does not exist``."""
+    set_split(engine, "scores", "challenger", 20)
+    wider = two_versions.parent / "wider.toml"
+    wider.write_text(two_versions.read_text().replace('table = "scores"', 'table = "scores"\ninclude = ["x1"]'))
+    run_job(load_job(wider), engine, force=True)
+    said = "20% challenger (not served: scores: challenger and champion serve different columns"
+    assert catalog.status(engine)[0].split.startswith(said)
+    assert any(line.startswith("A/B split: 20% of keys from challenger in scores__ab (not served: ")
+               for line in plan_job(load_job(wider), engine, date(2026, 1, 31)).serving)
+    activate(engine, "scores", 3, alias="challenger")  # the same columns again: the split is served
+    assert catalog.status(engine)[0].split == "20% challenger"
+    assert len(ab_rows(engine)) == KEYS
