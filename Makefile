@@ -21,7 +21,7 @@ demo: install
 	$(VENV)/bin/pipeline run churn --db $(DEMO_DB)
 	$(PY) jobs/example_data.py --db $(DEMO_DB) --show
 
-## make test: the whole suite, on SQLite and on PostgreSQL ($$PIPELINE_TEST_POSTGRES_URL)
+## make test: every test, on SQLite, PostgreSQL and MariaDB ($$PIPELINE_TEST_POSTGRES_URL, $$PIPELINE_TEST_MYSQL_URL)
 test: install
 	$(PY) -m pytest -q
 
