@@ -151,8 +151,9 @@ def labels_text(labels: Iterable[Sequence[object]]) -> str:
     return ", ".join(f"{column}={label}" for column, label in labels)
 
 
-#: Alias names kept for objects of the pipeline's own (the A/B split, the default row, the gate).
-RESERVED_ALIASES = ("ab", "default", "gate")
+#: Alias names kept for objects of the pipeline's own (the A/B split, the default row, the gate, MariaDB's mark of
+#: the versions copied into a serving table).
+RESERVED_ALIASES = ("ab", "default", "gate", "served")
 
 
 def check_alias(table: str, alias: str) -> str:

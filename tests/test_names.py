@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.names import (MAX_IDENTIFIER_LENGTH, MAX_TABLE_LENGTH, check_identifier, check_table_name, column_suffix,
-                            output_columns, output_labels, previous_version, version_table)
+from pipeline.errors import TableError
+from pipeline.names import (MAX_IDENTIFIER_LENGTH, MAX_TABLE_LENGTH, check_alias, check_identifier, check_table_name,
+                            column_suffix, output_columns, output_labels, previous_version, version_table)
 
 # -- check_identifier -------------------------------------------------------------
 
@@ -97,6 +98,15 @@ def test_version_table_refuses_non_positive_versions(version):
 def test_version_table_refuses_an_unsafe_table():
     with pytest.raises(ValueError, match="is not a safe SQL identifier"):
         version_table("a b", 1)
+
+
+@pytest.mark.parametrize("alias", ["ab", "default", "gate", "served"])
+def test_check_alias_refuses_the_names_of_the_pipelines_own_objects(alias):
+    """``pipeline activate churn_scores 2 --alias served`` on MariaDB failed with ``database error:
+    'wt_readme.churn_scores__served' is not of type 'VIEW'``: the alias's view would have been the table that marks
+    the versions copied into the serving table."""
+    with pytest.raises(TableError, match="not one of ab, default, gate, served"):
+        check_alias("scores", alias)
 
 
 # -- column_suffix -----------------------------------------------------------------------
