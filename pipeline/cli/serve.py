@@ -138,9 +138,14 @@ def history(table: str, alias: str, db: Databases) -> None:
     Example:
       pipeline history churn_scores
     """
+    from pipeline.database.engines import redact
     from pipeline.serve import catalog
 
-    flips = catalog.history(db.for_table(table), table, alias)
+    engine = db.for_table(table)
+    flips = catalog.history(engine, table, alias)
+    if not flips:  # no version was ever published for the alias
+        click.echo(f"no flips of {view_name(table, alias)} recorded in {redact(str(engine.url))}")
+        return
     print_table(["flipped_at", "from", "to", "reason", "by"],
                 [[f.flipped_at, f.from_version, f.to_version, f.reason, f.actor] for f in flips])
 

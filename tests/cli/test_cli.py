@@ -198,6 +198,16 @@ def test_diff_command(cli, db_url, engine, job):
     assert code == 1 and "scores has no version 9" in out
 
 
+def test_history_without_flips_names_the_database(cli, db_url, job):
+    """``pipeline history churn_scores --alias nosuch`` printed a bare header, ``flipped_at  from  to  reason  by``,
+    where the README says every command that finds nothing names the database it looked in."""
+    assert cli("run", "scores", "--db", db_url, "--no-activate")[0] == 0
+    code, out = cli("history", "scores", "--db", db_url)
+    assert code == 0 and out.startswith("no flips of scores recorded in "), out
+    code, out = cli("history", "scores", "--alias", "challenger", "--db", db_url)
+    assert code == 0 and out.startswith("no flips of scores__challenger recorded in "), out
+
+
 def test_alias_commands(cli, db_url, engine, job):
     assert cli("run", "scores", "--db", db_url)[0] == 0
     assert cli("run", "scores", "--db", db_url, "--force", "--no-activate")[0] == 0
