@@ -233,3 +233,30 @@ def test_an_application_view_on_the_table_survives_a_column_change(pg, write_job
     with pg.connect() as conn:
         assert set(conn.execute(text("SELECT model_version FROM scores")).scalars()) == {2}
         assert conn.execute(text("SELECT COUNT(*) FROM app_labels")).scalar_one() >= 0
+
+
+def test_a_version_another_process_detached_first_is_not_blamed_on_a_reader(pg):
+    """``pipeline backfill churn --start 2026-04-05 --end 2026-04-06 --parallel 2`` warned ``kept version 14:
+    churn_scores__v14 is held by a reader (a statement or transaction begun before the publish) ... (relation
+    "churn_scores__v14" is not a partition of relation "churn_scores__pc4752b")``: the two dates' publishes listed the
+    same partition and detached it at once, and the one that came second blamed a reader. Here the test is the
+    other process: it detaches the partition while this settle waits for the parent's lock."""
+    with pg.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE scores__pabcdef (model_version int) PARTITION BY LIST (model_version)")
+        conn.exec_driver_sql("CREATE TABLE scores__v1 PARTITION OF scores__pabcdef FOR VALUES IN (1)")
+    left: dict[int, str] = {}
+    with pg.connect() as other:
+        other.exec_driver_sql("LOCK TABLE scores__pabcdef IN SHARE UPDATE EXCLUSIVE MODE")
+        settling = threading.Thread(target=lambda: left.update(dialect_for(pg).settle(pg, "scores", set())))
+        settling.start()
+        deadline = time.monotonic() + 1.5
+        with pg.connect() as watch:  # until the settle has listed the partition and waits to detach it
+            while not watch.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                            "AND query LIKE '%%DETACH PARTITION%%'").scalar():
+                watch.rollback()  # a transaction sees one snapshot of the activity
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        other.exec_driver_sql("ALTER TABLE scores__pabcdef DETACH PARTITION scores__v1")
+        other.commit()
+        settling.join()
+    assert "held by a reader" not in left[1] and "another process detached it" in left[1], left

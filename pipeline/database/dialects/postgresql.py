@@ -241,9 +241,7 @@ class PostgresqlDialect(Dialect):
                             conn.exec_driver_sql(f"ALTER TABLE {self.quote(parent)} DETACH PARTITION "
                                                  f"{self.quote(child)} {how}")
                         except SQLAlchemyError as exc:
-                            left[version] = (f"{child} is held by a reader (a statement or transaction begun "
-                                             f"before the publish); a later publish or gc detaches it "
-                                             f"({first_line(exc)})")
+                            left[version] = _detach_failed(child, exc)
                 finally:  # the pooled connection goes back with the server's settings
                     conn.exec_driver_sql("RESET lock_timeout")
                     conn.exec_driver_sql("RESET statement_timeout")
@@ -408,6 +406,16 @@ SELECT p.relname, c.relname, i.inhdetachpending FROM pg_inherits i
  WHERE p.relkind = 'p' AND p.relnamespace = current_schema()::regnamespace
    AND c.relname ~ ('^' || %(t)s || '__v[0-9]+$')
 """
+
+
+def _detach_failed(child: str, exc: SQLAlchemyError) -> str:
+    """Why ``child`` is still within the views' reach: another publish or ``gc`` detached it (42P01) or is
+    detaching it (55000) since this one listed it, or else a reader holds it."""
+    done_elsewhere = (psycopg.errors.UndefinedTable, psycopg.errors.ObjectNotInPrerequisiteState)
+    if isinstance(getattr(exc, "orig", None), done_elsewhere):
+        return f"another process detached it first (a publish or gc at the same time) ({first_line(exc)})"
+    return (f"{child} is held by a reader (a statement or transaction begun before the publish); a later publish "
+            f"or gc detaches it ({first_line(exc)})")
 
 
 def _view_comment(select_sql: str) -> str:
