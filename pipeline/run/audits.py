@@ -165,7 +165,7 @@ def _drift(conn: Connection, dialect: Dialect, subject: Subject, spec: DriftSpec
     if kinds.get(spec.column) not in ("float", "integer", "numeric"):
         return AuditResult(name, False, f"{spec.column!r} is not a numeric output column")
     if subject.baseline is None:
-        return AuditResult(name, True, "no active version to compare with")
+        return AuditResult(name, True, "no other version is active to compare with")
     q, c = dialect.quote, dialect.quote(spec.column)
     details, passed = [], True
     if spec.max_psi is not None:

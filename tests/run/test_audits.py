@@ -88,6 +88,16 @@ def test_drift_by_share_of_moved_keys(engine, customers, write_job):
             r"drift:prediction: \d+\.\d+% of 400 shared keys moved by more than 0.5 \(max 10.00%\)")
 
 
+def test_drift_of_the_active_version_does_not_say_no_version_is_active(engine, customers, write_job):
+    """``pipeline audit churn_scores 1`` on the active version 1 answered ``drift:proba_true pass no active version
+    to compare with``, while version 1 was active: it is the version audited, so no other one is."""
+    drift = 'drift = { column = "prediction", max_psi = 0.2 }'
+    job = load_job(write_job(with_audits(drift), model=Scripted()))
+    first = {r.name: r.detail for r in run_job(job, engine).audits}
+    again = {r.name: r.detail for r in audit_version(engine, "scores", 1, job.audits)}
+    assert first["drift:prediction"] == again["drift:prediction"] == "no other version is active to compare with"
+
+
 def test_sql_audits_must_return_no_rows(engine, customers, write_job):
     run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
     audits = """
