@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -63,6 +64,8 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     """
     if incremental and full:
         raise click.UsageError("--incremental and --full ask for opposite runs; give one")
+    if metrics_file is not None and not Path(metrics_file).parent.is_dir():  # written after the run: too late then
+        raise click.BadParameter(f"folder {Path(metrics_file).parent} does not exist", param_hint="'--metrics-file'")
     path = find_job(job, settings.jobs_dir)
     overrides = dict(kind=executor, address=dask_address, workers=workers, partitions=partitions)
     if scheduled:

@@ -208,6 +208,16 @@ def test_history_without_flips_names_the_database(cli, db_url, job):
     assert code == 0 and out.startswith("no flips of scores__challenger recorded in "), out
 
 
+def test_a_metrics_file_in_a_missing_folder_is_refused_before_the_run(cli, db_url, engine, job, tmp_path):
+    """``pipeline run churn --force --metrics-file /nonexistent/dir/m.prom`` published version 15, then exited 1 with
+    ``Error: unexpected FileNotFoundError: ... '/nonexistent/dir/m.prom.26962.140633263811456'``: a published run
+    reported as a bug, with prometheus_client's temporary file for a name."""
+    code, out = cli("run", "scores", "--db", db_url, "--metrics-file", str(tmp_path / "nowhere" / "scores.prom"))
+    assert code == 2 and f"folder {tmp_path / 'nowhere'} does not exist" in out and "unexpected" not in out, out
+    with engine.connect() as conn:
+        assert not engine.dialect.has_table(conn, "pipeline_versions")
+
+
 def test_alias_commands(cli, db_url, engine, job):
     assert cli("run", "scores", "--db", db_url)[0] == 0
     assert cli("run", "scores", "--db", db_url, "--force", "--no-activate")[0] == 0
