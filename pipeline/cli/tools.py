@@ -234,7 +234,10 @@ def report(table: str, out: str | None, a: int | None, b: int | None, db: Databa
 
     found = build_report(db.for_table(table), table, a, b)
     path = out or f"{table}.html"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(found.html)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(found.html)
+    except OSError as exc:
+        raise PipelineError(f"cannot write the report to {path}: {exc.strerror}") from exc
     click.echo(f"{table}: report of v{found.b}" + (f" against v{found.a}" if found.a else "")
                + f" with {found.plots} plots written to {path}")

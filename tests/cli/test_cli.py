@@ -218,6 +218,15 @@ def test_a_metrics_file_in_a_missing_folder_is_refused_before_the_run(cli, db_ur
         assert not engine.dialect.has_table(conn, "pipeline_versions")
 
 
+def test_a_report_to_a_missing_folder_fails_in_one_line(cli, db_url, job, tmp_path):
+    """``pipeline report churn_scores --out /nonexistent/dir/r.html`` said ``Error: unexpected FileNotFoundError:
+    [Errno 2] ... (run `pipeline --debug ...` for the traceback)``, the CLI's wording for a bug."""
+    assert cli("run", "scores", "--db", db_url)[0] == 0
+    out_file = tmp_path / "nowhere" / "scores.html"
+    code, out = cli("report", "scores", "--db", db_url, "--out", str(out_file))
+    assert (code, out.strip()) == (1, f"Error: cannot write the report to {out_file}: No such file or directory")
+
+
 def test_alias_commands(cli, db_url, engine, job):
     assert cli("run", "scores", "--db", db_url)[0] == 0
     assert cli("run", "scores", "--db", db_url, "--force", "--no-activate")[0] == 0
