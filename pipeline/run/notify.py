@@ -215,9 +215,10 @@ def _program(command: str) -> str:
 
 
 def _origin(url: str) -> str:
-    """``scheme://host[:port]`` of a webhook: its path and query often hold the token."""
+    """``scheme://host[:port]`` of a webhook, as written: its path, query and user info often hold the token. Never
+    raises, even on a port that cannot be (which the POST then fails on, as a hook's failure)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _escape(text: str) -> str:

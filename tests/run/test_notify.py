@@ -23,7 +23,7 @@ from pipeline.errors import DatabaseError, JobFileError, JobLocked, SourceError
 from pipeline.jobs import find_job, iter_jobs, job_files
 from pipeline.jobspec import Hook, NotifySpec
 from pipeline.run.context import RunOptions
-from pipeline.run.notify import Outcome, alerts, notified, payload, run_command, slack
+from pipeline.run.notify import Outcome, alerts, notified, notify, payload, run_command, slack
 from pipeline.serve import catalog
 
 from helpers import CUSTOMERS_JOB, customers_frame, scheduled, write_table
@@ -375,3 +375,20 @@ def test_hooks_run_in_the_job_files_folder(tmp_path: Path):
     (tmp_path / "page.sh").chmod(0o755)
     run_command(Hook(command="./page.sh"), outcome("failed", error="boom"), tmp_path)
     assert json.loads((tmp_path / "paged.json").read_text())["error"] == "boom"
+
+
+def test_a_webhook_with_an_impossible_port_is_a_warning_and_the_next_hook_still_runs(write_job, receiver, caplog):
+    job = load_job(write_job(with_notify(CUSTOMERS_JOB, f"""
+        [[notify.on_success]]
+        webhook = "http://user:s3cret@127.0.0.1:99999/hook?token=abc"
+        [[notify.on_success]]
+        webhook = "{receiver.url}"
+    """)))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        notify(job, outcome("succeeded", version=1, rows=50, activated=True))
+    assert len(receiver.bodies) == 1
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("scores: notify.on_success webhook to http://127.0.0.1:99999 failed (the run's outcome "
+                              "stands): ")
+    assert "s3cret" not in warning and "token" not in warning
+
