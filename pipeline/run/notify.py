@@ -129,18 +129,18 @@ def run_command(hook: Hook, outcome: Outcome, cwd: Path) -> None:
         RuntimeError: a non-zero exit (with the last line of its stderr) or the timeout.
     """
     timeout = hook.timeout or COMMAND_TIMEOUT
-    child = subprocess.Popen(hook.command, shell=True, cwd=cwd, env={**os.environ, **outcome.environment()},
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
-    try:
-        _, stderr = child.communicate(json.dumps(outcome.facts()).encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
+    with subprocess.Popen(hook.command, shell=True, cwd=cwd, env={**os.environ, **outcome.environment()},
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as child:  # on the way out: its pipes closed, the shell reaped
         try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        child.communicate()
-        raise RuntimeError(f"timed out after {timeout:g} s") from None
+            _, stderr = child.communicate(json.dumps(outcome.facts()).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            # not drained: a process it detached (setsid) is out of the group and may hold the pipes for ever
+            raise RuntimeError(f"timed out after {timeout:g} s") from None
     if child.returncode != 0:
         said = stderr.decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"exit status {child.returncode}" + (f": {said[-1]}" if said else ""))

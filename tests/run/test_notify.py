@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from datetime import date, datetime
@@ -392,3 +393,26 @@ def test_a_webhook_with_an_impossible_port_is_a_warning_and_the_next_hook_still_
                               "stands): ")
     assert "s3cret" not in warning and "token" not in warning
 
+
+
+def test_a_command_that_leaves_a_detached_process_behind_is_still_stopped_at_its_timeout(tmp_path: Path):
+    """A process the command started in a session of its own escapes the process group the timeout kills, and
+    holds the command's stdout open; the hook must not wait for it."""
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    hook = Hook(command=f"setsid sh -c 'cat {fifo} > /dev/null' & exit 0", timeout=0.5)
+    finished = threading.Event()
+
+    def call() -> None:
+        with pytest.raises(RuntimeError, match="timed out after 0.5 s"):
+            run_command(hook, outcome("failed", error="boom"), tmp_path)
+        finished.set()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        assert finished.wait(30), "the hook waited for the process its command detached"
+    finally:
+        with open(fifo, "w", encoding="utf-8"):  # lets the detached process end, whatever happened
+            pass
+        caller.join()
