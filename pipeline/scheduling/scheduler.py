@@ -54,6 +54,19 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
     ``pipeline run --scheduled`` from cron. The job file is read again at every tick, so edits
     take effect without a restart.
     """
+    job, tick = due_tick(path, db_url, trigger, now)
+    return _run(job, db_url, tick, trigger)
+
+
+def due_tick(path: Path, db_url: str | None, trigger: str = "schedule",
+             now: Callable[[], datetime] = state.utcnow) -> tuple[Job, datetime]:
+    """The job at ``path`` and its tick that is due now, once the ticks since its last recorded one are settled
+    (see :func:`settle_gaps`): all that comes before a tick's run.
+
+    Raises:
+        JobFileError: the job file does not load, or has no schedule.
+        PipelineError: no tick is due, or the job's database could not be read.
+    """
     job = load_job(path)
     if job.schedule is None:
         raise JobFileError(f"{path}: schedule: is not set; a scheduled run needs one")
@@ -62,7 +75,7 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
         raise PipelineError(f"{job.name}: no tick of {job.schedule!r} in the last {job.misfire_grace_seconds}s; "
                             "nothing is due")
     settle_gaps(job, db_url, ticks_since_last(job, db_url, tick), trigger, "no run stood for it")
-    return _run(job, db_url, tick, trigger)
+    return job, tick
 
 
 def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: str, why: str,
@@ -149,6 +162,17 @@ def _run(job: Job, db_url: str | None, tick: datetime, trigger: str) -> RunResul
     return result
 
 
+@contextlib.contextmanager
+def _said(what: str) -> Iterator[None]:
+    """Log a :class:`PipelineError` raised inside as ``what: error`` (a scheduler's log is all an operator sees of
+    it), and pass it on."""
+    try:
+        yield
+    except PipelineError as exc:
+        log.error("%s: %s", what, exc)
+        raise
+
+
 def missed_ticks(job: Job, db_url: str | None, now: datetime) -> list[datetime]:
     """Ticks of ``job`` after its last recorded scheduled run and before ``now`` less the grace time."""
     until = now - timedelta(seconds=job.misfire_grace_seconds)
@@ -164,7 +188,7 @@ class Scheduler:
         self.jobs_dir = Path(jobs_dir)
         self.db_url = db_url
         self.stopping = threading.Event()
-        # coalesce: a tick that fires while the previous one still runs is settled by the next run_tick
+        # coalesce: a tick that fires while the previous one still runs is settled by the next tick (due_tick)
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
 
     def load(self) -> list[Job]:
@@ -199,11 +223,16 @@ class Scheduler:
 
     def _tick(self, path: Path) -> None:
         if not self.stopping.is_set():
-            self._guarded(lambda: run_tick(path, self.db_url))
+            self._guarded(lambda: self._run_due(path))
+
+    def _run_due(self, path: Path) -> None:
+        with _said(f"{path}: tick not run"):  # a job file broken since the last tick, its database down
+            job, tick = due_tick(path, self.db_url)
+        _run(job, self.db_url, tick, "schedule")
 
     @staticmethod
     def _guarded(call: Callable[[], Any]) -> None:
-        """A failed run is logged (by _run) and the scheduler goes on."""
+        """A failure is logged (a run's by _run, what comes before it by _said) and the scheduler goes on."""
         try:
             call()
         except PipelineError:

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,3 +236,21 @@ def test_cron_lines_escape_percent_signs(tmp_path, monkeypatch, write_job):
     assert re.search(r"(?<!\\)%", entry) is None  # every % is escaped
     words = shlex.split(entry.replace("\\%", "%").split(" ", 5)[5])  # what cron hands the shell, as sh reads it
     assert words[words.index("--db") + 1] == url
+
+
+def test_a_tick_that_cannot_start_is_logged_with_its_reason(write_job, caplog):
+    """A job file broken since the last tick, or a database down at the tick: the scheduler says so then, in one
+    line, rather than leaving the tick to be found later as missed."""
+    with socket.socket() as sock:  # a port nothing listens on: the database is down
+        sock.bind(("127.0.0.1", 0))
+        down = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/test"
+    path = write_job(scheduled(CUSTOMERS_JOB, "* * * * *", misfire_grace_seconds=120))
+    scheduler = Scheduler(path.parent, down)
+    caplog.set_level("INFO", logger="pipeline")
+    scheduler._tick(path)
+    path.write_text("schedule = [", encoding="utf-8")
+    scheduler._tick(path)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"{path}: tick not run: database error:") and "Connection refused" in errors[0]
+    assert errors[1].startswith(f"{path}: tick not run: {path}: not valid TOML")
