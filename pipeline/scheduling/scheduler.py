@@ -209,17 +209,21 @@ class Scheduler:
         for job in jobs:
             if self.stopping.is_set():
                 return
-            now = state.utcnow()
-            due = _due(job, now)
+            self._guarded(lambda: self._catch_up(job))
+
+    def _catch_up(self, job: Job) -> None:
+        """One job's catch-up. Its database down is logged, and leaves the job's gaps to its next tick."""
+        now = state.utcnow()
+        due = _due(job, now)
+        with _said(f"{job.name}: ticks since the last recorded one not looked for"):
             missed = ticks_since_last(job, self.db_url, due or now)
             if missed:
                 log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),
                             ", ".join(t.isoformat() for t in missed[:5]), " ..." if len(missed) > 5 else "")
-                self._guarded(lambda: settle_gaps(job, self.db_url, missed, "schedule", "no scheduler was running",
-                                                  self.stopping))
+                settle_gaps(job, self.db_url, missed, "schedule", "no scheduler was running", self.stopping)
             last = _last_tick(job, self.db_url)
-            if due is not None and (last is None or due > last) and not self.stopping.is_set():
-                self._guarded(lambda: _run(job, self.db_url, due, "schedule"))
+        if due is not None and (last is None or due > last) and not self.stopping.is_set():
+            _run(job, self.db_url, due, "schedule")
 
     def _tick(self, path: Path) -> None:
         if not self.stopping.is_set():

@@ -254,3 +254,24 @@ def test_a_tick_that_cannot_start_is_logged_with_its_reason(write_job, caplog):
     assert len(errors) == 2, errors
     assert errors[0].startswith(f"{path}: tick not run: database error:") and "Connection refused" in errors[0]
     assert errors[1].startswith(f"{path}: tick not run: {path}: not valid TOML")
+
+
+def test_a_database_down_at_start_up_is_logged_and_the_other_jobs_catch_up(engine, db_url, write_job, caplog,
+                                                                          monkeypatch):
+    """One job's database down when the scheduler starts must not stop it, nor the catch-up of other jobs."""
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/test"
+    write_table(engine, "customers", customers_frame(30))
+    lost = load_job(write_job(scheduled(CUSTOMERS_JOB, "0 * * * *", misfire_grace_seconds=3600, target=f'"{down}"'),
+                              name="lost"))
+    path = write_job(scheduled(CUSTOMERS_JOB, "0 * * * *", misfire_grace_seconds=3600, target=f'"{db_url}"'),
+                     name="kept")
+    due = state.utcnow().replace(minute=0, second=0, microsecond=0)
+    caplog.set_level("INFO", logger="pipeline")
+    Scheduler(path.parent).catch_up([lost, load_job(path)])
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("lost: ticks since the last recorded one not looked for: database error:"), error
+    (run,) = catalog.runs(engine)
+    assert (run.job, run.scheduled_for, run.status) == ("kept", due, "succeeded")
