@@ -69,14 +69,17 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> Any:
 
 
 def ticks_between(trigger: Any, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
-    """The trigger's fire times in (after, until], oldest first, at most ``limit``."""
+    """The trigger's fire times in (after, until], oldest first, at most ``limit``.
+
+    The next one is looked for from the previous one in UTC: Python adds to a local time on the wall clock, which
+    on the night clocks go back takes the second 02:30 back to the first, and the list round in a loop.
+    """
     found: list[datetime] = []
-    previous = None
     current = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
     while current is not None and current <= until and len(found) < limit:
         found.append(current)
-        previous = current
-        current = trigger.get_next_fire_time(previous, current + timedelta(microseconds=1))
+        previous = current.astimezone(timezone.utc)
+        current = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
     return found
 
 

@@ -48,3 +48,16 @@ def test_latest_tick_is_the_one_due_now():
     now = datetime(2026, 1, 1, 5, 0, 42, tzinfo=UTC)
     assert latest_tick(trigger, now, timedelta(minutes=5)) == datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
     assert latest_tick(trigger, now + timedelta(minutes=10), timedelta(minutes=5)) is None
+
+
+@pytest.mark.parametrize("expression, expected", [
+    ("0 * * * *", ["23:00", "00:00", "01:00", "02:00", "03:00"]),  # 02:00 local comes twice (00:00, 01:00 UTC)
+    ("30 2 * * *", ["00:30", "01:30"]),
+])
+def test_ticks_across_the_autumn_clock_change_go_forward(expression, expected):
+    """On the night clocks go back, a local time comes twice; listing the ticks past it must go on in time, not
+    step back to its first occurrence and list the same ticks until the limit."""
+    trigger = cron_trigger(expression, "Europe/Berlin")
+    found = ticks_between(trigger, datetime(2026, 10, 24, 22, 30, tzinfo=UTC), datetime(2026, 10, 25, 3, tzinfo=UTC))
+    assert [t.astimezone(UTC).strftime("%H:%M") for t in found] == expected
+    assert all(a.astimezone(UTC) < b.astimezone(UTC) for a, b in zip(found, found[1:]))
