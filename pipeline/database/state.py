@@ -359,14 +359,16 @@ def save_audits(conn: Connection, table: str, version: int, results: Sequence[An
 
 
 def start_run(conn: Connection, *, job: str, table: str, logical_date: date, trigger: str,
-              scheduled_for: datetime | None, now: datetime, host: str, pid: int) -> int | None:
-    """Record a run as ``running``; None when a run of this job already stands for ``scheduled_for``."""
+              scheduled_for: datetime | None, now: datetime, host: str, pid: int,
+              retries: Sequence[str] = ()) -> int | None:
+    """Record a run as ``running``, with the faults it tried again after before it could (``retries``); None when
+    a run of this job already stands for ``scheduled_for``."""
     if scheduled_for is not None and conn.execute(
             select(runs.c.id).where(runs.c.job == job, runs.c.scheduled_for == scheduled_for)).first():
         return None
     result = conn.execute(runs.insert().values(
         job=job, table_name=table, logical_date=logical_date, trigger=trigger, scheduled_for=scheduled_for,
-        status="running", started_at=now, host=host, pid=pid))
+        status="running", started_at=now, host=host, pid=pid, retries=json.dumps(list(retries)) if retries else None))
     return int(result.inserted_primary_key[0])
 
 

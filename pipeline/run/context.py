@@ -49,10 +49,11 @@ class RunOptions:
 @dataclass
 class Tries:
     """A run's tries so far: its record in ``pipeline_runs`` (one across tries) and the faults it tried again
-    after."""
+    after; and how many tries may follow the one under way, after a passing fault."""
 
     run_id: int | None = None
     faults: list[str] = field(default_factory=list)
+    left: int = 0
 
 
 @dataclass(frozen=True)

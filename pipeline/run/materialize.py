@@ -116,6 +116,7 @@ def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOp
     patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
 
     def attempt() -> RunResult:
+        tries.left = job.retries - len(tries.faults)
         with dialect.run_lock(engine, job.output.table) as still_held:
             context = RunContext(job, patient, dialect, logical_date, options, clock, progress, still_held, tries)
             try:
@@ -168,13 +169,14 @@ def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
 
 def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
     """A run that cannot even record its start leaves its record in the database's journal file, which the next
-    run folds into ``pipeline_runs``; then it fails, saying so.
+    run folds into ``pipeline_runs``; then it fails, saying so. Unless another try follows: that one records the
+    run, with this fault, so that one run is one record.
 
     Raises:
         DatabaseError: always.
     """
     journal = context.dialect.journal(context.engine)
-    if journal is None:
+    if journal is None or (context.tries.left and context.dialect.transient(exc)):
         raise exc
     job, options, now = context.job, context.options, context.clock().isoformat()
     record = dict(job=job.name, table=context.table, logical_date=context.logical_date.isoformat(),
@@ -204,7 +206,7 @@ def run_locked(context: RunContext) -> RunResult:
                 run_id = tries.run_id = state.start_run(
                     conn, job=job.name, table=table, logical_date=context.logical_date, trigger=options.trigger,
                     scheduled_for=options.scheduled_for, now=context.clock(), host=socket.gethostname(),
-                    pid=os.getpid())
+                    pid=os.getpid(), retries=tries.faults)
             else:  # another try of the same run
                 run_id = tries.run_id
                 state.reopen_run(conn, run_id, tries.faults)

@@ -99,3 +99,36 @@ def test_a_busy_sqlite_database_is_a_passing_fault(sqlite_url):
 def test_bad_retries_are_named(write_job, value, message):
     with pytest.raises(JobFileError, match=message):
         load_job(write_job(f"retries = {value}\n" + SCRIPTED_JOB, model=Scripted()))
+
+
+def test_a_run_that_could_not_start_then_succeeds_is_one_record_with_its_tries(sqlite_url, write_job, monkeypatch):
+    """Another process holds the SQLite write lock past the timeout at the run's start, then lets go: the run's
+    second try succeeds, and the history holds that one run with the fault it tried again after, not a failed run
+    beside it."""
+    import logging
+    import sqlite3
+
+    from pipeline.database.dialects import sqlite as sqlite_dialect
+
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 200)
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(20))
+    job = load_job(write_job("retries = 2\n" + SCRIPTED_JOB + "publish_timeout = 1\n", model=Scripted()))
+    blocker = sqlite3.connect(engine.url.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    class LetGo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "failed on a passing fault" in record.getMessage() and blocker.in_transaction:
+                blocker.execute("ROLLBACK")
+
+    handler = LetGo()
+    logging.getLogger("pipeline").addHandler(handler)
+    try:
+        run_job(job, engine)
+    finally:
+        logging.getLogger("pipeline").removeHandler(handler)
+        blocker.close()
+    (run,) = catalog.runs(engine)
+    assert run.status == "succeeded" and len(run.retries) == 1 and "database is locked" in run.retries[0]
+    engine.dispose()
