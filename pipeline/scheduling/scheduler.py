@@ -54,28 +54,37 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
     ``pipeline run --scheduled`` from cron. The job file is read again at every tick, so edits
     take effect without a restart.
     """
-    job, tick = due_tick(path, db_url, trigger, now)
+    job = scheduled_job(path)
+    tick = due_tick(job, db_url, trigger, now)
     return _run(job, db_url, tick, trigger)
 
 
-def due_tick(path: Path, db_url: str | None, trigger: str = "schedule",
-             now: Callable[[], datetime] = state.utcnow) -> tuple[Job, datetime]:
-    """The job at ``path`` and its tick that is due now, once the ticks since its last recorded one are settled
-    (see :func:`settle_gaps`): all that comes before a tick's run.
+def scheduled_job(path: Path) -> Job:
+    """The job at ``path``, as its file says now.
 
     Raises:
         JobFileError: the job file does not load, or has no schedule.
-        PipelineError: no tick is due, or the job's database could not be read.
     """
     job = load_job(path)
     if job.schedule is None:
         raise JobFileError(f"{path}: schedule: is not set; a scheduled run needs one")
+    return job
+
+
+def due_tick(job: Job, db_url: str | None, trigger: str = "schedule",
+             now: Callable[[], datetime] = state.utcnow) -> datetime:
+    """The tick of ``job`` that is due now, once the ticks since its last recorded one are settled (see
+    :func:`settle_gaps`): all that comes between loading a job and its tick's run.
+
+    Raises:
+        PipelineError: no tick is due, or the job's database could not be read.
+    """
     tick = _due(job, now())
     if tick is None:
         raise PipelineError(f"{job.name}: no tick of {job.schedule!r} in the last {job.misfire_grace_seconds}s; "
                             "nothing is due")
     settle_gaps(job, db_url, ticks_since_last(job, db_url, tick), trigger, "no run stood for it")
-    return job, tick
+    return tick
 
 
 def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: str, why: str,
@@ -196,8 +205,8 @@ class Scheduler:
         if not jobs:
             raise PipelineError(f"no job with a schedule in {self.jobs_dir}/")
         for job in jobs:
-            self.scheduler.add_job(self._tick, cron_trigger(job.schedule, job.timezone), args=[job.path], id=job.name,
-                                   name=job.name, replace_existing=True,
+            self.scheduler.add_job(self._tick, cron_trigger(job.schedule, job.timezone), args=[job.path, job.name],
+                                   id=job.name, name=job.name, replace_existing=True,
                                    misfire_grace_time=job.misfire_grace_seconds)
             log.info("%s: scheduled on %r (%s), next tick %s", job.name, job.schedule, job.timezone, next_tick(job))
         return jobs
@@ -225,14 +234,27 @@ class Scheduler:
         if due is not None and (last is None or due > last) and not self.stopping.is_set():
             _run(job, self.db_url, due, "schedule")
 
-    def _tick(self, path: Path) -> None:
+    def _tick(self, path: Path, job_id: str) -> None:
         if not self.stopping.is_set():
-            self._guarded(lambda: self._run_due(path))
+            self._guarded(lambda: self._run_due(path, job_id))
 
-    def _run_due(self, path: Path) -> None:
+    def _run_due(self, path: Path, job_id: str) -> None:
         with _said(f"{path}: tick not run"):  # a job file broken since the last tick, its database down
-            job, tick = due_tick(path, self.db_url)
+            job = scheduled_job(path)
+            self._follow(job_id, job)
+            tick = due_tick(job, self.db_url)
         _run(job, self.db_url, tick, "schedule")
+
+    def _follow(self, job_id: str, job: Job) -> None:
+        """Fire on the schedule, time zone and grace time the job file says now. APScheduler keeps those it was
+        given, so an edited schedule would go on firing at the old times, where no tick of the new one is due."""
+        trigger = cron_trigger(job.schedule, job.timezone)
+        fired = self.scheduler.get_job(job_id)
+        if (str(trigger), trigger.timezone) != (str(fired.trigger), fired.trigger.timezone):
+            self.scheduler.reschedule_job(job_id, trigger=trigger)
+            log.info("%s: now scheduled on %r (%s), next tick %s", job.name, job.schedule, job.timezone, next_tick(job))
+        if fired.misfire_grace_time != job.misfire_grace_seconds:
+            self.scheduler.modify_job(job_id, misfire_grace_time=job.misfire_grace_seconds)
 
     @staticmethod
     def _guarded(call: Callable[[], Any]) -> None:

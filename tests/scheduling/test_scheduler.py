@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from pipeline import load_job
 from pipeline.cli import main
+from pipeline.cron import cron_trigger
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
@@ -246,10 +247,11 @@ def test_a_tick_that_cannot_start_is_logged_with_its_reason(write_job, caplog):
         down = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/test"
     path = write_job(scheduled(CUSTOMERS_JOB, "* * * * *", misfire_grace_seconds=120))
     scheduler = Scheduler(path.parent, down)
+    scheduler.load()
     caplog.set_level("INFO", logger="pipeline")
-    scheduler._tick(path)
+    scheduler._tick(path, "scores")
     path.write_text("schedule = [", encoding="utf-8")
-    scheduler._tick(path)
+    scheduler._tick(path, "scores")
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 2, errors
     assert errors[0].startswith(f"{path}: tick not run: database error:") and "Connection refused" in errors[0]
@@ -275,3 +277,17 @@ def test_a_database_down_at_start_up_is_logged_and_the_other_jobs_catch_up(engin
     assert error.startswith("lost: ticks since the last recorded one not looked for: database error:"), error
     (run,) = catalog.runs(engine)
     assert (run.job, run.scheduled_for, run.status) == ("kept", due, "succeeded")
+
+
+def test_a_schedule_edited_while_the_scheduler_runs_takes_effect_without_a_restart(write_job, caplog):
+    """03:00 moved to 04:00 in the job file: the tick that still fires at 03:00 finds nothing due, and from then on
+    the scheduler fires on the new schedule (before, it kept firing at 03:00, where nothing is ever due)."""
+    path = write_job(scheduled(CUSTOMERS_JOB, "0 3 * * *"))
+    scheduler = Scheduler(path.parent)
+    scheduler.load()
+    path.write_text(path.read_text(encoding="utf-8").replace('"0 3 * * *"', '"0 4 * * *"'), encoding="utf-8")
+    caplog.set_level("INFO", logger="pipeline")
+    fired = scheduler.scheduler.get_job("scores")
+    fired.func(*fired.args)  # what APScheduler does at 03:00
+    assert str(scheduler.scheduler.get_job("scores").trigger) == str(cron_trigger("0 4 * * *"))
+    assert "scores: now scheduled on '0 4 * * *' (UTC)" in caplog.text
