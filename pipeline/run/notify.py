@@ -8,6 +8,7 @@ never hold a database URL.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipeline.errors import JobLocked, PipelineError, first_line, hide_passwords
 from pipeline.jobspec import Hook, Job
@@ -147,14 +148,20 @@ def run_command(hook: Hook, outcome: Outcome, cwd: Path) -> None:
 
 
 def post(hook: Hook, outcome: Outcome) -> None:
-    """POST the hook's payload as JSON.
+    """POST the hook's payload as JSON; a ``user:password@`` in the URL is sent as HTTP Basic authentication
+    (urllib would take it for part of the host name).
 
     Raises:
         OSError: the server could not be reached, timed out or answered with an HTTP error.
     """
-    request = urllib.request.Request(hook.webhook, data=json.dumps(payload(hook.format, outcome)).encode(),
-                                     method="POST", headers={"Content-Type": "application/json",
-                                                             "User-Agent": "prediction-pipeline"})
+    parts = urlsplit(hook.webhook)
+    headers = {"Content-Type": "application/json", "User-Agent": "prediction-pipeline"}
+    if parts.username is not None:
+        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
+                                     data=json.dumps(payload(hook.format, outcome)).encode(), method="POST",
+                                     headers=headers)
     with urllib.request.urlopen(request, timeout=hook.timeout or WEBHOOK_TIMEOUT) as response:
         response.read()
 

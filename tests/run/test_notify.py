@@ -3,6 +3,7 @@ every payload format, from the library, the CLI, a backfill and a scheduled run;
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: list[Any] = []
+        self.authorizations: list[str | None] = []
         self.status = 200
         received = self
 
@@ -44,6 +46,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers["Content-Length"])
                 received.bodies.append(json.loads(self.rfile.read(length)))
+                received.authorizations.append(self.headers["Authorization"])
                 assert self.headers["Content-Type"] == "application/json"
                 self.send_response(received.status)
                 self.end_headers()
@@ -416,3 +419,17 @@ def test_a_command_that_leaves_a_detached_process_behind_is_still_stopped_at_its
         with open(fifo, "w", encoding="utf-8"):  # lets the detached process end, whatever happened
             pass
         caller.join()
+
+
+def test_a_webhook_with_a_user_and_password_posts_with_basic_authentication(write_job, receiver, caplog):
+    """``https://user:password@host/...`` (Alertmanager behind a proxy): the credentials go in an Authorization
+    header, never into the host name the request is sent to."""
+    url = receiver.url.replace("http://", "http://alert%40ops:s3cret@")
+    job = load_job(write_job(with_notify(CUSTOMERS_JOB, f"""
+        [notify.on_failure]
+        webhook = "{url}"
+    """)))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        notify(job, outcome("failed", error="boom"))
+    assert caplog.records == [] and len(receiver.bodies) == 1
+    assert receiver.authorizations == ["Basic " + base64.b64encode(b"alert@ops:s3cret").decode()]
