@@ -9,6 +9,7 @@ again redoes only the dates that failed or never ran.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -72,10 +73,10 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     # full runs, whatever [domain] incremental says: a top-up builds on the version that serves now, not on the date
     options = RunOptions(activate=False, force=force, trigger="backfill", full=True)
 
-    def one(day: date) -> RunResult:  # each date notifies the job's hooks of its own outcome
+    def one(day: date, still_held: Callable[[], None]) -> RunResult:  # each date notifies its own outcome
         tries = Tries()
-        return notified(job, day, options,
-                        lambda: run_locked(RunContext(job, engine, dialect, day, options, clock, tries=tries)), tries)
+        context = RunContext(job, engine, dialect, day, options, clock, still_held=still_held, tries=tries)
+        return notified(job, day, options, lambda: run_locked(context), tries)
 
     def record(day: date, future: Future) -> None:
         error = future.exception()
@@ -88,7 +89,13 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
         if on_date is not None:
             on_date(day, result.done.get(day), result.failed.get(day))
 
-    with dialect.run_lock(engine, table):
+    with dialect.run_lock(engine, table) as still_held:  # a date publishes only while the lock is still held
+        lease = threading.Lock()
+
+        def held() -> None:  # dates running at once share the run lock's one connection
+            with lease:
+                still_held()
+
         recover(engine, table, clock)
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
             pending: dict[Future, date] = {}
@@ -97,7 +104,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
                 while queue or pending:
                     while queue and len(pending) < parallel:
                         day = queue.pop(0)
-                        pending[pool.submit(one, day)] = day
+                        pending[pool.submit(one, day, held)] = day
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         record(pending.pop(future), future)

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
@@ -108,3 +109,26 @@ def test_a_manual_run_of_a_done_date_is_skipped_unless_forced(engine, job_path):
     assert again.skipped and again.version == first.version
     assert run_job(load_job(job_path), engine, logical_date=D2).version == 2  # another date is new work
     assert run_job(load_job(job_path), engine, logical_date=D1, force=True).version == 3
+
+
+@pytest.mark.postgres
+def test_a_backfill_that_lost_its_run_lock_publishes_no_more_dates(pg, write_job):
+    """The run lock's connection dropped between two dates (a server-side idle timeout, pg_terminate_backend):
+    another run may hold the table now, so no later date may publish, as a single run that lost it does not."""
+    from pipeline.database.dialects.postgresql import _lock_key
+
+    write_table(pg, "customers", customers_frame(50))
+    job = load_job(write_job(DATED))
+
+    def cut_the_lock(day: dt.date, *_: object) -> None:
+        if day == D1:
+            with pg.begin() as conn:
+                key = _lock_key(conn, "pipeline-run:scores")
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND objsubid = 1 AND classid = CAST(CAST(:hi AS bigint) AS oid) "
+                                  "AND objid = CAST(CAST(:lo AS bigint) AS oid)"),
+                             {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF})
+
+    result = backfill(job, pg, D1, D2, on_date=cut_the_lock)
+    assert list(result.done) == [D1] and "lost the run lock" in result.failed[D2]
+    assert dated_versions(pg) == {D1: ["ready"], D2: ["failed"]}
