@@ -20,6 +20,8 @@ from pipeline.database.transactions import reading, transaction
 from pipeline.names import DEFAULT_ALIAS
 
 STATUSES = ("building", "ready", "failed", "retired")
+#: The largest version the (32-bit) ``version`` columns hold on every database.
+MAX_VERSION = 2**31 - 1
 
 metadata = MetaData()
 #: A point in time, in UTC; MySQL and MariaDB keep microseconds only when asked.

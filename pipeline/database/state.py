@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from pipeline.database.schema import (RUN_STATUSES, STATUSES, audits, flips, grants, has_schema, partitions, pointer,
-                                      runs, splits, versions)
+from pipeline.database.schema import (MAX_VERSION, RUN_STATUSES, STATUSES, audits, flips, grants, has_schema,
+                                      partitions, pointer, runs, splits, versions)
 from pipeline.errors import TableError
 from pipeline.names import DEFAULT_ALIAS, outputs_of
 
@@ -184,6 +184,8 @@ class Split:
 # -- reads --------------------------------------------------------------------
 
 def get_version(conn: Connection, table: str, version: int) -> Version | None:
+    if not 1 <= version <= MAX_VERSION:  # no such version, and binding it would fail (SQLite, PostgreSQL)
+        return None
     row = conn.execute(select(versions).where(versions.c.table_name == table,
                                               versions.c.version == version)).first()
     return None if row is None else Version.from_row(row)

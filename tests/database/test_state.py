@@ -82,3 +82,12 @@ def test_a_read_command_adds_a_table_an_older_release_did_not_make(engine, db_ur
     with engine.connect() as conn:
         assert conn.dialect.has_table(conn, "pipeline_splits")
         assert schema.missing_columns(conn) == []
+
+
+@pytest.mark.parametrize("version", [0, 2**31, 10**20])
+def test_a_version_no_version_column_holds_is_not_found(engine, version):
+    """`pipeline diff scores 1 99999999999999999999` said "unexpected OverflowError" on SQLite and "integer out of
+    range" on PostgreSQL: no such version, rather."""
+    with engine.begin() as conn:
+        schema.ensure_schema(conn)
+        assert state.get_version(conn, "scores", version) is None
