@@ -30,8 +30,8 @@ def set_split(engine: Engine, table: str, alias: str, percent: int,
     """Serve ``percent`` % of keys from ``alias`` through ``<table>__ab`` (0 removes the split and its view).
 
     Raises:
-        TableError: a bad percent, an alias or champion without an active version, or the two
-            serving different columns.
+        TableError: a bad percent, an alias or champion without an active version, the two
+            serving different columns, or (percent 0) no split of that alias to remove.
     """
     if not 0 <= percent <= 100:
         raise TableError(f"--percent must be between 0 and 100, got {percent}")
@@ -45,6 +45,12 @@ def set_split(engine: Engine, table: str, alias: str, percent: int,
     def step(conn: Connection) -> Split | None:
         dialect.lock(conn, f"pipeline:{table}")
         if percent == 0:
+            current = state.get_split(conn, table)
+            if current is None:
+                raise TableError(f"{table} has no A/B split to remove")
+            if current.alias != alias:
+                raise TableError(f"{view_name(table, AB)} splits {current.alias}, not {alias}; `pipeline split {table} "
+                                 f"--alias {current.alias} --percent 0` removes it")
             state.set_split(conn, None, table)
             drop_view(conn, dialect, table)
             return None

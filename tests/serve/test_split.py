@@ -126,3 +126,15 @@ def test_status_and_plan_say_when_a_flip_left_the_split_unserved(engine, db_url,
     activate(engine, "scores", 3, alias="challenger")  # the same columns again: the split is served
     assert catalog.status(engine)[0].split == "20% challenger"
     assert len(ab_rows(engine)) == KEYS
+
+
+def test_removing_a_split_that_is_not_there_is_refused(engine, two_versions):
+    """`pipeline split scores --alias shadow --percent 0` dropped challenger's scores__ab and said "removed"; with
+    no split at all it said "removed" too."""
+    with pytest.raises(TableError, match="no A/B split to remove"):
+        set_split(engine, "scores", "challenger", 0)
+    set_split(engine, "scores", "challenger", 20)
+    before = ab_rows(engine)
+    with pytest.raises(TableError, match="splits challenger, not shadow"):
+        set_split(engine, "scores", "shadow", 0)
+    pd.testing.assert_frame_equal(ab_rows(engine), before)
