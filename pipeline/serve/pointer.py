@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +21,7 @@ from pipeline.database import state
 from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading, retry_on_lock
 from pipeline.errors import PipelineError, TableError
-from pipeline.names import check_alias, previous_version, version_table, view_name
+from pipeline.names import check_alias, version_table, view_name
 from pipeline.phases import checkpoint
 from pipeline.serve import split
 
@@ -40,13 +40,22 @@ class FlipResult:
     to_version: int
 
 
-def serving(conn: Connection, table: str, version: int, previous: int | None) -> list[state.Version]:
+def serving(conn: Connection, dialect: Dialect, table: str, version: int, previous: int | None) -> list[state.Version]:
     """What an alias pointing at ``version`` serves: that version, its rollback target (the newest ready version
     older than it) and the version it served before (so flipping back costs nothing); nothing else, so a
-    lookup costs the same however many versions are kept."""
+    lookup costs the same however many versions are kept. A version whose table was dropped by hand is
+    neither rollback target nor served before: the views would fail to read it."""
     found = {v.version: v for v in state.list_versions(conn, table)}
-    back = previous_version([v for v, f in found.items() if f.status == "ready"], version)
-    return [found[v] for v in dict.fromkeys((version, back, previous)) if v in found]
+    back = rollback_target(conn, dialect, table, found.values(), version)
+    return [found[v] for v in dict.fromkeys((version, back, previous))
+            if v in found and (v in (version, back) or dialect.has_version(conn, table, v))]
+
+
+def rollback_target(conn: Connection, dialect: Dialect, table: str, versions: Iterable[state.Version],
+                    version: int) -> int | None:
+    """The newest ready version older than ``version`` whose table is there (not dropped by hand)."""
+    older = sorted((v.version for v in versions if v.status == "ready" and v.version < version), reverse=True)
+    return next((v for v in older if dialect.has_version(conn, table, v)), None)
 
 
 def serving_set(conn: Connection, table: str) -> set[int]:
@@ -122,13 +131,16 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
     dialect = dialect_for(engine)
 
     def kept(conn: Connection, pointer: state.Pointer | None) -> list[state.Version]:
-        found = serving(conn, table, version, pointer.version if pointer else None)
+        found = serving(conn, dialect, table, version, pointer.version if pointer else None)
         wanted = found[0] if found and found[0].version == version else None
         if wanted is None:
             raise TableError(f"{table} has no version {version}")
         if ready is None and wanted.status != "ready":
             raise TableError(f"{table} version {version} is {wanted.status}, not ready; only ready versions can be "
                              "activated (see `pipeline versions`)")
+        if ready is None and not dialect.has_version(conn, table, version):
+            raise TableError(f"{table} version {version} cannot be activated: its table "
+                             f"{version_table(table, version)} is gone (dropped by hand)")
         if ready is not None:  # its columns as they will be recorded
             found[0] = dataclasses.replace(wanted, columns=tuple(tuple(c) for c in ready["columns"]))
         return found
@@ -208,18 +220,18 @@ def activate(engine: Engine, table: str, version: int, *, reason: str = "activat
 
 def rollback(engine: Engine, table: str, to: int | None = None, *, alias: str = state.DEFAULT_ALIAS,
              clock: Clock = state.utcnow) -> FlipResult:
-    """Flip ``table`` back to version ``to``, or to the newest ready version older than the active one."""
+    """Flip ``table`` back to version ``to``, or to the newest ready version older than the active one (whose
+    table is there)."""
     require_table(engine, table)
     with reading(engine) as conn:
         pointer = state.get_pointer(conn, table, check_alias(table, alias))
-        usable = [v.version for v in state.list_versions(conn, table) if v.status == "ready"]
-    if pointer is None:
-        raise TableError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
-                         "to roll back from")
-    if to is None:
-        to = previous_version(usable, pointer.version)
+        if pointer is None:
+            raise TableError(f"{table} has no active version{'' if alias == state.DEFAULT_ALIAS else ' for ' + alias} "
+                             "to roll back from")
         if to is None:
-            raise TableError(f"{table}: no ready version older than the active version {pointer.version}")
+            to = rollback_target(conn, dialect_for(engine), table, state.list_versions(conn, table), pointer.version)
+            if to is None:
+                raise TableError(f"{table}: no ready version older than the active version {pointer.version}")
     if to == pointer.version:
         raise TableError(f"{table}: version {to} is already active")
     return activate(engine, table, to, reason="rollback", alias=alias, clock=clock)

@@ -65,7 +65,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
         gone = {v.version for v in doomed}
         for pointer in pointers:  # a view made before serving sets were bounded may list doomed versions
             if gone & set(pointer.view_versions):
-                kept = serving(conn, table, pointer.version, None)
+                kept = serving(conn, dialect, table, pointer.version, None)
                 attach(conn, dialect, table, kept)
                 dialect.set_gate(conn, table, pointer.alias, pointer.version, kept[0].columns)
                 write_view(conn, dialect, table, pointer.alias, kept, kept[0])  # the view's DDL: no reader plans

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import inspect, text
 
 from pipeline import activate, load_job, rollback, run_job
+from pipeline.errors import TableError
 
 from fakemodels import Scripted
-from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
+from helpers import SCRIPTED_JOB, customers_frame, quoted, view_rows, write_table
 
 
 def served(engine) -> set[int]:
@@ -62,13 +64,31 @@ def test_aliases_share_the_serving_set_each_through_its_own_pointer(engine, writ
 
 
 def test_an_alias_cannot_take_the_name_of_a_table_of_the_pipeline(engine, write_job):
-    import pytest
-
-    from pipeline.errors import TableError
-
     write_table(engine, "customers", customers_frame(30))
     run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine)
     for alias in ("v1", "v12", "p3f8ed2", "gate", "ab", "default"):
         with pytest.raises(TableError, match=f"alias '{alias}'"):
             activate(engine, "scores", 1, alias=alias)
     assert set(view_rows(engine).model_version) == {1}
+
+
+def test_a_version_table_dropped_by_hand_is_never_served(engine, write_job):
+    """A DBA dropped scores__v2 while version 3 was active. On SQLite `pipeline activate scores 2` said "version 2
+    is active" and every read of the view failed (no such table: main.scores__v2); on PostgreSQL activating 3,
+    whose rollback target 2 was, failed with "relation scores__v2 does not exist"; `pipeline rollback` went for 2."""
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 100'), model=Scripted())
+    for _ in range(3):
+        run_job(load_job(path), engine, force=True)
+    with engine.begin() as conn:  # on MariaDB a served version's table is a view of its rows in the serving table
+        kind = "VIEW" if "scores__v2" in inspect(conn).get_view_names() else "TABLE"
+        conn.execute(text(f"DROP {kind} {quoted(engine, 'scores__v2')}"))
+    still_served = engine.dialect.name in ("mysql", "mariadb")  # the serving table holds version 2's rows
+    rollback(engine, "scores", 1)
+    if not still_served:
+        with pytest.raises(TableError, match="scores__v2 is gone"):
+            activate(engine, "scores", 2)
+        assert set(view_rows(engine).model_version) == {1}
+    activate(engine, "scores", 3)
+    assert set(view_rows(engine).model_version) == {3}
+    assert rollback(engine, "scores").to_version == (2 if still_served else 1)

@@ -19,6 +19,7 @@ from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.errors import LockLost, SourceError, chain, first_line
+from pipeline.names import version_table
 
 if TYPE_CHECKING:  # pandas and the contract load only when a domain is read or a version written
     import pandas as pd
@@ -301,6 +302,10 @@ class Dialect:
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
         return False
+
+    def has_version(self, conn: Connection, table: str, version: int) -> bool:
+        """Whether ``version``'s rows are there for the views to read: its table, unless it was dropped by hand."""
+        return conn.dialect.has_table(conn, version_table(table, version))
 
     def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
         """Make ``version``'s table one the views can read; whether that changed anything readers plan with

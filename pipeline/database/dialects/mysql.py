@@ -424,6 +424,14 @@ class MariaDBDialect(Dialect):
             "(alias, serving, version) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = VALUE(version)",
             (alias, serving_table(table, columns), version))
 
+    def has_version(self, conn: Connection, table: str, version: int) -> bool:
+        """Its rows are in a serving table (whatever became of the view ``<table>__v<N>`` of them) or its own."""
+        served = served_table(table)
+        if _exists(conn, served) and conn.exec_driver_sql(f"SELECT 1 FROM {self.quote(served)} WHERE version = ?",
+                                                          (version,)).first():
+            return True
+        return super().has_version(conn, table, version)
+
     def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
         """Copy the version into the serving table of its columns (made on first use, with the gate), with its
         mark in ``<table>__served``, in the caller's transaction; nothing if it is marked already. Rows of the
