@@ -62,11 +62,13 @@ def build_report(engine: Engine, table: str, a: int | None = None, b: int | None
         raise TableError(f"{table} has no ready version to report on")
     a = a if a is not None else previous_version(ready, b)
     by_number = {r.version.version: r.version for r in rows}
-    for v in (a, b):
-        if v is not None and (v not in by_number or by_number[v].status not in ("ready", "failed")):
-            raise TableError(f"{table} has no version {v} with a table to report on")
-    dialect = dialect_for(engine)
     versions = [v for v in (a, b) if v is not None]
+    with reading(engine) as conn:
+        for v in versions:
+            if (v not in by_number or by_number[v].status not in ("ready", "failed")
+                    or not conn.dialect.has_table(conn, version_table(table, v))):
+                raise TableError(f"{table} has no version {v} with a table to report on")
+    dialect = dialect_for(engine)
     outputs = [(c, t) for c, t in by_number[b].outputs if t in NUMERIC_TYPES]
     sections, plots = [], 0
     with reading(engine) as conn:

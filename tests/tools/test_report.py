@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
+from pipeline.errors import AuditError, TableError
+from pipeline.serve.retention import gc
 from pipeline.tools.report import build_report
 
 from helpers import CUSTOMERS_JOB, customers_frame, train_model, write_table
@@ -59,3 +62,17 @@ def test_report_of_a_single_version(engine, write_job):
     found = build_report(engine, "scores")
     assert (found.a, found.b, found.plots) == (None, 1, 3)
     assert "No earlier version to compare with." in found.html
+
+
+def test_a_version_whose_table_is_gone_is_refused_by_name(engine, write_job):
+    """`pipeline report scores --a 2` of a version whose run failed its audits, its table dropped by `pipeline gc`,
+    said "database error: no such table: scores__v2"."""
+    write_table(engine, "customers", customers_frame(50))
+    path = write_job(CUSTOMERS_JOB)
+    run_job(load_job(path), engine)
+    path.write_text(path.read_text() + "[audits]\nbounds = { proba_true = { max = 0.0 } }\n")
+    with pytest.raises(AuditError):
+        run_job(load_job(path), engine, force=True)
+    assert gc(engine, "scores").cleaned == [2]
+    with pytest.raises(TableError, match="no version 2 with a table to report on"):
+        build_report(engine, "scores", a=2)
