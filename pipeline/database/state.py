@@ -36,6 +36,8 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
+#: The largest LIMIT every database takes (a larger one overflows SQLite's and PostgreSQL's integers).
+MAX_LIMIT = 2**31 - 1
 #: How the record of a scheduled tick that no run stood for begins (a failed run with no version).
 MISSED = "missed"
 
@@ -394,8 +396,8 @@ def record_gates(conn: Connection, run_id: int, results: Sequence[Sequence[Any]]
 
 
 def list_runs(conn: Connection, job: str | None = None, limit: int = 50, table: str | None = None) -> list[Run]:
-    """The latest runs, newest first, of one job or one table or all."""
-    query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+    """The latest runs, newest first, of one job or one table or all (a ``limit`` past any count: all)."""
+    query = select(runs).order_by(runs.c.id.desc()).limit(min(limit, MAX_LIMIT))
     if job is not None:
         query = query.where(runs.c.job == job)
     if table is not None:

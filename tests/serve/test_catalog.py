@@ -111,6 +111,9 @@ def test_runs_are_newest_first_and_filtered_by_job_and_limited(engine, job_path,
     assert [r.id for r in catalog.runs(engine, limit=2)] == [every[0].id, every[1].id]
     assert [r.id for r in catalog.runs(engine, job="scores", limit=1)] == [every[0].id]
     assert catalog.runs(engine, job="nobody") == []
+    # `pipeline runs --limit 99999999999999999999` said "unexpected OverflowError" (SQLite), "bigint out of range"
+    # (PostgreSQL) or "You have an error in your SQL syntax" (MariaDB): it asks for every run
+    assert [r.id for r in catalog.runs(engine, limit=10**20)] == [r.id for r in every]
 
 
 def test_audits_returns_the_stored_results_of_a_version(engine, job_path, write_job):
