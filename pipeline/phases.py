@@ -11,7 +11,8 @@ import time
 log = logging.getLogger("pipeline")
 
 #: ``PIPELINE_PAUSE_AT=phase[:seconds]`` stops a run at a phase (loading, indexing, auditing,
-#: attached, flipping): the crash tests kill it there. Unset in normal use.
+#: attached, flipping), or ``gc`` before it drops tables (retiring): the crash and race tests stop it
+#: there. Unset in normal use.
 PAUSE_ENV = "PIPELINE_PAUSE_AT"
 
 

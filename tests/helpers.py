@@ -152,10 +152,15 @@ class MlflowRegistry:
 
 def start_run(tmp_path: Path, db_url: str, pause: str, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
     """``pipeline run scores --force`` in a child process that pauses at phase ``pause``; its stderr lines."""
+    return start_command(tmp_path, db_url, pause, "run", "scores", "--force", *args)
+
+
+def start_command(tmp_path: Path, db_url: str, pause: str,
+                  *command: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """``pipeline COMMAND...`` in a child process that pauses at phase ``pause``; its stderr lines."""
     env = {**os.environ, "PIPELINE_PAUSE_AT": pause}
     env.pop("PIPELINE_DATABASE_URL", None)
-    child = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", db_url, *args],
-                             cwd=tmp_path,
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", *command, "--db", db_url], cwd=tmp_path,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     def pump() -> None:

@@ -20,6 +20,7 @@ from pipeline.database.transactions import reading, retry_on_lock, transaction
 from pipeline.errors import JobLocked, TableError, ViewBusy
 from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import version_table
+from pipeline.phases import checkpoint
 from pipeline.serve.pointer import actor, attach, require_table, serving, serving_set, settle, write_view
 
 log = logging.getLogger("pipeline")
@@ -75,10 +76,14 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
     result = GcResult(table)
     doomed = retry_on_lock(engine, dialect, f"{table}: retention", unlist)
     held = settle(engine, table)
+    checkpoint("retiring")
     for v in doomed:
         physical = version_table(table, v.version)
 
         def drop(conn: Connection) -> str | None:
+            dialect.lock(conn, f"pipeline:{table}")  # no flip to it until it is dropped and retired
+            if v.version in serving_set(conn, table):
+                return "an alias serves it again (activated while gc ran)"
             users = dialect.dependents(conn, physical)
             if users:
                 return f"{physical} is still read by {', '.join(users)}"

@@ -16,7 +16,7 @@ from pipeline.errors import AuditError
 from pipeline.serve import catalog
 
 from fakemodels import Scripted
-from helpers import SCRIPTED_JOB, customers_frame, view_rows, write_table
+from helpers import SCRIPTED_JOB, customers_frame, start_command, view_rows, wait_for, write_table
 
 
 @pytest.fixture
@@ -166,3 +166,25 @@ def test_a_job_keeps_five_versions_by_default(engine, job_path):
     assert statuses(engine) == {1: "retired", 2: "retired", 3: "ready", 4: "ready", 5: "ready", 6: "ready",
                                 7: "ready"}
     assert tables(engine) == {f"scores__v{v}" for v in range(3, 8)}
+
+
+def test_a_version_activated_while_gc_runs_is_kept(engine, db_url, write_job, tmp_path):
+    """`pipeline gc scores --keep 1` while `pipeline activate scores 1` flipped to a version gc meant to drop: on
+    PostgreSQL and MariaDB gc dropped it after the flip, and the pointer named a retired version whose view served
+    no rows."""
+    from pipeline import activate
+
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB, model=Scripted())
+    for _ in range(4):
+        run_job(load_job(path), engine, force=True)
+    child, lines = start_command(tmp_path, db_url, "retiring:5", "gc", "scores", "--keep", "1")
+    try:
+        wait_for(lines, "pipeline: paused at retiring")
+        activate(engine, "scores", 1)
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+    assert "scores: kept version 1: " in child.stdout.read()
+    assert set(view_rows(engine).model_version) == {1}
+    assert [r.version.status for r in catalog.versions(engine, "scores")][:2] == ["ready", "retired"]
