@@ -74,8 +74,8 @@ def activate(table: str, version: int, alias: str, db: Databases) -> None:
     from pipeline.serve.pointer import activate as activate_version
 
     flip = activate_version(db.for_table(table), table, version, alias=alias)
-    click.echo(f"{view_name(table, alias)}: version {flip.to_version} is active "
-               f"(was {flip.from_version or 'none'})")
+    was = "already" if flip.from_version == flip.to_version else f"(was {flip.from_version or 'none'})"
+    click.echo(f"{view_name(table, alias)}: version {flip.to_version} is active {was}")
 
 
 @main.command()

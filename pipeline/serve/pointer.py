@@ -162,12 +162,16 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
         dialect.set_gate(conn, table, alias, version, versions[0].columns)
         write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
-        now = clock()
+        # the version served already: its views are written again (which mends one dropped by hand), but the
+        # pointer does not move, so neither its time nor the history says it did
+        again = pointer is not None and pointer.version == version
+        now = pointer.updated_at if again else clock()
         state.set_pointer(conn, table, alias, version, [v.version for v in versions], now)
         if active is None or active.columns != versions[0].columns:  # the split compares what the aliases serve
             split.refresh(conn, dialect, table)
         from_version = pointer.version if pointer else None
-        state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
+        if not again:
+            state.record_flip(conn, table, alias, from_version, version, now, reason, actor())
         return FlipResult(table, alias, from_version, version)
 
     what = f"{table}: publishing version {version}"
@@ -183,6 +187,8 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
     if result is not None:
         if result.from_version is None:
             log.info("%s: version %d is served now", table, version)
+        elif result.from_version == version:
+            log.info("%s: version %d was active already; its views are written again", table, version)
         else:
             log.info("%s: pointer moved from version %d to %d", table, result.from_version, version)
         settle(engine, table)

@@ -92,3 +92,25 @@ def test_a_version_table_dropped_by_hand_is_never_served(engine, write_job):
     activate(engine, "scores", 3)
     assert set(view_rows(engine).model_version) == {3}
     assert rollback(engine, "scores").to_version == (2 if still_served else 1)
+
+
+def test_activating_the_active_version_again_moves_nothing_and_records_no_flip(engine, write_job):
+    """`pipeline activate scores 2` with 2 active logged "pointer moved from version 2 to 2", recorded a 2 -> 2 flip
+    in the history and made the pointer as new as a real flip; it now only writes the version's views again (what
+    mends a view dropped by hand) and says the version was active already."""
+    from pipeline.database import state
+    from pipeline.serve import catalog
+
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB, model=Scripted())
+    for _ in range(2):
+        run_job(load_job(path), engine, force=True)
+    with engine.connect() as conn:
+        before = state.get_pointer(conn, "scores", "champion")
+    flips = catalog.history(engine, "scores")
+    again = activate(engine, "scores", 2)
+    assert (again.from_version, again.to_version) == (2, 2)
+    assert catalog.history(engine, "scores") == flips
+    with engine.connect() as conn:
+        assert state.get_pointer(conn, "scores", "champion") == before
+    assert set(view_rows(engine).model_version) == {2} and len(view_rows(engine)) == 30
