@@ -9,6 +9,7 @@ never hold a database URL.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipeline.errors import JobLocked, PipelineError, first_line, hide_passwords
@@ -90,25 +91,36 @@ def notified(job: Job, logical_date: date, options: RunOptions, run: Callable[[]
     :class:`JobLocked` notifies nothing, nor does a skip because another process recorded the tick already:
     the run that has the table reports its own outcome (a standby scheduler would repeat it at every tick).
     """
-    started = time.monotonic()
-    facts = dict(job=job.name, table=job.output.table, logical_date=logical_date.isoformat(),
-                 trigger=options.trigger,
-                 scheduled_for=options.scheduled_for.isoformat() if options.scheduled_for else None)
-    try:
+    with failure_notified(job, logical_date, options, tries):
         result = run()
-    except JobLocked:
-        raise
-    except Exception as exc:
-        notify(job, Outcome(status="failed", seconds=round(time.monotonic() - started, 3), error=_one_line(exc),
-                            run_id=tries.run_id if tries else None, **facts))
-        raise
     if result.skipped and result.run_id is None:
         return result
     notify(job, Outcome(status="skipped" if result.skipped else "succeeded", seconds=round(result.seconds, 3),
                         version=result.version, previous_version=result.previous,
                         activated=result.activated, rows=result.rows, skip_reason=result.skipped,
-                        run_id=result.run_id, **facts))
+                        run_id=result.run_id, **_facts(job, logical_date, options)))
     return result
+
+
+@contextlib.contextmanager
+def failure_notified(job: Job, logical_date: date, options: RunOptions, tries: Tries | None = None) -> Iterator[None]:
+    """The job's on_failure hooks for an error raised inside (but :class:`JobLocked`), which is passed on: also what
+    keeps a scheduled tick that fails before its run starts (its database down) from going unheard."""
+    started = time.monotonic()
+    try:
+        yield
+    except JobLocked:
+        raise
+    except Exception as exc:
+        notify(job, Outcome(status="failed", seconds=round(time.monotonic() - started, 3), error=_one_line(exc),
+                            run_id=tries.run_id if tries else None, **_facts(job, logical_date, options)))
+        raise
+
+
+def _facts(job: Job, logical_date: date, options: RunOptions) -> dict[str, Any]:
+    """What an outcome of every kind says of the run: its job, table, date, trigger and tick."""
+    return dict(job=job.name, table=job.output.table, logical_date=logical_date.isoformat(), trigger=options.trigger,
+                scheduled_for=options.scheduled_for.isoformat() if options.scheduled_for else None)
 
 
 def notify(job: Job, outcome: Outcome) -> None:

@@ -31,6 +31,8 @@ from pipeline.database.transactions import reading, transaction
 from pipeline.errors import HidePasswords, JobFileError, JobLocked, PipelineError
 from pipeline.jobs import iter_jobs, load_job
 from pipeline.jobspec import Job
+from pipeline.run.context import RunOptions
+from pipeline.run.notify import failure_notified
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -43,6 +45,9 @@ log.addFilter(HidePasswords())  # the filter pipeline.errors puts on "pipeline" 
 
 #: How many missed ticks of one job are named in the log, and recorded, at a time.
 MISSED_LIMIT = 1000
+#: Why a tick found unrecorded at a later tick did not run: the scheduler or cron logged (and, for an error,
+#: notified) the cause at its time.
+UNSTARTED = "no run started for it at its time (the scheduler's or cron's log says why)"
 
 
 def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
@@ -74,7 +79,8 @@ def scheduled_job(path: Path) -> Job:
 def due_tick(job: Job, db_url: str | None, trigger: str = "schedule",
              now: Callable[[], datetime] = state.utcnow) -> datetime:
     """The tick of ``job`` that is due now, once the ticks since its last recorded one are settled (see
-    :func:`settle_gaps`): all that comes between loading a job and its tick's run.
+    :func:`settle_gaps`): all that comes between loading a job and its tick's run. A failure to settle them (the
+    database down) is the tick's failure: its on_failure hooks hear it, as they would hear its run's.
 
     Raises:
         PipelineError: no tick is due, or the job's database could not be read.
@@ -83,8 +89,15 @@ def due_tick(job: Job, db_url: str | None, trigger: str = "schedule",
     if tick is None:
         raise PipelineError(f"{job.name}: no tick of {job.schedule!r} in the last {job.misfire_grace_seconds}s; "
                             "nothing is due")
-    settle_gaps(job, db_url, ticks_since_last(job, db_url, tick), trigger, "no run stood for it")
+    with _tick_failure_notified(job, tick, trigger):
+        settle_gaps(job, db_url, ticks_since_last(job, db_url, tick), trigger, UNSTARTED)
     return tick
+
+
+def _tick_failure_notified(job: Job, tick: datetime, trigger: str) -> contextlib.AbstractContextManager[None]:
+    """The job's on_failure hooks for an error that keeps ``tick`` from running, with the facts its run would give."""
+    return failure_notified(job, _local(job, tick).date(),
+                            RunOptions(trigger=trigger, scheduled_for=tick.astimezone(timezone.utc)))
 
 
 def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: str, why: str,
@@ -221,10 +234,12 @@ class Scheduler:
             self._guarded(lambda: self._catch_up(job))
 
     def _catch_up(self, job: Job) -> None:
-        """One job's catch-up. Its database down is logged, and leaves the job's gaps to its next tick."""
+        """One job's catch-up. Its database down is logged (and notified when a tick is due), and leaves the job's
+        gaps to its next tick."""
         now = state.utcnow()
         due = _due(job, now)
-        with _said(f"{job.name}: ticks since the last recorded one not looked for"):
+        with _said(f"{job.name}: ticks since the last recorded one not looked for"), \
+                (_tick_failure_notified(job, due, "schedule") if due else contextlib.nullcontext()):
             missed = ticks_since_last(job, self.db_url, due or now)
             if missed:
                 log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),

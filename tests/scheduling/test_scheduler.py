@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -291,3 +292,24 @@ def test_a_schedule_edited_while_the_scheduler_runs_takes_effect_without_a_resta
     fired.func(*fired.args)  # what APScheduler does at 03:00
     assert str(scheduler.scheduler.get_job("scores").trigger) == str(cron_trigger("0 4 * * *"))
     assert "scores: now scheduled on '0 4 * * *' (UTC)" in caplog.text
+
+
+def test_a_tick_whose_database_is_down_notifies_its_failure(write_job, tmp_path, monkeypatch):
+    """A database down at a tick kept the tick from running, and its on_failure hooks heard nothing of it, under
+    the scheduler and under cron alike (a manual run with the database down does notify)."""
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = f"postgresql://postgres@127.0.0.1:{sock.getsockname()[1]}/test"
+    path = write_job(scheduled(CUSTOMERS_JOB, "* * * * *", misfire_grace_seconds=120)
+                     + '\n[notify.on_failure]\ncommand = "cat >> failed.jsonl; echo >> failed.jsonl"\n')
+    scheduler = Scheduler(path.parent, down)
+    scheduler.catch_up(scheduler.load())  # at start-up
+    scheduler._tick(path, "scores")  # at a tick
+    out = CliRunner().invoke(main, ["--jobs", str(path.parent), "run", "scores", "--scheduled", "--db", down])
+    assert out.exit_code == 1 and "Connection refused" in out.output
+    sent = [json.loads(line) for line in (path.parent / "failed.jsonl").read_text().splitlines()]
+    assert [(s["job"], s["status"], s["trigger"]) for s in sent] == [("scores", "failed", "schedule")] * 2 + [
+        ("scores", "failed", "cron")]
+    assert all(s["error"].startswith("database error:") and "Connection refused" in s["error"] for s in sent)
+    assert all(s["scheduled_for"].endswith(":00+00:00") and s["run_id"] is None for s in sent), sent
