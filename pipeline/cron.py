@@ -8,7 +8,8 @@ turned into day names here before APScheduler sees them.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from pipeline.jobspec import Job
@@ -69,18 +70,21 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> Any:
 
 
 def ticks_between(trigger: Any, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
-    """The trigger's fire times in (after, until], oldest first, at most ``limit``.
+    """The trigger's fire times in (after, until], oldest first, at most ``limit``."""
+    return list(islice(iter_ticks(trigger, after, until), limit))
+
+
+def iter_ticks(trigger: Any, after: datetime, until: datetime) -> Iterator[datetime]:
+    """The trigger's fire times in (after, until], oldest first, one at a time: a gap may hold millions.
 
     The next one is looked for from the previous one in UTC: Python adds to a local time on the wall clock, which
     on the night clocks go back takes the second 02:30 back to the first, and the list round in a loop.
     """
-    found: list[datetime] = []
     current = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
-    while current is not None and current <= until and len(found) < limit:
-        found.append(current)
+    while current is not None and current <= until:
+        yield current
         previous = current.astimezone(timezone.utc)
         current = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
-    return found
 
 
 def latest_tick(trigger: Any, now: datetime, within: timedelta) -> datetime | None:

@@ -376,6 +376,21 @@ def start_run(conn: Connection, *, job: str, table: str, logical_date: date, tri
     return int(result.inserted_primary_key[0])
 
 
+def record_missed(conn: Connection, *, job: str, table: str, ticks: Sequence[tuple[datetime, date]], trigger: str,
+                  error: str, now: datetime, host: str, pid: int) -> None:
+    """Record each of ``ticks`` (a UTC tick and its logical date, oldest first) as a failed run saying ``error``, in
+    one statement (a long gap holds thousands), but those a run already stands for."""
+    if not ticks:
+        return
+    stood = {_utc(t) for t in conn.execute(select(runs.c.scheduled_for).where(
+        runs.c.job == job, runs.c.scheduled_for.between(ticks[0][0], ticks[-1][0]))).scalars()}
+    rows = [dict(job=job, table_name=table, logical_date=day, trigger=trigger, scheduled_for=tick, status="failed",
+                 started_at=now, finished_at=now, error=error, host=host, pid=pid)
+            for tick, day in ticks if tick not in stood]
+    if rows:
+        conn.execute(runs.insert(), rows)
+
+
 def finish_run(conn: Connection, run_id: int, status: str, now: datetime, version: int | None = None,
                error: str | None = None) -> None:
     if status not in RUN_STATUSES:

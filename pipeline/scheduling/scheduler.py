@@ -20,11 +20,13 @@ import os
 import signal
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from pipeline.cron import cron_trigger, latest_tick, next_tick, ticks_between
+from pipeline.cron import cron_trigger, iter_ticks, latest_tick, next_tick
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
@@ -43,8 +45,10 @@ log = logging.getLogger("pipeline.scheduling.scheduler")
 log.addFilter(HidePasswords())  # the filter pipeline.errors puts on "pipeline" does not reach its children
 
 
-#: How many missed ticks of one job are named in the log, and recorded, at a time.
-MISSED_LIMIT = 1000
+#: How many missed ticks of one job are listed, and recorded (or, with ``catchup``, run) one by one, at a time. Those
+#: past it (every minute down for a week, every second for three hours) are counted and recorded as one run, so that
+#: memory stays bounded.
+MISSED_LIMIT = 10_000
 #: Why a tick found unrecorded at a later tick did not run: the scheduler or cron logged (and, for an error,
 #: notified) the cause at its time.
 UNSTARTED = "no run started for it at its time (the scheduler's or cron's log says why)"
@@ -100,31 +104,60 @@ def _tick_failure_notified(job: Job, tick: datetime, trigger: str) -> contextlib
                             RunOptions(trigger=trigger, scheduled_for=tick.astimezone(timezone.utc)))
 
 
-def settle_gaps(job: Job, db_url: str | None, ticks: list[datetime], trigger: str, why: str,
+@dataclass(frozen=True)
+class Gap:
+    """Ticks no run stood for, oldest first: up to :data:`MISSED_LIMIT` listed, any past them only counted (with the
+    newest, which stands for them all), so that a gap of any length costs bounded memory and none goes unsaid."""
+
+    ticks: list[datetime] = field(default_factory=list)
+    more: int = 0
+    newest: datetime | None = None  # the newest of the ``more``
+
+    def __len__(self) -> int:
+        return len(self.ticks) + self.more
+
+
+def settle_gaps(job: Job, db_url: str | None, gap: Gap, trigger: str, why: str,
                 stopping: threading.Event | None = None) -> None:
-    """Run ``ticks`` oldest first where the job says ``catchup = true`` (until ``stopping`` is set); else record
-    each as missed, saying ``why``, and name them in the log."""
-    if not ticks:
+    """Run the ticks of ``gap`` oldest first where the job says ``catchup = true`` (until ``stopping`` is set); else
+    record each as missed, saying ``why``, and name them in the log. Ticks past the listed ones are recorded as one
+    missed run at the newest, saying how many it stands for."""
+    if not gap:
         return
     if job.catchup:
-        for tick in ticks:
+        for tick in gap.ticks:
             if stopping is not None and stopping.is_set():
                 return
             try:
                 _run(job, db_url, tick, trigger)
             except PipelineError:
                 pass  # logged by _run; the next tick goes on
-        return
+        if not gap.more:
+            return
+    listed = [] if job.catchup else gap.ticks
     with _database(job, db_url) as engine, transaction(engine) as conn:
         schema.ensure_schema(conn)
-        for tick in ticks[:MISSED_LIMIT]:
-            run_id = state.start_run(conn, job=job.name, table=job.output.table, logical_date=_local(job, tick).date(),
-                                     trigger=trigger, scheduled_for=tick, now=state.utcnow(),
-                                     host=socket.gethostname(), pid=os.getpid())
-            if run_id is not None:
-                state.finish_run(conn, run_id, "failed", state.utcnow(), None, f"{state.MISSED}: {why}")
-    shown = ", ".join(t.isoformat() for t in ticks[:10]) + (f" and {len(ticks) - 10} more" if len(ticks) > 10 else "")
-    log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(ticks), why, shown)
+
+        def record(ticks: list[datetime], error: str) -> None:
+            state.record_missed(conn, job=job.name, table=job.output.table, ticks=[_stamped(job, t) for t in ticks],
+                                trigger=trigger, error=f"{state.MISSED}: {error}", now=state.utcnow(),
+                                host=socket.gethostname(), pid=os.getpid())
+
+        record(listed, why)
+        if gap.more:
+            record([gap.newest], f"{why}; this record stands for all {gap.more} tick(s) after "
+                                 f"{gap.ticks[-1].isoformat()} up to this one (past {len(gap.ticks)} listed)")
+    if job.catchup:
+        log.warning("%s: %d tick(s) missed (%s) past the %d caught up, recorded as one failed run at %s", job.name,
+                    gap.more, why, len(gap.ticks), gap.newest.isoformat())
+        return
+    shown = ", ".join(t.isoformat() for t in gap.ticks[:10]) + (f" and {len(gap) - 10} more" if len(gap) > 10 else "")
+    log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(gap), why, shown)
+
+
+def _stamped(job: Job, tick: datetime) -> tuple[datetime, date]:
+    """A tick in UTC, as runs record it, and the logical date it stands for."""
+    return tick.astimezone(timezone.utc), _local(job, tick).date()
 
 
 def _due(job: Job, now: datetime) -> datetime | None:
@@ -147,13 +180,17 @@ def _database(job: Job, db_url: str | None) -> Iterator[Engine]:
         engine.dispose()
 
 
-def ticks_since_last(job: Job, db_url: str | None, before: datetime) -> list[datetime]:
+def ticks_since_last(job: Job, db_url: str | None, before: datetime) -> Gap:
     """Ticks of ``job`` after its last recorded one and before ``before`` (none if it never ran on a schedule)."""
     last = _last_tick(job, db_url)
     if last is None or last >= before:
-        return []
-    return [t for t in ticks_between(cron_trigger(job.schedule, job.timezone), last, before, MISSED_LIMIT)
-            if t < before]
+        return Gap()
+    found = iter_ticks(cron_trigger(job.schedule, job.timezone), last, before - timedelta(microseconds=1))
+    listed = list(islice(found, MISSED_LIMIT))
+    more, newest = 0, None
+    for more, newest in enumerate(found, 1):  # counted, not kept
+        pass
+    return Gap(listed, more, newest)
 
 
 def _last_tick(job: Job, db_url: str | None) -> datetime | None:
@@ -195,7 +232,7 @@ def _said(what: str) -> Iterator[None]:
         raise
 
 
-def missed_ticks(job: Job, db_url: str | None, now: datetime) -> list[datetime]:
+def missed_ticks(job: Job, db_url: str | None, now: datetime) -> Gap:
     """Ticks of ``job`` after its last recorded scheduled run and before ``now`` less the grace time."""
     until = now - timedelta(seconds=job.misfire_grace_seconds)
     return ticks_since_last(job, db_url, until + timedelta(microseconds=1))
@@ -243,7 +280,7 @@ class Scheduler:
             missed = ticks_since_last(job, self.db_url, due or now)
             if missed:
                 log.warning("%s: %d tick(s) missed while no scheduler ran: %s%s", job.name, len(missed),
-                            ", ".join(t.isoformat() for t in missed[:5]), " ..." if len(missed) > 5 else "")
+                            ", ".join(t.isoformat() for t in missed.ticks[:5]), " ..." if len(missed) > 5 else "")
                 settle_gaps(job, self.db_url, missed, "schedule", "no scheduler was running", self.stopping)
             last = _last_tick(job, self.db_url)
         if due is not None and (last is None or due > last) and not self.stopping.is_set():

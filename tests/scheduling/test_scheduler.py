@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
@@ -25,7 +25,8 @@ from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
 from pipeline.errors import PipelineError
 from pipeline.scheduling.crontab import crontab
-from pipeline.scheduling.scheduler import Scheduler, missed_ticks
+from pipeline.scheduling import scheduler as scheduler_module
+from pipeline.scheduling.scheduler import Scheduler, due_tick, missed_ticks
 from pipeline.serve import catalog
 
 from helpers import CUSTOMERS_JOB, customers_frame, scheduled, write_table
@@ -86,14 +87,14 @@ def test_missed_ticks_are_reported_and_caught_up(engine, db_url, write_job, tmp_
         schema.ensure_schema(conn)
         state.start_run(conn, job="scores", table="scores", logical_date=last.date(), trigger="schedule",
                         scheduled_for=last, now=last, host="old", pid=1)
-    missed = missed_ticks(job, db_url, now)
+    missed = missed_ticks(job, db_url, now).ticks
     assert len(missed) in (3, 4) and missed[0] == last + timedelta(hours=1)
     caplog.set_level("INFO", logger="pipeline")
     Scheduler(path.parent, db_url).catch_up([job])
     assert f"scores: {len(missed)} tick(s) missed while no scheduler ran" in caplog.text
     due = now.minute * 60 + now.second < 300  # this hour's tick, inside the grace time, runs at start-up too
     assert len(catalog.versions(engine, "scores")) == len(missed) + due
-    assert missed_ticks(job, db_url, now) == []
+    assert not missed_ticks(job, db_url, now)
 
 
 def record_tick(engine, tick):
@@ -111,7 +112,7 @@ def test_missed_ticks_without_catchup_are_recorded_and_shown(engine, db_url, wri
     now = state.utcnow()
     last = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     record_tick(engine, last)
-    missed = missed_ticks(load_job(path), db_url, now)
+    missed = missed_ticks(load_job(path), db_url, now).ticks
     caplog.set_level("INFO", logger="pipeline")
     Scheduler(path.parent, db_url).catch_up([load_job(path)])
     runs = [r for r in catalog.runs(engine, "scores") if r.host != "old"]
@@ -120,7 +121,7 @@ def test_missed_ticks_without_catchup_are_recorded_and_shown(engine, db_url, wri
     assert all(r.error == "missed: no scheduler was running" and r.version is None for r in runs
                if r.status == "failed")
     assert f"{missed[0].isoformat()}" in caplog.text and "recorded as failed runs" in caplog.text
-    assert missed_ticks(load_job(path), db_url, now) == []
+    assert not missed_ticks(load_job(path), db_url, now)
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(main, ["status", "--db", db_url]).output
     failing = sum(1 for r in runs if r.status == "failed")
@@ -313,3 +314,40 @@ def test_a_tick_whose_database_is_down_notifies_its_failure(write_job, tmp_path,
         ("scores", "failed", "cron")]
     assert all(s["error"].startswith("database error:") and "Connection refused" in s["error"] for s in sent)
     assert all(s["scheduled_for"].endswith(":00+00:00") and s["run_id"] is None for s in sent), sent
+
+
+@pytest.mark.parametrize("limit", [None, 1000])
+def test_a_gap_longer_than_the_limit_loses_no_tick(engine, db_url, write_job, monkeypatch, caplog, limit):
+    """An every-minute job whose scheduler was down 2499 minutes: 1000 ticks were recorded as missed and the log
+    said `1000 tick(s) missed`; the other 1499 were neither recorded nor said, and missed_ticks found none left.
+    Now every one is recorded; past the limit (memory for absurd gaps), the rest in one run that says how many."""
+    if limit is not None:
+        monkeypatch.setattr(scheduler_module, "MISSED_LIMIT", limit)
+    job = load_job(write_job(scheduled(CUSTOMERS_JOB, "* * * * *", misfire_grace_seconds=30)))
+    now = datetime(2026, 1, 10, 12, 0, 10, tzinfo=timezone.utc)
+    record_tick(engine, now.replace(second=0) - timedelta(minutes=2500))
+    caplog.set_level("INFO", logger="pipeline")
+    assert due_tick(job, db_url, now=lambda: now) == now.replace(second=0)
+    missed = [r for r in catalog.runs(engine, "scores", limit=5000) if r.host != "old"]
+    assert all(r.status == "failed" and r.error.startswith("missed: ") for r in missed)
+    assert "scores: 2499 tick(s) missed" in caplog.text and not missed_ticks(job, db_url, now)
+    if limit is None:
+        assert len(missed) == 2499 and len({r.scheduled_for for r in missed}) == 2499
+    else:
+        (rest,) = [r for r in missed if "1499 tick(s)" in r.error]
+        assert len(missed) == 1001 and rest.scheduled_for == now.replace(second=0) - timedelta(minutes=1)
+
+
+def test_catch_up_past_the_limit_records_the_rest_as_one_missed_run(sqlite_url, write_job, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "MISSED_LIMIT", 2)
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(20))
+    job = load_job(write_job(scheduled(CUSTOMERS_JOB, "0 * * * *", misfire_grace_seconds=30, catchup=True)))
+    now = datetime(2026, 1, 10, 12, 0, 10, tzinfo=timezone.utc)
+    record_tick(engine, now.replace(second=0) - timedelta(hours=5))
+    due_tick(job, sqlite_url, now=lambda: now)
+    runs = sorted((r for r in catalog.runs(engine, "scores") if r.host != "old"), key=lambda r: r.scheduled_for)
+    engine.dispose()
+    assert [(r.scheduled_for.hour, r.status) for r in runs] == [(8, "succeeded"), (9, "succeeded"), (11, "failed")]
+    assert "stands for all 2 tick(s) after 2026-01-10T09:00:00+00:00 up to this one" in runs[-1].error
+    assert not missed_ticks(job, sqlite_url, now)
