@@ -22,7 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from pipeline.database import journal as journals
 from pipeline.database import schema, state
-from pipeline.database.dialects import Dialect, dialect_for
+from pipeline.database.dialects import dialect_for, transient
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
 from pipeline.errors import (AuditError, DatabaseError, GateError, JobFileError, JobLocked, PipelineError,
@@ -126,19 +126,19 @@ def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOp
             return run_locked(context)
 
     try:
-        return _retrying(job, dialect, tries)(attempt)
+        return _retrying(job, tries)(attempt)
     finally:
         if owned:
             engine.dispose()
 
 
-def _retrying(job: Job, dialect: Dialect, tries: Tries) -> Retrying:
-    """Tries of a run: after a passing database fault (see :meth:`Dialect.transient`), up to the job's
+def _retrying(job: Job, tries: Tries) -> Retrying:
+    """Tries of a run: after a passing fault of any database it uses (see :func:`transient`), up to the job's
     ``retries`` more, each after a random wait up to 1 s, 2 s, 4 s... (at most :data:`RETRY_MAX_WAIT`). A mistake
     (a missing table, a bad model, a failed audit) is never tried again, nor a version left ready to publish."""
 
     def passing(exc: BaseException) -> bool:
-        return not isinstance(exc, (PublishPending, JobLocked)) and dialect.transient(exc)
+        return not isinstance(exc, (PublishPending, JobLocked)) and transient(exc)
 
     def again(retry_state: RetryCallState) -> None:
         fault = _reason(retry_state.outcome.exception())
@@ -176,7 +176,7 @@ def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
         DatabaseError: always.
     """
     journal = context.dialect.journal(context.engine)
-    if journal is None or (context.tries.left and context.dialect.transient(exc)):
+    if journal is None or (context.tries.left and transient(exc)):
         raise exc
     job, options, now = context.job, context.options, context.clock().isoformat()
     record = dict(job=job.name, table=context.table, logical_date=context.logical_date.isoformat(),

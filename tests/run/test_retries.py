@@ -12,7 +12,7 @@ from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
-from pipeline.errors import DatabaseError, JobFileError, LockLost, SourceError
+from pipeline.errors import DatabaseError, JobFileError, LockLost, PipelineError, SourceError
 from pipeline.serve import catalog
 
 from fakemodels import Scripted
@@ -84,6 +84,26 @@ def test_what_counts_as_a_passing_fault_on_postgresql(postgresql_url):
     assert dialect.transient(LockLost("lost the run lock"))
     engine.dispose()
     refused.dispose()
+
+
+@pytest.mark.parametrize("where, source", [("gate", "postgresql://postgres@127.0.0.1:1/test"),
+                                           ("gate", "mysql://root@127.0.0.1:1/test"),
+                                           ("domain", "postgresql://postgres@127.0.0.1:1/test")])
+def test_a_source_of_another_kind_that_refuses_connections_is_tried_again(sqlite_url, write_job, caplog, where,
+                                                                          source):
+    """A SQLite target reading a PostgreSQL or MariaDB source that is down: the fault is that database's, and
+    passing, whatever the target is."""
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(10))
+    body = (SCRIPTED_JOB + f'[gates]\n[[gates.wait_for]]\nname = "up"\nquery = "SELECT 1"\nsource = "{source}"\n'
+            if where == "gate" else SCRIPTED_JOB.replace("[domain]", f'[domain]\nsource = "{source}"'))
+    job = load_job(write_job("retries = 1\n" + body, model=Scripted()))
+    with pytest.raises(PipelineError):
+        run_job(job, engine)
+    assert "try 1 of 2 failed on a passing fault" in caplog.text
+    (run,) = catalog.runs(engine)
+    assert run.status == "failed" and len(run.retries) == 1
+    engine.dispose()
 
 
 def test_a_busy_sqlite_database_is_a_passing_fault(sqlite_url):

@@ -59,6 +59,13 @@ def reader_for(engine: Engine) -> Dialect:
     return (_known(name) or Dialect)(engine.dialect)
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a passing fault (see :meth:`Dialect.transient`) of any kind of database: a run reads
+    gates' and the domain's ``source`` too, which need not be of its target's kind. Every dialect is asked, so
+    PostgreSQL's driver is loaded by a SQLite run only once it failed."""
+    return any(cls.transient(exc) for cls in {dialect_class(name) for name in DIALECTS})
+
+
 def dialect_for(engine: Engine) -> Dialect:
     """The dialect implementation for ``engine``, a target: one whose URL names no database where the prediction
     tables need one (a MariaDB server's URL, fine for a ``source``) is refused here, in one line."""
@@ -70,4 +77,5 @@ def dialect_for(engine: Engine) -> Dialect:
     return cls(engine.dialect)
 
 
-__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "engine_options", "reader_for"]
+__all__ = ["Dialect", "configure_engine", "dialect_class", "dialect_for", "engine_options", "reader_for",
+           "transient"]

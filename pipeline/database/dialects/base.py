@@ -192,13 +192,15 @@ class Dialect:
         """Whether ``exc`` is the database giving up on a lock after :meth:`bound_lock_wait`."""
         return False
 
-    def transient(self, exc: BaseException) -> bool:
+    @classmethod
+    def transient(cls, exc: BaseException) -> bool:
         """Whether the driver error behind ``exc`` (anywhere in its chain) is a fault that trying again can cure:
         a dropped or refused connection, a server restart, a deadlock, a busy database. A mistake (a missing
-        table, bad SQL) is not."""
-        return any(isinstance(error, LockLost) or self.transient_error(error) for error in causes(exc))
+        table, bad SQL) is not. A class method: :func:`~pipeline.database.dialects.transient` asks every one."""
+        return any(isinstance(error, LockLost) or cls.transient_error(error) for error in causes(exc))
 
-    def transient_error(self, error: BaseException) -> bool:
+    @classmethod
+    def transient_error(cls, error: BaseException) -> bool:
         """One driver exception: is it a passing fault on this database?"""
         return False
 

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import tempfile
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -252,12 +253,15 @@ class MariaDBDialect(Dialect):
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return getattr(getattr(exc, "orig", exc), "errno", None) in LOCK_TIMEOUTS
 
-    def transient_error(self, error: BaseException) -> bool:
+    @classmethod
+    def transient_error(cls, error: BaseException) -> bool:
+        """Asked of every fault, whatever the target (see :func:`~pipeline.database.dialects.transient`): where
+        the driver was never imported (a machine without it), no error can be the driver's."""
         if getattr(error, "connection_invalidated", False):
             return True
-        import mariadb
-
-        return isinstance(error, mariadb.Error) and getattr(error, "errno", None) in TRANSIENT_ERRORS
+        mariadb = sys.modules.get("mariadb")
+        return (mariadb is not None and isinstance(error, mariadb.Error)
+                and getattr(error, "errno", None) in TRANSIENT_ERRORS)
 
     # -- version tables -----------------------------------------------------
 

@@ -255,16 +255,20 @@ class PostgresqlDialect(Dialect):
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return isinstance(getattr(exc, "orig", exc), psycopg.errors.LockNotAvailable)
 
-    def transient_error(self, error: BaseException) -> bool:
+    @classmethod
+    def transient_error(cls, error: BaseException) -> bool:
         """A connection refused, reset or dropped (no SQLSTATE, or class 08), a server shutting down or starting
-        (57P01-57P03), too many connections (53300), a serialization failure or a deadlock (40001, 40P01)."""
+        (57P01-57P03), too many connections (53300), a serialization failure or a deadlock (40001, 40P01); from
+        psycopg or from ADBC, which domain queries are read with (:meth:`read_query`)."""
+        import adbc_driver_manager
+
         if getattr(error, "connection_invalidated", False):
             return True  # SQLAlchemy saw the connection die under a statement
-        if not isinstance(error, psycopg.Error):
+        if not isinstance(error, (psycopg.Error, adbc_driver_manager.Error)):
             return False
         state = error.sqlstate
         if state is None:
-            return isinstance(error, psycopg.OperationalError)
+            return isinstance(error, (psycopg.OperationalError, adbc_driver_manager.OperationalError))
         return state.startswith("08") or state in TRANSIENT_STATES
 
     def load_sql(self, name: str, columns: Columns) -> str:

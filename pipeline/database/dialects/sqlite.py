@@ -100,7 +100,8 @@ class SQLiteDialect(Dialect):
         """SQLite gives up on another process's write lock after the busy timeout."""
         return "database is locked" in str(getattr(exc, "orig", exc))
 
-    def transient_error(self, error: BaseException) -> bool:
+    @classmethod
+    def transient_error(cls, error: BaseException) -> bool:
         """Another process held the write lock past the busy timeout."""
         return isinstance(error, sqlite3.OperationalError) and ("database is locked" in str(error)
                                                                  or "database is busy" in str(error))
