@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -191,3 +192,53 @@ def wait_for(lines: "queue.Queue[str]", marker: str, timeout: float = 60) -> str
         seen.append(line)
         if marker in line:
             return line
+
+
+class Outage:
+    """A TCP proxy to a database server that a test takes down (every connection through it cut, new ones
+    closed at once) and brings back up: an outage of that server for this test's connections only."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.down = False
+        self._open: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if self.down:
+                client.close()
+                continue
+            server = socket.create_connection(self.upstream)
+            self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            end.close()
+
+    def cut(self) -> None:
+        self.down = True
+        for end in self._open:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+        self._open.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()

@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Callable
 
 from sqlalchemy.engine import Engine
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -116,7 +117,6 @@ def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOp
     patient = dialect.patient(engine, job.output.publish_timeout)  # another writer is waited for, not failed on
 
     def attempt() -> RunResult:
-        tries.left = job.retries - len(tries.faults)
         with dialect.run_lock(engine, job.output.table) as still_held:
             context = RunContext(job, patient, dialect, logical_date, options, clock, progress, still_held, tries)
             try:
@@ -126,16 +126,18 @@ def _run_job(job: Job, engine: Engine | None, logical_date: date, options: RunOp
             return run_locked(context)
 
     try:
-        return _retrying(job, tries)(attempt)
+        return retried(job, tries, attempt)
     finally:
         if owned:
             engine.dispose()
 
 
-def _retrying(job: Job, tries: Tries) -> Retrying:
-    """Tries of a run: after a passing fault of any database it uses (see :func:`transient`), up to the job's
-    ``retries`` more, each after a random wait up to 1 s, 2 s, 4 s... (at most :data:`RETRY_MAX_WAIT`). A mistake
-    (a missing table, a bad model, a failed audit) is never tried again, nor a version left ready to publish."""
+def retried(job: Job, tries: Tries, attempt: Callable[[], RunResult]) -> RunResult:
+    """``attempt``, one try of a run (a single run's or a backfill's date), tried again after a passing fault of
+    any database it uses (see :func:`transient`), up to the job's ``retries`` more, each after a random wait up to
+    1 s, 2 s, 4 s... (at most :data:`RETRY_MAX_WAIT`); ``tries`` says how many may follow the one under way. A
+    mistake (a missing table, a bad model, a failed audit) is never tried again, nor a version left ready to
+    publish."""
 
     def passing(exc: BaseException) -> bool:
         return not isinstance(exc, (PublishPending, JobLocked)) and transient(exc)
@@ -146,8 +148,13 @@ def _retrying(job: Job, tries: Tries) -> Retrying:
         log.warning("%s: try %d of %d failed on a passing fault (%s); trying again in %.1f s", job.output.table,
                     retry_state.attempt_number, job.retries + 1, fault, retry_state.next_action.sleep)
 
+    def once() -> RunResult:
+        tries.left = job.retries - len(tries.faults)
+        return attempt()
+
     return Retrying(retry=retry_if_exception(passing), stop=stop_after_attempt(job.retries + 1),
-                    wait=wait_random_exponential(multiplier=1, max=RETRY_MAX_WAIT), before_sleep=again, reraise=True)
+                    wait=wait_random_exponential(multiplier=1, max=RETRY_MAX_WAIT), before_sleep=again,
+                    reraise=True)(once)
 
 
 def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:

@@ -1,9 +1,10 @@
 """Backfills: one run per logical date over a range, resumable, never moving the pointer backwards.
 
 A backfill holds the table's run lock for its whole length, so a scheduled run cannot
-slip in between its dates; ``parallel`` dates share that lock. Dates already done (a
-ready version from the same model and domain) are skipped, so running the same backfill
-again redoes only the dates that failed or never ran.
+slip in between its dates; ``parallel`` dates share that lock. Each date gets the job's
+``retries`` as a single run does. Dates already done (a ready version from the same model
+and domain) are skipped, so running the same backfill again redoes only the dates that
+failed or never ran.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Callable
@@ -18,9 +20,9 @@ from typing import TYPE_CHECKING, Callable
 from sqlalchemy.engine import Engine
 
 from pipeline.database import state
-from pipeline.database.dialects import dialect_for
+from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading
-from pipeline.errors import PipelineError
+from pipeline.errors import LockLost, PipelineError
 from pipeline.jobspec import Job
 from pipeline.run.context import RunContext, RunOptions, Tries
 from pipeline.scheduling import ACTIVATE
@@ -43,6 +45,29 @@ class BackfillResult:
     kept_pointer: str | None = None
 
 
+class _Lease:
+    """The table's run lock, held for the whole backfill and shared by its dates (one at a time: they share its
+    one connection). A date's try after a passing fault takes it anew if it went with its connection, as a single
+    run's next try does; if another run holds the table by then, that try fails (JobLocked)."""
+
+    def __init__(self, dialect: Dialect, engine: Engine, table: str, stack: ExitStack) -> None:
+        self._take = lambda: stack.enter_context(dialect.run_lock(engine, table))
+        self._guard = threading.Lock()
+        self._still_held = self._take()
+
+    def held(self) -> None:
+        """Raises :class:`LockLost` when the lock went with its connection: no date publishes then."""
+        with self._guard:
+            self._still_held()
+
+    def renew(self) -> None:
+        with self._guard:
+            try:
+                self._still_held()
+            except LockLost:
+                self._still_held = self._take()
+
+
 def dates(start: date, end: date) -> list[date]:
     if end < start:
         raise PipelineError(f"--end {end} is before --start {start}")
@@ -58,7 +83,8 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     A failing date does not stop the others. Ctrl-C stops starting new dates, lets the
     running ones finish and returns with ``interrupted``; the same call again resumes.
     """
-    from pipeline.run.materialize import recover, run_locked  # pandas and the models' libraries, when it runs
+    # pandas and the models' libraries, when it runs
+    from pipeline.run.materialize import recover, retried, run_locked
     from pipeline.run.notify import notified
 
     if activate not in ACTIVATE:
@@ -73,10 +99,16 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     # full runs, whatever [domain] incremental says: a top-up builds on the version that serves now, not on the date
     options = RunOptions(activate=False, force=force, trigger="backfill", full=True)
 
-    def one(day: date, still_held: Callable[[], None]) -> RunResult:  # each date notifies its own outcome
+    def one(day: date, lease: _Lease) -> RunResult:  # each date notifies its own outcome
         tries = Tries()
-        context = RunContext(job, engine, dialect, day, options, clock, still_held=still_held, tries=tries)
-        return notified(job, day, options, lambda: run_locked(context), tries)
+
+        def attempt() -> RunResult:
+            if tries.faults:
+                lease.renew()
+            return run_locked(RunContext(job, engine, dialect, day, options, clock, still_held=lease.held,
+                                         tries=tries))
+
+        return notified(job, day, options, lambda: retried(job, tries, attempt), tries)
 
     def record(day: date, future: Future) -> None:
         error = future.exception()
@@ -89,13 +121,8 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
         if on_date is not None:
             on_date(day, result.done.get(day), result.failed.get(day))
 
-    with dialect.run_lock(engine, table) as still_held:  # a date publishes only while the lock is still held
-        lease = threading.Lock()
-
-        def held() -> None:  # dates running at once share the run lock's one connection
-            with lease:
-                still_held()
-
+    with ExitStack() as stack:  # the run lock, and each one taken anew after it was lost
+        lease = _Lease(dialect, engine, table, stack)
         recover(engine, table, clock)
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
             pending: dict[Future, date] = {}
@@ -104,7 +131,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
                 while queue or pending:
                     while queue and len(pending) < parallel:
                         day = queue.pop(0)
-                        pending[pool.submit(one, day, held)] = day
+                        pending[pool.submit(one, day, lease)] = day
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         record(pending.pop(future), future)

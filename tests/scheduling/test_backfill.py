@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
@@ -14,7 +16,8 @@ from pipeline.errors import PipelineError
 from pipeline.scheduling.backfill import backfill
 from pipeline.serve import catalog
 
-from helpers import CUSTOMERS_JOB, customers_frame, view_rows, write_table
+from pipeline.database.engines import make_engine
+from helpers import CUSTOMERS_JOB, Outage, customers_frame, view_rows, write_table
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 # The domain does not depend on the date; the query still takes it, as a real one would.
@@ -37,6 +40,19 @@ def dated_versions(engine) -> dict[dt.date, list[str]]:
     for row in catalog.versions(engine, "scores"):
         found.setdefault(row.version.logical_date, []).append(row.version.status)
     return found
+
+
+def end_the_run_lock(pg) -> None:
+    """End the server session that holds the PostgreSQL run lock of ``scores`` (as a restart would), and wait until
+    it has gone, lock and all."""
+    from pipeline.database.dialects.postgresql import _lock_key
+
+    with pg.begin() as conn:
+        key = _lock_key(conn, "pipeline-run:scores")
+        conn.execute(text("SELECT pg_terminate_backend(pid, 60000) FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND objsubid = 1 AND classid = CAST(CAST(:hi AS bigint) AS oid) "
+                          "AND objid = CAST(CAST(:lo AS bigint) AS oid)"),
+                     {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF})
 
 
 def active_date(engine) -> dt.date:
@@ -115,20 +131,48 @@ def test_a_manual_run_of_a_done_date_is_skipped_unless_forced(engine, job_path):
 def test_a_backfill_that_lost_its_run_lock_publishes_no_more_dates(pg, write_job):
     """The run lock's connection dropped between two dates (a server-side idle timeout, pg_terminate_backend):
     another run may hold the table now, so no later date may publish, as a single run that lost it does not."""
-    from pipeline.database.dialects.postgresql import _lock_key
-
     write_table(pg, "customers", customers_frame(50))
     job = load_job(write_job(DATED))
 
     def cut_the_lock(day: dt.date, *_: object) -> None:
         if day == D1:
-            with pg.begin() as conn:
-                key = _lock_key(conn, "pipeline-run:scores")
-                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                                  "AND objsubid = 1 AND classid = CAST(CAST(:hi AS bigint) AS oid) "
-                                  "AND objid = CAST(CAST(:lo AS bigint) AS oid)"),
-                             {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF})
+            end_the_run_lock(pg)
 
     result = backfill(job, pg, D1, D2, on_date=cut_the_lock)
     assert list(result.done) == [D1] and "lost the run lock" in result.failed[D2]
     assert dated_versions(pg) == {D1: ["ready"], D2: ["failed"]}
+
+
+@pytest.mark.postgres
+def test_a_database_outage_during_a_backfill_is_tried_again_for_each_date(postgresql_url, pg, write_job):
+    """The server goes away after the first date (every connection cut, the run lock's session ended) and is back
+    once a try has failed: with retries, each date is tried again, as a single run is, under the run lock taken
+    anew, and each date is one run in pipeline_runs."""
+    url = make_url(postgresql_url)
+    outage = Outage(url.host, url.port or 5432)
+    engine = make_engine(url.set(port=outage.port).render_as_string(hide_password=False))
+
+    class BackUp(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "failed on a passing fault" in record.getMessage():
+                outage.down = False
+
+    def cut(day: dt.date, *_: object) -> None:
+        if day == D1:
+            outage.cut()
+            end_the_run_lock(pg)
+
+    handler = BackUp()
+    logging.getLogger("pipeline").addHandler(handler)
+    try:
+        write_table(engine, "customers", customers_frame(50))
+        result = backfill(load_job(write_job("retries = 3\n" + DATED)), engine, D1, D3, on_date=cut)
+    finally:
+        logging.getLogger("pipeline").removeHandler(handler)
+        outage.close()
+        engine.dispose()
+    assert sorted(result.done) == [D1, D2, D3] and not result.failed, result.failed
+    runs = {r.logical_date: r for r in catalog.runs(pg, "scores")}
+    assert len(catalog.runs(pg, "scores")) == 3 and {r.status for r in runs.values()} == {"succeeded"}
+    assert runs[D1].retries is None and len(runs[D2].retries) >= 1
+    assert dated_versions(pg) == {D1: ["ready"], D2: ["ready"], D3: ["ready"]}
