@@ -80,6 +80,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     """Run ``job`` for every date from ``start`` to ``end``; then, with ``activate='latest'``, point the
     view at the newest date's version unless the active version stands for a newer date.
 
+    A range longer than the job's ``keep`` is warned of: retention retires its oldest dates as it goes.
     A failing date does not stop the others. Ctrl-C stops starting new dates, lets the
     running ones finish and returns with ``interrupted``; the same call again resumes.
     """
@@ -94,6 +95,10 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     todo = dates(start, end)
     result = BackfillResult()
     table = job.output.table
+    if len(todo) > job.output.keep:  # each date's retention keeps only the newest versions, these dates' too
+        log.warning("%s: the backfill's %d dates are more than [output] keep = %d: retention retires the oldest "
+                    "dates' versions as newer ones are made, and running the backfill again redoes them (raise "
+                    "keep to keep them all)", table, len(todo), job.output.keep)
     dialect = dialect_for(engine)
     engine = dialect.patient(engine, job.output.publish_timeout)
     # full runs, whatever [domain] incremental says: a top-up builds on the version that serves now, not on the date

@@ -176,3 +176,13 @@ def test_a_database_outage_during_a_backfill_is_tried_again_for_each_date(postgr
     assert len(catalog.runs(pg, "scores")) == 3 and {r.status for r in runs.values()} == {"succeeded"}
     assert runs[D1].retries is None and len(runs[D2].retries) >= 1
     assert dated_versions(pg) == {D1: ["ready"], D2: ["ready"], D3: ["ready"]}
+
+
+def test_a_backfill_longer_than_keep_says_that_retention_retires_its_first_dates(engine, job_path, write_job, caplog):
+    job = load_job(write_job(DATED + "keep = 2\n"))
+    backfill(job, engine, D1, D3)
+    assert "3 dates are more than [output] keep = 2" in caplog.text
+    assert dated_versions(engine)[D1] == ["retired"]  # what it warned of: running it again redoes 2026-01-01
+    caplog.clear()
+    backfill(job, engine, D2, D3)
+    assert "keep" not in caplog.text
