@@ -186,3 +186,34 @@ def test_a_backfill_longer_than_keep_says_that_retention_retires_its_first_dates
     caplog.clear()
     backfill(job, engine, D2, D3)
     assert "keep" not in caplog.text
+
+
+def test_a_date_that_cannot_record_its_start_after_its_retries_is_journaled(sqlite_url, write_job, monkeypatch,
+                                                                             caplog):
+    """Another process holds the SQLite write lock from the second date on: each later date is tried again, then
+    recorded in the journal, which the next run folds into pipeline_runs, as a single run's record is."""
+    import sqlite3
+
+    from pipeline.database.dialects import sqlite as sqlite_dialect
+    from pipeline.database.engines import make_engine
+
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 200)
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(20))
+    job = load_job(write_job("retries = 1\n" + DATED + "publish_timeout = 1\n"))
+    blocker = sqlite3.connect(engine.url.database, isolation_level=None)
+
+    def block(day: dt.date, *_: object) -> None:
+        if day == D1:
+            blocker.execute("BEGIN IMMEDIATE")
+
+    try:
+        result = backfill(job, engine, D1, D3, on_date=block, activate="none")
+    finally:
+        blocker.close()
+    assert list(result.done) == [D1] and all("recorded in" in result.failed[d] for d in (D2, D3)), result.failed
+    assert caplog.text.count("try 1 of 2 failed on a passing fault") == 2
+    run_job(job, engine, logical_date=D1)  # folds the journal
+    runs = {r.logical_date: r for r in catalog.runs(engine, "scores") if r.trigger == "backfill"}
+    assert {d: r.status for d, r in runs.items()} == {D1: "succeeded", D2: "failed", D3: "failed"}
+    engine.dispose()
