@@ -12,11 +12,11 @@ from sqlalchemy.engine import make_url
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
+from pipeline.database.engines import make_engine
 from pipeline.errors import PipelineError
 from pipeline.scheduling.backfill import backfill
 from pipeline.serve import catalog
 
-from pipeline.database.engines import make_engine
 from helpers import CUSTOMERS_JOB, Outage, customers_frame, view_rows, write_table
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)

@@ -24,8 +24,8 @@ from pipeline.database import schema, state
 from pipeline.database.engines import make_engine
 from pipeline.database.transactions import transaction
 from pipeline.errors import PipelineError
-from pipeline.scheduling.crontab import crontab
 from pipeline.scheduling import scheduler as scheduler_module
+from pipeline.scheduling.crontab import crontab
 from pipeline.scheduling.scheduler import Scheduler, due_tick, missed_ticks
 from pipeline.serve import catalog
 
