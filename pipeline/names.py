@@ -163,6 +163,9 @@ def check_alias(table: str, alias: str) -> str:
     if alias in RESERVED_ALIASES or not alias.isidentifier() or not alias.isascii() or alias != alias.lower():
         raise TableError(f"alias {alias!r} must be lower-case letters, digits and '_', and not one of "
                          f"{', '.join(RESERVED_ALIASES)}")
+    if alias.startswith("_"):  # <table>__<_x> is <table_>__<x>: another table's version, gate or alias
+        raise TableError(f"alias {alias!r} must not begin with '_': {view_name(table, alias)} could be a name of "
+                         f"table {table}_")
     if re.fullmatch(r"v[0-9]+|p[0-9a-f]{6}", alias):
         raise TableError(f"alias {alias!r} would name one of the pipeline's tables (<table>__v<N> holds a version, "
                          "<table>__p<hash> the serving partitions); choose another")

@@ -109,6 +109,14 @@ def test_check_alias_refuses_the_names_of_the_pipelines_own_objects(alias):
         check_alias("scores", alias)
 
 
+@pytest.mark.parametrize("alias", ["_v1", "_gate", "_x"])
+def test_check_alias_refuses_a_leading_underscore(alias):
+    """Alias ``_v1`` of ``scores`` named the view ``scores___v1``, which is version 1 of a table ``scores_`` (seen on
+    SQLite as the database's own "use DROP TABLE to delete table scores___v1")."""
+    with pytest.raises(TableError, match="must not begin with '_'"):
+        check_alias("scores", alias)
+
+
 # -- column_suffix -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("label, suffix", [

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline.database import schema, state
 from pipeline.database.transactions import reading
+from pipeline.names import check_alias
 from pipeline.serve.split import unserved
 
 
@@ -52,7 +53,7 @@ def history(engine: Engine, table: str, alias: str = state.DEFAULT_ALIAS) -> lis
     """Every move of ``table``'s pointer (or its ``alias``), oldest first."""
     with reading(engine) as conn:
         state.require_table(conn, table)
-        return state.list_flips(conn, table, alias)
+        return state.list_flips(conn, table, check_alias(table, alias))  # a name no alias can have: said, not []
 
 
 def status(engine: Engine) -> list[TableStatus]:

@@ -57,6 +57,8 @@ def test_history_lists_the_flips_oldest_first_per_alias(history_made):
     assert [(f.alias, f.from_version, f.to_version, f.reason) for f in challenger] == [
         ("challenger", None, 1, "activate")]
     assert catalog.history(history_made, "scores", alias="nobody") == []
+    with pytest.raises(TableError, match="alias \"Bad'\" must be lower-case"):  # no alias has that name
+        catalog.history(history_made, "scores", alias="Bad'")
 
 
 def test_status_gives_one_line_per_table(history_made, write_job):
