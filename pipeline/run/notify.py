@@ -93,13 +93,20 @@ def notified(job: Job, logical_date: date, options: RunOptions, run: Callable[[]
     """
     with failure_notified(job, logical_date, options, tries):
         result = run()
-    if result.skipped and result.run_id is None:
-        return result
-    notify(job, Outcome(status="skipped" if result.skipped else "succeeded", seconds=round(result.seconds, 3),
-                        version=result.version, previous_version=result.previous,
-                        activated=result.activated, rows=result.rows, skip_reason=result.skipped,
-                        run_id=result.run_id, **_facts(job, logical_date, options)))
+    outcome = ended(job, logical_date, options, result)
+    if outcome is not None:
+        notify(job, outcome)
     return result
+
+
+def ended(job: Job, logical_date: date, options: RunOptions, result: RunResult) -> Outcome | None:
+    """What hooks are told of a run that returned; None for a skip because another process recorded the tick."""
+    if result.skipped and result.run_id is None:
+        return None
+    return Outcome(status="skipped" if result.skipped else "succeeded", seconds=round(result.seconds, 3),
+                   version=result.version, previous_version=result.previous, activated=result.activated,
+                   rows=result.rows, skip_reason=result.skipped, run_id=result.run_id,
+                   **_facts(job, logical_date, options))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Callable
 
@@ -86,7 +86,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     """
     # pandas and the models' libraries, when it runs
     from pipeline.run.materialize import recover, retried, run_locked
-    from pipeline.run.notify import notified
+    from pipeline.run.notify import Outcome, ended, failure_notified, notify
 
     if activate not in ACTIVATE:
         raise PipelineError(f"--activate must be one of {', '.join(ACTIVATE)}, got {activate!r}")
@@ -104,7 +104,10 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     # full runs, whatever [domain] incremental says: a top-up builds on the version that serves now, not on the date
     options = RunOptions(activate=False, force=force, trigger="backfill", full=True)
 
-    def one(day: date, lease: _Lease) -> RunResult:  # each date notifies its own outcome
+    # The newest date's success so far: told after the activation at the end, so that it says whether it was activated.
+    held: dict[date, Outcome] = {}
+
+    def one(day: date, lease: _Lease) -> RunResult:  # a failure is told here, a success by record()
         tries = Tries()
 
         def attempt() -> RunResult:
@@ -113,12 +116,28 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
             return run_locked(RunContext(job, engine, dialect, day, options, clock, still_held=lease.held,
                                          tries=tries))
 
-        return notified(job, day, options, lambda: retried(job, tries, attempt), tries)
+        with failure_notified(job, day, options, tries):
+            return retried(job, tries, attempt)
+
+    def tell(day: date, done: RunResult) -> None:
+        outcome = ended(job, day, options, done)
+        if outcome is not None and activate == "latest" and all(older < day for older in held):
+            held[day] = outcome
+            outcome = held.pop(min(held)) if len(held) > 1 else None
+        if outcome is not None:
+            notify(job, outcome)
+
+    def tell_held() -> None:
+        for outcome in held.values():
+            if result.flip is not None and result.flip.to_version == outcome.version:
+                outcome = replace(outcome, activated=True, previous_version=result.flip.from_version)
+            notify(job, outcome)
 
     def record(day: date, future: Future) -> None:
         error = future.exception()
         if error is None:
             result.done[day] = future.result()
+            tell(day, result.done[day])
         elif isinstance(error, (PipelineError, KeyboardInterrupt)):
             result.failed[day] = str(error) or type(error).__name__
         else:
@@ -128,6 +147,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
 
     with ExitStack() as stack:  # the run lock, and each one taken anew after it was lost
         lease = _Lease(dialect, engine, table, stack)
+        stack.callback(tell_held)  # after the activation, and whatever ends the backfill
         recover(engine, table, clock)
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
             pending: dict[Future, date] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 
 import pytest
@@ -176,6 +177,19 @@ def test_a_database_outage_during_a_backfill_is_tried_again_for_each_date(postgr
     assert len(catalog.runs(pg, "scores")) == 3 and {r.status for r in runs.values()} == {"succeeded"}
     assert runs[D1].retries is None and len(runs[D2].retries) >= 1
     assert dated_versions(pg) == {D1: ["ready"], D2: ["ready"], D3: ["ready"]}
+
+
+def test_the_newest_dates_success_is_told_after_the_activation_it_had(engine, job_path, write_job):
+    """Each date's success is told as it ends but the newest's, which waits for the activation at the end: a hook
+    that pages on ``activated`` hears the version the backfill made active once, as active (before, every date
+    said activated=false, that one too)."""
+    job = load_job(write_job(DATED + '\n[notify.on_success]\ncommand = "cat >> told.jsonl; echo >> told.jsonl"\n'))
+    result = backfill(job, engine, D1, D3)
+    told = [json.loads(line) for line in (job.path.parent / "told.jsonl").read_text().splitlines()]
+    assert [(t["logical_date"], t["activated"]) for t in told] == [
+        ("2026-01-01", False), ("2026-01-02", False), ("2026-01-03", True)]
+    assert (told[-1]["version"], told[-1]["previous_version"]) == (result.flip.to_version, None)
+    assert told[-1]["message"].endswith("active (was none)")
 
 
 def test_a_backfill_longer_than_keep_says_that_retention_retires_its_first_dates(engine, job_path, write_job, caplog):
