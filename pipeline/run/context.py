@@ -54,6 +54,9 @@ class Tries:
     run_id: int | None = None
     faults: list[str] = field(default_factory=list)
     left: int = 0
+    #: The end of its record (status, time, version, error) while the database would not take it: a caller that
+    #: goes on (a backfill's later dates) writes it with :func:`pipeline.run.materialize.write_end` once it can.
+    unwritten: tuple[str, datetime, int | None, str | None] | None = None
 
 
 @dataclass(frozen=True)

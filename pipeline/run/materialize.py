@@ -231,14 +231,14 @@ def run_locked(context: RunContext) -> RunResult:
                  or how.full_because is not None)
         done = None if again else _done_before(context, model)
         if done is not None:
-            _finish(context, run_id, "skipped", done.version)
+            _finish(context, "skipped", done.version)
             return RunResult(table, done.version, done.row_count or 0, False, None, time.monotonic() - started,
                              skipped=skip_reason(context.engine, table, done, context.logical_date), run_id=run_id)
         result = _build(context, model, how, _gate(context, model, run_id))
     except BaseException as exc:
-        _finish(context, run_id, "failed", error=_reason(exc))
+        _finish(context, "failed", error=_reason(exc))
         raise
-    _finish(context, run_id, "succeeded", result.version)
+    _finish(context, "succeeded", result.version)
     return dataclasses.replace(result, seconds=time.monotonic() - started, run_id=run_id)
 
 
@@ -299,13 +299,27 @@ def _done_before(context: RunContext, model: Model) -> state.Version | None:
     return held_by(candidates, job, model, logical_date, domain.fingerprint)
 
 
-def _finish(context: RunContext, run_id: int, status: str, version: int | None = None,
-            error: str | None = None) -> None:
+def _finish(context: RunContext, status: str, version: int | None = None, error: str | None = None) -> None:
+    tries = context.tries
+    tries.unwritten = (status, context.clock(), version, error)
     try:
-        with transaction(context.engine) as conn:
-            state.finish_run(conn, run_id, status, context.clock(), version, error)
+        write_end(context.engine, tries)
     except PipelineError as bookkeeping:
-        log.error("could not record the end of run %d (%s); the next run will", run_id, bookkeeping)
+        log.error("could not record the end of run %d, %s%s (%s); it stays running until it is (a backfill tries "
+                  "again after each date) or the next run marks it abandoned", tries.run_id, status,
+                  f": {error}" if error else "", bookkeeping)
+
+
+def write_end(engine: Engine, tries: Tries) -> None:
+    """Write the end of the run's record that ``tries`` keeps unwritten, and forget it.
+
+    Raises:
+        PipelineError: the database would not take it (still down); it is kept for another go.
+    """
+    status, now, version, error = tries.unwritten
+    with transaction(engine) as conn:
+        state.finish_run(conn, tries.run_id, status, now, version, error)
+    tries.unwritten = None
 
 
 def _gate(context: RunContext, model: Model, run_id: int) -> dict | None:

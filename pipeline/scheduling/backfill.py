@@ -85,7 +85,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     running ones finish and returns with ``interrupted``; the same call again resumes.
     """
     # pandas and the models' libraries, when it runs
-    from pipeline.run.materialize import recover, retried, run_locked
+    from pipeline.run.materialize import recover, retried, run_locked, write_end
     from pipeline.run.notify import Outcome, ended, failure_notified, notify
 
     if activate not in ACTIVATE:
@@ -106,9 +106,13 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
 
     # The newest date's success so far: told after the activation at the end, so that it says whether it was activated.
     held: dict[date, Outcome] = {}
+    tried: dict[date, Tries] = {}  # each running date's
+    # Ended dates whose record's end the database would not take: written when it does, not left for the next run
+    # to call abandoned.
+    unwritten: list[Tries] = []
 
     def one(day: date, lease: _Lease) -> RunResult:  # a failure is told here, a success by record()
-        tries = Tries()
+        tries = tried[day] = Tries()
 
         def attempt() -> RunResult:
             if tries.faults:
@@ -133,7 +137,20 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
                 outcome = replace(outcome, activated=True, previous_version=result.flip.from_version)
             notify(job, outcome)
 
+    def write_ends() -> None:
+        while unwritten:
+            try:
+                write_end(engine, unwritten[0])
+            except PipelineError:
+                return  # still down: after the next date, or at the end
+            log.warning("%s: run %d's end, which the database would not take then, is recorded now", table,
+                        unwritten.pop(0).run_id)
+
     def record(day: date, future: Future) -> None:
+        tries = tried.pop(day)
+        if tries.unwritten is not None:
+            unwritten.append(tries)
+        write_ends()
         error = future.exception()
         if error is None:
             result.done[day] = future.result()
@@ -148,6 +165,7 @@ def backfill(job: Job, engine: Engine, start: date, end: date, *, parallel: int 
     with ExitStack() as stack:  # the run lock, and each one taken anew after it was lost
         lease = _Lease(dialect, engine, table, stack)
         stack.callback(tell_held)  # after the activation, and whatever ends the backfill
+        stack.callback(write_ends)
         recover(engine, table, clock)
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
             pending: dict[Future, date] = {}

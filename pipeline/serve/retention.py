@@ -25,7 +25,8 @@ from pipeline.serve.pointer import actor, attach, require_table, serving, servin
 
 log = logging.getLogger("pipeline")
 
-ABANDONED = "abandoned: the run ended without finishing (killed, or its machine or connection was lost)"
+ABANDONED = ("abandoned: the run's end was never recorded (its process killed, its machine lost, or its database "
+             "unreachable as it ended: its log then holds its error)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pipeline.database.engines import make_engine
 from pipeline.errors import PipelineError
 from pipeline.scheduling.backfill import backfill
 from pipeline.serve import catalog
+from pipeline.serve.retention import reap
 
 from helpers import CUSTOMERS_JOB, Outage, customers_frame, view_rows, write_table
 
@@ -190,6 +191,41 @@ def test_the_newest_dates_success_is_told_after_the_activation_it_had(engine, jo
         ("2026-01-01", False), ("2026-01-02", False), ("2026-01-03", True)]
     assert (told[-1]["version"], told[-1]["previous_version"]) == (result.flip.to_version, None)
     assert told[-1]["message"].endswith("active (was none)")
+
+
+@pytest.mark.postgres
+def test_a_date_that_lost_its_database_keeps_its_own_error_once_the_database_is_back(postgresql_url, pg, write_job,
+                                                                                     caplog):
+    """The server goes away while the second date builds, and is back once that date failed (its record's end
+    unwritten, the server down): the backfill writes that end, with the date's error, when the database is back,
+    rather than leave the record running for the next run to call abandoned (killed, ...)."""
+    url = make_url(postgresql_url)
+    outage = Outage(url.host, url.port or 5432)
+    engine = make_engine(url.set(port=outage.port).render_as_string(hide_password=False))
+
+    class Outages(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said = record.getMessage()
+            if said.startswith("scores: building version 2 "):
+                outage.cut()
+                end_the_run_lock(pg)
+            elif said.startswith("could not record the end of run"):
+                outage.down = False
+
+    handler = Outages()
+    caplog.set_level(logging.INFO, logger="pipeline")  # "building version 2"
+    logging.getLogger("pipeline").addHandler(handler)
+    try:
+        write_table(engine, "customers", customers_frame(50))
+        result = backfill(load_job(write_job(DATED)), engine, D1, D3)
+    finally:
+        logging.getLogger("pipeline").removeHandler(handler)
+        outage.close()
+        engine.dispose()
+    reap(pg, "scores")  # what the next run, pipeline status or gc does first
+    failed = {r.logical_date: r for r in catalog.runs(pg, "scores")}[D2]
+    assert failed.status == "failed" and failed.error.split(": ")[-1] in result.failed[D2], failed.error
+    assert "abandoned" not in failed.error
 
 
 def test_a_backfill_longer_than_keep_says_that_retention_retires_its_first_dates(engine, job_path, write_job, caplog):
