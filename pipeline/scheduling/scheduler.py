@@ -318,6 +318,16 @@ class Scheduler:
         except Exception:  # a bug in one run must not stop the others
             log.exception("unexpected error in a scheduled run")
 
+    def start(self) -> None:
+        """Load the jobs, catch up, and fire their ticks from then on. APScheduler starts (paused) before the
+        catch-up: it fires only ticks after its start, so a tick during a long catch-up would never fire, and the
+        next tick would record it as missed for a reason no log gave; so it runs after the catch-up (coalesced,
+        within its grace time) or APScheduler logs it as missed."""
+        jobs = self.load()
+        self.scheduler.start(paused=True)
+        self.catch_up(jobs)
+        self.scheduler.resume()
+
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT: then take no new run, let the running one finish, and return."""
         def stop(signum: int, _frame: Any) -> None:
@@ -326,9 +336,7 @@ class Scheduler:
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            jobs = self.load()
-            self.catch_up(jobs)
-            self.scheduler.start()
+            self.start()
             while not self.stopping.wait(0.5):
                 pass
             self.scheduler.shutdown(wait=True)

@@ -351,3 +351,34 @@ def test_catch_up_past_the_limit_records_the_rest_as_one_missed_run(sqlite_url, 
     assert [(r.scheduled_for.hour, r.status) for r in runs] == [(8, "succeeded"), (9, "succeeded"), (11, "failed")]
     assert "stands for all 2 tick(s) after 2026-01-10T09:00:00+00:00 up to this one" in runs[-1].error
     assert not missed_ticks(job, sqlite_url, now)
+
+
+def test_a_tick_that_fires_during_the_start_up_catch_up_runs_after_it(sqlite_url, write_job, monkeypatch):
+    """A catch-up that lasts past a tick: that tick, still inside its grace time, runs once the catch-up is done (as
+    coalesce promises), rather than never fire and be recorded at the next tick as missed, for a reason no log said."""
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(20))
+    path = write_job(scheduled(CUSTOMERS_JOB, "*/2 * * * * *"))
+    caught_up = Scheduler.catch_up
+    ticks = []
+
+    def long_catch_up(self: Scheduler, jobs: list) -> None:
+        caught_up(self, jobs)
+        ticks.append(cron_trigger("*/2 * * * * *").get_next_fire_time(None, state.utcnow()))
+        while state.utcnow() <= ticks[0]:  # the catch-up goes on past the tick
+            time.sleep(0.01)
+
+    monkeypatch.setattr(Scheduler, "catch_up", long_catch_up)
+    scheduler = Scheduler(path.parent, sqlite_url)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := [r for r in catalog.runs(engine, "scores")
+                             if r.scheduled_for == ticks[0] and r.status != "running"]):
+            assert time.monotonic() < deadline, "the tick has no finished record"
+            time.sleep(0.05)
+    finally:
+        scheduler.stopping.set()
+        scheduler.scheduler.shutdown(wait=True)
+        engine.dispose()
+    assert [(r.status, r.error) for r in found] == [("succeeded", None)]
