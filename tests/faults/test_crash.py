@@ -3,25 +3,38 @@
 The run is a child process (``python -m pipeline run``) stopped at a phase by
 ``$PIPELINE_PAUSE_AT``, then killed. Afterwards the view must serve the previous version
 whole, the metadata must call the run failed (once ``pipeline status`` noticed), and the
-next run must succeed.
+next run must succeed. So for every kind of run: full, incremental and change-driven
+top-ups (whose next one must equal a full run and lose no change), top-k, and ``pipeline gc``.
 """
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
+from typing import Callable
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.serve import catalog
 
-from helpers import CUSTOMERS_JOB, customers_frame, rest, start_run, view_rows, wait_for, write_table
+from helpers import (CHANGES_JOB, CUSTOMERS_JOB, PRODUCT_JOB, change, customers_frame, rest, start_command, start_run,
+                     version_rows, view_rows, wait_for, write_source, write_table, write_users_items)
 
 ROWS = 3000
 JOB = CUSTOMERS_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')
+PHASES = ["loading", "indexing", "auditing", "attached", "flipping"]
+TOPK_JOB = PRODUCT_JOB.replace('keys = ["user_id", "item_id"]', 'keys = ["user_id", "item_id"]\nchunk_size = 500') + """
+    top_k = 3
+    group_by = ["user_id"]
+    rank_by = "proba_true"
+"""
+TOPK_ORDER = "user_id, item_id"
 
 
 @pytest.fixture
@@ -32,19 +45,26 @@ def served(engine, write_job):
     return view_rows(engine)
 
 
-@pytest.mark.parametrize("phase", ["loading", "indexing", "auditing", "attached", "flipping"])
-def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase, db_url, engine, served, tmp_path):
-    import pandas as pd
-
-    if phase == "attached" and engine.dialect.name == "sqlite":
+def kill_at(tmp_path: Path, db_url: str, phase: str, *command: str) -> None:
+    """``pipeline COMMAND`` in a child stopped at ``phase`` (skipped where no run reaches it), killed there."""
+    if phase == "attached" and db_url.startswith("sqlite"):
         pytest.skip("SQLite's view names its version tables: there is nothing to attach before the flip")
-
-    child, lines = start_run(tmp_path, db_url, phase)
+    child, lines = start_command(tmp_path, db_url, phase, *command)
     wait_for(lines, f"pipeline: paused at {phase}")
     child.send_signal(signal.SIGKILL)
     child.wait(10)
 
-    pd.testing.assert_frame_equal(view_rows(engine), served)
+
+def topk_rows(engine: Engine) -> pd.DataFrame:
+    """What a top-k view serves, in key order (its rows share a user_id)."""
+    return view_rows(engine, key="user_id").sort_values(["user_id", "item_id"], ignore_index=True)
+
+
+def assert_reaped(engine: Engine, db_url: str, served: pd.DataFrame,
+                  read: Callable[[Engine], pd.DataFrame] = view_rows) -> None:
+    """The view serves version 1 as before, whole; ``pipeline status`` marks the dead run's version 2 failed and
+    drops its partial table; the dead run is recorded failed."""
+    pd.testing.assert_frame_equal(read(engine), served)
     assert catalog.status(engine)[0].active_version == 1
     status = CliRunner().invoke(main, ["status", "--db", db_url])
     assert status.exit_code == 0
@@ -56,10 +76,95 @@ def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase
     run = catalog.runs(engine, "scores")[0]
     assert (run.status, run.error[:9]) == ("failed", "abandoned")
 
+
+def assert_same_version(engine: Engine, version: int, full: int, order: str = "customer_id") -> None:
+    """``version``'s table holds what the full run's ``full`` holds, row for row."""
+    pd.testing.assert_frame_equal(version_rows(engine, version, order), version_rows(engine, full, order),
+                                  check_exact=True)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase, db_url, engine, served, tmp_path):
+    kill_at(tmp_path, db_url, phase, "run", "scores", "--force")
+    assert_reaped(engine, db_url, served)
     again = run_job(load_job(tmp_path / "jobs" / "scores.toml"), engine, force=True)
     assert (again.version, again.activated) == (3, True)
     view = view_rows(engine)
     assert len(view) == ROWS and set(view.model_version) == {3}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_9_during_an_incremental_top_up_leaves_the_view_whole_and_the_next_top_up_equal_to_a_full_run(
+        phase, db_url, engine, served, tmp_path):
+    source = customers_frame(ROWS)
+    source.loc[:99, "x1"] += 1  # 100 keys changed
+    new = customers_frame(200, seed=5)
+    new["customer_id"] += ROWS  # and 200 new ones
+    write_table(engine, "customers", pd.concat([source, new], ignore_index=True))
+    kill_at(tmp_path, db_url, phase, "run", "scores", "--incremental")
+    assert_reaped(engine, db_url, served)
+
+    job = load_job(tmp_path / "jobs" / "scores.toml")
+    again = run_job(job, engine, incremental=True)
+    assert (again.version, again.activated, again.top_up, again.copied) == (3, True, True, ROWS - 100)
+    assert run_job(job, engine, force=True, full=True).version == 4
+    assert_same_version(engine, 3, 4)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_9_during_a_change_driven_top_up_loses_no_change(phase, db_url, engine, write_job, tmp_path):
+    """The next top-up reads from the watermark of the version that serves, not the dead run's: the rows changed
+    before the dead run began and those changed after it died are both scored."""
+    write_source(engine, customers_frame(ROWS))
+    job = load_job(write_job(CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')))
+    run_job(job, engine)
+    served = view_rows(engine)
+    change(engine, "customer_id <= 50")
+    kill_at(tmp_path, db_url, phase, "run", "scores", "--incremental")
+    assert_reaped(engine, db_url, served)
+    change(engine, f"customer_id > {ROWS - 50}")
+
+    again = run_job(job, engine, incremental=True)
+    assert (again.version, again.activated, again.top_up, again.copied) == (3, True, True, ROWS - 100)
+    assert run_job(job, engine, force=True, full=True).version == 4
+    assert_same_version(engine, 3, 4)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_9_during_a_top_k_run_leaves_the_rankings_whole(phase, db_url, engine, write_job, tmp_path):
+    write_users_items(engine, 60, 45, seed=3)
+    job = load_job(write_job(TOPK_JOB))
+    run_job(job, engine)
+    served = topk_rows(engine)
+    kill_at(tmp_path, db_url, phase, "run", "scores", "--force")
+    assert_reaped(engine, db_url, served, topk_rows)
+
+    again = run_job(job, engine, force=True)
+    assert (again.version, again.activated, again.rows) == (3, True, 60 * 3)
+    assert_same_version(engine, 3, 1, TOPK_ORDER)  # the same inputs and model as version 1's full run
+
+
+def test_kill_9_while_gc_retires_leaves_the_view_whole_and_the_next_gc_finishes(db_url, engine, served, tmp_path):
+    job = load_job(tmp_path / "jobs" / "scores.toml")
+    for version in (2, 3):
+        assert run_job(job, engine, force=True).version == version
+    served = view_rows(engine)
+    kill_at(tmp_path, db_url, "retiring", "gc", "scores", "--keep", "1")
+
+    pd.testing.assert_frame_equal(view_rows(engine), served)
+    with engine.connect() as conn:
+        for found in catalog.versions(engine, "scores"):
+            exists = engine.dialect.has_table(conn, f"scores__v{found.version.version}")
+            assert exists == (found.version.status == "ready"), found.version  # retired ones are gone
+    status = CliRunner().invoke(main, ["status", "--db", db_url])
+    assert status.exit_code == 0 and "abandoned" not in status.output, status.output
+    assert catalog.status(engine)[0].active_version == 3
+    out = CliRunner().invoke(main, ["gc", "scores", "--keep", "1", "--db", db_url])
+    assert out.exit_code == 0 and "scores: retired 1;" in out.output, out.output  # 2 is 3's rollback target
+    assert [v.version.status for v in catalog.versions(engine, "scores")] == ["retired", "ready", "ready"]
+    assert run_job(job, engine, force=True).version == 4
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"),
+                                  served.drop(columns="model_version"))
 
 
 def test_kill_9_while_flipping_to_other_columns_leaves_a_whole_view_and_a_truthful_pointer(db_url, engine, served,
@@ -90,7 +195,6 @@ def test_kill_9_while_flipping_to_other_columns_leaves_a_whole_view_and_a_truthf
 
 
 def test_a_second_run_while_one_is_in_progress_is_refused(db_url, engine, served, tmp_path):
-    import pandas as pd
 
     child, lines = start_run(tmp_path, db_url, "loading:30")
     try:
@@ -106,7 +210,6 @@ def test_a_second_run_while_one_is_in_progress_is_refused(db_url, engine, served
 
 @pytest.mark.postgres
 def test_connections_terminated_mid_load_fail_the_run_cleanly(postgresql_url, write_job, tmp_path):
-    import pandas as pd
 
     from pipeline.database.engines import make_engine
 

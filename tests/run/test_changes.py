@@ -25,56 +25,10 @@ from pipeline.run import materialize
 from pipeline.run.context import today
 from pipeline.tools.plan import plan_job
 
-from helpers import CUSTOMERS_JOB, customers_frame, quoted, train_model, version_rows, write_table
+from helpers import (CHANGES_JOB, CUSTOMERS_JOB, change, customers_frame, delete, insert, now, quoted, train_model,
+                     version_rows, write_source)
 
 KEYS = 1000
-#: The source's own clock, as an application stamps ``updated_at`` with it, an hour before it, and the column that
-#: holds it.
-NOW = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')", "postgresql": "now()", "mariadb": "NOW(6)"}
-HOUR_AGO = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 hour')", "postgresql": "now() - interval '1 hour'",
-            "mariadb": "NOW(6) - INTERVAL 1 HOUR"}
-STAMP = {"sqlite": "TEXT", "postgresql": "timestamp", "mariadb": "DATETIME(6)"}
-
-CHANGES_JOB = CUSTOMERS_JOB.replace('query = "SELECT customer_id, x1, x2, x3 FROM customers"', '''\
-query = "SELECT customer_id, x1, x2, x3 FROM customers"
-    changed = "SELECT customer_id, x1, x2, x3 FROM customers WHERE updated_at >= :since"
-    removed = "SELECT customer_id FROM customers_gone WHERE deleted_at >= :since"''')
-
-
-def now(engine: Engine) -> str:
-    return NOW[dialect_for(engine).name]
-
-
-def write_source(engine: Engine, frame: pd.DataFrame) -> None:
-    """``customers`` with an ``updated_at`` the database's clock stamped an hour ago (before the seconds :since
-    rounds down to), and an empty ``customers_gone``."""
-    write_table(engine, "customers", frame)
-    write_table(engine, "customers_gone", pd.DataFrame({"customer_id": pd.Series([], dtype="int64")}))
-    kind = STAMP[dialect_for(engine).name]
-    with engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE customers ADD COLUMN updated_at {kind}"))
-        conn.execute(text(f"ALTER TABLE customers_gone ADD COLUMN deleted_at {kind}"))
-        conn.execute(text(f"UPDATE customers SET updated_at = {HOUR_AGO[dialect_for(engine).name]}"))
-
-
-def change(engine: Engine, where: str) -> None:
-    """Change x1 of the rows ``where`` selects, stamping them."""
-    with engine.begin() as conn:
-        conn.execute(text(f"UPDATE customers SET x1 = x1 + 1, updated_at = {now(engine)} WHERE {where}"))
-
-
-def insert(engine: Engine, frame: pd.DataFrame) -> None:
-    frame.to_sql("customers", engine, index=False, if_exists="append")
-    with engine.begin() as conn:
-        conn.execute(text(f"UPDATE customers SET updated_at = {now(engine)} WHERE updated_at IS NULL"))
-
-
-def delete(engine: Engine, where: str) -> None:
-    """Delete rows, leaving their keys in ``customers_gone``, stamped."""
-    with engine.begin() as conn:
-        conn.execute(text(f"INSERT INTO customers_gone (customer_id, deleted_at) "
-                          f"SELECT customer_id, {now(engine)} FROM customers WHERE {where}"))
-        conn.execute(text(f"DELETE FROM customers WHERE {where}"))
 
 
 def versions(engine: Engine) -> list[tuple]:
