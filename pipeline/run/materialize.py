@@ -239,6 +239,7 @@ def run_locked(context: RunContext) -> RunResult:
         _finish(context, "failed", error=_reason(exc))
         raise
     _finish(context, "succeeded", result.version)
+    _tidy(context, result.version)
     return dataclasses.replace(result, seconds=time.monotonic() - started, run_id=run_id)
 
 
@@ -379,7 +380,6 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
         _fail(context, version, exc)
         raise
     log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
-    _tidy(context, version)
     return RunResult(table, version, loaded.rows, activate, flip.from_version if flip else None, 0.0,
                      tuple(results), phases=phases, copied=loaded.copied, top_up=how.top_up,
                      full_because=how.full_because)
@@ -407,9 +407,9 @@ def _publish(context: RunContext, version: int, ready: dict) -> FlipResult | Non
 
 
 def _tidy(context: RunContext, version: int) -> None:
-    """What follows a publish: the default row's view and retention. The version is published by now, so
-    neither may turn the run into a failure: what cannot be done now is logged, and the next run or
-    ``pipeline gc`` does it."""
+    """What follows a publish: the default row's view and retention. The version is published and the run recorded
+    as succeeded by now (a run killed here made its version), so neither may turn the run into a failure: what
+    cannot be done now is logged, and the next run or ``pipeline gc`` does it."""
     output = context.job.output
     try:
         if output.default:

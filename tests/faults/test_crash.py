@@ -167,6 +167,24 @@ def test_kill_9_while_gc_retires_leaves_the_view_whole_and_the_next_gc_finishes(
                                   served.drop(columns="model_version"))
 
 
+def test_kill_9_while_a_run_retires_old_versions_leaves_its_version_served_and_the_run_succeeded(
+        db_url, engine, served, write_job, tmp_path):
+    """Retention follows the publish, and a clean-up that fails cannot fail the run: neither can its death."""
+    job = load_job(write_job(JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1')))
+    assert run_job(job, engine, force=True).version == 2  # version 1 is its rollback target, kept
+    kill_at(tmp_path, db_url, "retiring", "run", "scores", "--force")
+
+    view = view_rows(engine)
+    assert len(view) == ROWS and set(view.model_version) == {3}
+    status = CliRunner().invoke(main, ["status", "--db", db_url])
+    assert status.exit_code == 0 and "abandoned" not in status.output, status.output
+    run = catalog.runs(engine, "scores")[0]
+    assert (run.status, run.version, run.error) == ("succeeded", 3, None)
+    assert [v.version.status for v in catalog.versions(engine, "scores")] == ["ready", "ready", "ready"]
+    assert run_job(job, engine, force=True).version == 4
+    assert [v.version.status for v in catalog.versions(engine, "scores")] == ["retired", "retired", "ready", "ready"]
+
+
 def test_kill_9_while_flipping_to_other_columns_leaves_a_whole_view_and_a_truthful_pointer(db_url, engine, served,
                                                                                           write_job, tmp_path):
     """A run whose model outputs other columns is killed after the view's DDL and before the pointer's commit.
