@@ -93,6 +93,15 @@ def test_kill_9_at_each_phase_leaves_the_view_whole_and_the_next_run_green(phase
     assert len(view) == ROWS and set(view.model_version) == {3}
 
 
+def assert_top_up_equals_a_full_run(engine, job) -> None:
+    """The next top-up (version 3, after the dead run's 2) rescores the 100 changed keys, copies the rest, and
+    holds what a full run then makes."""
+    again = run_job(job, engine, incremental=True)
+    assert (again.version, again.activated, again.top_up, again.copied) == (3, True, True, ROWS - 100)
+    assert run_job(job, engine, force=True, full=True).version == 4
+    assert_same_version(engine, 3, 4)
+
+
 @pytest.mark.parametrize("phase", PHASES)
 def test_kill_9_during_an_incremental_top_up_leaves_the_view_whole_and_the_next_top_up_equal_to_a_full_run(
         phase, db_url, engine, served, tmp_path):
@@ -104,11 +113,7 @@ def test_kill_9_during_an_incremental_top_up_leaves_the_view_whole_and_the_next_
     kill_at(tmp_path, db_url, phase, "run", "scores", "--incremental")
     assert_reaped(engine, db_url, served)
 
-    job = load_job(tmp_path / "jobs" / "scores.toml")
-    again = run_job(job, engine, incremental=True)
-    assert (again.version, again.activated, again.top_up, again.copied) == (3, True, True, ROWS - 100)
-    assert run_job(job, engine, force=True, full=True).version == 4
-    assert_same_version(engine, 3, 4)
+    assert_top_up_equals_a_full_run(engine, load_job(tmp_path / "jobs" / "scores.toml"))
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -124,10 +129,7 @@ def test_kill_9_during_a_change_driven_top_up_loses_no_change(phase, db_url, eng
     assert_reaped(engine, db_url, served)
     change(engine, f"customer_id > {ROWS - 50}")
 
-    again = run_job(job, engine, incremental=True)
-    assert (again.version, again.activated, again.top_up, again.copied) == (3, True, True, ROWS - 100)
-    assert run_job(job, engine, force=True, full=True).version == 4
-    assert_same_version(engine, 3, 4)
+    assert_top_up_equals_a_full_run(engine, job)
 
 
 @pytest.mark.parametrize("phase", PHASES)
