@@ -67,10 +67,27 @@ def version_table(table: str, version: int) -> str:
     return check_identifier(f"{table}__v{version}")
 
 
-def serving_table(table: str, columns: Sequence[tuple[str, str]]) -> str:
+def lineage_table(table: str, lineage: int) -> str:
+    """The table that holds the rows of every version of a lineage (PostgreSQL, jobs with ``[domain] changed``):
+    ``<table>__l<L>``, ``L`` being the full run that began it; each version's rows are those whose
+    ``[valid_from, valid_to)`` holds its number, and ``<table>__v<N>`` is a view of them."""
+    if lineage < 1:
+        raise ValueError(f"lineage must be a positive integer, got {lineage}")
+    return check_identifier(f"{table}__l{lineage}")
+
+
+def lineage_log(table: str, lineage: int) -> str:
+    """The keys each top-up of a lineage changed or removed, by version: ``<table>__l<L>__log``. Undoing a version
+    that failed, and freeing the rows only retired versions saw, find their rows through it by key."""
+    return check_identifier(f"{lineage_table(table, lineage)}__log")
+
+
+def serving_table(table: str, columns: Sequence[tuple[str, str]], lineages: bool = False) -> str:
     """The table that holds ``table``'s serving versions of these ``columns`` (as partitions on PostgreSQL, as
-    rows keyed by version on MariaDB): ``<table>__p<hash of the columns>``, so other columns get one of their own."""
-    digest = hashlib.sha1(json.dumps([list(c) for c in columns]).encode()).hexdigest()[:6]
+    rows keyed by version on MariaDB): ``<table>__p<hash of the columns>``, so other columns get one of their own;
+    ``lineages``: the one whose partitions are lineages (:func:`lineage_table`), of another hash."""
+    described = [list(c) for c in columns] + ([["lineage"]] if lineages else [])
+    digest = hashlib.sha1(json.dumps(described).encode()).hexdigest()[:6]
     return check_identifier(f"{table}__p{digest}")
 
 
@@ -166,9 +183,9 @@ def check_alias(table: str, alias: str) -> str:
     if alias.startswith("_"):  # <table>__<_x> is <table_>__<x>: another table's version, gate or alias
         raise TableError(f"alias {alias!r} must not begin with '_': {view_name(table, alias)} could be a name of "
                          f"table {table}_")
-    if re.fullmatch(r"v[0-9]+|p[0-9a-f]{6}", alias):
+    if re.fullmatch(r"[vl][0-9]+|p[0-9a-f]{6}", alias):
         raise TableError(f"alias {alias!r} would name one of the pipeline's tables (<table>__v<N> holds a version, "
-                         "<table>__p<hash> the serving partitions); choose another")
+                         "<table>__l<N> a lineage, <table>__p<hash> the serving partitions); choose another")
     try:
         check_identifier(view_name(table, alias))
     except ValueError as exc:

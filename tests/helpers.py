@@ -106,10 +106,12 @@ HOUR_AGO = {"sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 hour')", "postgr
             "mariadb": "NOW(6) - INTERVAL 1 HOUR"}
 STAMP = {"sqlite": "TEXT", "postgresql": "timestamp", "mariadb": "DATETIME(6)"}
 
-CHANGES_JOB = CUSTOMERS_JOB.replace('query = "SELECT customer_id, x1, x2, x3 FROM customers"', '''\
-query = "SELECT customer_id, x1, x2, x3 FROM customers"
+CUSTOMERS_QUERY = 'query = "SELECT customer_id, x1, x2, x3 FROM customers"'
+#: The domain query of :data:`CUSTOMERS_JOB` with ``changed`` and ``removed`` over what :func:`write_source` makes.
+CHANGES_QUERY = CUSTOMERS_QUERY + '''
     changed = "SELECT customer_id, x1, x2, x3 FROM customers WHERE updated_at >= :since"
-    removed = "SELECT customer_id FROM customers_gone WHERE deleted_at >= :since"''')
+    removed = "SELECT customer_id FROM customers_gone WHERE deleted_at >= :since"'''
+CHANGES_JOB = CUSTOMERS_JOB.replace(CUSTOMERS_QUERY, CHANGES_QUERY)
 
 
 def now(engine: Engine) -> str:

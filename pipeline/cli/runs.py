@@ -103,7 +103,8 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
     finally:
         _write_metrics(metrics_file, db, loaded, result)
     where = redact(str(engine.url))
-    rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} copied"
+    carried = "copied" if result.lineage is None else f"kept in lineage {result.lineage}"
+    rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} {carried}"
                                     if result.top_up and not result.skipped else "")
     if result.full_because:
         click.echo(f"{result.table}: a full run, not a top-up: {result.full_because}")

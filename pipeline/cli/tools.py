@@ -158,8 +158,9 @@ def _changes(pending: Pending) -> str:
     """A change-driven top-up's plan in words (:class:`pipeline.run.changes.Pending`)."""
     active = pending.active
     removed = "" if pending.removed is None else f", {pending.removed} key(s) removed"
+    carried = "copied" if active.lineage is None else f"kept in lineage {active.lineage}"
     return (f"from v{active.version} (watermark {pending.since}): {pending.changed} row(s) changed since{removed}; "
-            f"the rest of v{active.version}'s {active.row_count} rows copied")
+            f"the rest of v{active.version}'s {active.row_count} rows {carried}")
 
 
 def _library(library: dict[str, str | None] | None) -> str:

@@ -52,6 +52,7 @@ versions = Table(
     Column("passthrough", Text),                   # JSON list: domain columns stored beside the outputs (include)
     Column("watermark", Timestamp),                # the source's clock as the run began ([domain] changed)
     Column("top_ups", Integer),                    # top-ups in a row that made it, since a full run (0 or NULL: full)
+    Column("lineage", Integer),                    # the lineage table holding its rows (PostgreSQL, domain.changed)
     Column("started_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp),
     Column("error", Text),

@@ -84,6 +84,8 @@ class Version:
     watermark: datetime | None = None
     #: How many top-ups in a row made it since a full run: 0 or None for a full run.
     top_ups: int | None = None
+    #: The lineage whose table holds its rows (:func:`pipeline.names.lineage_table`); None: a table of its own.
+    lineage: int | None = None
 
     @property
     def outputs(self) -> list[tuple[str, str]]:
@@ -105,6 +107,7 @@ class Version:
             output_labels=_json(m["output_labels"]), settings_sha256=m.get("settings_sha256"),
             input_profile=_json(m.get("input_profile")), passthrough=tuple(_json(m.get("passthrough")) or ()),
             watermark=_utc(m.get("watermark")), top_ups=m.get("top_ups"),
+            lineage=m.get("lineage"),
         )
 
 
@@ -288,7 +291,7 @@ def insert_version(conn: Connection, *, table: str, version: int, job: str, logi
                    keys: Sequence[str], model_path: str, model_sha256: str, model_class: str,
                    started_at: datetime, model_source: str | None = None, model_library: dict[str, Any] | None = None,
                    output_labels: Sequence[Sequence[Any]] = (), settings_sha256: str | None = None,
-                   passthrough: Sequence[str] = ()) -> None:
+                   passthrough: Sequence[str] = (), lineage: int | None = None) -> None:
     """Record a ``building`` version; ``model_source`` is JSON text (see :class:`pipeline.run.registry.Source`)."""
     conn.execute(versions.insert().values(
         table_name=table, version=version, job=job, logical_date=logical_date, status="building",
@@ -296,7 +299,8 @@ def insert_version(conn: Connection, *, table: str, version: int, job: str, logi
         model_class=model_class, model_source=model_source, started_at=started_at,
         model_library=json.dumps(model_library) if model_library else None,
         output_labels=json.dumps([list(pair) for pair in output_labels]) if output_labels else None,
-        settings_sha256=settings_sha256, passthrough=json.dumps(list(passthrough)) if passthrough else None))
+        settings_sha256=settings_sha256, passthrough=json.dumps(list(passthrough)) if passthrough else None,
+        lineage=lineage))
 
 
 def update_version(conn: Connection, table: str, version: int, **values: Any) -> None:

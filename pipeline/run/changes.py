@@ -20,12 +20,14 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from pipeline.contract import value_kind
 from pipeline.database import schema, state
+from pipeline.database.dialects import Dialect
 from pipeline.database.transactions import reading
-from pipeline.errors import ModelError, SourceError
-from pipeline.jobspec import Factor
+from pipeline.errors import AuditError, ModelError, SourceError
+from pipeline.jobspec import Factor, Job
 from pipeline.names import version_table
 from pipeline.run import topup
 from pipeline.run.context import RunContext
@@ -48,10 +50,20 @@ class Plan:
     active: state.Version | None = None
     #: Why a run that was to be a top-up is a full one.
     full_because: str | None = None
+    #: Whether the version is kept in a lineage (:func:`in_lineages`): a full run starts one, a top-up adds to
+    #: the active version's.
+    lineages: bool = False
 
     @property
     def top_up(self) -> bool:
         return self.hashes or self.active is not None
+
+    def lineage(self, version: int) -> int | None:
+        """The lineage ``version`` is kept in: its own (a full run starts it), the active version's (a top-up), or
+        none."""
+        if not self.lineages:
+            return None
+        return version if self.active is None else self.active.lineage
 
 
 def plan(context: RunContext, model: Model, settings: str) -> Plan:
@@ -61,18 +73,45 @@ def plan(context: RunContext, model: Model, settings: str) -> Plan:
         PipelineError: a top-up the job cannot have (see :func:`pipeline.run.topup.check`).
     """
     job, options = context.job, context.options
+    lineages = in_lineages(job, context.dialect)
     if options.full or not (options.incremental or job.domain.incremental):
-        return Plan()
+        return Plan(lineages=lineages)
     if job.domain.changed is None:
         return Plan(hashes=True)
     topup.check(job)
     with reading(context.engine) as conn:
         active = state.active_version(conn, context.table) if schema.has_schema(conn) else None
-    why = _why_full(context, model, settings, active)
+        why = _why_full(context, model, settings, active)
+        if why is None and lineages:
+            why = _why_not_in_lineage(conn, context, active)
     if why is None:
-        return Plan(active=active)
+        return Plan(active=active, lineages=lineages)
     log.warning("%s: a full run, not a top-up: %s", context.table, why)
-    return Plan(full_because=why)
+    return Plan(full_because=why, lineages=lineages)
+
+
+def in_lineages(job: Job, dialect: Dialect) -> bool:
+    """Whether the job's versions share lineages: a job with ``[domain] changed`` on a database that keeps them
+    (PostgreSQL). A top-up then writes only what changed, in place of a copy of every unchanged row."""
+    return dialect.LINEAGES and job.domain.changed is not None
+
+
+def _why_not_in_lineage(conn: Connection, context: RunContext, active: state.Version | None) -> str | None:
+    """Why the active version cannot be topped up in its lineage, or None. A lineage's open rows are its newest
+    version's: a version newer than the active one there that is ready (a rollback left it) keeps them, so the
+    top-up would build on it instead; a new lineage is a full run."""
+    assert active is not None
+    if active.lineage is None:
+        return (f"version {active.version} is not kept in a lineage (made by an older release, or before the job had "
+                "domain.changed); a full run starts one")
+    if not context.dialect.has_version(conn, context.table, active.version):
+        return f"version {active.version}'s lineage is gone (dropped by hand)"
+    newer = [v.version for v in state.list_versions(conn, context.table)
+             if v.lineage == active.lineage and v.version > active.version and v.status == "ready"]
+    if newer:
+        return (f"version {max(newer)}, newer than the active version {active.version} in its lineage, is ready (a "
+                "rollback left it); a full run starts a new lineage")
+    return None
 
 
 def _why_full(context: RunContext, model: Model, settings: str, active: state.Version | None) -> str | None:
@@ -118,10 +157,16 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
     """Fill ``writer``'s table (made here, with the active version's columns) with the changed rows, scored,
     and the active version's other rows, copied. A key that ``changed`` lists is scored even when ``removed``
     lists it too: ``changed`` reads the domain as it is now."""
-    job = context.job
+    job, dialect = context.job, context.dialect
     keys = list(job.domain.keys)
     writer.columns = list(active.columns)
-    context.dialect.create_table(conn, writer.name, writer.columns, keys)
+    lineage = writer.lineage
+    if lineage is None:
+        dialect.create_table(conn, writer.name, writer.columns, keys)
+    else:
+        _undo_above(conn, context, active, lineage.version)
+        writer.name = f"{writer.name}__new"  # the scored rows, moved into the lineage at the end
+        dialect.create_scratch(conn, writer.name, writer.columns)
     listed: list[pd.DataFrame] = []
 
     types, stored = dict(active.columns), [*keys, *job.output.include]
@@ -141,10 +186,33 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
                 closing(removed.chunks()) as chunks:
             listed.extend(_same_kinds(chunk[keys], types) for chunk in chunks)
     gone = pd.concat(listed, ignore_index=True).drop_duplicates() if listed else pd.DataFrame(columns=keys)
-    copied, held = topup.copy_except(conn, context.dialect, writer.name, version_table(context.table, active.version),
-                                     active.columns, keys, gone, count_held=True)
+    if lineage is None:
+        copied, held = topup.copy_except(conn, dialect, writer.name, version_table(context.table, active.version),
+                                         active.columns, keys, gone, count_held=True)
+        writer.rows += copied
+        return Applied(copied, (active.row_count or 0) - held + scored)
+    with topup.gone_table(conn, dialect, f"{writer.name}__gone", active.columns, keys, gone) as gone_name:
+        try:
+            with dialect.savepoint(conn):
+                held = dialect.top_up_lineage(conn, context.table, lineage.lineage, lineage.version, writer.name,
+                                              gone_name, writer.columns, keys)
+        except IntegrityError:
+            raise AuditError(writer.key_problem()) from None
+    dialect.drop_scratch(conn, writer.name)
+    copied = (active.row_count or 0) - held
     writer.rows += copied
-    return Applied(copied, (active.row_count or 0) - held + scored)
+    return Applied(copied, copied + scored)
+
+
+def _undo_above(conn: Connection, context: RunContext, active: state.Version, version: int) -> None:
+    """Undo what versions above ``active`` in its lineage left there (failed or abandoned top-ups, or retired ones
+    a rollback left behind; :func:`plan` took a ready one for a full run), newest first, so that the lineage's open
+    rows are the active version's."""
+    found = state.list_versions(conn, context.table)
+    staying = [v.version for v in found if v.lineage == active.lineage and v.version <= active.version]
+    for v in sorted(found, key=lambda v: -v.version):
+        if v.lineage == active.lineage and active.version < v.version < version:
+            context.dialect.drop_version(conn, context.table, v.version, v.lineage, undo=True, staying=staying)
 
 
 @contextlib.contextmanager

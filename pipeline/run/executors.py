@@ -29,7 +29,7 @@ from pipeline.run.domain import Domain, merged_fingerprint, merged_size, partiti
 from pipeline.run.model import Model
 from pipeline.run.partitions import PartitionResult, PartitionTask, write_partition
 from pipeline.run.scoring import Scorer, TypeGuard, first_rows
-from pipeline.run.store import VersionWriter, columns_of, fill
+from pipeline.run.store import InLineage, VersionWriter, columns_of, fill
 
 log = logging.getLogger("pipeline")
 
@@ -71,6 +71,8 @@ class Target:
     guard: TypeGuard | None = None
     #: The active version a change-driven top-up builds on (see :mod:`pipeline.run.changes`).
     changes_from: state.Version | None = None
+    #: Where the version is kept in a lineage: ``physical`` is the lineage's table a full run starts.
+    lineage: InLineage | None = None
 
     @property
     def job(self) -> Job:
@@ -99,7 +101,8 @@ class LocalExecutor:
         try:
             with domain.one_instant(), transaction(context.engine) as conn:
                 progress = context.rows_written(progress_total(conn, job))
-                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys, kinds=domain.kind)
+                writer = VersionWriter(dialect, conn, target.physical, job.domain.keys, kinds=domain.kind,
+                                       lineage=target.lineage)
                 scorer = target.scorer()
                 chunks = scorer.checking(domain.chunks())
                 if top_up is None:
@@ -128,7 +131,7 @@ class LocalExecutor:
         the active version's."""
         context, job = target.context, target.job
         with transaction(context.engine) as conn:
-            writer = VersionWriter(context.dialect, conn, target.physical, job.domain.keys)
+            writer = VersionWriter(context.dialect, conn, target.physical, job.domain.keys, lineage=target.lineage)
             scorer = target.scorer()
             done = changes.apply(context, conn, writer, scorer, active, context.rows_written(None))
             if done.expected == 0:
@@ -180,6 +183,7 @@ class DaskExecutor:
             with transaction(engine) as conn:
                 columns = empty_columns(conn, job)
                 dialect.create_table(conn, target.physical, columns, job.domain.keys)
+                VersionWriter(dialect, conn, target.physical, job.domain.keys, columns, lineage=target.lineage).finish()
             return Loaded(0, columns, 0, fingerprint, 0)
         with transaction(engine) as conn:
             # committed: the workers write into it
@@ -192,7 +196,8 @@ class DaskExecutor:
             rows = sum(r.rows for r in results)
             checkpoint("indexing")
             with transaction(engine) as conn:
-                VersionWriter(dialect, conn, target.physical, job.domain.keys, columns, rows).finish()
+                VersionWriter(dialect, conn, target.physical, job.domain.keys, columns, rows,
+                              lineage=target.lineage).finish()
         except BaseException:
             # Like a local load's rolled-back transaction: a load that failed leaves no table behind.
             with transaction(engine) as conn:

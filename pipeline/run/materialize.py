@@ -29,7 +29,7 @@ from pipeline.database.transactions import reading, transaction
 from pipeline.errors import (AuditError, DatabaseError, GateError, JobFileError, JobLocked, PipelineError,
                              PublishPending, SourceError, ViewBusy, first_line)
 from pipeline.jobspec import GateSpec, Job
-from pipeline.names import version_table
+from pipeline.names import lineage_table, version_table
 from pipeline.phases import checkpoint
 from pipeline.run import changes, gates, topup
 from pipeline.run.audits import AuditResult, audit_version, failures
@@ -39,6 +39,7 @@ from pipeline.run.executors import Loaded, Target, executor_for
 from pipeline.run.model import Model, load_model
 from pipeline.run.notify import notified
 from pipeline.run.scoring import TypeGuard, check_output
+from pipeline.run.store import InLineage
 from pipeline.serve.pointer import FlipResult, publish, write_default
 from pipeline.serve.retention import gc, reap_locked
 
@@ -61,8 +62,10 @@ class RunResult:
     skipped: str | None = None
     #: Seconds spent in each phase: load (read, score, write, key), audit, publish.
     phases: dict[str, float] = field(default_factory=dict)
-    #: Rows an incremental run copied from the active version (the rest were scored).
+    #: Rows an incremental run copied from the active version (the rest were scored); in a lineage, kept there.
     copied: int = 0
+    #: The lineage the version is kept in (see :func:`pipeline.run.changes.in_lineages`), or None.
+    lineage: int | None = None
     #: The version was built from the active one (a top-up), not from the whole domain.
     top_up: bool = False
     #: Why a run asked to top up was a full one (see :mod:`pipeline.run.changes`), or None.
@@ -347,8 +350,10 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
     previous = topup.from_active(engine, job, model) if how.hashes else None
     guard = type_guard(engine, job)
     watermark = changes.watermark(context) if job.domain.changed is not None else None
-    version = _allocate(context, model)
-    physical = version_table(table, version)
+    version = _allocate(context, model, how)
+    number = how.lineage(version)
+    lineage = InLineage(table, number, version) if number is not None else None
+    physical = lineage_table(table, version) if lineage is not None and lineage.starts else version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
     phases: dict[str, float] = {}
     mark = time.monotonic()
@@ -359,7 +364,7 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
         mark = time.monotonic()
 
     try:
-        loaded = executor.load(Target(context, model, version, physical, previous, guard, how.active))
+        loaded = executor.load(Target(context, model, version, physical, previous, guard, how.active, lineage))
         lap("load")
         results = _audit(context, version, loaded)
         lap("audit")
@@ -381,7 +386,7 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
         raise
     log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
     return RunResult(table, version, loaded.rows, activate, flip.from_version if flip else None, 0.0,
-                     tuple(results), phases=phases, copied=loaded.copied, top_up=how.top_up,
+                     tuple(results), phases=phases, copied=loaded.copied, top_up=how.top_up, lineage=number,
                      full_because=how.full_because)
 
 
@@ -445,8 +450,9 @@ def type_guard(engine: Engine, job: Job) -> TypeGuard:
     return TypeGuard(active.input_schema, active.version, job.domain.allow_type_changes)
 
 
-def _allocate(context: RunContext, model: Model) -> int:
-    """Record a new ``building`` version; committed at once so a crash leaves a trace."""
+def _allocate(context: RunContext, model: Model, how: changes.Plan) -> int:
+    """Record a new ``building`` version (in its lineage, ``how`` keeps one: a full run's own, a top-up's active
+    version's); committed at once so a crash leaves a trace."""
     job, table = context.job, context.table
     with transaction(context.engine) as conn:
         context.dialect.lock(conn, f"pipeline:{table}")
@@ -456,7 +462,8 @@ def _allocate(context: RunContext, model: Model) -> int:
                              model_sha256=model.sha256, model_class=model.class_name, started_at=context.clock(),
                              model_source=model.source.to_json() if model.source else None,
                              model_library=model.library, output_labels=model.labels,
-                             settings_sha256=settings_digest(job, model), passthrough=job.output.include)
+                             settings_sha256=settings_digest(job, model), passthrough=job.output.include,
+                             lineage=how.lineage(version))
     return version
 
 

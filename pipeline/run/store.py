@@ -3,6 +3,7 @@ best rows with top_k), then build its key and statistics."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import pandas as pd
@@ -48,13 +49,29 @@ def columns_of(frame: pd.DataFrame, kinds: Kinds | None = None) -> list[tuple[st
     return [(str(c), infer_type(str(c), frame[c], kinds(str(c)) if kinds else None)) for c in frame.columns]
 
 
+@dataclass(frozen=True)
+class InLineage:
+    """A version kept in a lineage (:attr:`Dialect.LINEAGES`): a full run's table starts ``lineage`` (its own
+    number), a top-up adds its changes to the lineage's table."""
+
+    table: str
+    lineage: int
+    version: int
+
+    @property
+    def starts(self) -> bool:
+        return self.version == self.lineage
+
+
 class VersionWriter:
     """Appends scored chunks to a new version table inside the caller's transaction."""
 
     def __init__(self, dialect: Dialect, conn: Connection, name: str, keys: Sequence[str],
-                 columns: list[tuple[str, str]] | None = None, rows: int = 0, kinds: Kinds | None = None) -> None:
+                 columns: list[tuple[str, str]] | None = None, rows: int = 0, kinds: Kinds | None = None,
+                 lineage: InLineage | None = None) -> None:
         """``columns``: the table exists already with these columns (a distributed run's coordinator made it);
-        ``kinds``: the domain's declared column kinds, for columns its first rows cannot type."""
+        ``kinds``: the domain's declared column kinds, for columns its first rows cannot type; ``lineage``:
+        the version is kept in one (its table starts it, or a top-up writes the rows it scored to ``name``)."""
         self.dialect = dialect
         self.conn = conn
         self.name = name
@@ -62,6 +79,7 @@ class VersionWriter:
         self.columns: list[tuple[str, str]] = columns or []
         self.rows = rows
         self.kinds = kinds
+        self.lineage = lineage
 
     def write(self, frame: pd.DataFrame) -> None:
         """Append ``frame``; the first call creates the table with the types of its columns."""
@@ -75,7 +93,8 @@ class VersionWriter:
         self.rows += len(frame)
 
     def finish(self) -> int:
-        """Build the unique key and gather statistics; return the rows written.
+        """Build the unique key and gather statistics (a lineage's first table is marked as one); make the view
+        of a version kept in a lineage; return the rows written.
 
         The key is built after the load (far faster than maintaining it row by row);
         the row count and NULL keys are audited afterwards from the table itself.
@@ -83,15 +102,23 @@ class VersionWriter:
         Raises:
             AuditError: a key is NULL (where the key forbids it) or listed more than once.
         """
-        try:
-            with self.dialect.savepoint(self.conn):
-                self.dialect.add_unique_key(self.conn, self.name, self.keys)
-        except IntegrityError:
-            raise AuditError(self._key_problem()) from None
-        self.dialect.analyze(self.conn, self.name)
+        lineage, dialect = self.lineage, self.dialect
+        if lineage is None or lineage.starts:
+            try:
+                with dialect.savepoint(self.conn):
+                    if lineage is None:
+                        dialect.add_unique_key(self.conn, self.name, self.keys)
+                    else:
+                        dialect.mark_lineage(self.conn, self.name, self.columns, self.keys, lineage.lineage)
+            except IntegrityError:
+                raise AuditError(self.key_problem()) from None
+            dialect.analyze(self.conn, self.name)
+        if lineage is not None:
+            dialect.version_view(self.conn, lineage.table, lineage.version, lineage.lineage, self.columns)
         return self.rows
 
-    def _key_problem(self) -> str:
+    def key_problem(self) -> str:
+        """Which keys of the table written are NULL or listed more than once, for one line."""
         q = self.dialect.quote
         any_null = " OR ".join(f"{q(k)} IS NULL" for k in self.keys)
         nulls = self.conn.execute(text(f"SELECT COUNT(*) FROM {q(self.name)} WHERE {any_null}")).scalar_one()

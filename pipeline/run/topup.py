@@ -9,6 +9,7 @@ version's (same sha256): a new model means every row must be scored again.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -102,23 +103,31 @@ def copy_except(conn: Connection, dialect: Dialect, physical: str, source: str, 
     ``gone``'s side through ``source``'s key, cheap when few keys are gone; else 0). A key with a NULL matches none."""
     q = dialect.quote
     names = dialect.column_list([c for c, _ in columns])
-    gone = gone[list(keys)].dropna()
-    if gone.empty:
+    if gone[list(keys)].dropna().empty:
         done = conn.exec_driver_sql(f"INSERT INTO {q(physical)} ({names}) SELECT {names} FROM {q(source)}")
         return done.rowcount, 0
-    dropped = f"{physical}__gone"
+    with gone_table(conn, dialect, f"{physical}__gone", columns, keys, gone) as dropped:
+        match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in keys)
+        held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {q(dropped)} g WHERE EXISTS "
+                                    f"(SELECT 1 FROM {q(source)} a WHERE {match})").scalar_one() if count_held else 0
+        done = conn.exec_driver_sql(
+            f"INSERT INTO {q(physical)} ({names}) SELECT {', '.join(f'a.{q(c)}' for c, _ in columns)} "
+            f"FROM {q(source)} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
+    return done.rowcount, int(held)
+
+
+@contextlib.contextmanager
+def gone_table(conn: Connection, dialect: Dialect, name: str, columns: Sequence[tuple[str, str]],
+               keys: Sequence[str], gone: pd.DataFrame) -> Iterator[str]:
+    """The keys ``gone`` (unique; those with a NULL left out: they match none) in a keyed temporary table ``name``
+    of the connection for the block, which commits nothing (on MariaDB too) and which a run that dies leaves
+    nowhere."""
     types = dict(columns)
     gone_columns = [(k, types[k]) for k in keys]
-    dialect.create_scratch(conn, dropped, gone_columns, keys)
-    dialect.load(conn, dropped, gone_columns, gone)
-    match = " AND ".join(f"g.{q(k)} = a.{q(k)}" for k in keys)
-    held = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {q(dropped)} g WHERE EXISTS "
-                                f"(SELECT 1 FROM {q(source)} a WHERE {match})").scalar_one() if count_held else 0
-    done = conn.exec_driver_sql(
-        f"INSERT INTO {q(physical)} ({names}) SELECT {', '.join(f'a.{q(c)}' for c, _ in columns)} "
-        f"FROM {q(source)} a WHERE NOT EXISTS (SELECT 1 FROM {q(dropped)} g WHERE {match})")
-    dialect.drop_scratch(conn, dropped)
-    return done.rowcount, int(held)
+    dialect.create_scratch(conn, name, gone_columns, keys)
+    dialect.load(conn, name, gone_columns, gone[list(keys)].dropna())
+    yield name
+    dialect.drop_scratch(conn, name)
 
 
 def _keys(keys: pd.DataFrame) -> pd.Index:

@@ -69,11 +69,11 @@ def attach(conn: Connection, dialect: Dialect, table: str, kept: list[state.Vers
     The first is the version to serve and must be; the others may wait for readers that still
     hold them from before, which the flip does not wait for.
     """
-    attached = dialect.serve(conn, table, kept[0].version, kept[0].columns)
+    attached = dialect.serve(conn, table, kept[0].version, kept[0].columns, kept[0].lineage)
     for v in kept[1:]:
         try:
             with dialect.savepoint(conn):
-                attached = dialect.serve(conn, table, v.version, v.columns) or attached
+                attached = dialect.serve(conn, table, v.version, v.columns, v.lineage) or attached
         except SQLAlchemyError as exc:
             if not dialect.is_lock_timeout(exc):
                 raise
@@ -93,7 +93,7 @@ def write_view(conn: Connection, dialect: Dialect, table: str, alias: str, kept:
     """
     served = kept[0]
     listed = [(version_table(table, v.version), v.version) for v in kept if v.columns == served.columns]
-    select_sql = dialect.view_select(table, alias, listed, served.columns)
+    select_sql = dialect.view_select(table, alias, listed, served.columns, lineages=served.lineage is not None)
     same = active is not None and active.columns == served.columns
     if not same:
         split.drop_view(conn, dialect, table)
@@ -159,7 +159,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             return None
         # the version served now is among ``versions`` (as the one served before the flip)
         active = next((v for v in versions if pointer and v.version == pointer.version), None)
-        dialect.set_gate(conn, table, alias, version, versions[0].columns)
+        dialect.set_gate(conn, table, alias, version, versions[0].columns, versions[0].lineage)
         write_view(conn, dialect, table, alias, versions, active)
         checkpoint("flipping")
         # the version served already: its views are written again (which mends one dropped by hand), but the
@@ -202,7 +202,8 @@ def settle(engine: Engine, table: str) -> dict[int, str]:
     try:
         with reading(engine) as conn:
             wanted = serving_set(conn, table)
-        left = dialect.settle(engine, table, wanted)
+            lineages = {v.lineage for v in state.list_versions(conn, table) if v.version in wanted and v.lineage}
+        left = dialect.settle(engine, table, wanted, lineages)
     except PipelineError as exc:
         log.warning("%s: could not settle what the views serve: %s", table, exc)
         return {}

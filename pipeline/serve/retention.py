@@ -69,7 +69,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
             if gone & set(pointer.view_versions):
                 kept = serving(conn, dialect, table, pointer.version, None)
                 attach(conn, dialect, table, kept)
-                dialect.set_gate(conn, table, pointer.alias, pointer.version, kept[0].columns)
+                dialect.set_gate(conn, table, pointer.alias, pointer.version, kept[0].columns, kept[0].lineage)
                 write_view(conn, dialect, table, pointer.alias, kept, kept[0])  # the view's DDL: no reader plans
                 state.set_view_versions(conn, table, pointer.alias, [v.version for v in kept])
         return doomed
@@ -88,7 +88,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
             users = dialect.dependents(conn, physical)
             if users:
                 return f"{physical} is still read by {', '.join(users)}"
-            dialect.drop_table(conn, physical)
+            drop_version(conn, dialect, table, v)
             if v.status == "ready":
                 state.update_version(conn, table, v.version, status="retired")
             return None
@@ -111,6 +111,16 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
 
 def _exists(conn: Connection, table: str, version: int) -> bool:
     return conn.dialect.has_table(conn, version_table(table, version))
+
+
+def drop_version(conn: Connection, dialect: Dialect, table: str, v: state.Version) -> None:
+    """Drop what holds ``v``'s rows, in the caller's transaction: its table; in a lineage, its view and the rows no
+    other version there sees (a version never ready is undone), and the lineage's table with the last of them."""
+    staying = [] if v.lineage is None else [
+        o.version for o in state.list_versions(conn, table)
+        if o.lineage == v.lineage and o.version != v.version
+        and (o.status in ("ready", "building") or (o.status == "failed" and _exists(conn, table, o.version)))]
+    dialect.drop_version(conn, table, v.version, v.lineage, undo=v.status != "ready", staying=staying)
 
 
 def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.utcnow) -> list[tuple[str, int]]:
@@ -149,7 +159,7 @@ def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -
         stale = [v for v in state.list_versions(conn, table) if v.status == "building"]
         for v in stale:
             if v.version not in held:
-                dialect.drop_table(conn, version_table(table, v.version))
+                drop_version(conn, dialect, table, v)
             state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
             log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
         for run in state.running_runs(conn, table):

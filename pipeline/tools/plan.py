@@ -23,7 +23,7 @@ from pipeline.database.engines import redact
 from pipeline.database.transactions import reading
 from pipeline.errors import AuditError
 from pipeline.jobspec import Job
-from pipeline.names import outputs_of, version_table, view_name
+from pipeline.names import lineage_table, outputs_of, version_table, view_name
 from pipeline.run import changes, topup
 from pipeline.run.audits import planned_audits
 from pipeline.run.context import RunContext, RunOptions
@@ -118,15 +118,20 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
         found = state.list_versions(conn, job.output.table) if known else []
     held = held_by(found, job, model, logical_date, domain.fingerprint)
     dialect = dialect_for(engine)
-    physical = version_table(job.output.table, version)
+    lineages = changes.in_lineages(job, dialect)
+    physical = (lineage_table if lineages else version_table)(job.output.table, version)
     table = Table(physical, MetaData(), *(Column(c, COLUMN_TYPES[t]()) for c, t in columns))
+    key = (f"-- then the key: unique ({', '.join(keys)}); ANALYZE {physical}" if not lineages else
+           f"-- then the lineage's columns (lineage, valid_from, valid_to) and key: unique ({', '.join(keys)}, "
+           f"valid_to); ANALYZE {physical}; the view {version_table(job.output.table, version)} of its rows "
+           "(a top-up instead adds its changes to the active version's lineage)")
     sql = (
         str(CreateTable(table).compile(dialect=engine.dialect)).strip(),
         f"-- load {domain.size} rows in chunks of {job.domain.chunk_size}: "
         f"{dialect.load_sql(physical, columns)}",
-        f"-- then the key: unique ({', '.join(keys)}); ANALYZE {physical}",
+        key,
         f"-- then the view {job.output.table}, which serves the active version and its rollback target, e.g.\n"
-        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], columns),
+        + dialect.view_select(job.output.table, state.DEFAULT_ALIAS, [(physical, version)], columns, lineages),
     )
     return Plan(job=job.name, target=redact(str(engine.url)), table=job.output.table, logical_date=logical_date,
                 version=version, active_version=pointer.version if pointer else None, domain_size=domain.size,

@@ -109,6 +109,7 @@ CREATE TABLE pipeline_versions (
 	passthrough TEXT,
 	watermark DATETIME(6),
 	top_ups INTEGER,
+	lineage INTEGER,
 	started_at DATETIME(6) NOT NULL,
 	finished_at DATETIME(6),
 	error TEXT,

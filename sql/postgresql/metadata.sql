@@ -109,6 +109,7 @@ CREATE TABLE pipeline_versions (
 	passthrough TEXT,
 	watermark TIMESTAMP WITH TIME ZONE,
 	top_ups INTEGER,
+	lineage INTEGER,
 	started_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	finished_at TIMESTAMP WITH TIME ZONE,
 	error TEXT,

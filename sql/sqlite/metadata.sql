@@ -109,6 +109,7 @@ CREATE TABLE pipeline_versions (
 	passthrough TEXT,
 	watermark DATETIME,
 	top_ups INTEGER,
+	lineage INTEGER,
 	started_at DATETIME NOT NULL,
 	finished_at DATETIME,
 	error TEXT,

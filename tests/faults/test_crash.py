@@ -119,7 +119,10 @@ def test_kill_9_during_an_incremental_top_up_leaves_the_view_whole_and_the_next_
 @pytest.mark.parametrize("phase", PHASES)
 def test_kill_9_during_a_change_driven_top_up_loses_no_change(phase, db_url, engine, write_job, tmp_path):
     """The next top-up reads from the watermark of the version that serves, not the dead run's: the rows changed
-    before the dead run began and those changed after it died are both scored."""
+    before the dead run began and those changed after it died are both scored. On PostgreSQL the dead run's rows
+    in the lineage are undone: the next top-up holds exactly a full run's rows."""
+    if phase == "attached" and db_url.startswith("postgresql"):
+        pytest.skip("a top-up on PostgreSQL adds to its lineage, attached already: it attaches nothing")
     write_source(engine, customers_frame(ROWS))
     job = load_job(write_job(CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["customer_id"]\nchunk_size = 500')))
     run_job(job, engine)

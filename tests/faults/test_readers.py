@@ -15,13 +15,15 @@ import time
 from datetime import timezone
 
 import numpy as np
+import pytest
 from sqlalchemy import text
 
 from pipeline import activate, load_job, run_job
 from pipeline.database.engines import make_engine
 
 from fakemodels import Scripted
-from helpers import SCRIPTED_JOB, customers_frame, report, write_table
+from helpers import (CHANGES_QUERY, CUSTOMERS_QUERY, SCRIPTED_JOB, change, customers_frame, report, write_source,
+                     write_table)
 
 ROWS = 2000
 READERS = 8
@@ -119,13 +121,19 @@ def test_readers_never_notice_flips(db_url, engine, write_job, request):
     assert p["busy"][1] <= 5 * p["quiet"][1]
 
 
-def two_versions(url: str, rows: int, write_job):
-    """Versions 1 and 2 of ``scores`` (keep = 1) over ``rows`` customers; its engine."""
+def two_versions(url: str, rows: int, write_job, changes: bool = False):
+    """Versions 1 and 2 of ``scores`` (keep = 1) over ``rows`` customers; its engine. With ``changes``, the job has
+    ``[domain] changed`` (on PostgreSQL each full run then begins a lineage, which top-ups add to)."""
     engine = make_engine(url)
     frame = customers_frame(rows)
     frame["x1"] = frame.customer_id.astype(float)
-    write_table(engine, "customers", frame)
-    path = write_job(SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1'), model=Scripted())
+    body = SCRIPTED_JOB.replace('table = "scores"', 'table = "scores"\nkeep = 1')
+    if changes:
+        write_source(engine, frame)
+        body = body.replace(CUSTOMERS_QUERY, CHANGES_QUERY)
+    else:
+        write_table(engine, "customers", frame)
+    path = write_job(body, model=Scripted())
     for _ in range(2):
         run_job(load_job(path), engine, force=True)
     return engine
@@ -248,12 +256,14 @@ def test_no_reader_can_stop_a_run_or_a_rollback_on_mariadb(mysql_url, tmp_path, 
     engine.dispose()
 
 
-def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_job):
+@pytest.mark.parametrize("top_up", [False, True], ids=["full run", "top-up in a lineage"])
+def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_job, top_up):
     """Held across a whole run with ``keep = 1`` and its publish: a REPEATABLE READ transaction that read the view,
     a connection left idle in transaction, a long analytic query and a pg_dump. The run exits 0 and is recorded as
     succeeded; new statements see the new version within a second of the flip while the long transaction keeps its
     old version, whole; a reader looking up a key every 10 ms never waits 100 ms for a lock; a rollback meanwhile
-    takes effect at once; and the dump restores."""
+    takes effect at once; and the dump restores. The run is a full one, or a top-up of a job with ``[domain]
+    changed``, which writes its changes into the rows of the lineage the readers hold."""
     import subprocess
     import sys
     import uuid
@@ -262,7 +272,8 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
     from pipeline.serve.retention import gc
 
     rows = 5000
-    engine = two_versions(postgresql_url, rows, write_job)
+    engine = two_versions(postgresql_url, rows, write_job, changes=top_up)
+    held_table = "scores__l2" if top_up else "scores__v2"
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
     plain = postgresql_url.split("?")[0]
@@ -290,7 +301,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
             for _ in range(300):
                 dumping = conn.execute(text("SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                                             "WHERE a.application_name = 'pg_dump' "
-                                            "AND l.relation = to_regclass('scores__v2')")).scalar()
+                                            f"AND l.relation = to_regclass('{held_table}')")).scalar()
                 sleeping = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
                                              " AND query LIKE '%GROUP BY model_version'")).scalar()
                 conn.commit()
@@ -300,11 +311,15 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
             else:
                 raise AssertionError("pg_dump and the analytic query never both held the tables")
 
+        if top_up:
+            change(engine, "customer_id <= 100")
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", "--force", "--db", postgresql_url],
+        how = "--incremental" if top_up else "--force"
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "scores", how, "--db", postgresql_url],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})  # the scripted model
         assert done.returncode == 0, done.stderr
+        assert ("100 scored, 4900 kept in lineage 2" in done.stdout) is top_up, done.stdout
         ran = time.monotonic() - started
         with engine.connect() as conn:
             run = conn.execute(text("SELECT status, version FROM pipeline_runs ORDER BY id DESC LIMIT 1")).one()
@@ -332,7 +347,7 @@ def test_no_reader_can_stop_a_run_or_a_rollback(postgresql_url, tmp_path, write_
         for thread in threads:
             thread.join(30)
         repeatable.close(), idle.close()
-    report(f"held across a run on postgresql (RR transaction, idle in transaction, analytic query, pg_dump): the run "
+    report(f"held across a {'top-up' if top_up else 'run'} on postgresql (RR transaction, idle in transaction, analytic query, pg_dump): the run "
            f"{ran:.1f} s, exit 0; {len(lookups)} lookups, none waited 100 ms for a lock; rollback {took * 1000:.0f} ms")
     assert errors == []
     assert dump.returncode == 0 and len(sql) > 65536

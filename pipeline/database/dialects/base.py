@@ -10,7 +10,7 @@ import contextlib
 import re
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Iterator, Sequence
 
 from sqlalchemy import Column, MetaData, Table, TextClause, bindparam, text
 from sqlalchemy import types as sqltypes
@@ -270,8 +270,10 @@ class Dialect:
 
     # -- the stable view ----------------------------------------------------
 
-    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:
-        """The SELECT behind the stable view: one branch per version it serves, gated by the pointer.
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns,
+                    lineages: bool = False) -> str:
+        """The SELECT behind the stable view: one branch per version it serves, gated by the pointer
+        (``lineages``: versions of lineages, where :attr:`LINEAGES`).
 
         Every branch compares its version with the pointer row, read once per statement
         in the statement's own snapshot: a reader sees exactly one version, and moving the
@@ -291,9 +293,10 @@ class Dialect:
         return ("(SELECT p.version FROM pipeline_pointer p "
                 f"WHERE p.table_name = '{table}' AND p.alias = '{alias}')")
 
-    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns) -> None:
-        """Open the gate to ``version`` (of ``columns``) in the flip's transaction, where it is not the pointer
-        row itself; before the view is written, so that a view made anew finds its gate open."""
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns,
+                 lineage: int | None = None) -> None:
+        """Open the gate to ``version`` (of ``columns``, in ``lineage``) in the flip's transaction, where it is not
+        the pointer row itself; before the view is written, so that a view made anew finds its gate open."""
 
     def served_version(self, conn: Connection, table: str, alias: str) -> int | None:
         """The version ``alias``'s view serves, read from the view and its gate, where a run that died between its
@@ -305,23 +308,50 @@ class Dialect:
         """Whether ``view`` is ``select_sql`` already, so that publishing needs no DDL on it."""
         return False
 
+    def drop_version(self, conn: Connection, table: str, version: int, lineage: int | None, undo: bool = False,
+                     staying: Collection[int] = ()) -> None:
+        """Drop what holds ``version``'s rows: its table; or, in a lineage, its view and the rows no version
+        ``staying`` in the lineage sees (``undo``: it never was ready, so the rows it closed are opened again),
+        and the lineage's table once none stays."""
+        self.drop_table(conn, version_table(table, version))
+
+    # -- lineages: versions that share their unchanged rows (PostgreSQL) -------
+
+    #: Whether the versions of a job with ``[domain] changed`` share one table, each a range of rows, so that a
+    #: top-up writes only what changed (see :mod:`pipeline.run.changes`).
+    LINEAGES = False
+
+    def mark_lineage(self, conn: Connection, name: str, columns: Columns, keys: Sequence[str], lineage: int) -> None:
+        """Make a full run's loaded table ``name`` the start of ``lineage``: its range columns, its key and its log."""
+        raise NotImplementedError
+
+    def version_view(self, conn: Connection, table: str, version: int, lineage: int, columns: Columns) -> None:
+        """Make ``<table>__v<N>`` the view of ``version``'s rows in its lineage's table."""
+        raise NotImplementedError
+
+    def top_up_lineage(self, conn: Connection, table: str, lineage: int, version: int, scored: str, gone: str,
+                       columns: Columns, keys: Sequence[str]) -> int:
+        """Make ``version`` in ``lineage`` from its newest one: close the rows of the keys in table ``gone``,
+        add the rows of table ``scored`` and log the keys; the rows closed."""
+        raise NotImplementedError
+
     def has_version(self, conn: Connection, table: str, version: int) -> bool:
         """Whether ``version``'s rows are there for the views to read: its table, unless it was dropped by hand."""
         return conn.dialect.has_table(conn, version_table(table, version))
 
-    def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
-        """Make ``version``'s table one the views can read; whether that changed anything readers plan with
-        (where the view names its tables, there is nothing to do)."""
+    def serve(self, conn: Connection, table: str, version: int, columns: Columns, lineage: int | None = None) -> bool:
+        """Make ``version``'s table (its ``lineage``'s) one the views can read; whether that changed anything readers
+        plan with (where the view names its tables, there is nothing to do)."""
         return False
 
     def wait_for_planners(self, engine: Engine) -> None:
         """After :meth:`serve` changed something, let statements planned before it finish before the pointer
         moves (where the view names its tables, a plan and its pointer always agree)."""
 
-    def settle(self, engine: Engine, table: str, serving: set[int]) -> dict[int, str]:
-        """Take what :meth:`serve` added for versions outside ``serving`` out of the views' reach, without
-        waiting on readers longer than a moment; the versions it left, each with why (the next publish or
-        ``gc`` tries again). Nothing to do where the view lists its versions."""
+    def settle(self, engine: Engine, table: str, serving: set[int], lineages: Collection[int] = ()) -> dict[int, str]:
+        """Take what :meth:`serve` added for versions outside ``serving`` (and lineages outside ``lineages``) out of
+        the views' reach, without waiting on readers longer than a moment; the versions (and lineages) it left,
+        each with why (the next publish or ``gc`` tries again). Nothing to do where the view lists its versions."""
         return {}
 
     def replace_view(self, conn: Connection, view: str, select_sql: str, same_columns: bool,

@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -411,7 +411,8 @@ class MariaDBDialect(Dialect):
 
     # -- the stable view ----------------------------------------------------
 
-    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns) -> str:
+    def view_select(self, table: str, alias: str, members: Sequence[tuple[str, int]], columns: Columns,
+                    lineages: bool = False) -> str:
         """The view joins the serving table of its columns to the alias's gate row: MariaDB reads the gate as a
         constant table (a primary-key equality), so a lookup is two primary-key probes and a join is
         ``eq_ref`` on ``(version, key)``, however many versions the serving table holds."""
@@ -420,7 +421,8 @@ class MariaDBDialect(Dialect):
         return (f"SELECT {cols}, s.model_version FROM {self.quote(serving)} s JOIN {self.quote(gate_table(table))} g "
                 f"ON s.model_version = g.version WHERE g.alias = '{alias}' AND g.serving = '{serving}'")
 
-    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns) -> None:
+    def set_gate(self, conn: Connection, table: str, alias: str, version: int, columns: Columns,
+                 lineage: int | None = None) -> None:
         """Upsert the alias's gate row for ``columns``; a row of other columns than the view reads is not seen
         until the view is made on them, so it is opened before (and commits with) that DDL."""
         conn.exec_driver_sql(
@@ -436,7 +438,7 @@ class MariaDBDialect(Dialect):
             return True
         return super().has_version(conn, table, version)
 
-    def serve(self, conn: Connection, table: str, version: int, columns: Columns) -> bool:
+    def serve(self, conn: Connection, table: str, version: int, columns: Columns, lineage: int | None = None) -> bool:
         """Copy the version into the serving table of its columns (made on first use, with the gate), with its
         mark in ``<table>__served``, in the caller's transaction; nothing if it is marked already. Rows of the
         version an interrupted drop left are deleted first."""
@@ -454,7 +456,7 @@ class MariaDBDialect(Dialect):
         conn.exec_driver_sql(f"INSERT INTO {q(served)} (version, serving) VALUES (?, ?)", (version, serving))
         return True
 
-    def settle(self, engine: Engine, table: str, serving: set[int]) -> dict[int, str]:
+    def settle(self, engine: Engine, table: str, serving: set[int], lineages: Collection[int] = ()) -> dict[int, str]:
         """Replace the staging table of each version copied whole into a serving table by a view of its rows there,
         so a served version is stored once; what a run, ``diff`` or ``report`` reads as ``<table>__v<N>`` stays
         the same rows. A staging table an old transaction may still read (see :meth:`dependents`) is left for a
