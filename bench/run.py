@@ -748,8 +748,9 @@ table = "{job.stem}"
 CHANGES_HEADER = [
     "Change-driven top-up: the job has `[domain] changed` (rows with `updated_at >= :since`, indexed) and "
     "`removed` (a table of deleted keys); after a full run, 0.1% of the keys change (0.08% updated, 0.01% inserted, "
-    "0.01% deleted), then `pipeline run --incremental` (reads and scores only those, copies the rest inside the "
-    "database) against a full `pipeline run --full --force`; hgb is the bench's model (100 trees), hgb500 a "
+    "0.01% deleted), then `pipeline run --incremental` (reads and scores only those; on PostgreSQL adds them to the "
+    "active version's lineage, elsewhere copies the rest inside the database) against a full `pipeline run --full "
+    "--force`; hgb is the bench's model (100 trees), hgb500 a "
     "costlier one (500 trees of 63 leaves); `same table` compares the two versions row for row in the database. "
     "Target (issue 18, at 10M rows): top-up / full at most 0.30 with the cheap model, 0.10 with the costly one.", "",
     "| database | rows | model | keys changed | full run | top-up | top-up / full | same table |",

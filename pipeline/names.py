@@ -25,6 +25,9 @@ BUCKET = "ab_bucket"
 INPUT_HASH = "input_hash"
 RANK = "rank"
 SYSTEM_COLUMNS = (BUCKET, INPUT_HASH)
+#: Columns of a lineage's table and log (:func:`lineage_table`) besides the version's: no key or column passed
+#: through may be named so in a job whose versions are kept in lineages.
+LINEAGE_COLUMNS = ("lineage", "valid_from", "valid_to", "changed_in")
 #: The alias of the main view ``<table>``; other aliases name views ``<table>__<alias>``.
 DEFAULT_ALIAS = "champion"
 

@@ -26,9 +26,9 @@ from pipeline.contract import value_kind
 from pipeline.database import schema, state
 from pipeline.database.dialects import Dialect
 from pipeline.database.transactions import reading
-from pipeline.errors import AuditError, ModelError, SourceError
+from pipeline.errors import AuditError, ModelError, PipelineError, SourceError
 from pipeline.jobspec import Factor, Job
-from pipeline.names import version_table
+from pipeline.names import LINEAGE_COLUMNS, version_table
 from pipeline.run import topup
 from pipeline.run.context import RunContext
 from pipeline.run.domain import Domain
@@ -74,6 +74,8 @@ def plan(context: RunContext, model: Model, settings: str) -> Plan:
     """
     job, options = context.job, context.options
     lineages = in_lineages(job, context.dialect)
+    if lineages:
+        _check_lineage_columns(job)
     if options.full or not (options.incremental or job.domain.incremental):
         return Plan(lineages=lineages)
     if job.domain.changed is None:
@@ -94,6 +96,15 @@ def in_lineages(job: Job, dialect: Dialect) -> bool:
     """Whether the job's versions share lineages: a job with ``[domain] changed`` on a database that keeps them
     (PostgreSQL). A top-up then writes only what changed, in place of a copy of every unchanged row."""
     return dialect.LINEAGES and job.domain.changed is not None
+
+
+def _check_lineage_columns(job: Job) -> None:
+    """Refuse, before anything is built, a key or a column passed through named like a lineage's own columns."""
+    taken = [c for c in (*job.domain.keys, *job.output.include) if c in LINEAGE_COLUMNS]
+    if taken:
+        raise PipelineError(f"{job.output.table}: domain column(s) {', '.join(taken)} have the name of a column the "
+                            f"versions' lineage keeps ({', '.join(LINEAGE_COLUMNS)}: see [domain] changed); rename "
+                            "them in the query")
 
 
 def _why_not_in_lineage(conn: Connection, context: RunContext, active: state.Version | None) -> str | None:
@@ -165,7 +176,7 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
         dialect.create_table(conn, writer.name, writer.columns, keys)
     else:
         _undo_above(conn, context, active, lineage.version)
-        writer.name = f"{writer.name}__new"  # the scored rows, moved into the lineage at the end
+        writer.name = "pipeline_top_up_rows"  # the rows scored, a temporary table moved into the lineage at the end
         dialect.create_scratch(conn, writer.name, writer.columns)
     listed: list[pd.DataFrame] = []
 
@@ -191,7 +202,7 @@ def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: 
                                          active.columns, keys, gone, count_held=True)
         writer.rows += copied
         return Applied(copied, (active.row_count or 0) - held + scored)
-    with topup.gone_table(conn, dialect, f"{writer.name}__gone", active.columns, keys, gone) as gone_name:
+    with topup.gone_table(conn, dialect, "pipeline_top_up_gone", active.columns, keys, gone) as gone_name:
         try:
             with dialect.savepoint(conn):
                 held = dialect.top_up_lineage(conn, context.table, lineage.lineage, lineage.version, writer.name,

@@ -27,7 +27,7 @@ from pipeline.database.dialects import dialect_for, transient
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
 from pipeline.errors import (AuditError, DatabaseError, GateError, JobFileError, JobLocked, PipelineError,
-                             PublishPending, SourceError, ViewBusy, first_line)
+                             PublishPending, SourceError, TableError, ViewBusy, first_line)
 from pipeline.jobspec import GateSpec, Job
 from pipeline.names import lineage_table, version_table
 from pipeline.phases import checkpoint
@@ -353,7 +353,8 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
     version = _allocate(context, model, how)
     number = how.lineage(version)
     lineage = InLineage(table, number, version) if number is not None else None
-    physical = lineage_table(table, version) if lineage is not None and lineage.starts else version_table(table, version)
+    starts = lineage is not None and lineage.starts
+    physical = lineage_table(table, version) if starts else version_table(table, version)
     log.info("%s: building version %d in %s", table, version, physical)
     phases: dict[str, float] = {}
     mark = time.monotonic()
@@ -456,6 +457,10 @@ def _allocate(context: RunContext, model: Model, how: changes.Plan) -> int:
     job, table = context.job, context.table
     with transaction(context.engine) as conn:
         context.dialect.lock(conn, f"pipeline:{table}")
+        base = how.active
+        if base is not None and base.lineage is not None and not context.dialect.has_version(conn, table, base.version):
+            raise TableError(f"{table}: version {base.version}, which this top-up builds on, was retired as it began "
+                             "(gc); run again")
         version = state.next_version(conn, table)
         state.insert_version(conn, table=table, version=version, job=job.name,
                              logical_date=context.logical_date, keys=job.domain.keys, model_path=model.location,

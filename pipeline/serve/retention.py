@@ -19,7 +19,7 @@ from pipeline.database.dialects import Dialect, dialect_for
 from pipeline.database.transactions import reading, retry_on_lock, transaction
 from pipeline.errors import JobLocked, TableError, ViewBusy
 from pipeline.jobspec import DEFAULT_KEEP
-from pipeline.names import version_table
+from pipeline.names import lineage_table, version_table
 from pipeline.phases import checkpoint
 from pipeline.serve.pointer import actor, attach, require_table, serving, serving_set, settle, write_view
 
@@ -63,7 +63,7 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
         ready = [v.version for v in found if v.status == "ready"]
         protected = set(sorted(ready)[-keep:]) | serving_set(conn, table)  # and what every alias serves
         doomed = [v for v in found if (v.status == "ready" and v.version not in protected)
-                  or (v.status == "failed" and _exists(conn, table, v.version))]
+                  or (v.status == "failed" and _exists(conn, table, v.version, v.lineage))]
         gone = {v.version for v in doomed}
         for pointer in pointers:  # a view made before serving sets were bounded may list doomed versions
             if gone & set(pointer.view_versions):
@@ -88,10 +88,13 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
             users = dialect.dependents(conn, physical)
             if users:
                 return f"{physical} is still read by {', '.join(users)}"
-            drop_version(conn, dialect, table, v)
-            if v.status == "ready":
+            if v.lineage is not None and any(b.status == "building" and b.lineage == v.lineage and b.version > v.version
+                                             for b in state.list_versions(conn, table)):
+                return "a top-up in its lineage is running, which may build on it"
+            kept = drop_version(conn, dialect, table, v)
+            if kept is None and v.status == "ready":
                 state.update_version(conn, table, v.version, status="retired")
-            return None
+            return kept
 
         try:
             why = held.get(v.version) or retry_on_lock(engine, dialect, f"{table}: dropping {physical}", drop,
@@ -109,18 +112,21 @@ def gc(engine: Engine, table: str, keep: int = DEFAULT_KEEP, *, clock: Callable 
     return result
 
 
-def _exists(conn: Connection, table: str, version: int) -> bool:
-    return conn.dialect.has_table(conn, version_table(table, version))
+def _exists(conn: Connection, table: str, version: int, lineage: int | None = None) -> bool:
+    """Whether ``version``'s table or view is there (or its lineage's table, for the version that began it)."""
+    return (conn.dialect.has_table(conn, version_table(table, version))
+            or (lineage == version and conn.dialect.has_table(conn, lineage_table(table, version))))
 
 
-def drop_version(conn: Connection, dialect: Dialect, table: str, v: state.Version) -> None:
+def drop_version(conn: Connection, dialect: Dialect, table: str, v: state.Version) -> str | None:
     """Drop what holds ``v``'s rows, in the caller's transaction: its table; in a lineage, its view and the rows no
-    other version there sees (a version never ready is undone), and the lineage's table with the last of them."""
+    other version there sees (a version never ready is undone), and the lineage's table with the last of them.
+    Returns why nothing was dropped (see :meth:`Dialect.drop_version`), or None."""
     staying = [] if v.lineage is None else [
         o.version for o in state.list_versions(conn, table)
         if o.lineage == v.lineage and o.version != v.version
         and (o.status in ("ready", "building") or (o.status == "failed" and _exists(conn, table, o.version)))]
-    dialect.drop_version(conn, table, v.version, v.lineage, undo=v.status != "ready", staying=staying)
+    return dialect.drop_version(conn, table, v.version, v.lineage, undo=v.status != "ready", staying=staying)
 
 
 def reap(engine: Engine, table: str | None = None, *, clock: Callable = state.utcnow) -> list[tuple[str, int]]:

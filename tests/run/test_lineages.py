@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.cli import main
 from pipeline.database import state
+from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
 
 from helpers import CHANGES_JOB, change, customers_frame, delete, insert, version_rows, view_rows, write_source
@@ -221,3 +222,43 @@ def test_a_dask_full_run_begins_a_lineage_that_local_top_ups_add_to(pg_engine, p
     pd.testing.assert_frame_equal(topped, version_rows(engine, 3), check_exact=True)
     with engine.connect() as conn:
         assert [(v.version, v.lineage) for v in state.list_versions(conn, "scores")] == [(1, 1), (2, 1), (3, 3)]
+
+
+@pytest.mark.parametrize("column", ["valid_from", "changed_in"])
+def test_a_domain_column_named_like_a_lineage_column_is_refused_before_anything_is_built(
+        pg_engine, postgresql_url, write_job, tmp_path, column):
+    engine = pg_engine
+    frame = customers_frame(KEYS)
+    frame[column] = 1
+    write_source(engine, frame)
+    write_job(CHANGES_JOB.replace("x3 FROM customers", f"x3, {column} FROM customers")
+              .replace('table = "scores"', f'table = "scores"\ninclude = ["{column}"]'))
+    out = invoke(postgresql_url, tmp_path, "run", "scores", code=1)
+    assert out.startswith(f"Error: scores: domain column(s) {column} have the name of a column the versions' "
+                          "lineage keeps"), out
+    with engine.connect() as conn:
+        assert state.list_versions(conn, "scores") == []
+
+
+def test_gc_keeps_a_version_that_a_running_top_up_builds_on(pg_engine, postgresql_url, write_job, tmp_path):
+    """gc in another process while a top-up of the same lineage runs: the ready versions below it stay (the top-up
+    may open the rows they closed again), and a top-up whose base was retired as it began fails in one line."""
+    from pipeline.serve.retention import gc
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    for low in (1, 11):
+        change(engine, f"customer_id BETWEEN {low} AND {low + 9}")
+        top_up(postgresql_url, tmp_path, engine)
+    with engine.begin() as conn:  # as a top-up's run records its version while it scores
+        state.insert_version(conn, table="scores", version=4, job="scores", logical_date=None, keys=["customer_id"],
+                             model_path="m", model_sha256="0" * 64, model_class="m", started_at=state.utcnow(),
+                             lineage=1)
+    with dialect_for(engine).run_lock(engine, "scores"):  # the run is alive: gc does not reap it
+        done = gc(engine, "scores", keep=1)
+    assert done.retired == [] and set(done.kept) == {1}, done
+    assert "a top-up in its lineage is running" in done.kept[1]
+    assert "scores__v1" in relations(engine)

@@ -309,11 +309,13 @@ class Dialect:
         return False
 
     def drop_version(self, conn: Connection, table: str, version: int, lineage: int | None, undo: bool = False,
-                     staying: Collection[int] = ()) -> None:
+                     staying: Collection[int] = ()) -> str | None:
         """Drop what holds ``version``'s rows: its table; or, in a lineage, its view and the rows no version
         ``staying`` in the lineage sees (``undo``: it never was ready, so the rows it closed are opened again),
-        and the lineage's table once none stays."""
+        and the lineage's table once none stays. Returns why nothing was dropped (the lineage is still within
+        the views' reach), or None."""
         self.drop_table(conn, version_table(table, version))
+        return None
 
     # -- lineages: versions that share their unchanged rows (PostgreSQL) -------
 

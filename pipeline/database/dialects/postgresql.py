@@ -243,15 +243,15 @@ class PostgresqlDialect(Dialect):
             f"ALTER TABLE {q(name)} ADD COLUMN lineage integer NOT NULL DEFAULT {lineage}, "
             f"ADD COLUMN valid_from integer NOT NULL DEFAULT {lineage}, "
             f"ADD COLUMN valid_to integer NOT NULL DEFAULT {OPEN}, "
-            f"ADD CONSTRAINT {q(name + '__lin')} CHECK (lineage = {lineage}), "
-            f"ADD CONSTRAINT {q(name + '__range')} CHECK (valid_to > valid_from)")
+            f"ADD CONSTRAINT lineage_is CHECK (lineage = {lineage}), "
+            "ADD CONSTRAINT range_is_not_empty CHECK (valid_to > valid_from)")
         # each top-up leaves the rows it closed dead on pages all over the table: vacuum every ~1% of them
         conn.exec_driver_sql(f"ALTER TABLE {q(name)} SET (autovacuum_vacuum_scale_factor = 0.01)")
         conn.exec_driver_sql(f"ALTER TABLE {q(name)} ADD CONSTRAINT {q(name + '__key')} "
                              f"PRIMARY KEY ({self.column_list(keys)}, valid_to)")
         types = dict(columns)
         typed = ", ".join(f"{q(k)} {self.type_sql(types[k])}" for k in keys)
-        conn.exec_driver_sql(f"CREATE TABLE {q(name + '__log')} (version integer NOT NULL, {typed})")
+        conn.exec_driver_sql(f"CREATE TABLE {q(name + '__log')} (changed_in integer NOT NULL, {typed})")
 
     def version_view(self, conn: Connection, table: str, version: int, lineage: int, columns: Columns) -> None:
         q = self.quote
@@ -274,12 +274,12 @@ class PostgresqlDialect(Dialect):
         names = self.column_list([c for c, _ in columns])
         conn.exec_driver_sql(f"INSERT INTO {lineage_name} ({names}, valid_from) "
                              f"SELECT {names}, {version} FROM {q(scored)}")
-        conn.exec_driver_sql(f"INSERT INTO {log_name} (version, {self.column_list(keys)}) "
+        conn.exec_driver_sql(f"INSERT INTO {log_name} (changed_in, {self.column_list(keys)}) "
                              f"SELECT {version}, {self.column_list(keys)} FROM {q(gone)}")
         return closed
 
     def drop_version(self, conn: Connection, table: str, version: int, lineage: int | None, undo: bool = False,
-                     staying: Collection[int] = ()) -> None:
+                     staying: Collection[int] = ()) -> str | None:
         """In a lineage, through its log: undone, the rows ``version`` added are deleted and those it closed
         open again; retired, the rows of the keys top-ups changed that no version staying sees are deleted, and
         the log below the oldest staying version (no undo or retirement reads it again). A DELETE or an UPDATE
@@ -287,28 +287,34 @@ class PostgresqlDialect(Dialect):
         if lineage is None:
             return super().drop_version(conn, table, version, lineage)
         q = self.quote
-        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {q(version_table(table, version))}")
         lineage_name, log_name = q(lineage_table(table, lineage)), q(lineage_log(table, lineage))
+        if not staying and conn.exec_driver_sql("SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%(t)s)",
+                                                {"t": lineage_name}).first():
+            # dropping a partition would lock the parent every view reads: settle detaches it first
+            return (f"{lineage_table(table, lineage)} is still within the views' reach (its detach waits for "
+                    "readers from before it); a later publish or gc drops it")
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {q(version_table(table, version))}")
         if not staying:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {log_name}, {lineage_name}")
-            return
+            return None
         if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": log_name}).scalar() is None:
-            return  # the lineage was dropped by hand
+            return None  # the lineage was dropped by hand
         keys = [k for k in conn.exec_driver_sql(_LOG_KEYS, {"t": log_name}).scalars()]
         match = " AND ".join(f"l.{q(k)} = c.{q(k)}" for k in keys)
         if undo:
-            conn.exec_driver_sql(f"DELETE FROM {lineage_name} l USING {log_name} c WHERE c.version = {version} "
+            conn.exec_driver_sql(f"DELETE FROM {lineage_name} l USING {log_name} c WHERE c.changed_in = {version} "
                                  f"AND {match} AND l.valid_from = {version}")
             conn.exec_driver_sql(f"UPDATE {lineage_name} l SET valid_to = {OPEN} FROM {log_name} c "
-                                 f"WHERE c.version = {version} AND {match} AND l.valid_to = {version}")
-            conn.exec_driver_sql(f"DELETE FROM {log_name} WHERE version = {version}")
-            return
+                                 f"WHERE c.changed_in = {version} AND {match} AND l.valid_to = {version}")
+            conn.exec_driver_sql(f"DELETE FROM {log_name} WHERE changed_in = {version}")
+            return None
         names = self.column_list(keys)
         conn.exec_driver_sql(
             f"DELETE FROM {lineage_name} l USING (SELECT DISTINCT {names} FROM {log_name}) c WHERE {match} "
             "AND NOT EXISTS (SELECT 1 FROM unnest(%(kept)s::integer[]) k WHERE l.valid_from <= k AND k < l.valid_to)",
             {"kept": sorted(staying)})
-        conn.exec_driver_sql(f"DELETE FROM {log_name} WHERE version <= %(low)s", {"low": min(staying)})
+        conn.exec_driver_sql(f"DELETE FROM {log_name} WHERE changed_in <= %(low)s", {"low": min(staying)})
+        return None
 
     def wait_for_planners(self, engine: Engine) -> None:
         """A statement plans with the partitions it sees then, and reads the pointer in the snapshot it executes
@@ -332,8 +338,8 @@ class PostgresqlDialect(Dialect):
         """Detach every other version and lineage, CONCURRENTLY: that waits for statements begun before it, never
         blocks new ones, and from its first step on no new statement plans the partition. Past
         :data:`DETACH_WAIT` the detach is left pending and finished (FINALIZE) by a later call;
-        PostgreSQL allows one pending detach per parent, so others wait their turn. A lineage left is
-        keyed by its number (its first version's)."""
+        PostgreSQL allows one pending detach per parent, so others wait their turn. A lineage left is only
+        logged: dropping it (:meth:`drop_version`) finds it attached and says so."""
         left: dict[int, str] = {}
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -352,7 +358,10 @@ class PostgresqlDialect(Dialect):
                             conn.exec_driver_sql(f"ALTER TABLE {self.quote(parent)} DETACH PARTITION "
                                                  f"{self.quote(child)} {how}")
                         except SQLAlchemyError as exc:
-                            left[number] = _detach_failed(child, exc)
+                            if kind == "v":
+                                left[number] = _detach_failed(child, exc)
+                            else:
+                                log.info("%s: lineage %d: %s", table, number, _detach_failed(child, exc))
                 finally:  # the pooled connection goes back with the server's settings
                     conn.exec_driver_sql("RESET lock_timeout")
                     conn.exec_driver_sql("RESET statement_timeout")
@@ -527,10 +536,10 @@ _HAS_COLUMN = """
 SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) AND attname = %(c)s AND NOT attisdropped
 """
 
-#: The key columns of a lineage's log %(t)s (as SQL): all its columns but ``version``.
+#: The key columns of a lineage's log %(t)s (as SQL): all its columns but ``changed_in``.
 _LOG_KEYS = """
 SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) AND attnum > 0 AND NOT attisdropped
-   AND attname <> 'version' ORDER BY attnum
+   AND attname <> 'changed_in' ORDER BY attnum
 """
 
 
