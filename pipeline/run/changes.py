@@ -3,10 +3,11 @@
 A hash-based top-up (:mod:`pipeline.run.topup`) still reads the whole domain to find what
 changed. With ``[domain] changed`` the source lists it instead: the rows new or changed since
 ``:since`` (the watermark the active version's run took from the source's clock as it began)
-and, with ``removed``, the keys that left. Only those are read and scored; the active
-version's other rows are copied inside the database. A top-up that cannot be trusted (no
-active version, no watermark, another model or settings) is a full run instead, and says why,
-as is every ``full_every``-th run.
+and, with ``removed``, the keys that left. Only those are read and scored. Where the database
+keeps lineages (:func:`in_lineages`: PostgreSQL) they are added to the active version's lineage,
+which its other rows stay in; elsewhere those rows are copied inside the database. A top-up that
+cannot be trusted (no active version, no watermark, another model or settings) is a full run
+instead, and says why, as is every ``full_every``-th run.
 """
 
 from __future__ import annotations
@@ -166,8 +167,10 @@ class Applied:
 def apply(context: RunContext, conn: Connection, writer: VersionWriter, scorer: Scorer, active: state.Version,
           progress: Callable[[int], None] | None = None) -> Applied:
     """Fill ``writer``'s table (made here, with the active version's columns) with the changed rows, scored,
-    and the active version's other rows, copied. A key that ``changed`` lists is scored even when ``removed``
-    lists it too: ``changed`` reads the domain as it is now."""
+    and the active version's other rows, copied; or, for a version in a lineage, add the scored rows to the
+    lineage and close the rows of the keys listed (after undoing what versions above the active one left there).
+    A key that ``changed`` lists is scored even when ``removed`` lists it too: ``changed`` reads the domain as it
+    is now."""
     job, dialect = context.job, context.dialect
     keys = list(job.domain.keys)
     writer.columns = list(active.columns)

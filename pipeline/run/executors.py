@@ -126,7 +126,8 @@ class LocalExecutor:
                       top_up.copied if top_up is not None else 0, scorer.schema)
 
     def _apply_changes(self, target: Target, active: state.Version) -> Loaded:
-        """A change-driven top-up: the changed rows scored, the active version's others copied, in one transaction.
+        """A change-driven top-up: the changed rows scored, the active version's others copied (or kept, in its
+        lineage), in one transaction.
         The domain's size is what the version must hold; with no rows read, the types the model was handed are
         the active version's."""
         context, job = target.context, target.job
