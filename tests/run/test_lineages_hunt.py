@@ -1,0 +1,160 @@
+"""Adversarial checks of lineages (PostgreSQL, ``[domain] changed``): composite and text keys, columns passed
+through, model changes, retention and crashes; every version must read as the rows a full run of the same data
+gives, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from pipeline.database import state
+from pipeline.database.engines import make_engine
+
+from helpers import CHANGES_JOB, change, customers_frame, insert, version_rows, view_rows, write_source
+
+from run.test_lineages import count, invoke, relations, top_up, top_up_ready
+
+KEYS = 300
+REGIONS = ["north", "Süd ost", "o'brien \"q\"", "日本", " trailing "]
+#: keys (region, customer_id), region text with spaces, quotes and unicode; customer_id repeats across regions.
+REGION_JOB = CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["region", "customer_id"]').replace(
+    "SELECT customer_id, x1", "SELECT region, customer_id, x1").replace(
+    "SELECT customer_id FROM customers_gone", "SELECT region, customer_id FROM customers_gone")
+ORDER = "region COLLATE \"C\", customer_id"
+
+
+@pytest.fixture
+def pg_engine(postgresql_url: str) -> Engine:
+    engine = make_engine(postgresql_url)
+    yield engine
+    engine.dispose()
+
+
+def region_frame(n: int = KEYS, seed: int = 0) -> pd.DataFrame:
+    frame = customers_frame(n, seed=seed)
+    frame.insert(0, "region", [REGIONS[i % len(REGIONS)] for i in range(n)])
+    frame["customer_id"] = frame["customer_id"] // 3  # each id in several regions
+    return frame
+
+
+def write_region_source(engine: Engine, frame: pd.DataFrame) -> None:
+    write_source(engine, frame)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE customers_gone ADD COLUMN region text"))
+
+
+def rows(engine: Engine, version: int) -> pd.DataFrame:
+    return version_rows(engine, version, order=ORDER)
+
+
+def served(engine: Engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        frame = pd.read_sql(text(f"SELECT * FROM scores ORDER BY {ORDER}"), conn)
+    return frame.drop(columns="model_version")
+
+
+def full_equals(engine: Engine, url: str, tmp_path, version: int) -> None:
+    """A full run of the data as it is now gives ``version``'s rows bit for bit (then rolls back to it)."""
+    topped = rows(engine, version)
+    out = invoke(url, tmp_path, "run", "scores", "--full", "--force", "--no-activate")
+    with engine.connect() as conn:
+        newest = max(v.version for v in state.list_versions(conn, "scores"))
+    assert f"version {newest}" in out, out
+    pd.testing.assert_frame_equal(topped, rows(engine, newest), check_exact=True)
+
+
+def test_composite_text_keys_through_top_ups_rollback_and_gc(pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_region_source(engine, region_frame())
+    write_job(REGION_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    one = rows(engine, 1)
+    change(engine, "region IN ('日本', ' trailing ') AND customer_id < 20")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO customers_gone (region, customer_id, deleted_at) "
+                          "SELECT region, customer_id, now() FROM customers WHERE region = 'o''brien \"q\"' "
+                          "AND customer_id < 10"))
+        conn.execute(text("DELETE FROM customers WHERE region = 'o''brien \"q\"' AND customer_id < 10"))
+    new = region_frame(6, seed=5)
+    new["region"] = ["north", "north", "new  region", "new  region", "Süd ost", "日本"]
+    new["customer_id"] = [1000, 1001, 1, 2, 1000, 1000]
+    insert(engine, new)
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "kept in lineage 1" in out, out
+    change(engine, "customer_id IN (1, 2, 1000)")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "kept in lineage 1" in out, out
+    pd.testing.assert_frame_equal(rows(engine, 1), one, check_exact=True)
+    two, three = rows(engine, 2), rows(engine, 3)
+    full_equals(engine, postgresql_url, tmp_path, 3)  # version 4, not activated
+    pd.testing.assert_frame_equal(served(engine), three, check_exact=True)
+    assert "rolled back from version 3 to 2" in invoke(postgresql_url, tmp_path, "rollback", "scores")
+    pd.testing.assert_frame_equal(served(engine), two, check_exact=True)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "3")
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    pd.testing.assert_frame_equal(served(engine), three, check_exact=True)
+    pd.testing.assert_frame_equal(rows(engine, 3), three, check_exact=True)
+    change(engine, "customer_id BETWEEN 30 AND 40")
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    full_equals(engine, postgresql_url, tmp_path, 5)
+
+
+def test_a_null_key_among_the_changed_rows_fails_in_one_line_and_changes_nothing(pg_engine, postgresql_url,
+                                                                                write_job, tmp_path):
+    engine = pg_engine
+    write_region_source(engine, region_frame())
+    write_job(REGION_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    before, lineage = served(engine), count(engine, "SELECT COUNT(*) FROM scores__l1")
+    change(engine, "customer_id < 5")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE customers SET region = NULL WHERE customer_id = 3 AND region = 'north'"))
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", code=1)
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert "NULL" in out, out
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") == lineage
+    pd.testing.assert_frame_equal(served(engine), before, check_exact=True)
+    with engine.connect() as conn:
+        assert [v.status for v in state.list_versions(conn, "scores")] == ["ready", "failed"]
+
+
+INCLUDE = ["segment", "signup", "spend", "active"]
+INCLUDE_JOB = CHANGES_JOB.replace("SELECT customer_id, x1, x2, x3 FROM customers",
+                                  f"SELECT customer_id, x1, x2, x3, {', '.join(INCLUDE)} FROM customers").replace(
+    'table = "scores"', f'table = "scores"\n    include = {INCLUDE!r}'.replace("'", '"'))
+
+
+def test_columns_passed_through_that_change_in_top_ups_read_as_a_full_run(pg_engine, postgresql_url, write_job,
+                                                                          tmp_path):
+    from run.test_passthrough import customers
+
+    engine = pg_engine
+    write_source(engine, customers(KEYS))
+    write_job(INCLUDE_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    with engine.begin() as conn:  # only descriptive columns change; some to NULL, some from NULL, '' to text
+        conn.execute(text("UPDATE customers SET segment = NULL, spend = NULL, active = NULL, signup = NULL, "
+                          "updated_at = now() WHERE customer_id BETWEEN 20 AND 30"))
+        conn.execute(text("UPDATE customers SET segment = 'x''y z', spend = 1e300, active = true, "
+                          "signup = '1999-12-31', updated_at = now() WHERE customer_id <= 8"))
+        conn.execute(text("UPDATE customers SET segment = '', updated_at = now() WHERE customer_id = 40"))
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    change(engine, "customer_id BETWEEN 5 AND 25")
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    for version in (2, 3):
+        topped = version_rows(engine, version)
+        if version == 2:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT segment FROM scores__v2 WHERE customer_id = 3")).scalar() == "x'y z"
+            continue
+        out = invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+        assert "version 4" in out, out
+        pd.testing.assert_frame_equal(topped, version_rows(engine, 4), check_exact=True)
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), version_rows(engine, 4),
+                                  check_exact=True)
