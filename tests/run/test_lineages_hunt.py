@@ -158,3 +158,80 @@ def test_columns_passed_through_that_change_in_top_ups_read_as_a_full_run(pg_eng
         pd.testing.assert_frame_equal(topped, version_rows(engine, 4), check_exact=True)
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), version_rows(engine, 4),
                                   check_exact=True)
+
+
+def alias_rows(engine: Engine, view: str) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(text(f"SELECT * FROM {view} ORDER BY customer_id"), conn).drop(columns="model_version")
+
+
+def test_a_model_change_starts_a_lineage_that_rollbacks_aliases_and_splits_cross(pg_engine, postgresql_url,
+                                                                                   write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    write_job(CHANGES_JOB, seed=3)  # another model, the same outputs
+    change(engine, "customer_id BETWEEN 5 AND 15")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "a full run, not a top-up" in out and "version 3 is active" in out, out
+    change(engine, "customer_id BETWEEN 100 AND 110")
+    assert "kept in lineage 3" in top_up(postgresql_url, tmp_path, engine)
+    saved = {v: version_rows(engine, v) for v in (1, 2, 3, 4)}
+    with engine.connect() as conn:
+        assert [(v.version, v.lineage) for v in state.list_versions(conn, "scores")] == [(1, 1), (2, 1), (3, 3),
+                                                                                        (4, 3)]
+    # across lineages and back
+    for version in (2, 1, 3, 4):
+        invoke(postgresql_url, tmp_path, "activate", "scores", str(version))
+        pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[version],
+                                      check_exact=True)
+        assert count(engine, "SELECT COUNT(DISTINCT model_version) FROM scores") == 1
+    assert "rolled back from version 4 to 3" in invoke(postgresql_url, tmp_path, "rollback", "scores")
+    invoke(postgresql_url, tmp_path, "activate", "scores", "4")
+    # the challenger serves the first lineage while the champion tops up the second
+    invoke(postgresql_url, tmp_path, "activate", "scores", "2", "--alias", "challenger")
+    invoke(postgresql_url, tmp_path, "split", "scores", "--alias", "challenger", "--percent", "50")
+    change(engine, "customer_id BETWEEN 200 AND 220")
+    assert "kept in lineage 3" in top_up(postgresql_url, tmp_path, engine)
+    saved[5] = version_rows(engine, 5)
+    pd.testing.assert_frame_equal(alias_rows(engine, "scores__challenger"), saved[2], check_exact=True)
+    pd.testing.assert_frame_equal(alias_rows(engine, "scores"), saved[5], check_exact=True)
+    with engine.connect() as conn:
+        ab = pd.read_sql(text("SELECT * FROM scores__ab ORDER BY customer_id"), conn)
+    assert len(ab) == KEYS and set(ab["variant"]) == {"challenger", "champion"}
+    for variant, version in (("challenger", 2), ("champion", 5)):
+        arm = ab[ab["variant"] == variant]
+        assert set(arm["model_version"]) == {version}
+        want = saved[version][saved[version]["customer_id"].isin(arm["customer_id"])]
+        pd.testing.assert_frame_equal(arm[want.columns.intersection(arm.columns)].reset_index(drop=True),
+                                      want[want.columns.intersection(arm.columns)].reset_index(drop=True),
+                                      check_exact=True)
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    for version in (2, 5):
+        pd.testing.assert_frame_equal(version_rows(engine, version), saved[version], check_exact=True)
+    pd.testing.assert_frame_equal(alias_rows(engine, "scores__challenger"), saved[2], check_exact=True)
+    # a model of other outputs: a full run on other columns, then back across them
+    write_job(CHANGES_JOB.replace('method = "predict_proba"', 'method = "predict"'), seed=4)
+    change(engine, "customer_id BETWEEN 1 AND 3")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "a full run, not a top-up" in out, out
+    with engine.connect() as conn:
+        found = state.list_versions(conn, "scores")
+    newest = found[-1]
+    assert newest.lineage == newest.version and newest.columns != found[0].columns
+    other = version_rows(engine, newest.version)
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), other, check_exact=True)
+    change(engine, "customer_id BETWEEN 50 AND 52")
+    assert f"kept in lineage {newest.version}" in top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, newest.version + 1)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "5")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[5], check_exact=True)
+    invoke(postgresql_url, tmp_path, "activate", "scores", str(newest.version + 1))
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, newest.version + 2), check_exact=True)
+    pd.testing.assert_frame_equal(alias_rows(engine, "scores__challenger"), saved[2], check_exact=True)
