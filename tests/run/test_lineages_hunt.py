@@ -235,3 +235,80 @@ def test_a_model_change_starts_a_lineage_that_rollbacks_aliases_and_splits_cross
     out = invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, newest.version + 2), check_exact=True)
     pd.testing.assert_frame_equal(alias_rows(engine, "scores__challenger"), saved[2], check_exact=True)
+
+
+def test_many_overlapping_top_ups_with_retention_keep_every_kept_version_and_bound_the_lineage(
+        pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB.replace('table = "scores"', 'table = "scores"\n    keep = 3'))
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    saved = {1: version_rows(engine, 1)}
+    for step in range(12):
+        low = (step * 7) % 50 + 1  # windows of 30 keys that overlap the previous ones
+        change(engine, f"customer_id BETWEEN {low} AND {low + 29}")
+        if step % 4 == 1:
+            new = customers_frame(3, seed=step)
+            new["customer_id"] += KEYS + 10 * step
+            insert(engine, new)
+        if step % 4 == 3:
+            from helpers import delete
+            delete(engine, f"customer_id IN ({low + 1}, {KEYS + 10 * (step - 2) + 1})")
+        assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+        saved[step + 2] = version_rows(engine, step + 2)
+        with engine.connect() as conn:
+            kept = [v.version for v in state.list_versions(conn, "scores") if v.status == "ready"]
+        for version in kept:
+            pd.testing.assert_frame_equal(version_rows(engine, version), saved[version], check_exact=True)
+        # every kept version's rows, plus at most what one top-up closed (30 keys and a few), and no more
+        bound = KEYS + 10 + 3 * 33
+        assert count(engine, "SELECT COUNT(*) FROM scores__l1") <= bound
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    with engine.connect() as conn:
+        kept = [v.version for v in state.list_versions(conn, "scores") if v.status == "ready"]
+    assert kept == [12, 13], out
+    for version in kept:
+        pd.testing.assert_frame_equal(version_rows(engine, version), saved[version], check_exact=True)
+    distinct = count(engine, "SELECT COUNT(*) FROM (SELECT DISTINCT * FROM (SELECT * FROM scores__v12 UNION ALL "
+                     "SELECT * FROM scores__v13) u) d")
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") <= distinct
+    out = invoke(postgresql_url, tmp_path, "diff", "scores", "12", "13")
+    assert "Traceback" not in out and "13" in out, out
+    invoke(postgresql_url, tmp_path, "report", "scores", "--out", str(tmp_path / "r.html"))
+    assert (tmp_path / "r.html").stat().st_size > 1000
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(saved[13], version_rows(engine, 14), check_exact=True)
+
+
+def test_an_empty_change_and_a_removal_of_every_key(pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    one = version_rows(engine, 1)
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "Traceback" not in out, out
+    with engine.connect() as conn:
+        found = [(v.version, v.status) for v in state.list_versions(conn, "scores")]
+    if len(found) == 2:  # a top-up of nothing: the same rows
+        pd.testing.assert_frame_equal(version_rows(engine, 2), one, check_exact=True)
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), one, check_exact=True)
+    before, lineage = view_rows(engine), count(engine, "SELECT COUNT(*) FROM scores__l1")
+    from helpers import delete
+    delete(engine, "true")
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", code=1)
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    pd.testing.assert_frame_equal(view_rows(engine), before, check_exact=True)
+    with engine.connect() as conn:
+        assert state.list_versions(conn, "scores")[-1].status == "failed"
+    # the failed version is undone by gc: the lineage holds what it held
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "5")
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") == lineage
+    pd.testing.assert_frame_equal(view_rows(engine), before, check_exact=True)
+    ok = CHANGES_JOB + "    [audits]\n    allow_empty = true\n"
+    write_job(ok)
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental")
+    assert "0 rows" in out, out
+    assert count(engine, "SELECT COUNT(*) FROM scores") == 0
