@@ -312,3 +312,45 @@ def test_an_empty_change_and_a_removal_of_every_key(pg_engine, postgresql_url, w
     out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental")
     assert "0 rows" in out, out
     assert count(engine, "SELECT COUNT(*) FROM scores") == 0
+
+
+@pytest.mark.parametrize("back_to", [1, 2])
+def test_a_top_up_of_an_old_lineage_whose_newer_versions_were_retired_reads_as_a_full_run(
+        pg_engine, postgresql_url, write_job, tmp_path, back_to):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    for low in (1, 11, 21):
+        change(engine, f"customer_id BETWEEN {low} AND {low + 14}")
+        from helpers import delete
+        delete(engine, f"customer_id = {low + 100}")
+        assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    saved = {v: version_rows(engine, v) for v in (1, 2, 3, 4)}
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")  # version 5, lineage 5
+    invoke(postgresql_url, tmp_path, "activate", "scores", str(back_to))
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[back_to], check_exact=True)
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    with engine.connect() as conn:
+        ready = [v.version for v in state.list_versions(conn, "scores") if v.status == "ready"]
+    assert back_to in ready and 4 not in ready, (out, ready)
+    for version in ready:
+        if version in saved:
+            pd.testing.assert_frame_equal(version_rows(engine, version), saved[version], check_exact=True)
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[back_to], check_exact=True)
+    # the source as it is now differs from version back_to's in keys 1-35: a top-up from it lists them
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE customers SET updated_at = now() WHERE customer_id <= 40"))
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "kept in lineage 1" in out, out
+    with engine.connect() as conn:
+        newest = state.list_versions(conn, "scores")[-1].version
+    topped = version_rows(engine, newest)
+    # a full run of the source minus the removed keys the top-up never heard of (removed before its watermark)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    full = version_rows(engine, newest + 1)
+    gone = set(saved[back_to].customer_id) - set(full.customer_id)
+    pd.testing.assert_frame_equal(topped[~topped.customer_id.isin(gone)].reset_index(drop=True), full,
+                                  check_exact=True)
+    assert count(engine, f"SELECT COUNT(*) FROM scores__v{newest}") == len(topped)
