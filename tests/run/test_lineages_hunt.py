@@ -354,3 +354,43 @@ def test_a_top_up_of_an_old_lineage_whose_newer_versions_were_retired_reads_as_a
     pd.testing.assert_frame_equal(topped[~topped.customer_id.isin(gone)].reset_index(drop=True), full,
                                   check_exact=True)
     assert count(engine, f"SELECT COUNT(*) FROM scores__v{newest}") == len(topped)
+
+
+@pytest.mark.parametrize("phase", ["auditing", "flipping"])
+def test_kill_9_of_gc_and_of_a_top_up_in_a_lineage_leave_every_kept_version_whole(
+        pg_engine, postgresql_url, write_job, tmp_path, phase):
+    from faults.test_crash import kill_at
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    for low in (1, 11, 21):
+        change(engine, f"customer_id BETWEEN {low} AND {low + 14}")
+        top_up(postgresql_url, tmp_path, engine)
+    saved = {v: version_rows(engine, v) for v in (1, 2, 3, 4)}
+    served_before = view_rows(engine)
+    kill_at(tmp_path, postgresql_url, "retiring", "gc", "scores", "--keep", "1")
+    pd.testing.assert_frame_equal(view_rows(engine), served_before, check_exact=True)
+    for version, rows_ in saved.items():
+        pd.testing.assert_frame_equal(version_rows(engine, version), rows_, check_exact=True)
+    change(engine, "customer_id BETWEEN 5 AND 30")
+    kill_at(tmp_path, postgresql_url, phase, "run", "scores", "--incremental")
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    assert "retired 1, 2" in out, out
+    pd.testing.assert_frame_equal(view_rows(engine), served_before, check_exact=True)
+    for version in (3, 4):
+        pd.testing.assert_frame_equal(version_rows(engine, version), saved[version], check_exact=True)
+    with engine.connect() as conn:
+        assert [v.status for v in state.list_versions(conn, "scores")] == ["retired", "retired", "ready", "ready",
+                                                                           "failed"]
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") <= KEYS + 15  # 3's and 4's rows, the dead run's undone
+    assert "rolled back from version 4 to 3" in invoke(postgresql_url, tmp_path, "rollback", "scores")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[3], check_exact=True)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "4")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "kept in lineage 1" in out, out
+    topped = version_rows(engine, 6)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, 7), check_exact=True)
