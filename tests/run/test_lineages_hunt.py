@@ -394,3 +394,42 @@ def test_kill_9_of_gc_and_of_a_top_up_in_a_lineage_leave_every_kept_version_whol
     topped = version_rows(engine, 6)
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, 7), check_exact=True)
+
+
+def test_a_job_that_drops_and_takes_again_domain_changed_serves_each_version_whole(pg_engine, postgresql_url,
+                                                                                   write_job, tmp_path):
+    from helpers import CUSTOMERS_JOB
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    top_up(postgresql_url, tmp_path, engine)
+    out = invoke(postgresql_url, tmp_path, "plan", "scores", "--incremental")
+    assert "kept in lineage 1" in out, out
+    write_job(CUSTOMERS_JOB)  # no [domain] changed: a version of its own table
+    change(engine, "customer_id BETWEEN 11 AND 20")
+    invoke(postgresql_url, tmp_path, "run", "scores", "--force")
+    saved = {v: version_rows(engine, v) for v in (1, 2, 3)}
+    with engine.connect() as conn:
+        assert [v.lineage for v in state.list_versions(conn, "scores")] == [1, 1, None]
+    for version in (2, 3, 1, 3):
+        invoke(postgresql_url, tmp_path, "activate", "scores", str(version))
+        pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[version],
+                                      check_exact=True)
+    write_job(CHANGES_JOB)
+    change(engine, "customer_id BETWEEN 21 AND 30")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "a full run, not a top-up" in out, out
+    change(engine, "customer_id BETWEEN 31 AND 40")
+    assert "kept in lineage 4" in top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, 5)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "3")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[3], check_exact=True)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "5")
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, 6), check_exact=True)
