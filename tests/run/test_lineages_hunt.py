@@ -433,3 +433,34 @@ def test_a_job_that_drops_and_takes_again_domain_changed_serves_each_version_who
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, 6), check_exact=True)
+
+
+@pytest.mark.parametrize("phase", ["loading", "indexing", "auditing", "attached", "flipping"])
+def test_kill_9_of_a_full_run_that_begins_a_lineage_leaves_nothing_behind_after_gc(
+        pg_engine, postgresql_url, write_job, tmp_path, phase):
+    from faults.test_crash import kill_at
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    top_up(postgresql_url, tmp_path, engine)
+    saved = {v: version_rows(engine, v) for v in (1, 2)}
+    served_before = view_rows(engine)
+    kill_at(tmp_path, postgresql_url, phase, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(view_rows(engine), served_before, check_exact=True)
+    invoke(postgresql_url, tmp_path, "status")
+    out = invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "5")
+    assert not {"scores__l3", "scores__l3__log", "scores__v3"} & set(relations(engine)), (out, relations(engine))
+    pd.testing.assert_frame_equal(view_rows(engine), served_before, check_exact=True)
+    for version, rows_ in saved.items():
+        pd.testing.assert_frame_equal(version_rows(engine, version), rows_, check_exact=True)
+    change(engine, "customer_id BETWEEN 5 AND 30")
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, 4)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, 5), check_exact=True)
+    invoke(postgresql_url, tmp_path, "rollback", "scores")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
