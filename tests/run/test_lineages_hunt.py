@@ -464,3 +464,53 @@ def test_kill_9_of_a_full_run_that_begins_a_lineage_leaves_nothing_behind_after_
     pd.testing.assert_frame_equal(topped, version_rows(engine, 5), check_exact=True)
     invoke(postgresql_url, tmp_path, "rollback", "scores")
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
+
+
+#: keys ("Order", "day"): a mixed-case reserved word and a date, over a table of its own.
+ODD_JOB = CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["Order", "day"]').replace(
+    "SELECT customer_id, x1, x2, x3 FROM customers", 'SELECT \\"Order\\", day, x1, x2, x3 FROM customers').replace(
+    "SELECT customer_id FROM customers_gone", 'SELECT \\"Order\\", day FROM customers_gone')
+
+
+def test_mixed_case_reserved_and_date_keys_through_top_ups_undo_and_gc(pg_engine, postgresql_url, write_job,
+                                                                       tmp_path):
+    import datetime as dt
+
+    engine = pg_engine
+    frame = customers_frame(KEYS).rename(columns={"customer_id": "Order"})
+    frame["Order"] = frame["Order"] % 100
+    frame.insert(1, "day", [dt.date(2024, 1, 1) + dt.timedelta(days=i // 100) for i in range(KEYS)])
+    write_source(engine, frame)
+    with engine.begin() as conn:
+        conn.execute(text('ALTER TABLE customers_gone RENAME COLUMN customer_id TO "Order"'))
+        conn.execute(text("ALTER TABLE customers_gone ADD COLUMN day date"))
+        conn.execute(text('ALTER TABLE customers ALTER COLUMN day TYPE date'))
+        conn.execute(text("CREATE TABLE audit_fail (n int)"))
+    write_job(ODD_JOB + """
+    [[audits.sql]]
+    name = "not_failing"
+    query = "SELECT 1 FROM {table} WHERE EXISTS (SELECT 1 FROM audit_fail)"
+""")
+    order = '"Order", day'
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    with engine.begin() as conn:
+        conn.execute(text('UPDATE customers SET x1 = x1 + 1, updated_at = now() WHERE "Order" < 10'))
+        conn.execute(text('INSERT INTO customers_gone SELECT "Order", now(), day FROM customers WHERE "Order" = 50'))
+        conn.execute(text('DELETE FROM customers WHERE "Order" = 50'))
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    with engine.begin() as conn:
+        conn.execute(text('UPDATE customers SET x2 = x2 + 1, updated_at = now() WHERE "Order" BETWEEN 5 AND 15'))
+        conn.execute(text("INSERT INTO audit_fail VALUES (1)"))
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", code=1)
+    assert "not_failing" in out, out
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_fail"))
+    assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
+    saved = {v: version_rows(engine, v, order=order) for v in (1, 2, 4)}
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    for version in (2, 4):
+        pd.testing.assert_frame_equal(version_rows(engine, version, order=order), saved[version], check_exact=True)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(saved[4], version_rows(engine, 5, order=order), check_exact=True)
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") == KEYS - 3 + 33  # v2's rows and v4's 33
