@@ -514,3 +514,28 @@ def test_mixed_case_reserved_and_date_keys_through_top_ups_undo_and_gc(pg_engine
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(saved[4], version_rows(engine, 5, order=order), check_exact=True)
     assert count(engine, "SELECT COUNT(*) FROM scores__l1") == KEYS - 3 + 33  # v2's rows and v4's 33
+
+
+def test_an_empty_full_run_begins_a_lineage_that_top_ups_fill(pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB + "    [audits]\n    allow_empty = true\n")
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM customers"))
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    assert count(engine, "SELECT COUNT(*) FROM scores") == 0
+    with engine.connect() as conn:
+        assert [v.lineage for v in state.list_versions(conn, "scores")] == [1, 2]
+    top_up_ready(engine)
+    assert "0 rows" in top_up(postgresql_url, tmp_path, engine)
+    new = customers_frame(50, seed=3)
+    insert(engine, new)
+    assert "50 rows: 50 scored, 0 kept in lineage 2" in top_up(postgresql_url, tmp_path, engine)
+    change(engine, "customer_id <= 5")
+    assert "50 rows: 5 scored, 45 kept in lineage 2" in top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, 5)
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, 6), check_exact=True)
+    assert "scores__l1" not in relations(engine)
