@@ -539,3 +539,30 @@ def test_an_empty_full_run_begins_a_lineage_that_top_ups_fill(pg_engine, postgre
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, 6), check_exact=True)
     assert "scores__l1" not in relations(engine)
+
+
+def attached(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(text("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                        "WHERE c.relname LIKE 'scores%'")).scalars())
+
+
+def test_two_lineages_are_attached_only_between_a_full_run_and_its_first_top_up(pg_engine, postgresql_url,
+                                                                                write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    top_up(postgresql_url, tmp_path, engine)
+    assert attached(engine) == ["scores__l1"]
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    assert attached(engine) == ["scores__l1", "scores__l3"]
+    change(engine, "customer_id <= 10")
+    assert "kept in lineage 3" in top_up(postgresql_url, tmp_path, engine)
+    assert attached(engine) == ["scores__l3"]
+    invoke(postgresql_url, tmp_path, "activate", "scores", "2")
+    assert attached(engine) == ["scores__l1", "scores__l3"]
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), version_rows(engine, 2),
+                                  check_exact=True)
