@@ -566,3 +566,27 @@ def test_two_lineages_are_attached_only_between_a_full_run_and_its_first_top_up(
     assert attached(engine) == ["scores__l1", "scores__l3"]
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), version_rows(engine, 2),
                                   check_exact=True)
+
+
+def test_a_gate_made_by_an_older_release_takes_the_lineage_column(pg_engine, postgresql_url, write_job, tmp_path):
+    from helpers import CUSTOMERS_JOB
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CUSTOMERS_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    with engine.begin() as conn:  # as an older release made it
+        conn.execute(text("ALTER TABLE scores__gate DROP COLUMN lineage"))
+    old = version_rows(engine, 1)
+    write_job(CHANGES_JOB)
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental")
+    assert "a full run, not a top-up" in out, out
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    assert "kept in lineage 2" in top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, 3)
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
+    invoke(postgresql_url, tmp_path, "rollback", "scores", "--to", "1")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), old, check_exact=True)
+    invoke(postgresql_url, tmp_path, "activate", "scores", "3")
+    pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
