@@ -590,3 +590,21 @@ def test_a_gate_made_by_an_older_release_takes_the_lineage_column(pg_engine, pos
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), old, check_exact=True)
     invoke(postgresql_url, tmp_path, "activate", "scores", "3")
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
+
+
+def test_a_null_key_that_removed_lists_matches_none(pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    from helpers import delete
+    delete(engine, "customer_id = 20")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO customers_gone (customer_id, deleted_at) VALUES (NULL, now())"))
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "299 rows: 10 scored, 289 kept in lineage 1" in out, out
+    topped = version_rows(engine, 2)
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, 3), check_exact=True)
