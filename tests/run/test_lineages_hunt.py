@@ -608,3 +608,34 @@ def test_a_null_key_that_removed_lists_matches_none(pg_engine, postgresql_url, w
     topped = version_rows(engine, 2)
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, 3), check_exact=True)
+
+
+def test_the_reference_queries_read_a_lineage_as_they_read_a_table(pg_engine, postgresql_url, write_job, tmp_path):
+    from helpers import reference_query
+
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB.replace('table = "scores"',
+                                  'table = "scores"\n    default = { proba_true = 0.1, proba_false = 0.9 }'))
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    change(engine, "customer_id <= 10")
+    from helpers import delete
+    delete(engine, "customer_id IN (3, 4)")
+    with engine.begin() as conn:  # a customer the versions never saw, and the two removed ones back, unscored
+        conn.execute(text("INSERT INTO customers (customer_id, x1, x2, x3, updated_at) "
+                          "VALUES (5000, 0, 0, 0, now() - interval '1 hour'), (3, 0, 0, 0, now() - interval '1 hour'),"
+                          " (4, 0, 0, 0, now() - interval '1 hour')"))
+    top_up(postgresql_url, tmp_path, engine)
+    topped = version_rows(engine, 2).set_index("customer_id")
+    with engine.connect() as conn:
+        rows_ = pd.read_sql(text(reference_query(6)), conn).set_index("customer_id").sort_index()
+        one = conn.execute(text(reference_query(1)), {"customer_id": 7}).one()
+    assert one == (topped.loc[7, "proba_true"], 2)
+    assert len(rows_) == KEYS + 1
+    for key in (3, 4, 5000):
+        assert (rows_.loc[key, "proba_true"], rows_.loc[key, "model_version"]) == (0.1, None) or (
+            rows_.loc[key, "proba_true"] == 0.1 and pd.isna(rows_.loc[key, "model_version"])), rows_.loc[key]
+    scored = rows_.drop(index=[3, 4, 5000])
+    assert set(scored["model_version"]) == {2}
+    assert (scored["proba_true"] == topped.loc[scored.index, "proba_true"]).all()
