@@ -639,3 +639,32 @@ def test_the_reference_queries_read_a_lineage_as_they_read_a_table(pg_engine, po
     scored = rows_.drop(index=[3, 4, 5000])
     assert set(scored["model_version"]) == {2}
     assert (scored["proba_true"] == topped.loc[scored.index, "proba_true"]).all()
+
+
+def test_versions_and_lineages_that_are_gone_are_refused_in_one_line(pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    for low in (1, 11, 21):
+        change(engine, f"customer_id BETWEEN {low} AND {low + 9}")
+        top_up(postgresql_url, tmp_path, engine)
+    assert "retired 1, 2" in invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    for args in (("activate", "scores", "1"), ("diff", "scores", "2", "4"), ("rollback", "scores", "--to", "2"),
+                 ("audit", "scores", "1")):
+        out = invoke(postgresql_url, tmp_path, *args, code=1)
+        assert out.startswith("Error:") and len(out.strip().splitlines()) == 1 and "retired" in out, (args, out)
+    served = view_rows(engine)
+    pd.testing.assert_frame_equal(view_rows(engine), served, check_exact=True)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE scores__l1 CASCADE"))  # by hand
+    change(engine, "customer_id <= 5")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert "a full run, not a top-up" in out and "version 5 is active" in out, out
+    assert count(engine, "SELECT COUNT(*) FROM scores") == KEYS
+    out = invoke(postgresql_url, tmp_path, "activate", "scores", "4", code=1)
+    assert out.startswith("Error:") and len(out.strip().splitlines()) == 1, out
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    change(engine, "customer_id <= 5")
+    assert "kept in lineage 5" in top_up(postgresql_url, tmp_path, engine)

@@ -297,8 +297,9 @@ class PostgresqlDialect(Dialect):
         if not staying:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {log_name}, {lineage_name}")
             return None
-        if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": log_name}).scalar() is None:
-            return None  # the lineage was dropped by hand
+        if None in conn.exec_driver_sql("SELECT to_regclass(%(t)s), to_regclass(%(l)s)",
+                                        {"t": log_name, "l": lineage_name}).one():
+            return None  # the lineage (its table or its log) was dropped by hand: no row left to free or undo
         keys = [k for k in conn.exec_driver_sql(_LOG_KEYS, {"t": log_name}).scalars()]
         match = " AND ".join(f"l.{q(k)} = c.{q(k)}" for k in keys)
         if undo:
