@@ -668,3 +668,77 @@ def test_versions_and_lineages_that_are_gone_are_refused_in_one_line(pg_engine, 
     invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
     change(engine, "customer_id <= 5")
     assert "kept in lineage 5" in top_up(postgresql_url, tmp_path, engine)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_version_whole(
+        pg_engine, postgresql_url, write_job, tmp_path, seed):
+    """Each ready version reads, after every step, as the rows it had when it was made; the last top-up equals a
+    full run."""
+    from helpers import delete
+
+    engine = pg_engine
+    rng = np.random.default_rng(seed)
+    write_source(engine, customers_frame(KEYS))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE audit_fail (customer_id bigint)"))
+    write_job(CHANGES_JOB + """
+    [[audits.sql]]
+    name = "no_listed_key"
+    query = "SELECT customer_id FROM {table} WHERE customer_id IN (SELECT customer_id FROM audit_fail)"
+""")
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    saved = {1: version_rows(engine, 1)}
+    next_id = KEYS + 1
+
+    def versions() -> list[state.Version]:
+        with engine.connect() as conn:
+            return state.list_versions(conn, "scores")
+
+    for step in range(22):
+        low = int(rng.integers(1, KEYS - 20))
+        change(engine, f"customer_id BETWEEN {low} AND {low + int(rng.integers(0, 20))}")
+        if rng.random() < 0.3:
+            new = customers_frame(2, seed=step)
+            new["customer_id"] = [next_id, next_id + 1]
+            next_id += 2
+            insert(engine, new)
+        if rng.random() < 0.3:
+            delete(engine, f"customer_id = {int(rng.integers(1, next_id))}")
+        op = rng.choice(["top-up", "top-up", "top-up", "fail", "flip", "full", "gc"])
+        newest = max(v.version for v in versions())
+        if op == "fail":
+            with engine.begin() as conn:
+                conn.execute(text(f"INSERT INTO audit_fail VALUES ({low})"))
+            out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", code=1)
+            assert "no_listed_key" in out and "Traceback" not in out, out
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM audit_fail"))
+        elif op == "flip":
+            ready = [v.version for v in versions() if v.status == "ready"]
+            invoke(postgresql_url, tmp_path, "activate", "scores", str(int(rng.choice(ready))))
+        elif op == "gc":
+            invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", str(int(rng.integers(1, 4))))
+        else:
+            invoke(postgresql_url, tmp_path, "run", "scores", *(["--full", "--force"] if op == "full" else
+                                                                 ["--incremental"]))
+            top_up_ready(engine)
+            made = max(v.version for v in versions())
+            assert made == newest + 1
+            saved[made] = version_rows(engine, made)
+        found = versions()
+        for v in found:
+            if v.status == "ready":
+                pd.testing.assert_frame_equal(version_rows(engine, v.version), saved[v.version], check_exact=True,
+                                              obj=f"step {step} ({op}): version {v.version}")
+        with engine.connect() as conn:
+            active = state.active_version(conn, "scores").version
+        pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[active],
+                                      check_exact=True, obj=f"step {step} ({op}): the view")
+    invoke(postgresql_url, tmp_path, "run", "scores", "--incremental")
+    top_up_ready(engine)
+    topped = version_rows(engine, max(v.version for v in versions()))
+    invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
+    pd.testing.assert_frame_equal(topped, version_rows(engine, max(v.version for v in versions())),
+                                  check_exact=True)
