@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import text
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
+from pipeline.cli import main
 from pipeline.database import state
 from pipeline.database.engines import make_engine
 
@@ -707,7 +709,7 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
             insert(engine, new)
         if rng.random() < 0.3:
             delete(engine, f"customer_id = {int(rng.integers(1, next_id))}")
-        op = rng.choice(["top-up", "top-up", "top-up", "fail", "flip", "full", "gc"])
+        op = rng.choice(["top-up", "top-up", "top-up", "fail", "flip", "full", "gc", "alias", "rollback"])
         newest = max(v.version for v in versions())
         if op == "fail":
             with engine.begin() as conn:
@@ -719,6 +721,13 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
         elif op == "flip":
             ready = [v.version for v in versions() if v.status == "ready"]
             invoke(postgresql_url, tmp_path, "activate", "scores", str(int(rng.choice(ready))))
+        elif op == "alias":
+            ready = [v.version for v in versions() if v.status == "ready"]
+            invoke(postgresql_url, tmp_path, "activate", "scores", str(int(rng.choice(ready))), "--alias", "challenger")
+        elif op == "rollback":
+            out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "rollback", "scores", "--db",
+                                            postgresql_url]).output
+            assert "rolled back" in out or (out.startswith("Error:") and len(out.strip().splitlines()) == 1), out
         elif op == "gc":
             invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", str(int(rng.integers(1, 4))))
         else:
@@ -736,6 +745,11 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
             active = state.active_version(conn, "scores").version
         pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), saved[active],
                                       check_exact=True, obj=f"step {step} ({op}): the view")
+        with engine.connect() as conn:
+            challenger = state.active_version(conn, "scores", "challenger")
+        if challenger is not None:
+            pd.testing.assert_frame_equal(view_rows(engine, "scores__challenger").drop(columns="model_version"),
+                                          saved[challenger.version], check_exact=True, obj=f"step {step}: challenger")
     invoke(postgresql_url, tmp_path, "run", "scores", "--incremental")
     topped = version_rows(engine, max(v.version for v in versions()))
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
