@@ -678,6 +678,7 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
     """Each ready version reads, after every step, as the rows it had when it was made; the last top-up equals a
     full run. The source keeps its stamps (no :func:`top_up_ready`, which would hide changes from a top-up of an
     older version activated since): a change in a run's second is listed again, and scored again alike."""
+    from faults.test_crash import kill_at
     from helpers import delete
 
     engine = pg_engine
@@ -709,7 +710,8 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
             insert(engine, new)
         if rng.random() < 0.3:
             delete(engine, f"customer_id = {int(rng.integers(1, next_id))}")
-        op = rng.choice(["top-up", "top-up", "top-up", "fail", "flip", "full", "gc", "alias", "rollback"])
+        op = rng.choice(["top-up", "top-up", "top-up", "fail", "flip", "full", "gc", "alias", "rollback", "kill",
+                         "kill-gc"])
         newest = max(v.version for v in versions())
         if op == "fail":
             with engine.begin() as conn:
@@ -728,6 +730,12 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
             out = CliRunner().invoke(main, ["--jobs", str(tmp_path / "jobs"), "rollback", "scores", "--db",
                                             postgresql_url]).output
             assert "rolled back" in out or (out.startswith("Error:") and len(out.strip().splitlines()) == 1), out
+        elif op == "kill":
+            kill_at(tmp_path, postgresql_url, str(rng.choice(["loading", "indexing", "auditing", "flipping"])), "run",
+                    "scores", "--incremental")
+            invoke(postgresql_url, tmp_path, "status")
+        elif op == "kill-gc":
+            kill_at(tmp_path, postgresql_url, "retiring", "gc", "scores", "--keep", "1")
         elif op == "gc":
             invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", str(int(rng.integers(1, 4))))
         else:
