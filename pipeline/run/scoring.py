@@ -71,13 +71,14 @@ def _mix(values: np.ndarray) -> np.ndarray:
 def key_buckets(keys: pd.DataFrame) -> np.ndarray:
     """Each row's A/B bucket, 0..99: a hash of its key values, the same on every database and run.
 
-    Integer keys are hashed as integers (splitmix64), others as text (siphash with a fixed key).
+    Integer keys are hashed as integers (splitmix64), others as text (siphash with a fixed key). A NULL key (a
+    nullable integer column's NA) hashes as 0: the key check refuses its row in one line afterwards.
     """
     total = np.zeros(len(keys), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for _, column in keys.items():
             if pd.api.types.is_integer_dtype(column.dtype):
-                part = _mix(column.to_numpy(dtype=np.int64).view(np.uint64))
+                part = _mix(column.to_numpy(dtype=np.int64, na_value=0).view(np.uint64))
             else:
                 text = column.astype(str).to_numpy(dtype=object)
                 part = pd.util.hash_array(text, hash_key=_BUCKET_KEY, categorize=False)

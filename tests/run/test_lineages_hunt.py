@@ -763,3 +763,43 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
     invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force")
     pd.testing.assert_frame_equal(topped, version_rows(engine, max(v.version for v in versions())),
                                   check_exact=True)
+
+
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_a_full_run_with_a_null_or_twice_listed_key_fails_in_one_line_and_leaves_no_lineage(
+        pg_engine, postgresql_url, write_job, tmp_path, executor):
+    engine = pg_engine
+    frame = customers_frame(KEYS)
+    write_source(engine, frame)
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    served = view_rows(engine)
+    flags = ["--executor", "dask", "--workers", "1"] if executor == "dask" else []
+    for bad in ("UPDATE customers SET customer_id = NULL WHERE customer_id = 7",
+                "UPDATE customers SET customer_id = 8 WHERE customer_id = 9"):
+        with engine.begin() as conn:
+            conn.execute(text(bad))
+        out = invoke(postgresql_url, tmp_path, "run", "scores", "--full", "--force", *flags, code=1)
+        assert out.startswith("Error:") and len(out.strip().splitlines()) == 1, out
+        assert "NULL" in out or "more than once" in out, out
+        pd.testing.assert_frame_equal(view_rows(engine), served, check_exact=True)
+    invoke(postgresql_url, tmp_path, "gc", "scores", "--keep", "1")
+    assert {n for n in relations(engine) if not n.startswith("scores__p")} == {
+        "scores", "scores__gate", "scores__l1", "scores__l1__log", "scores__v1"}
+
+
+def test_a_null_integer_key_among_the_changed_rows_fails_in_one_line_and_changes_nothing(
+        pg_engine, postgresql_url, write_job, tmp_path):
+    engine = pg_engine
+    write_source(engine, customers_frame(KEYS))
+    write_job(CHANGES_JOB)
+    invoke(postgresql_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
+    before = view_rows(engine)
+    change(engine, "customer_id <= 10")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE customers SET customer_id = NULL WHERE customer_id = 4"))
+    out = invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", code=1)
+    assert out == "Error: 1 domain row(s) have a NULL key (customer_id)\n", out
+    assert count(engine, "SELECT COUNT(*) FROM scores__l1") == KEYS
+    pd.testing.assert_frame_equal(view_rows(engine), before, check_exact=True)
