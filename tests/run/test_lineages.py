@@ -13,7 +13,6 @@ from sqlalchemy.engine import Engine
 from pipeline.cli import main
 from pipeline.database import state
 from pipeline.database.dialects import dialect_for
-from pipeline.database.engines import make_engine
 
 from helpers import CHANGES_JOB, change, customers_frame, delete, insert, version_rows, view_rows, write_source
 
@@ -26,19 +25,20 @@ AUDITED_JOB = CHANGES_JOB + """
 """
 
 
-@pytest.fixture
-def pg_engine(postgresql_url: str) -> Engine:
-    engine = make_engine(postgresql_url)
-    yield engine
-    engine.dispose()
-
-
 def relations(engine: Engine) -> dict[str, str]:
     """The pipeline's relations of ``scores`` in the schema: name -> kind (r table, v view, p partitioned)."""
     with engine.connect() as conn:
         return dict(conn.execute(text("SELECT relname, relkind FROM pg_class WHERE relnamespace = "
                                       "current_schema()::regnamespace AND relname LIKE 'scores%' "
                                       "AND relkind IN ('r', 'v', 'p')")).all())
+
+
+def first_run(engine: Engine, db_url: str, tmp_path, write_job, body: str = CHANGES_JOB, keys: int = KEYS) -> None:
+    """A source of ``keys`` customers, the job ``body`` and its first run (lineage 1), ready for top-ups."""
+    write_source(engine, customers_frame(keys))
+    write_job(body)
+    invoke(db_url, tmp_path, "run", "scores")
+    top_up_ready(engine)
 
 
 def top_up_ready(engine: Engine) -> None:
@@ -66,13 +66,10 @@ def invoke(db_url: str, tmp_path, *args: str, code: int = 0) -> str:
     return out.output
 
 
-def test_top_ups_write_only_their_changes_and_every_version_reads_as_a_full_run_would(pg_engine, postgresql_url,
+def test_top_ups_write_only_their_changes_and_every_version_reads_as_a_full_run_would(pg, postgresql_url,
                                                                                     write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job)
     full_one = version_rows(engine, 1)
     change(engine, "customer_id <= 10")
     new = customers_frame(20, seed=9)
@@ -105,13 +102,10 @@ def test_top_ups_write_only_their_changes_and_every_version_reads_as_a_full_run_
     assert count(engine, "SELECT COUNT(DISTINCT model_version) FROM scores") == 1
 
 
-def test_a_top_up_after_a_rollback_in_the_lineage_is_a_full_run_that_says_why(pg_engine, postgresql_url, write_job,
+def test_a_top_up_after_a_rollback_in_the_lineage_is_a_full_run_that_says_why(pg, postgresql_url, write_job,
                                                                               tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job)
     change(engine, "customer_id <= 10")
     top_up(postgresql_url, tmp_path, engine)
     two = version_rows(engine, 2)
@@ -130,8 +124,8 @@ def test_a_top_up_after_a_rollback_in_the_lineage_is_a_full_run_that_says_why(pg
         assert [(v.version, v.lineage) for v in state.list_versions(conn, "scores")] == [(1, 1), (2, 1), (3, 3), (4, 3)]
 
 
-def test_a_top_up_that_failed_its_audits_is_undone_by_the_next(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
+def test_a_top_up_that_failed_its_audits_is_undone_by_the_next(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE audit_fail (customer_id bigint)"))
@@ -161,12 +155,9 @@ def test_a_top_up_that_failed_its_audits_is_undone_by_the_next(pg_engine, postgr
 
 
 def test_retention_frees_the_rows_only_retired_versions_saw_and_drops_a_lineage_with_its_last(
-        pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+        pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job)
     for low in (1, 101, 201):
         change(engine, f"customer_id BETWEEN {low} AND {low + 99}")
         top_up(postgresql_url, tmp_path, engine)
@@ -191,9 +182,9 @@ def test_retention_frees_the_rows_only_retired_versions_saw_and_drops_a_lineage_
     assert count(engine, "SELECT COUNT(*) FROM scores WHERE model_version = 6") == KEYS
 
 
-def test_a_key_listed_twice_by_changed_fails_the_top_up_in_one_line_and_changes_nothing(pg_engine, postgresql_url,
+def test_a_key_listed_twice_by_changed_fails_the_top_up_in_one_line_and_changes_nothing(pg, postgresql_url,
                                                                                         write_job, tmp_path):
-    engine = pg_engine
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     write_job(CHANGES_JOB.replace("WHERE updated_at >= :since", "WHERE updated_at >= :since UNION ALL "
                                   "SELECT customer_id, x1, x2, x3 FROM customers WHERE customer_id = 7 "
@@ -209,8 +200,8 @@ def test_a_key_listed_twice_by_changed_fails_the_top_up_in_one_line_and_changes_
     pd.testing.assert_frame_equal(view_rows(engine), before, check_exact=True)
 
 
-def test_a_dask_full_run_begins_a_lineage_that_local_top_ups_add_to(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
+def test_a_dask_full_run_begins_a_lineage_that_local_top_ups_add_to(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     write_job(CHANGES_JOB)
     invoke(postgresql_url, tmp_path, "run", "scores", "--executor", "dask", "--workers", "1")
@@ -226,8 +217,8 @@ def test_a_dask_full_run_begins_a_lineage_that_local_top_ups_add_to(pg_engine, p
 
 @pytest.mark.parametrize("column", ["valid_from", "changed_in"])
 def test_a_domain_column_named_like_a_lineage_column_is_refused_before_anything_is_built(
-        pg_engine, postgresql_url, write_job, tmp_path, column):
-    engine = pg_engine
+        pg, postgresql_url, write_job, tmp_path, column):
+    engine = pg
     frame = customers_frame(KEYS)
     frame[column] = 1
     write_source(engine, frame)
@@ -240,16 +231,13 @@ def test_a_domain_column_named_like_a_lineage_column_is_refused_before_anything_
         assert state.list_versions(conn, "scores") == []
 
 
-def test_gc_keeps_a_version_that_a_running_top_up_builds_on(pg_engine, postgresql_url, write_job, tmp_path):
+def test_gc_keeps_a_version_that_a_running_top_up_builds_on(pg, postgresql_url, write_job, tmp_path):
     """gc in another process while a top-up of the same lineage runs: the ready versions below it stay (the top-up
     may open the rows they closed again), and a top-up whose base was retired as it began fails in one line."""
     from pipeline.serve.retention import gc
 
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job)
     for low in (1, 11):
         change(engine, f"customer_id BETWEEN {low} AND {low + 9}")
         top_up(postgresql_url, tmp_path, engine)

@@ -7,17 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import text
 from click.testing import CliRunner
+from run.test_lineages import count, first_run, invoke, relations, top_up, top_up_ready
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from pipeline.cli import main
 from pipeline.database import state
-from pipeline.database.engines import make_engine
 
 from helpers import CHANGES_JOB, change, customers_frame, insert, version_rows, view_rows, write_source
-
-from run.test_lineages import count, invoke, relations, top_up, top_up_ready
 
 KEYS = 300
 REGIONS = ["north", "Süd ost", "o'brien \"q\"", "日本", " trailing "]
@@ -26,13 +24,6 @@ REGION_JOB = CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["region", "c
     "SELECT customer_id, x1", "SELECT region, customer_id, x1").replace(
     "SELECT customer_id FROM customers_gone", "SELECT region, customer_id FROM customers_gone")
 ORDER = "region COLLATE \"C\", customer_id"
-
-
-@pytest.fixture
-def pg_engine(postgresql_url: str) -> Engine:
-    engine = make_engine(postgresql_url)
-    yield engine
-    engine.dispose()
 
 
 def region_frame(n: int = KEYS, seed: int = 0) -> pd.DataFrame:
@@ -68,8 +59,8 @@ def full_equals(engine: Engine, url: str, tmp_path, version: int) -> None:
     pd.testing.assert_frame_equal(topped, rows(engine, newest), check_exact=True)
 
 
-def test_composite_text_keys_through_top_ups_rollback_and_gc(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
+def test_composite_text_keys_through_top_ups_rollback_and_gc(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
     write_region_source(engine, region_frame())
     write_job(REGION_JOB)
     invoke(postgresql_url, tmp_path, "run", "scores")
@@ -105,9 +96,9 @@ def test_composite_text_keys_through_top_ups_rollback_and_gc(pg_engine, postgres
     full_equals(engine, postgresql_url, tmp_path, 5)
 
 
-def test_a_null_key_among_the_changed_rows_fails_in_one_line_and_changes_nothing(pg_engine, postgresql_url,
+def test_a_null_key_among_the_changed_rows_fails_in_one_line_and_changes_nothing(pg, postgresql_url,
                                                                                 write_job, tmp_path):
-    engine = pg_engine
+    engine = pg
     write_region_source(engine, region_frame())
     write_job(REGION_JOB)
     invoke(postgresql_url, tmp_path, "run", "scores")
@@ -131,11 +122,11 @@ INCLUDE_JOB = CHANGES_JOB.replace("SELECT customer_id, x1, x2, x3 FROM customers
     'table = "scores"', f'table = "scores"\n    include = {INCLUDE!r}'.replace("'", '"'))
 
 
-def test_columns_passed_through_that_change_in_top_ups_read_as_a_full_run(pg_engine, postgresql_url, write_job,
+def test_columns_passed_through_that_change_in_top_ups_read_as_a_full_run(pg, postgresql_url, write_job,
                                                                           tmp_path):
     from run.test_passthrough import customers
 
-    engine = pg_engine
+    engine = pg
     write_source(engine, customers(KEYS))
     write_job(INCLUDE_JOB)
     invoke(postgresql_url, tmp_path, "run", "scores")
@@ -167,13 +158,10 @@ def alias_rows(engine: Engine, view: str) -> pd.DataFrame:
         return pd.read_sql(text(f"SELECT * FROM {view} ORDER BY customer_id"), conn).drop(columns="model_version")
 
 
-def test_a_model_change_starts_a_lineage_that_rollbacks_aliases_and_splits_cross(pg_engine, postgresql_url,
+def test_a_model_change_starts_a_lineage_that_rollbacks_aliases_and_splits_cross(pg, postgresql_url,
                                                                                    write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     change(engine, "customer_id <= 10")
     assert "kept in lineage 1" in top_up(postgresql_url, tmp_path, engine)
     write_job(CHANGES_JOB, seed=3)  # another model, the same outputs
@@ -240,12 +228,10 @@ def test_a_model_change_starts_a_lineage_that_rollbacks_aliases_and_splits_cross
 
 
 def test_many_overlapping_top_ups_with_retention_keep_every_kept_version_and_bound_the_lineage(
-        pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB.replace('table = "scores"', 'table = "scores"\n    keep = 3'))
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+        pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job,
+              CHANGES_JOB.replace('table = "scores"', 'table = "scores"\n    keep = 3'), keys=KEYS)
     saved = {1: version_rows(engine, 1)}
     for step in range(12):
         low = (step * 7) % 50 + 1  # windows of 30 keys that overlap the previous ones
@@ -283,12 +269,9 @@ def test_many_overlapping_top_ups_with_retention_keep_every_kept_version_and_bou
     pd.testing.assert_frame_equal(saved[13], version_rows(engine, 14), check_exact=True)
 
 
-def test_an_empty_change_and_a_removal_of_every_key(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+def test_an_empty_change_and_a_removal_of_every_key(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     one = version_rows(engine, 1)
     out = top_up(postgresql_url, tmp_path, engine)
     assert "Traceback" not in out, out
@@ -318,12 +301,9 @@ def test_an_empty_change_and_a_removal_of_every_key(pg_engine, postgresql_url, w
 
 @pytest.mark.parametrize("back_to", [1, 2])
 def test_a_top_up_of_an_old_lineage_whose_newer_versions_were_retired_reads_as_a_full_run(
-        pg_engine, postgresql_url, write_job, tmp_path, back_to):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+        pg, postgresql_url, write_job, tmp_path, back_to):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     for low in (1, 11, 21):
         change(engine, f"customer_id BETWEEN {low} AND {low + 14}")
         from helpers import delete
@@ -360,14 +340,11 @@ def test_a_top_up_of_an_old_lineage_whose_newer_versions_were_retired_reads_as_a
 
 @pytest.mark.parametrize("phase", ["auditing", "flipping"])
 def test_kill_9_of_gc_and_of_a_top_up_in_a_lineage_leave_every_kept_version_whole(
-        pg_engine, postgresql_url, write_job, tmp_path, phase):
+        pg, postgresql_url, write_job, tmp_path, phase):
     from faults.test_crash import kill_at
 
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     for low in (1, 11, 21):
         change(engine, f"customer_id BETWEEN {low} AND {low + 14}")
         top_up(postgresql_url, tmp_path, engine)
@@ -398,15 +375,12 @@ def test_kill_9_of_gc_and_of_a_top_up_in_a_lineage_leave_every_kept_version_whol
     pd.testing.assert_frame_equal(topped, version_rows(engine, 7), check_exact=True)
 
 
-def test_a_job_that_drops_and_takes_again_domain_changed_serves_each_version_whole(pg_engine, postgresql_url,
+def test_a_job_that_drops_and_takes_again_domain_changed_serves_each_version_whole(pg, postgresql_url,
                                                                                    write_job, tmp_path):
     from helpers import CUSTOMERS_JOB
 
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     change(engine, "customer_id <= 10")
     top_up(postgresql_url, tmp_path, engine)
     out = invoke(postgresql_url, tmp_path, "plan", "scores", "--incremental")
@@ -439,14 +413,11 @@ def test_a_job_that_drops_and_takes_again_domain_changed_serves_each_version_who
 
 @pytest.mark.parametrize("phase", ["loading", "indexing", "auditing", "attached", "flipping"])
 def test_kill_9_of_a_full_run_that_begins_a_lineage_leaves_nothing_behind_after_gc(
-        pg_engine, postgresql_url, write_job, tmp_path, phase):
+        pg, postgresql_url, write_job, tmp_path, phase):
     from faults.test_crash import kill_at
 
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     change(engine, "customer_id <= 10")
     top_up(postgresql_url, tmp_path, engine)
     saved = {v: version_rows(engine, v) for v in (1, 2)}
@@ -474,11 +445,11 @@ ODD_JOB = CHANGES_JOB.replace('keys = ["customer_id"]', 'keys = ["Order", "day"]
     "SELECT customer_id FROM customers_gone", 'SELECT \\"Order\\", day FROM customers_gone')
 
 
-def test_mixed_case_reserved_and_date_keys_through_top_ups_undo_and_gc(pg_engine, postgresql_url, write_job,
+def test_mixed_case_reserved_and_date_keys_through_top_ups_undo_and_gc(pg, postgresql_url, write_job,
                                                                        tmp_path):
     import datetime as dt
 
-    engine = pg_engine
+    engine = pg
     frame = customers_frame(KEYS).rename(columns={"customer_id": "Order"})
     frame["Order"] = frame["Order"] % 100
     frame.insert(1, "day", [dt.date(2024, 1, 1) + dt.timedelta(days=i // 100) for i in range(KEYS)])
@@ -518,8 +489,8 @@ def test_mixed_case_reserved_and_date_keys_through_top_ups_undo_and_gc(pg_engine
     assert count(engine, "SELECT COUNT(*) FROM scores__l1") == KEYS - 3 + 33  # v2's rows and v4's 33
 
 
-def test_an_empty_full_run_begins_a_lineage_that_top_ups_fill(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
+def test_an_empty_full_run_begins_a_lineage_that_top_ups_fill(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     write_job(CHANGES_JOB + "    [audits]\n    allow_empty = true\n")
     invoke(postgresql_url, tmp_path, "run", "scores")
@@ -549,13 +520,10 @@ def attached(engine: Engine) -> list[str]:
                                         "WHERE c.relname LIKE 'scores%'")).scalars())
 
 
-def test_two_lineages_are_attached_only_between_a_full_run_and_its_first_top_up(pg_engine, postgresql_url,
+def test_two_lineages_are_attached_only_between_a_full_run_and_its_first_top_up(pg, postgresql_url,
                                                                                 write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     change(engine, "customer_id <= 10")
     top_up(postgresql_url, tmp_path, engine)
     assert attached(engine) == ["scores__l1"]
@@ -570,10 +538,10 @@ def test_two_lineages_are_attached_only_between_a_full_run_and_its_first_top_up(
                                   check_exact=True)
 
 
-def test_a_gate_made_by_an_older_release_takes_the_lineage_column(pg_engine, postgresql_url, write_job, tmp_path):
+def test_a_gate_made_by_an_older_release_takes_the_lineage_column(pg, postgresql_url, write_job, tmp_path):
     from helpers import CUSTOMERS_JOB
 
-    engine = pg_engine
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     write_job(CUSTOMERS_JOB)
     invoke(postgresql_url, tmp_path, "run", "scores")
@@ -594,12 +562,9 @@ def test_a_gate_made_by_an_older_release_takes_the_lineage_column(pg_engine, pos
     pd.testing.assert_frame_equal(view_rows(engine).drop(columns="model_version"), topped, check_exact=True)
 
 
-def test_a_null_key_that_removed_lists_matches_none(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+def test_a_null_key_that_removed_lists_matches_none(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     change(engine, "customer_id <= 10")
     from helpers import delete
     delete(engine, "customer_id = 20")
@@ -612,10 +577,10 @@ def test_a_null_key_that_removed_lists_matches_none(pg_engine, postgresql_url, w
     pd.testing.assert_frame_equal(topped, version_rows(engine, 3), check_exact=True)
 
 
-def test_the_reference_queries_read_a_lineage_as_they_read_a_table(pg_engine, postgresql_url, write_job, tmp_path):
+def test_the_reference_queries_read_a_lineage_as_they_read_a_table(pg, postgresql_url, write_job, tmp_path):
     from helpers import reference_query
 
-    engine = pg_engine
+    engine = pg
     write_source(engine, customers_frame(KEYS))
     write_job(CHANGES_JOB.replace('table = "scores"',
                                   'table = "scores"\n    default = { proba_true = 0.1, proba_false = 0.9 }'))
@@ -643,12 +608,9 @@ def test_the_reference_queries_read_a_lineage_as_they_read_a_table(pg_engine, po
     assert (scored["proba_true"] == topped.loc[scored.index, "proba_true"]).all()
 
 
-def test_versions_and_lineages_that_are_gone_are_refused_in_one_line(pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+def test_versions_and_lineages_that_are_gone_are_refused_in_one_line(pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     for low in (1, 11, 21):
         change(engine, f"customer_id BETWEEN {low} AND {low + 9}")
         top_up(postgresql_url, tmp_path, engine)
@@ -674,14 +636,15 @@ def test_versions_and_lineages_that_are_gone_are_refused_in_one_line(pg_engine, 
 
 @pytest.mark.parametrize("seed", [3])  # seeds 1-12 passed too (a few runs of this walk, by hand)
 def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_version_whole(
-        pg_engine, postgresql_url, write_job, tmp_path, seed):
+        pg, postgresql_url, write_job, tmp_path, seed):
     """Each ready version reads, after every step, as the rows it had when it was made; the last top-up equals a
     full run. The source keeps its stamps (no :func:`top_up_ready`, which would hide changes from a top-up of an
     older version activated since): a change in a run's second is listed again, and scored again alike."""
     from faults.test_crash import kill_at
+
     from helpers import delete
 
-    engine = pg_engine
+    engine = pg
     rng = np.random.default_rng(seed)
     write_source(engine, customers_frame(KEYS))
     with engine.begin() as conn:
@@ -767,8 +730,8 @@ def test_a_random_walk_of_top_ups_failures_flips_full_runs_and_gc_keeps_every_ve
 
 @pytest.mark.parametrize("executor", ["local", "dask"])
 def test_a_full_run_with_a_null_or_twice_listed_key_fails_in_one_line_and_leaves_no_lineage(
-        pg_engine, postgresql_url, write_job, tmp_path, executor):
-    engine = pg_engine
+        pg, postgresql_url, write_job, tmp_path, executor):
+    engine = pg
     frame = customers_frame(KEYS)
     write_source(engine, frame)
     write_job(CHANGES_JOB)
@@ -789,12 +752,9 @@ def test_a_full_run_with_a_null_or_twice_listed_key_fails_in_one_line_and_leaves
 
 
 def test_a_null_integer_key_among_the_changed_rows_fails_in_one_line_and_changes_nothing(
-        pg_engine, postgresql_url, write_job, tmp_path):
-    engine = pg_engine
-    write_source(engine, customers_frame(KEYS))
-    write_job(CHANGES_JOB)
-    invoke(postgresql_url, tmp_path, "run", "scores")
-    top_up_ready(engine)
+        pg, postgresql_url, write_job, tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job, keys=KEYS)
     before = view_rows(engine)
     change(engine, "customer_id <= 10")
     with engine.begin() as conn:
