@@ -110,8 +110,8 @@ def _check_lineage_columns(job: Job) -> None:
 
 def _why_not_in_lineage(conn: Connection, context: RunContext, active: state.Version | None) -> str | None:
     """Why the active version cannot be topped up in its lineage, or None. A lineage's open rows are its newest
-    version's: a version newer than the active one there that is ready (a rollback left it) keeps them, so the
-    top-up would build on it instead; a new lineage is a full run."""
+    version's: a version newer than the active one there that is ready (a rollback, or a run that did not activate
+    its version, left it) keeps them, so the top-up would build on it instead; a new lineage is a full run."""
     assert active is not None
     if active.lineage is None:
         return (f"version {active.version} is not kept in a lineage (made by an older release, or before the job had "
@@ -122,7 +122,7 @@ def _why_not_in_lineage(conn: Connection, context: RunContext, active: state.Ver
              if v.lineage == active.lineage and v.version > active.version and v.status == "ready"]
     if newer:
         return (f"version {max(newer)}, newer than the active version {active.version} in its lineage, is ready (a "
-                "rollback left it); a full run starts a new lineage")
+                "rollback, or a run that did not activate it, left it); a full run starts a new lineage")
     return None
 
 

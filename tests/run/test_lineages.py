@@ -115,13 +115,26 @@ def test_a_top_up_after_a_rollback_in_the_lineage_is_a_full_run_that_says_why(pg
     change(engine, "customer_id BETWEEN 20 AND 29")
     out = top_up(postgresql_url, tmp_path, engine)
     assert ("a full run, not a top-up: version 2, newer than the active version 1 in its lineage, is ready (a "
-            "rollback left it)") in out
+            "rollback, or a run that did not activate it, left it)") in out
     assert "version 3 is active (1000 rows," in out and "scored" not in out
     pd.testing.assert_frame_equal(version_rows(engine, 2), two, check_exact=True)  # the version rolled back from
     change(engine, "customer_id BETWEEN 30 AND 39")
     assert "10 scored, 990 kept in lineage 3" in top_up(postgresql_url, tmp_path, engine)
     with engine.connect() as conn:
         assert [(v.version, v.lineage) for v in state.list_versions(conn, "scores")] == [(1, 1), (2, 1), (3, 3), (4, 3)]
+
+
+def test_a_top_up_after_one_that_did_not_activate_its_version_is_a_full_run(pg, postgresql_url, write_job,
+                                                                            tmp_path):
+    engine = pg
+    first_run(engine, postgresql_url, tmp_path, write_job)
+    change(engine, "customer_id <= 10")
+    assert "version 2 is ready" in invoke(postgresql_url, tmp_path, "run", "scores", "--incremental", "--no-activate")
+    change(engine, "customer_id BETWEEN 20 AND 29")
+    out = top_up(postgresql_url, tmp_path, engine)
+    assert ("a full run, not a top-up: version 2, newer than the active version 1 in its lineage, is ready (a "
+            "rollback, or a run that did not activate it, left it)") in out
+    assert "version 3 is active (1000 rows," in out
 
 
 def test_a_top_up_that_failed_its_audits_is_undone_by_the_next(pg, postgresql_url, write_job, tmp_path):
