@@ -37,6 +37,7 @@ from pipeline.run.model import Model
 from pipeline.run.scoring import Scorer
 from pipeline.run.stages import closing
 from pipeline.run.store import VersionWriter, fill
+from pipeline.serve.retention import drop_version
 
 log = logging.getLogger("pipeline")
 
@@ -222,11 +223,9 @@ def _undo_above(conn: Connection, context: RunContext, active: state.Version, ve
     """Undo what versions above ``active`` in its lineage left there (failed or abandoned top-ups, or retired ones
     a rollback left behind; :func:`plan` took a ready one for a full run), newest first, so that the lineage's open
     rows are the active version's."""
-    found = state.list_versions(conn, context.table)
-    staying = [v.version for v in found if v.lineage == active.lineage and v.version <= active.version]
-    for v in sorted(found, key=lambda v: -v.version):
+    for v in sorted(state.list_versions(conn, context.table), key=lambda v: -v.version):
         if v.lineage == active.lineage and active.version < v.version < version:
-            context.dialect.drop_version(conn, context.table, v.version, v.lineage, undo=True, staying=staying)
+            drop_version(conn, context.dialect, context.table, v)  # none is ready: each is undone
 
 
 @contextlib.contextmanager

@@ -171,11 +171,10 @@ class PostgresqlDialect(Dialect):
         a lineage is attached, :meth:`serve`); others leave it, which their view does not read."""
         gate = self.quote(gate_table(table))
         values = {"v": version, "a": alias, "l": lineage}
-        also = ", lineage" if lineage is not None else ""
-        if not conn.exec_driver_sql(f"UPDATE {gate} SET (version{also}) = ROW(%(v)s{', %(l)s' if also else ''}) "
-                                    "WHERE alias = %(a)s", values).rowcount:
-            conn.exec_driver_sql(f"INSERT INTO {gate} (alias, version{also}) VALUES (%(a)s, %(v)s"
-                                 f"{', %(l)s' if also else ''})", values)
+        column, value = (", lineage", ", %(l)s") if lineage is not None else ("", "")
+        if not conn.exec_driver_sql(f"UPDATE {gate} SET (version{column}) = ROW(%(v)s{value}) WHERE alias = %(a)s",
+                                    values).rowcount:
+            conn.exec_driver_sql(f"INSERT INTO {gate} (alias, version{column}) VALUES (%(a)s, %(v)s{value})", values)
 
     def view_serves(self, conn: Connection, view: str, select_sql: str) -> bool:
         """PostgreSQL keeps a view as a parse tree, not as written: each view the pipeline makes carries the
@@ -221,7 +220,7 @@ class PostgresqlDialect(Dialect):
             # a gate made by an older release: one moment's lock, which the publish tries again for
             self.bound_lock_wait(conn)
             conn.exec_driver_sql(f"ALTER TABLE {gate} ADD COLUMN lineage integer")
-        if not self.dependents(conn, physical) or lineage is not None:
+        if lineage is not None or not self.dependents(conn, physical):
             # no reader can queue behind a lock on the table (no view reads it, or the version views of a
             # lineage that is not attached: read by name only): wait long enough for autovacuum, which gives
             # way after deadlock_timeout, to let go of a freshly loaded table
