@@ -27,10 +27,11 @@ Contenders, for N rows of 8 float features and a HistGradientBoostingClassifier:
             `DataFrame.from_records`), and through the pipeline's reader (which conforms every chunk) plus
             `Model.inputs`; the difference is set against the pipeline run of the same size (issue 12: at
             most 5% of a 1M-row run)
-- serving:  PostgreSQL lookups through the view against the active version table directly, with 2, 10 and 50
-            retained versions: pgbench (8 clients, simple and prepared protocol, medians of three runs
-            interleaved view/direct) and one Python client (p50/p99 of 2,000 lookups), idle and while
-            another connection flips the pointer ten times a second (issue 13)
+- serving:  PostgreSQL lookups through the view, and through a change-driven job's view (its versions top-ups in
+            one lineage), against the active version table directly, with 2, 10 and 50 retained versions:
+            pgbench (8 clients, simple and prepared protocol, medians of three runs interleaved view / lineage
+            view / direct) and one Python client (p50/p99 of 2,000 lookups), idle and while another connection
+            flips the pointer ten times a second (issue 13)
 - topk:     PostgreSQL, top 20 items per user of a 5,000 users x 20,000 items product (100M pairs) with
             exclusions (purchases), locally and on 2 Dask workers, wall time and peak RSS of every process;
             both versions read back and checked: the same rows, K per user, no purchase (issue 18)
@@ -819,8 +820,42 @@ def pgbench_tps(url: str, source: str, rows: int, protocol: str) -> float:
     return float(next(line for line in done.stdout.splitlines() if line.startswith("tps")).split()[2])
 
 
-def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[str], str]:
-    """pgbench and a single client through the view and directly, at 2, 10 and 50 retained versions."""
+def lineage_job(url: str, workdir: Path, model: Path, rows: int) -> Path:
+    """A change-driven job (``[domain] changed``) over ``rows`` inputs with an ``updated_at``: on PostgreSQL its
+    top-ups add versions to one lineage, whose view the serving bench measures beside the plain one."""
+    import psycopg
+
+    make_inputs(url, "bench_inputs_lineage", rows)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE bench_inputs_lineage ADD COLUMN updated_at timestamptz NOT NULL "
+                     "DEFAULT '2000-01-01'")
+        conn.execute("CREATE INDEX ON bench_inputs_lineage (updated_at)")
+        conn.execute("ANALYZE bench_inputs_lineage")
+    columns = ", ".join(["id", *FEATURES])
+    return write_job(workdir, "serving_lineage", None, model, domain=(
+        f'keys = ["id"]\nquery = "SELECT {columns} FROM bench_inputs_lineage"\n'
+        f'changed = "SELECT {columns} FROM bench_inputs_lineage WHERE updated_at >= :since"'), output="keep = 100")
+
+
+def top_up(url: str, job_path: Path, engine, rows: int, seed: int) -> None:  # noqa: ANN001 (an Engine)
+    """Change 0.1% of the lineage job's keys (random ones) and top its active version up with them."""
+    import numpy as np
+    import psycopg
+
+    from pipeline import load_job, run_job
+
+    keys = np.random.default_rng(seed).choice(np.arange(1, rows + 1), rows // 1000, replace=False).tolist()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE bench_inputs_lineage SET f0 = random(), updated_at = now() WHERE id = ANY(%s)", (keys,))
+    result = run_job(load_job(job_path), engine, incremental=True)
+    if not result.top_up or result.lineage is None:
+        raise SystemExit(f"serving bench: version {result.version} of serving_lineage is not a top-up in a lineage: "
+                         f"{result.full_because}")
+
+
+def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[str], list[str], str, str]:
+    """pgbench and a single client through the view, through a lineage's view and directly, at 2, 10 and 50
+    retained versions."""
     import numpy as np
     import psycopg
     from sqlalchemy import text
@@ -835,26 +870,31 @@ def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[
     plain = parsed.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
     options = parsed.query.get("options", "")
     make_inputs(url, table, rows)
-    job_path = write_job(workdir, "serving", table, model)
-    job_path.write_text(job_path.read_text().replace('table = "serving"', 'table = "serving"\nkeep = 100'))
+    job_path = write_job(workdir, "serving", table, model, output="keep = 100")
+    lineage_path = lineage_job(url, workdir, model, rows)
     engine = make_engine(url)
-    pg_rows, client_rows, made = [], [], 0
+    pg_rows, lineage_rows, client_rows, made = [], [], [], 0
+    sources = {"view": "serving", "lineage": "serving_lineage", "direct": ""}
     for versions in (2, 10, 50):
         while made < versions:
             run_job(load_job(job_path), engine, force=True)
+            if made == 0:
+                run_job(load_job(lineage_path), engine)
+            else:
+                top_up(url, lineage_path, engine, rows, made)
             made += 1
-        direct = f"serving__v{made}"
+        sources["direct"] = f"serving__v{made}"
         tps: dict[tuple[str, str], list[float]] = {}
         for protocol in ("simple", "prepared"):
             for _ in range(3):
-                for name, source in (("view", "serving"), ("direct", direct)):
+                for name, source in sources.items():
                     tps.setdefault((protocol, name), []).append(pgbench_tps(url, source, rows, protocol))
         med = {k: statistics.median(v) for k, v in tps.items()}
-        pg_rows.append(f"| {versions} | {med['simple', 'view']:,.0f} | {med['simple', 'direct']:,.0f} | "
-                       f"{med['simple', 'view'] / med['simple', 'direct']:.2f}x | {med['prepared', 'view']:,.0f} | "
-                       f"{med['prepared', 'direct']:,.0f} | "
-                       f"{med['prepared', 'view'] / med['prepared', 'direct']:.2f}x |")
-        print(pg_rows[-1], flush=True)
+        for found, name in ((pg_rows, "view"), (lineage_rows, "lineage")):
+            found.append(f"| {versions} | " + " | ".join(
+                f"{med[p, name]:,.0f} | {med[p, 'direct']:,.0f} | {med[p, name] / med[p, 'direct']:.2f}x"
+                for p in ("simple", "prepared")) + " |")
+            print(found[-1], flush=True)
         keys = np.random.default_rng(versions).integers(1, rows + 1, 2000).tolist()
         for flipping in (False, True):
             stop = threading.Event()
@@ -871,43 +911,51 @@ def serving_rows(url: str, workdir: Path, model: Path) -> tuple[list[str], list[
             if flipping:
                 thread.start()
             for prepared in (False, True):
-                spent: dict[str, list[float]] = {"view": [], "direct": []}
+                spent: dict[str, list[float]] = {name: [] for name in sources}
                 with psycopg.connect(plain, autocommit=True, options=options) as raw:
                     for key in keys:
-                        for name, source in (("view", "serving"), ("direct", direct)):
+                        for name, source in sources.items():
                             started = time.perf_counter()
                             raw.execute(f"SELECT proba_true FROM {source} WHERE id = %s", (key,),
                                         prepare=prepared).fetchone()
                             spent[name].append(time.perf_counter() - started)
-                view, straight = (np.percentile(spent[n], [50, 99]) * 1000 for n in ("view", "direct"))
-                client_rows.append(f"| {versions} | {'during flips' if flipping else 'idle'} | "
-                                   f"{'prepared' if prepared else 'unprepared'} | {view[0]:.3f} / {view[1]:.3f} ms | "
-                                   f"{straight[0]:.3f} / {straight[1]:.3f} ms | {view[0] - straight[0]:+.3f} ms |")
+                p50 = {name: np.percentile(spent[name], [50, 99]) * 1000 for name in sources}
+                client_rows.append(
+                    f"| {versions} | {'during flips' if flipping else 'idle'} | "
+                    f"{'prepared' if prepared else 'unprepared'} | "
+                    + " | ".join(f"{p50[n][0]:.3f} / {p50[n][1]:.3f} ms" for n in sources) + " | "
+                    + " | ".join(f"{p50[n][0] - p50['direct'][0]:+.3f} ms" for n in ("view", "lineage")) + " |")
                 print(client_rows[-1], flush=True)
             stop.set()
             if flipping:
                 thread.join()
     with engine.connect() as conn:
-        plan = "\n".join(r[0] for r in conn.execute(text(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT proba_true FROM serving WHERE id = 42")))
+        plan, lineage_plan = ("\n".join(r[0] for r in conn.execute(text(
+            f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT proba_true FROM {view} WHERE id = 42")))
+            for view in ("serving", "serving_lineage"))
     engine.dispose()
-    return pg_rows, client_rows, plan
+    return pg_rows, lineage_rows, client_rows, plan, lineage_plan
 
 
-def serving_section(pg_rows: list[str], client_rows: list[str], plan: str) -> list[str]:
+def serving_section(pg_rows: list[str], lineage_rows: list[str], client_rows: list[str], plan: str,
+                    lineage_plan: str) -> list[str]:
+    header = ["| retained versions | simple: view TPS | direct TPS | view / direct | prepared: view TPS | direct TPS "
+              "| view / direct |", "|---|---|---|---|---|---|---|"]
     return [
         "Serving cost (issue 13), PostgreSQL, 100k rows per version: point lookups through the view against the "
         f"active version table directly. pgbench: 8 clients, {PGBENCH_SECONDS} s per run, medians of three runs "
-        "interleaved view/direct. Targets: with 50 versions within 10% of 2; view / direct at least 0.45x "
-        "simple and 0.7x prepared.", "",
-        "| retained versions | simple: view TPS | direct TPS | view / direct | prepared: view TPS | direct TPS "
-        "| view / direct |", "|---|---|---|---|---|---|---|", *pg_rows, "",
+        "interleaved view / lineage view / direct. Targets: with 50 versions within 10% of 2; view / direct at "
+        "least 0.45x simple and 0.7x prepared.", "", *header, *pg_rows, "",
+        "The same, through the view of a change-driven job (`[domain] changed`), whose versions after the first are "
+        "top-ups of 100 random keys (0.1%) in one lineage (see the README, *Lineages*), against the same direct "
+        "lookups:", "", *header, *lineage_rows, "",
         "One client (psycopg, autocommit; each statement unprepared, then prepared on the server), 2,000 "
-        "lookups each, view and direct alternately, p50 / p99, idle and while another connection flips the "
-        "pointer ten times a second. Target: p50 within 0.1 ms of direct.", "",
-        "| retained versions | | statements | via view | direct | p50 difference |", "|---|---|---|---|---|---|",
-        *client_rows, "",
-        "Plan of a lookup through the view (50 versions retained):", "", "```", plan, "```", ""]
+        "lookups each, view, lineage view and direct alternately, p50 / p99, idle and while another connection "
+        "flips the plain view's pointer ten times a second. Target: p50 within 0.1 ms of direct.", "",
+        "| retained versions | | statements | via view | via lineage view | direct | view p50 difference "
+        "| lineage p50 difference |", "|---|---|---|---|---|---|---|---|", *client_rows, "",
+        "Plan of a lookup through the view (50 versions retained):", "", "```", plan, "```", "",
+        "Plan of a lookup through the lineage view (50 versions in the lineage):", "", "```", lineage_plan, "```", ""]
 
 
 #: The commands an operator types when something is wrong, which must answer at once (issue 15: under 0.5 s).
