@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import click
 
-from pipeline.database.engines import URL_ENV, make_engine, missing_file, redact, resolve_url
+from pipeline.database.engines import DEFAULT_URL, URL_ENV, make_engine, missing_file, redact, resolve_url
 from pipeline.errors import HidePasswords, JobLocked, PipelineError, first_line, hide_in_traceback
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import Job
@@ -52,9 +52,9 @@ class Settings:
         self.log_format = log_format
         self.db_url = db_url
 
-    def job_for_table(self, table: str) -> Job | None:
-        """The job in the jobs directory that writes ``table``, if any."""
-        return next((j for j in iter_jobs(self.jobs_dir) if j.output.table == table), None)
+    def jobs_for_table(self, table: str) -> list[Job]:
+        """The jobs in the jobs directory that write ``table``."""
+        return [j for j in iter_jobs(self.jobs_dir) if j.output.table == table]
 
 
 def _ours_or_warning(record: logging.LogRecord) -> bool:
@@ -168,10 +168,24 @@ class Databases:
         schema.upgrade(engine, dialect_for(engine))
         return engine
 
+    def job_for_table(self, table: str) -> Job | None:
+        """The job in the jobs directory that writes ``table``, if any. Where jobs write it to different databases,
+        the one whose target ``--db`` (or the environment) names, else the first; with no database named, the
+        command is refused, naming them: which table it means, only the user can say."""
+        jobs = self.settings.jobs_for_table(table)
+        targets = {j.target or DEFAULT_URL: j for j in reversed(jobs)}  # the first job of each target
+        if len(targets) <= 1:
+            return jobs[0] if jobs else None
+        if self.named:
+            return targets.get(self.url(), jobs[0])
+        written = ", ".join(f"{j.path.name} to {redact(j.target or DEFAULT_URL)}" for j in jobs)
+        raise PipelineError(f"jobs in {self.settings.jobs_dir}/ write {table!r} to different databases ({written}); "
+                            f"name one with --db URL or ${URL_ENV}")
+
     def for_table(self, table: str) -> Engine:
         """The database of ``table`` (see :meth:`for_reading`): the job that writes it names its target unless
         ``--db`` or the environment does."""
-        job = None if self.named else self.settings.job_for_table(table)
+        job = None if self.named else self.job_for_table(table)
         url = self.url(job)
         if job is None and not self.named and missing_file(url) is not None:
             raise PipelineError(f"no job in {self.settings.jobs_dir}/ writes {table!r}, and no database was named "

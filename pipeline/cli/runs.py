@@ -234,7 +234,7 @@ def audit(settings: Settings, table: str, version: int, db: Databases) -> None:
     Example:
       pipeline audit churn_scores 3
     """
-    job = settings.job_for_table(table)
+    job = db.job_for_table(table)
     from pipeline.run.audits import audit_version, failures
 
     results = audit_version(db.for_table(table), table, version, job.audits if job else AuditSpec(),

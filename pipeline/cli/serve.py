@@ -234,7 +234,7 @@ def gc(settings: Settings, table: str, keep: int | None, db: Databases) -> None:
     Example:
       pipeline gc churn_scores --keep 2
     """
-    job = settings.job_for_table(table)
+    job = db.job_for_table(table)
     keep = keep or (job.output.keep if job else DEFAULT_KEEP)
     from pipeline.serve.retention import gc as retire
 

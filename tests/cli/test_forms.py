@@ -136,6 +136,27 @@ def test_options_after_the_command_take_effect(demo):
     assert code == 0 and f"--db {sqlite_url}" in line and "run scores --scheduled" in line
 
 
+def test_a_table_two_jobs_write_to_different_databases_needs_db(demo, tmp_path, write_job):
+    """A job copied beside another under the same table name but another target: a command given only the table
+    cannot know which database is meant, and says so instead of reading the first job's."""
+    from pipeline.database.engines import make_engine
+
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = make_engine(other_url)
+    write_table(engine, "customers", customers_frame(30))
+    engine.dispose()
+    write_job(f'target = "{other_url}"\n' + CUSTOMERS_JOB, name="copy")
+    assert invoke("run", "copy")[0] == 0
+    for command in (["versions", "scores"], ["rollback", "scores"], ["gc", "scores"]):
+        code, out = invoke(*command)
+        assert code == 1 and out.strip() == (
+            f"Error: jobs in jobs/ write 'scores' to different databases (copy.toml to {other_url}, scores.toml to "
+            f"{demo}); name one with --db URL or $PIPELINE_DATABASE_URL"), out
+    for url, rows in ((demo, "60"), (other_url, "30")):
+        code, out = invoke("versions", "scores", "--db", url)
+        assert code == 0 and out.splitlines()[1].split()[:5:4] == ["*", rows], out  # the active version, its rows
+
+
 def test_cron_names_a_broken_job_and_fails(demo, tmp_path):
     (tmp_path / "jobs" / "broken.toml").write_text("[domain]\nkeys = 1\n")
     result = CliRunner().invoke(main, ["cron"])
