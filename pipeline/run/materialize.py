@@ -266,12 +266,14 @@ def _same_work(found: list[state.Version], job: Job, model: Model, logical_date:
             and v.model_sha256 == model.sha256 and v.settings_sha256 == digest]
 
 
-def held_by(found: list[state.Version], job: Job, model: Model, logical_date: date,
-            fingerprint: str) -> state.Version | None:
+def held_by(found: list[state.Version], job: Job, model: Model, logical_date: date, fingerprint: str,
+            active: int | None) -> state.Version | None:
     """The ready version (if any) that already holds what a run of ``job`` would write for ``logical_date``:
-    the same model, settings (see :func:`settings_digest`) and domain."""
-    return next((v for v in _same_work(found, job, model, logical_date) if v.domain_fingerprint == fingerprint),
-                None)
+    the same model, settings (see :func:`settings_digest`) and domain. Of several (a forced run made the same
+    again), the ``active`` one, else the newest: a skip must not send the user to serve an older twin of what
+    serves."""
+    holding = [v for v in _same_work(found, job, model, logical_date) if v.domain_fingerprint == fingerprint]
+    return next((v for v in holding if v.version == active), max(holding, key=lambda v: v.version, default=None))
 
 
 def skip_reason(engine: Engine, table: str, done: state.Version, logical_date: date) -> str:
@@ -290,6 +292,7 @@ def _done_before(context: RunContext, model: Model) -> state.Version | None:
     job, logical_date = context.job, context.logical_date
     with reading(context.engine) as conn:
         candidates = _same_work(state.list_versions(conn, context.table), job, model, logical_date)
+        pointer = state.get_pointer(conn, context.table) if candidates else None
     if not candidates:
         return None
     domain = Domain(job.domain, context.engine, logical_date)
@@ -300,7 +303,7 @@ def _done_before(context: RunContext, model: Model) -> state.Version | None:
         return None  # the run itself will fail on it, and record a failed version
     finally:
         domain.close()
-    return held_by(candidates, job, model, logical_date, domain.fingerprint)
+    return held_by(candidates, job, model, logical_date, domain.fingerprint, pointer.version if pointer else None)
 
 
 def _finish(context: RunContext, status: str, version: int | None = None, error: str | None = None) -> None:

@@ -296,3 +296,19 @@ def test_a_return_to_an_older_model_says_what_serves_and_how_to_switch(engine, c
     assert again.skipped == ("version 1 already holds 2026-12-01 with the same model, settings and domain, but "
                              "version 2 serves; `pipeline activate scores 1` serves it (--force runs it anyway)")
     assert set(read_view(engine).model_version) == {2}
+
+
+def test_a_skip_names_the_serving_version_when_a_forced_run_made_its_twin(engine, customers, write_job):
+    """Two versions hold the same work (the second forced): a run skipped after names the one that serves, not
+    the older twin with an advice to serve it; after a rollback to the older, that one."""
+    from pipeline import rollback
+
+    day = pd.Timestamp("2026-12-01").date()
+    path = write_job(CUSTOMERS_JOB)
+    assert run_job(load_job(path), engine, logical_date=day).version == 1
+    assert run_job(load_job(path), engine, logical_date=day, force=True).version == 2
+    again = run_job(load_job(path), engine, logical_date=day)
+    assert (again.version, again.skipped) == (2, "version 2 already holds 2026-12-01 with the same model, settings "
+                                                 "and domain (--force runs it anyway)")
+    rollback(engine, "scores")
+    assert run_job(load_job(path), engine, logical_date=day).version == 1
