@@ -173,7 +173,8 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
 
     jobs = iter_jobs(settings.jobs_dir)
     urls = db.urls(jobs)
-    ticks = {j.output.table: next_tick(j) for j in jobs if j.schedule}
+    # a table's next tick is that of the job writing it to that database: another job may write the same name elsewhere
+    ticks = {(db.url(j), j.output.table): next_tick(j) for j in jobs if j.schedule}
     rows = []
     absent = {url for url in urls if db.absent(url)}  # only a run creates a database
     for url in urls:
@@ -182,10 +183,11 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
         engine = db.for_reading(url)
         for table, version in retention.reap(engine):
             click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
-        rows.extend((redact(url), s) for s in catalog.status(engine))
+        rows.extend((url, s) for s in catalog.status(engine))
     now = state.utcnow()
     if as_json:
-        click.echo(json.dumps([{**dataclasses.asdict(s), "database": url, "next_tick": ticks.get(s.table),
+        click.echo(json.dumps([{**dataclasses.asdict(s), "database": redact(url),
+                                "next_tick": ticks.get((url, s.table)),
                                 "age_seconds": (now - s.activated_at).total_seconds() if s.activated_at else None}
                                for url, s in rows], default=str, indent=2))
         return
@@ -199,9 +201,9 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
                   _age(now - s.activated_at) if s.activated_at else None,
                   _last_run(s.last_run) if s.last_run else None,
                   (f"{s.failed_runs} ({s.missed_ticks} missed)" if s.missed_ticks else s.failed_runs or None),
-                  ticks.get(s.table),
+                  ticks.get((url, s.table)),
                   ", ".join([f"{a}=v{v}" for a, v in s.aliases] + ([f"ab {s.split}"] if s.split else [])) or None,
-                  url] for url, s in rows])
+                  redact(url)] for url, s in rows])
 
 
 def _last_run(run: state.Run) -> str:

@@ -3,6 +3,7 @@ the command, and no command is silent about the database it used or creates one 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -155,6 +156,9 @@ def test_a_table_two_jobs_write_to_different_databases_needs_db(demo, tmp_path, 
     for url, rows in ((demo, "60"), (other_url, "30")):
         code, out = invoke("versions", "scores", "--db", url)
         assert code == 0 and out.splitlines()[1].split()[:5:4] == ["*", rows], out  # the active version, its rows
+    code, out = invoke("status", "--json")  # each table with the next tick of the job writing it there
+    ticks = {row["database"]: row["next_tick"] for row in json.loads(out)}
+    assert code == 0 and ticks[other_url] is None and ticks[demo] is not None, out
 
 
 def test_cron_names_a_broken_job_and_fails(demo, tmp_path):
