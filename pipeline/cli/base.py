@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import click
 
-from pipeline.database.engines import DEFAULT_URL, URL_ENV, make_engine, missing_file, redact, resolve_url
+from pipeline.database.engines import DEFAULT_URL, URL_ENV, database_of, make_engine, missing_file, redact, resolve_url
 from pipeline.errors import HidePasswords, JobLocked, PipelineError, first_line, hide_in_traceback
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import Job
@@ -118,6 +118,24 @@ HOW_TO_POINT = (f"name it with --db URL or ${URL_ENV}, or run the command from t
                 "table")
 
 
+def writer_of(jobs: Sequence[Job], table: str, url: str | None, jobs_dir: str) -> Job | None:
+    """The job of ``jobs`` that writes ``table`` to ``url``: the first, where they all write it to one database
+    (``--db`` or the environment then overrides the target, as for a run); else the one whose target is ``url``,
+    compared as databases, not as text. Raises PipelineError when they write it to different databases and ``url``
+    is none of them (or no database was named), naming the jobs: which table is meant, only the user can say."""
+    writing = [j for j in jobs if j.output.table == table]
+    if len({database_of(j.target or DEFAULT_URL) for j in writing}) <= 1:
+        return writing[0] if writing else None
+    if url is not None:
+        found = next((j for j in writing if database_of(j.target or DEFAULT_URL) == database_of(url)), None)
+        if found is not None:
+            return found
+    written = ", ".join(f"{j.path.name} to {redact(j.target or DEFAULT_URL)}" for j in writing)
+    none = "" if url is None else f", none to {redact(url)}"
+    raise PipelineError(f"jobs in {jobs_dir}/ write {table!r} to different databases ({written}){none}; "
+                        f"name one with --db URL or ${URL_ENV}")
+
+
 class Databases:
     """A command's way to its database: ``--db``, else ``$PIPELINE_DATABASE_URL``, else the target of the job
     concerned, else the default. It opens one engine per database and disposes of it when the command ends.
@@ -169,18 +187,10 @@ class Databases:
         return engine
 
     def job_for_table(self, table: str) -> Job | None:
-        """The job in the jobs directory that writes ``table``, if any. Where jobs write it to different databases,
-        the one whose target ``--db`` (or the environment) names, else the first; with no database named, the
-        command is refused, naming them: which table it means, only the user can say."""
-        jobs = self.settings.jobs_for_table(table)
-        targets = {j.target or DEFAULT_URL: j for j in reversed(jobs)}  # the first job of each target
-        if len(targets) <= 1:
-            return jobs[0] if jobs else None
-        if self.named:
-            return targets.get(self.url(), jobs[0])
-        written = ", ".join(f"{j.path.name} to {redact(j.target or DEFAULT_URL)}" for j in jobs)
-        raise PipelineError(f"jobs in {self.settings.jobs_dir}/ write {table!r} to different databases ({written}); "
-                            f"name one with --db URL or ${URL_ENV}")
+        """The job in the jobs directory that writes ``table`` to the database this command reads (see
+        :func:`writer_of`)."""
+        return writer_of(self.settings.jobs_for_table(table), table, self.url() if self.named else None,
+                         self.settings.jobs_dir)
 
     def for_table(self, table: str) -> Engine:
         """The database of ``table`` (see :meth:`for_reading`): the job that writes it names its target unless

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table, versions_text
+from pipeline.cli.base import (Databases, Settings, main, pass_databases, pipeline_errors, print_table, versions_text,
+                               writer_of)
+from pipeline.errors import PipelineError
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import DEFAULT_KEEP
 from pipeline.names import DEFAULT_ALIAS, labels_text, view_name
@@ -173,8 +175,6 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
 
     jobs = iter_jobs(settings.jobs_dir)
     urls = db.urls(jobs)
-    # a table's next tick is that of the job writing it to that database: another job may write the same name elsewhere
-    ticks = {(db.url(j), j.output.table): next_tick(j) for j in jobs if j.schedule}
     rows = []
     absent = {url for url in urls if db.absent(url)}  # only a run creates a database
     for url in urls:
@@ -185,9 +185,18 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
             click.echo(f"{table}: version {version} was abandoned by a run that died; marked failed", err=True)
         rows.extend((url, s) for s in catalog.status(engine))
     now = state.utcnow()
+
+    def tick(url: str, table: str) -> datetime | None:
+        """The next tick of the job writing ``table`` to ``url`` (another may write the same name elsewhere)."""
+        try:
+            job = writer_of(jobs, table, url, settings.jobs_dir)
+        except PipelineError:
+            return None  # jobs write it elsewhere, none here
+        return next_tick(job) if job is not None and job.schedule else None
+
     if as_json:
         click.echo(json.dumps([{**dataclasses.asdict(s), "database": redact(url),
-                                "next_tick": ticks.get((url, s.table)),
+                                "next_tick": tick(url, s.table),
                                 "age_seconds": (now - s.activated_at).total_seconds() if s.activated_at else None}
                                for url, s in rows], default=str, indent=2))
         return
@@ -201,7 +210,7 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
                   _age(now - s.activated_at) if s.activated_at else None,
                   _last_run(s.last_run) if s.last_run else None,
                   (f"{s.failed_runs} ({s.missed_ticks} missed)" if s.missed_ticks else s.failed_runs or None),
-                  ticks.get((url, s.table)),
+                  tick(url, s.table),
                   ", ".join([f"{a}=v{v}" for a, v in s.aliases] + ([f"ab {s.split}"] if s.split else [])) or None,
                   redact(url)] for url, s in rows])
 

@@ -62,6 +62,30 @@ def missing_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+#: The port a URL without one connects to, by backend.
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def database_of(url: str) -> tuple[object, ...]:
+    """What names the database ``url`` opens, whatever its spelling: the backend (not the driver), host, port, user,
+    database and options (a search_path names another schema), a SQLite file by its absolute path; the password
+    left out. Two URLs of one database compare equal (``postgres://u@h/db`` and
+    ``postgresql+psycopg://u:pw@h:5432/db``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(normalize_url(url))
+    except (ArgumentError, ValueError):
+        return (url,)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return (backend, str(Path(parsed.database).resolve()) if parsed.database not in (None, "", ":memory:")
+                else parsed.database)
+    options = tuple(sorted((k, str(v)) for k, v in parsed.query.items() if k != "password"))
+    return (backend, parsed.host, parsed.port or DEFAULT_PORTS.get(backend), parsed.username, parsed.database, options)
+
+
 def redact(url: str) -> str:
     """The URL without its password (after the user's name or as a ``password=`` parameter), fit for logs and
     metadata."""

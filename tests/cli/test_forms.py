@@ -159,6 +159,26 @@ def test_a_table_two_jobs_write_to_different_databases_needs_db(demo, tmp_path, 
     code, out = invoke("status", "--json")  # each table with the next tick of the job writing it there
     ticks = {row["database"]: row["next_tick"] for row in json.loads(out)}
     assert code == 0 and ticks[other_url] is None and ticks[demo] is not None, out
+    for url, scheduled_there in ((other_url, False), ("sqlite:///demo.db", True)):  # demo's, spelled otherwise
+        code, out = invoke("status", "--json", "--db", url)
+        assert code == 0 and (json.loads(out)[0]["next_tick"] is not None) is scheduled_there, out
+    code, out = invoke("gc", "scores", "--db", "sqlite:///third.db")  # neither job's database: whose keep?
+    assert code == 1 and out.strip().endswith(f"{demo}), none to sqlite:///third.db; name one with --db URL or "
+                                              "$PIPELINE_DATABASE_URL"), out
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("postgres://u@h/db", "postgresql+psycopg://u:secret@h:5432/db", True),
+    ("postgresql://u@h/db", "postgresql://u@h/db?options=-csearch_path%3Dother", False),
+    ("postgresql://u@h/db", "postgresql://u@h:5433/db", False),
+    ("mariadb://root@h/test", "mariadb+mariadbconnector://root@h:3306/test", True),
+    ("sqlite:///demo.db", "sqlite:///{cwd}/demo.db", True),
+    ("sqlite:///demo.db", "sqlite:///other.db", False),
+])
+def test_database_of_compares_databases_not_spellings(a, b, same):
+    from pipeline.database.engines import database_of
+
+    assert (database_of(a) == database_of(b.format(cwd=os.getcwd()))) is same
 
 
 def test_cron_names_a_broken_job_and_fails(demo, tmp_path):
