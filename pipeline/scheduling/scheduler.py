@@ -26,18 +26,20 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from sqlalchemy.exc import IntegrityError
+
 from pipeline.cron import cron_trigger, iter_ticks, latest_tick, next_tick
 from pipeline.database import schema, state
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
-from pipeline.errors import HidePasswords, JobFileError, JobLocked, PipelineError
+from pipeline.errors import DatabaseError, HidePasswords, JobFileError, JobLocked, PipelineError
 from pipeline.jobs import iter_jobs, load_job
 from pipeline.jobspec import Job
 from pipeline.run.context import RunOptions
 from pipeline.run.notify import failure_notified
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from pipeline.run.materialize import RunResult
 
@@ -134,25 +136,40 @@ def settle_gaps(job: Job, db_url: str | None, gap: Gap, trigger: str, why: str,
                 pass  # logged by _run; the next tick goes on
         if not gap.more:
             return
-    listed = [] if job.catchup else gap.ticks
-    with _database(job, db_url) as engine, transaction(engine) as conn:
-        schema.ensure_schema(conn)
-
-        def record(ticks: list[datetime], error: str) -> None:
-            state.record_missed(conn, job=job.name, table=job.output.table, ticks=[_stamped(job, t) for t in ticks],
-                                trigger=trigger, error=f"{state.MISSED}: {error}", now=state.utcnow(),
-                                host=socket.gethostname(), pid=os.getpid())
-
-        record(listed, why)
-        if gap.more:
-            record([gap.newest], f"{why}; this record stands for all {gap.more} tick(s) after "
-                                 f"{gap.ticks[-1].isoformat()} up to this one (past {len(gap.ticks)} listed)")
+    _record_missed(job, db_url, [] if job.catchup else gap.ticks, gap, trigger, why)
     if job.catchup:
         log.warning("%s: %d tick(s) missed (%s) past the %d caught up, recorded as one failed run at %s", job.name,
                     gap.more, why, len(gap.ticks), gap.newest.isoformat())
         return
     shown = ", ".join(t.isoformat() for t in gap.ticks[:10]) + (f" and {len(gap) - 10} more" if len(gap) > 10 else "")
     log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(gap), why, shown)
+
+
+def _record_missed(job: Job, db_url: str | None, listed: list[datetime], gap: Gap, trigger: str, why: str) -> None:
+    """Record ``listed``, and the ticks past the listed ones of ``gap`` as one run, as missed. Another scheduler
+    catching up the same gap may record some of them between this one's read and its insert (the unique tick index
+    then refuses the insert): the whole is tried once more, and reads what the other recorded."""
+    def record(conn: Connection, ticks: list[datetime], error: str) -> None:
+        state.record_missed(conn, job=job.name, table=job.output.table, ticks=[_stamped(job, t) for t in ticks],
+                            trigger=trigger, error=f"{state.MISSED}: {error}", now=state.utcnow(),
+                            host=socket.gethostname(), pid=os.getpid())
+
+    with _database(job, db_url) as engine:
+        for last_try in (False, True):
+            try:
+                with transaction(engine) as conn:
+                    schema.ensure_schema(conn)
+                    record(conn, listed, why)
+                    if gap.more:
+                        record(conn, [gap.newest], f"{why}; this record stands for all {gap.more} tick(s) after "
+                                                   f"{gap.ticks[-1].isoformat()} up to this one "
+                                                   f"(past {len(gap.ticks)} listed)")
+                return
+            except DatabaseError as exc:
+                if last_try or not isinstance(exc.__cause__, IntegrityError):
+                    raise
+                log.info("%s: another process recorded some of the missed ticks meanwhile; reading them again",
+                         job.name)
 
 
 def _stamped(job: Job, tick: datetime) -> tuple[datetime, date]:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -336,6 +337,53 @@ def test_a_gap_longer_than_the_limit_loses_no_tick(engine, db_url, write_job, mo
     else:
         (rest,) = [r for r in missed if "1499 tick(s)" in r.error]
         assert len(missed) == 1001 and rest.scheduled_for == now.replace(second=0) - timedelta(minutes=1)
+
+
+#: A statement of each server's that counts the sessions waiting for a lock to insert into pipeline_runs.
+LOCK_WAITS = {"postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted",
+              "mysql": "SELECT count(*) FROM information_schema.processlist "
+                       "WHERE state = 'Update' AND info LIKE 'INSERT INTO pipeline_runs%'"}
+
+
+@pytest.mark.parametrize("server", [pytest.param("postgresql", marks=pytest.mark.postgres),
+                                    pytest.param("mysql", marks=pytest.mark.mysql)])
+def test_two_schedulers_recording_one_gap_record_each_tick_once(request, server, write_job, caplog):
+    """Two schedulers catching up the same gap both read that no tick was recorded, then both inserted: the later
+    insert met the unique tick index and its whole catch-up failed with a database error in its log. It now reads
+    again and records only the ticks the other did not."""
+    url = request.getfixturevalue(f"{server}_url")
+    engine = make_engine(url)
+    job = load_job(write_job(scheduled(CUSTOMERS_JOB, "0 * * * *", misfire_grace_seconds=30)))
+    now = datetime(2026, 1, 10, 12, 0, 10, tzinfo=timezone.utc)
+    record_tick(engine, now.replace(second=0) - timedelta(hours=4))
+    gap = missed_ticks(job, url, now)
+    assert [t.hour for t in gap.ticks] == [9, 10, 11]
+    caplog.set_level("INFO", logger="pipeline")
+    failed: list[BaseException] = []
+
+    def other_scheduler() -> None:
+        try:
+            scheduler_module.settle_gaps(job, url, gap, "schedule", "no scheduler was running")
+        except BaseException as exc:  # noqa: BLE001 - the assertion below shows it
+            failed.append(exc)
+
+    with engine.connect() as first:
+        with first.begin():  # the first scheduler has inserted two of the ticks and not yet committed
+            state.record_missed(first, job="scores", table="scores", ticks=[(t, t.date()) for t in gap.ticks[:2]],
+                                trigger="schedule", error="missed: no scheduler was running", now=now,
+                                host="first", pid=1)
+            thread = threading.Thread(target=other_scheduler)
+            thread.start()
+            deadline = time.monotonic() + 10
+            with engine.connect() as watch:  # the second read none of them and waits on the first's insert
+                while not watch.execute(text(LOCK_WAITS[server])).scalar() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        thread.join(30)
+    runs = [r for r in catalog.runs(engine, "scores") if r.host != "old"]
+    engine.dispose()
+    assert not failed, failed
+    assert sorted((r.scheduled_for.hour, r.host == "first") for r in runs) == [(9, True), (10, True), (11, False)]
+    assert "another process recorded some of the missed ticks meanwhile" in caplog.text
 
 
 def test_catch_up_past_the_limit_records_the_rest_as_one_missed_run(sqlite_url, write_job, monkeypatch):
