@@ -118,22 +118,27 @@ HOW_TO_POINT = (f"name it with --db URL or ${URL_ENV}, or run the command from t
                 "table")
 
 
-def writer_of(jobs: Sequence[Job], table: str, url: str | None, jobs_dir: str) -> Job | None:
-    """The job of ``jobs`` that writes ``table`` to ``url``: the first, where they all write it to one database
-    (``--db`` or the environment then overrides the target, as for a run); else the one whose target is ``url``,
+def writers_of(jobs: Sequence[Job], table: str, url: str | None, jobs_dir: str) -> list[Job]:
+    """The jobs of ``jobs`` that write ``table`` to ``url``: all of them, where they all write it to one database
+    (``--db`` or the environment then overrides the target, as for a run); else those whose target is ``url``,
     compared as databases, not as text. Raises PipelineError when they write it to different databases and ``url``
     is none of them (or no database was named), naming the jobs: which table is meant, only the user can say."""
     writing = [j for j in jobs if j.output.table == table]
     if len({database_of(j.target or DEFAULT_URL) for j in writing}) <= 1:
-        return writing[0] if writing else None
+        return writing
     if url is not None:
-        found = next((j for j in writing if database_of(j.target or DEFAULT_URL) == database_of(url)), None)
-        if found is not None:
+        found = [j for j in writing if database_of(j.target or DEFAULT_URL) == database_of(url)]
+        if found:
             return found
     written = ", ".join(f"{j.path.name} to {redact(j.target or DEFAULT_URL)}" for j in writing)
     none = "" if url is None else f", none to {redact(url)}"
     raise PipelineError(f"jobs in {jobs_dir}/ write {table!r} to different databases ({written}){none}; "
                         f"name one with --db URL or ${URL_ENV}")
+
+
+def writer_of(jobs: Sequence[Job], table: str, url: str | None, jobs_dir: str) -> Job | None:
+    """The first job of :func:`writers_of`, whose keep and audits a table command follows."""
+    return next(iter(writers_of(jobs, table, url, jobs_dir)), None)
 
 
 class Databases:

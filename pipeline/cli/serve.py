@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pipeline.cli.base import (Databases, Settings, main, pass_databases, pipeline_errors, print_table, versions_text,
-                               writer_of)
+                               writers_of)
 from pipeline.errors import PipelineError
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import DEFAULT_KEEP
@@ -187,12 +187,13 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
     now = state.utcnow()
 
     def tick(url: str, table: str) -> datetime | None:
-        """The next tick of the job writing ``table`` to ``url`` (another may write the same name elsewhere)."""
+        """The soonest next tick of the jobs writing ``table`` to ``url`` (another may write the same name
+        elsewhere; two may write it here, a challenger's beside the champion's)."""
         try:
-            job = writer_of(jobs, table, url, settings.jobs_dir)
+            writing = writers_of(jobs, table, url, settings.jobs_dir)
         except PipelineError:
             return None  # jobs write it elsewhere, none here
-        return next_tick(job) if job is not None and job.schedule else None
+        return min((t for t in map(next_tick, writing) if t is not None), default=None)
 
     if as_json:
         click.echo(json.dumps([{**dataclasses.asdict(s), "database": redact(url),

@@ -136,7 +136,8 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
                    f"{found.model_location} (from {source.uri}), run {source.run_id or 'none'}"),
         ("library", _library(found.library)),
         ("features", ", ".join(found.features)),
-        ("inputs", ", ".join(f"{f} {d}" + (f" categories {c}" if c is not None else "") for f, d, c in found.input_schema)),
+        ("inputs", ", ".join(f"{f} {d}" + (f" categories {c}" if c is not None else "")
+                             for f, d, c in found.input_schema)),
         *([("changed", "; ".join(found.type_changes) + " (allowed by [domain] allow_type_changes)")]
           if found.type_changes else []),
         ("outputs", ", ".join(f"{c} {t}" for c, t in found.outputs)),

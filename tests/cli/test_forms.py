@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import warnings
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,17 @@ def test_a_table_two_jobs_write_to_different_databases_needs_db(demo, tmp_path, 
     code, out = invoke("gc", "scores", "--db", "sqlite:///third.db")  # neither job's database: whose keep?
     assert code == 1 and out.strip().endswith(f"{demo}), none to sqlite:///third.db; name one with --db URL or "
                                               "$PIPELINE_DATABASE_URL"), out
+
+
+def test_status_shows_the_soonest_tick_of_the_jobs_writing_a_table_there(demo, write_job):
+    """A second job writing the same table to the same database (a challenger's, every minute, beside the demo's at
+    03:00): status showed the tick of whichever job file came first, 03:00; the table is next written at the
+    soonest."""
+    write_job(scheduled(f'target = "{demo}"\n' + CUSTOMERS_JOB, "* * * * *"), name="scores_challenger")
+    before = datetime.now(timezone.utc)
+    code, out = invoke("status", "--json")
+    (row,) = json.loads(out)
+    assert code == 0 and before < datetime.fromisoformat(row["next_tick"]) <= before + timedelta(minutes=1), out
 
 
 @pytest.mark.parametrize("a, b, same", [
