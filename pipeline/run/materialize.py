@@ -209,7 +209,6 @@ def run_locked(context: RunContext) -> RunResult:
     """One run, for a caller that holds the table's run lock and called :func:`recover`."""
     started = time.monotonic()
     job, table, options, tries = context.job, context.table, context.options, context.tries
-    model = load_model(job.model)
     try:
         with transaction(context.engine) as conn:
             if tries.run_id is None:
@@ -226,6 +225,7 @@ def run_locked(context: RunContext) -> RunResult:
         return RunResult(table, 0, 0, False, None, time.monotonic() - started,
                          skipped=f"a run of {job.name} for the tick {options.scheduled_for} was recorded already")
     try:
+        model = load_model(job.model)  # after the run is recorded: a bad model file fails a recorded run
         how = changes.plan(context, model, settings_digest(job, model))
         # A scheduled run is told apart by its tick (recorded above), not by its date. A change-driven top-up
         # never reads the whole domain, which telling whether its work was done would take; nor is a run that was

@@ -253,6 +253,25 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(live: Live, write_
     assert_unchanged(live)
 
 
+#: The cases a run meets once it has begun (the others are refused as the job file is read, before any run).
+IN_A_RUN = {"model-corrupt", "model-not-a-model", "model-fails-sha256-pin", "model-feature-missing",
+            "model-returns-wrong-shape", "model-returns-nan", "empty-domain", "duplicate-keys", "domain-query-fails"}
+
+
+@pytest.mark.parametrize("breaker, message", [case for case in CASES if case.id in IN_A_RUN])
+def test_a_run_refused_for_bad_input_is_recorded_as_failed(live: Live, write_job, breaker: Breaker,
+                                                           message: str | tuple[str, ...]) -> None:
+    """A model file that could not be loaded (or failed its pin) was refused before the run recorded itself:
+    `pipeline runs` said nothing of it and status still showed the last run succeeded."""
+    breaker(live, write_job)
+    assert invoke(live.db_url).exit_code == 1
+    with live.engine.connect() as conn:
+        status, error = conn.execute(text("SELECT status, error FROM pipeline_runs WHERE job = 'scores' "
+                                          "ORDER BY id DESC")).first()
+    assert status == "failed" and all(part in error for part in (message if isinstance(message, tuple) else
+                                                                 [message])), error
+
+
 # -- the target database itself is the problem --------------------------------------
 
 def unreachable_url(live: Live) -> str:
