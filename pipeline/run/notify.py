@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -181,8 +182,26 @@ def post(hook: Hook, outcome: Outcome) -> None:
     request = urllib.request.Request(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
                                      data=json.dumps(payload(hook.format, outcome)).encode(), method="POST",
                                      headers=headers)
-    with urllib.request.urlopen(request, timeout=hook.timeout or WEBHOOK_TIMEOUT) as response:
-        response.read()
+    timeout = hook.timeout or WEBHOOK_TIMEOUT
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+        except BaseException as exc:  # noqa: BLE001 - passed to the caller below
+            failed.append(exc)
+
+    # urlopen's timeout bounds each socket operation, not the request: a server trickling its answer (or a slow
+    # name lookup) held a run, and a scheduler's later ticks, for ever. The request runs in a daemon thread and
+    # is given up at the hook's timeout, the thread left to its socket's timeouts.
+    sender = threading.Thread(target=send, name=f"webhook to {parts.hostname}", daemon=True)
+    sender.start()
+    sender.join(timeout)
+    if sender.is_alive():
+        raise TimeoutError(f"no whole answer within {timeout:g} s")
+    if failed:
+        raise failed[0]
 
 
 def payload(fmt: str, outcome: Outcome) -> Any:

@@ -398,6 +398,42 @@ def test_a_webhook_with_an_impossible_port_is_a_warning_and_the_next_hook_still_
 
 
 
+def test_a_webhook_that_trickles_its_answer_is_given_up_at_its_timeout(write_job, receiver, caplog):
+    """A server that answers a byte every 0.2 s never let a socket read time out: the run (and a scheduler's
+    later ticks) waited for ever. The hook now fails at its timeout, and the next hook runs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.wait(0.2):
+                conn.sendall(b"x")
+
+    threading.Thread(target=trickle, daemon=True).start()
+    job = load_job(write_job(with_notify(CUSTOMERS_JOB, f"""
+        [[notify.on_success]]
+        webhook = "http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        timeout = 1
+        [[notify.on_success]]
+        webhook = "{receiver.url}"
+    """)))
+    done = threading.Event()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline"):
+            threading.Thread(target=lambda: (notify(job, outcome("succeeded", version=1, rows=50, activated=True)),
+                                             done.set()), daemon=True).start()
+            assert done.wait(20), "the trickling webhook still holds the run"
+    finally:
+        stop.set()
+        listener.close()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.endswith("failed (the run's outcome stands): TimeoutError: no whole answer within 1 s"), warning
+    assert len(receiver.bodies) == 1
+
+
 def test_a_command_that_leaves_a_detached_process_behind_is_still_stopped_at_its_timeout(tmp_path: Path):
     """A process the command started in a session of its own escapes the process group the timeout kills, and
     holds the command's stdout open; the hook must not wait for it."""
