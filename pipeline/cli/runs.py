@@ -12,7 +12,7 @@ import click
 from pipeline.cli.base import Databases, Settings, main, pass_databases, pipeline_errors, print_table
 from pipeline.cli.progress import date_reporter, reporter
 from pipeline.database.engines import redact
-from pipeline.errors import AuditError, JobFileError, PipelineError
+from pipeline.errors import AuditError, JobFileError, JobLocked, PipelineError, first_line
 from pipeline.jobs import find_job, load_job
 from pipeline.jobspec import EXECUTORS, AuditSpec, Job, with_executor
 from pipeline.scheduling import ACTIVATE
@@ -94,14 +94,17 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
 
     loaded = with_executor(load_job(path), **overrides)
     engine = db.for_job(loaded, create=True)
-    result = None
     try:
         with reporter(loaded.output.table, quiet=settings.quiet) as progress:
             result = run_job(loaded, engine, logical_date=logical_date.date() if logical_date else None,
                              activate=not no_activate, force=force, progress=progress, incremental=incremental,
                              full=full)
-    finally:
-        _write_metrics(metrics_file, db, loaded, result)
+    except JobLocked:
+        raise  # nothing was done: the run holding the table writes its metrics, as with --scheduled
+    except BaseException:
+        _write_metrics(metrics_file, db, loaded, None)
+        raise
+    _write_metrics(metrics_file, db, loaded, result)
     where = redact(str(engine.url))
     carried = "copied" if result.lineage is None else f"kept in lineage {result.lineage}"
     rows = f"{result.rows} rows" + (f": {result.rows - result.copied} scored, {result.copied} {carried}"
@@ -120,11 +123,16 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
 
 
 def _write_metrics(metrics_file: str | None, db: Databases, job: Job, result: RunResult | None) -> None:
-    """A run's metrics, when ``--metrics-file`` asks for them (``result`` None: the run failed)."""
+    """A run's metrics, when ``--metrics-file`` asks for them (``result`` None: the run failed). A file that cannot
+    be written is said on stderr, and neither fails a run that succeeded nor hides why one failed."""
     if metrics_file:
         from pipeline.tools.metrics import write_metrics
 
-        write_metrics(metrics_file, db.for_job(job, create=True), job.name, job.output.table, result)
+        try:
+            write_metrics(metrics_file, db.for_job(job, create=True), job.name, job.output.table, result)
+        except (OSError, PipelineError) as exc:
+            click.echo(f"Warning: --metrics-file {metrics_file} was not written: {first_line(exc)}",
+                       err=True)
 
 
 @main.command()

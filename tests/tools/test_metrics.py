@@ -76,3 +76,47 @@ def test_a_scheduled_run_writes_its_metrics_file(engine, db_url, write_job, tmp_
     again = CliRunner().invoke(main, ["run", "scores", "--scheduled", "--db", db_url, "--metrics-file", str(prom)])
     assert again.exit_code == 0 and "skipped" in again.output
     assert parse(prom)[("pipeline_last_run_success", "")] == 1
+
+
+def test_a_metrics_file_that_cannot_be_written_neither_fails_a_good_run_nor_hides_a_failure(engine, db_url, write_job,
+                                                                                           tmp_path, monkeypatch):
+    """A run that published its version exited 1 with `unexpected FileNotFoundError`, and a failed run's own error
+    was replaced by the metrics file's."""
+    write_table(engine, "customers", customers_frame(30))
+    path = write_job(SCRIPTED_JOB, model=Scripted())
+    monkeypatch.chdir(tmp_path)
+    unwritable = "/proc/scores.prom"  # a folder no file can be made in, even by root
+    out = CliRunner().invoke(main, ["run", "scores", "--db", db_url, "--metrics-file", unwritable])
+    assert out.exit_code == 0 and "scores: version 1 is active" in out.output, out.output
+    assert f"Warning: --metrics-file {unwritable} was not written: " in out.output
+    (path.parent / "models" / "scores.joblib").write_bytes(b"not a model")
+    out = CliRunner().invoke(main, ["run", "scores", "--db", db_url, "--metrics-file", unwritable])
+    last = out.output.rstrip().splitlines()[-1]
+    assert out.exit_code == 1 and last.startswith("Error: ") and "scores.joblib: cannot load model file" in last, last
+
+
+def test_a_run_the_database_failed_still_says_so_in_its_metrics(write_job, tmp_path, monkeypatch):
+    """The metrics file was left saying the previous run succeeded: the figures read from the database failed too,
+    and nothing was written."""
+    monkeypatch.chdir(tmp_path)
+    write_job(SCRIPTED_JOB, model=Scripted())
+    prom = tmp_path / "scores.prom"
+    prom.write_text('pipeline_last_run_success{job="scores",table="scores"} 1.0\n')
+    gone = f"sqlite:///{tmp_path / 'no-such-folder' / 'p.db'}"
+    out = CliRunner().invoke(main, ["run", "scores", "--db", gone, "--metrics-file", str(prom)])
+    assert out.exit_code == 1 and "no-such-folder" in out.output.splitlines()[-1], out.output
+    assert parse(prom) == {("pipeline_last_run_success", ""): 0}
+
+
+def test_a_run_refused_because_another_holds_the_table_writes_no_metrics(engine, db_url, write_job, tmp_path,
+                                                                         monkeypatch):
+    """It wrote `pipeline_last_run_success 0` over the metrics of the run that holds the table and goes on."""
+    from pipeline.database.dialects import dialect_for
+
+    write_table(engine, "customers", customers_frame(30))
+    write_job(SCRIPTED_JOB, model=Scripted())
+    monkeypatch.chdir(tmp_path)
+    prom = tmp_path / "scores.prom"
+    with dialect_for(engine).run_lock(engine, "scores"):
+        out = CliRunner().invoke(main, ["run", "scores", "--db", db_url, "--metrics-file", str(prom)])
+    assert out.exit_code == 75 and not prom.exists(), out.output
