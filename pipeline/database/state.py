@@ -403,6 +403,11 @@ def finish_run(conn: Connection, run_id: int, status: str, now: datetime, versio
                  .values(status=status, finished_at=now, version=version, error=error))
 
 
+def run_builds(conn: Connection, run_id: int, version: int) -> None:
+    """Name the version a running run builds: a run that dies once that version is ready made it (see reaping)."""
+    conn.execute(update(runs).where(runs.c.id == run_id).values(version=version))
+
+
 def reopen_run(conn: Connection, run_id: int, retries: Sequence[str]) -> None:
     """Mark a run ``running`` again for another try, with the faults it tried again after."""
     conn.execute(update(runs).where(runs.c.id == run_id)

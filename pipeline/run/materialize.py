@@ -472,6 +472,8 @@ def _allocate(context: RunContext, model: Model, how: changes.Plan) -> int:
                              model_library=model.library, output_labels=model.labels,
                              settings_sha256=settings_digest(job, model), passthrough=job.output.include,
                              lineage=how.lineage(version))
+        if context.tries.run_id is not None:
+            state.run_builds(conn, context.tries.run_id, version)
     return version
 
 

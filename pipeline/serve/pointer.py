@@ -191,6 +191,7 @@ def publish(engine: Engine, table: str, version: int, *, ready: dict[str, Any] |
             log.info("%s: version %d was active already; its views are written again", table, version)
         else:
             log.info("%s: pointer moved from version %d to %d", table, result.from_version, version)
+        checkpoint("published")  # the flip is committed; versions no alias serves are not yet out of reach
         settle(engine, table)
     return result
 

@@ -27,6 +27,9 @@ log = logging.getLogger("pipeline")
 
 ABANDONED = ("abandoned: the run's end was never recorded (its process killed, its machine lost, or its database "
              "unreachable as it ended: its log then holds its error)")
+#: What a run that died after its version was made ready says: its work is done, what follows a publish is not.
+DIED_READY = ("its version was made ready (and served, unless the run did not activate it), then the run died before "
+              "it recorded its end: what follows a publish (retention, notifications) did not run")
 
 
 @dataclass
@@ -168,8 +171,14 @@ def reap_locked(engine: Engine, dialect: Dialect, table: str, clock: Callable) -
                 drop_version(conn, dialect, table, v)
             state.update_version(conn, table, v.version, status="failed", finished_at=clock(), error=ABANDONED)
             log.warning("%s: version %d was abandoned by a dead run; marked failed", table, v.version)
+        made = {v.version: v.status for v in state.list_versions(conn, table)}
         for run in state.running_runs(conn, table):
-            state.finish_run(conn, run.id, "failed", clock(), run.version, ABANDONED)
+            if run.version is not None and made.get(run.version) == "ready":
+                state.finish_run(conn, run.id, "succeeded", clock(), run.version, DIED_READY)
+                log.warning("%s: run %d made version %d ready, then died; recorded succeeded", table, run.id,
+                            run.version)
+            else:
+                state.finish_run(conn, run.id, "failed", clock(), None, ABANDONED)
         repair_pointers(conn, dialect, table, clock)
     return [(table, v.version) for v in stale]
 

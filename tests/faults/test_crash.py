@@ -9,6 +9,7 @@ top-ups (whose next one must equal a full run and lose no change), top-k, and ``
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Callable
@@ -188,6 +189,21 @@ def test_kill_9_while_a_run_retires_old_versions_leaves_its_version_served_and_t
     assert [v.version.status for v in catalog.versions(engine, "scores")] == ["ready", "ready", "ready"]
     assert run_job(job, engine, force=True).version == 4
     assert [v.version.status for v in catalog.versions(engine, "scores")] == ["retired", "retired", "ready", "ready"]
+
+
+def test_kill_9_after_the_flip_committed_records_the_run_succeeded_with_its_version(db_url, engine, served,
+                                                                                    write_job, tmp_path):
+    """Killed after its flip committed, as it took old versions out of the views' reach: the view served its
+    version 2, yet reaping recorded the run failed, abandoned, with no version, and status counted a failure."""
+    kill_at(tmp_path, db_url, "published", "run", "scores", "--force")
+    view = view_rows(engine)
+    assert len(view) == ROWS and set(view.model_version) == {2}
+    status = CliRunner().invoke(main, ["status", "--db", db_url, "--json"])
+    (row,) = json.loads(status.output)
+    assert status.exit_code == 0 and row["active_version"] == 2 and row["failed_runs"] == 0, status.output
+    run = catalog.runs(engine, "scores")[0]
+    assert (run.status, run.version) == ("succeeded", 2) and "then the run died" in run.error
+    assert [v.version.status for v in catalog.versions(engine, "scores")] == ["ready", "ready"]
 
 
 def test_kill_9_while_flipping_to_other_columns_leaves_a_whole_view_and_a_truthful_pointer(db_url, engine, served,
