@@ -15,6 +15,7 @@ failed run that says it was missed, and logged by name and time (``pipeline stat
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.cron import cron_trigger, iter_ticks, latest_tick, next_tick
 from pipeline.database import schema, state
+from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine, resolve_url
 from pipeline.database.transactions import reading, transaction
 from pipeline.errors import DatabaseError, HidePasswords, JobFileError, JobLocked, PipelineError
@@ -65,6 +67,9 @@ def run_tick(path: Path, db_url: str | None, trigger: str = "schedule",
     ``pipeline run --scheduled`` from cron. The job file is read again at every tick, so edits
     take effect without a restart.
     """
+    # The run's libraries load before the ticks are settled, not between that and the run's lock, which a run of
+    # the next tick checks before it records this one missed.
+    importlib.import_module("pipeline.run.materialize")
     job = scheduled_job(path)
     tick = due_tick(job, db_url, trigger, now)
     return _run(job, db_url, tick, trigger)
@@ -136,7 +141,8 @@ def settle_gaps(job: Job, db_url: str | None, gap: Gap, trigger: str, why: str,
                 pass  # logged by _run; the next tick goes on
         if not gap.more:
             return
-    _record_missed(job, db_url, [] if job.catchup else gap.ticks, gap, trigger, why)
+    if not _record_missed(job, db_url, [] if job.catchup else gap.ticks, gap, trigger, why):
+        return
     if job.catchup:
         log.warning("%s: %d tick(s) missed (%s) past the %d caught up, recorded as one failed run at %s", job.name,
                     gap.more, why, len(gap.ticks), gap.newest.isoformat())
@@ -145,31 +151,39 @@ def settle_gaps(job: Job, db_url: str | None, gap: Gap, trigger: str, why: str,
     log.warning("%s: %d tick(s) missed (%s), recorded as failed runs: %s", job.name, len(gap), why, shown)
 
 
-def _record_missed(job: Job, db_url: str | None, listed: list[datetime], gap: Gap, trigger: str, why: str) -> None:
-    """Record ``listed``, and the ticks past the listed ones of ``gap`` as one run, as missed. Another scheduler
-    catching up the same gap may record some of them between this one's read and its insert (the unique tick index
-    then refuses the insert): the whole is tried once more, and reads what the other recorded."""
+def _record_missed(job: Job, db_url: str | None, listed: list[datetime], gap: Gap, trigger: str, why: str) -> bool:
+    """Record ``listed``, and the ticks past the listed ones of ``gap`` as one run, as missed; False when a run of
+    the table is under way. That run may stand for the newest of them and not have recorded itself yet (it is still
+    starting): they are left to a later tick. Another scheduler catching up the same gap may record some of them
+    between this one's read and its insert (the unique tick index then refuses the insert): the whole is tried once
+    more, and reads what the other recorded."""
     def record(conn: Connection, ticks: list[datetime], error: str) -> None:
         state.record_missed(conn, job=job.name, table=job.output.table, ticks=[_stamped(job, t) for t in ticks],
                             trigger=trigger, error=f"{state.MISSED}: {error}", now=state.utcnow(),
                             host=socket.gethostname(), pid=os.getpid())
 
     with _database(job, db_url) as engine:
-        for last_try in (False, True):
-            try:
-                with transaction(engine) as conn:
-                    schema.ensure_schema(conn)
-                    record(conn, listed, why)
-                    if gap.more:
-                        record(conn, [gap.newest], f"{why}; this record stands for all {gap.more} tick(s) after "
-                                                   f"{gap.ticks[-1].isoformat()} up to this one "
-                                                   f"(past {len(gap.ticks)} listed)")
-                return
-            except DatabaseError as exc:
-                if last_try or not isinstance(exc.__cause__, IntegrityError):
-                    raise
-                log.info("%s: another process recorded some of the missed ticks meanwhile; reading them again",
-                         job.name)
+        try:
+            with dialect_for(engine).run_lock(engine, job.output.table):
+                for last_try in (False, True):
+                    try:
+                        with transaction(engine) as conn:
+                            schema.ensure_schema(conn)
+                            record(conn, listed, why)
+                            if gap.more:
+                                record(conn, [gap.newest], f"{why}; this record stands for all {gap.more} tick(s) "
+                                                           f"after {gap.ticks[-1].isoformat()} up to this one "
+                                                           f"(past {len(gap.ticks)} listed)")
+                        return True
+                    except DatabaseError as exc:
+                        if last_try or not isinstance(exc.__cause__, IntegrityError):
+                            raise
+                        log.info("%s: another process recorded some of the missed ticks meanwhile; reading them "
+                                 "again", job.name)
+        except JobLocked:
+            log.info("%s: a run of %s is under way; the %d tick(s) before it are left to a later tick", job.name,
+                     job.output.table, len(gap))
+    return False
 
 
 def _stamped(job: Job, tick: datetime) -> tuple[datetime, date]:

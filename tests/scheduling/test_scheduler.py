@@ -386,6 +386,27 @@ def test_two_schedulers_recording_one_gap_record_each_tick_once(request, server,
     assert "another process recorded some of the missed ticks meanwhile" in caplog.text
 
 
+def test_a_tick_whose_run_is_still_starting_is_not_recorded_missed_by_the_next(engine, db_url, write_job, caplog):
+    """Process A held the table's run lock for tick 11:00 and had not recorded it yet (its model still loading);
+    process B, at 12:00, recorded 11:00 as missed and was then refused the lock: A found its tick recorded and
+    skipped it, and neither tick ran. The gap is now left alone while a run holds the table."""
+    from pipeline.database.dialects import dialect_for
+
+    write_table(engine, "customers", customers_frame(20))
+    job = load_job(write_job(scheduled(CUSTOMERS_JOB, "0 * * * *", misfire_grace_seconds=30)))
+    now = datetime(2026, 1, 10, 12, 0, 10, tzinfo=timezone.utc)
+    record_tick(engine, now.replace(second=0) - timedelta(hours=2))
+    caplog.set_level("INFO", logger="pipeline")
+    with dialect_for(engine).run_lock(engine, "scores"):  # A, still starting its run of 11:00
+        assert due_tick(job, db_url, now=lambda: now) == now.replace(second=0)
+    assert [r.host for r in catalog.runs(engine, "scores")] == ["old"]  # 11:00 is not called missed
+    assert "scores: a run of scores is under way; the 1 tick(s) before it are left to a later tick" in caplog.text
+    assert missed_ticks(job, db_url, now).ticks == [now.replace(minute=0, second=0) - timedelta(hours=1)]
+    due_tick(job, db_url, now=lambda: now)  # with no run under way (A never recorded its tick), it is missed
+    (missed,) = [r for r in catalog.runs(engine, "scores") if r.host != "old"]
+    assert missed.status == "failed" and missed.error.startswith("missed: ")
+
+
 def test_catch_up_past_the_limit_records_the_rest_as_one_missed_run(sqlite_url, write_job, monkeypatch):
     monkeypatch.setattr(scheduler_module, "MISSED_LIMIT", 2)
     engine = make_engine(sqlite_url)
