@@ -1,11 +1,13 @@
 """Build the example job's source table and model, or show what the view serves.
 
-    python jobs/example_data.py --db sqlite:///predictions.db          # customers table + models/churn.joblib
+    python jobs/example_data.py --db sqlite:///predictions.db          # customers table (+ models/churn.joblib)
     python jobs/example_data.py --db sqlite:///predictions.db --seed 2 # a retrained model, same customers
     python jobs/example_data.py --db sqlite:///predictions.db --show   # read churn_scores back with SQL
 
 Everything is generated here (no download): a fixed random customer base and a
-gradient-boosting classifier fitted on labels drawn from a known churn rule.
+gradient-boosting classifier fitted on labels drawn from a known churn rule. The model is
+trained when --seed is given or none exists yet (seed 1): building the table in another
+database keeps the model the job scores with.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def train(frame: pd.DataFrame, seed: int) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(max_iter=50, random_state=seed).fit(frame[FEATURES], churned)
 
 
-def build(db: str, seed: int) -> None:
+def build(db: str, seed: int | None) -> None:
     frame = customers()
     engine = make_engine(db)
     with engine.begin() as conn:
@@ -55,9 +57,12 @@ def build(db: str, seed: int) -> None:
         conn.execute(text("INSERT INTO customers VALUES (:customer_id, :tenure_months, :monthly_charges, "
                           ":support_calls, :contract_months)"), frame.to_dict("records"))
     engine.dispose()
+    if seed is None and MODEL.exists():
+        print(f"customers: {len(frame)} rows in {redact(db)}; model kept: {MODEL} (--seed N trains another)")
+        return
     MODEL.parent.mkdir(exist_ok=True)
-    joblib.dump(train(frame, seed), MODEL)
-    print(f"customers: {len(frame)} rows in {redact(db)}; model (seed {seed}): {MODEL}")
+    joblib.dump(train(frame, seed or 1), MODEL)
+    print(f"customers: {len(frame)} rows in {redact(db)}; model (seed {seed or 1}): {MODEL}")
 
 
 def show(db: str) -> None:
@@ -77,7 +82,8 @@ def show(db: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="sqlite:///predictions.db")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the model's training labels")
+    parser.add_argument("--seed", type=int, help="train the model with this seed of its labels (default: keep the "
+                                                 "model, or train one with seed 1 if there is none)")
     parser.add_argument("--show", action="store_true", help="read the view back instead of building")
     args = parser.parse_args()
     show(args.db) if args.show else build(args.db, args.seed)

@@ -32,7 +32,12 @@ def test_the_example_data_script_names_its_database_without_the_password(postgre
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("customers: 5000 rows in postgresql://postgres:***@"), done.stdout
     assert "s3cret" not in done.stdout + done.stderr
-    assert (tmp_path / "jobs" / "models" / "churn.joblib").exists()
+    model = tmp_path / "jobs" / "models" / "churn.joblib"
+    assert model.exists() and "model (seed 1)" in done.stdout
+    trained = model.read_bytes()
+    again = subprocess.run([sys.executable, str(tmp_path / "jobs" / SCRIPT.name), "--db", postgresql_url],
+                           capture_output=True, text=True, timeout=300)  # another database: the model is kept
+    assert again.returncode == 0 and "model kept" in again.stdout and model.read_bytes() == trained, again.stdout
     engine = make_engine(postgresql_url)
     try:
         with engine.connect() as conn:
