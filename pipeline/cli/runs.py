@@ -201,7 +201,7 @@ def runs(settings: Settings, job: str | None, limit: int, db: Databases) -> None
     Example:
       pipeline runs churn --limit 10
     """
-    loaded = _job_if_any(job, settings.jobs_dir)
+    loaded = _job_if_any(job, settings.jobs_dir, db.named)
     engine = db.for_job(loaded)
     from pipeline.serve import catalog
 
@@ -213,18 +213,26 @@ def runs(settings: Settings, job: str | None, limit: int, db: Databases) -> None
                  "host/pid", "gates", "error"],
                 [[r.id, r.job, r.logical_date, r.trigger, r.status, r.version, 1 + len(r.retries or ()), r.started_at,
                   r.finished_at, f"{r.host}/{r.pid}", r.gates_summary, r.error] for r in found])
-def _job_if_any(job: str | None, jobs_dir: str) -> Job | None:
+def _job_if_any(job: str | None, jobs_dir: str, named: bool) -> Job | None:
     """The job ``job`` names; None for a bare name that no file in ``jobs_dir`` holds (its runs are still in
-    the database), or without one."""
+    the database), or without one. With a database ``named``, a bare name whose file does not load (its model
+    gone, say: when its history is wanted most) is read by name, with a warning."""
     if job is None:
         return None
+    bare = not (job.endswith(".toml") or os.sep in job)
     try:
         path = find_job(job, jobs_dir)
     except JobFileError:
-        if job.endswith(".toml") or os.sep in job:
+        if not bare:
             raise
         return None
-    return load_job(path)
+    try:
+        return load_job(path)
+    except JobFileError as exc:
+        if not (bare and named):
+            raise
+        click.echo(f"Warning: {exc}; its runs are read by the name {job!r}", err=True)
+        return None
 
 
 @main.command()

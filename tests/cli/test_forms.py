@@ -168,6 +168,17 @@ def test_a_table_two_jobs_write_to_different_databases_needs_db(demo, tmp_path, 
                                               "$PIPELINE_DATABASE_URL"), out
 
 
+def test_runs_of_a_job_whose_file_no_longer_loads_are_read_by_name_with_db(demo, tmp_path):
+    """The model file gone: `pipeline runs scores --db URL` failed on the job file, when the history is wanted
+    most. Without a database named, the job file says where to look, so its error stands."""
+    (tmp_path / "jobs" / "models" / "scores.joblib").unlink()
+    code, out = invoke("runs", "scores", "--db", demo)
+    assert code == 0 and out.startswith("Warning: ") and "model.path: file not found" in out.splitlines()[0], out
+    assert "its runs are read by the name 'scores'" in out and "succeeded" in out, out
+    code, out = invoke("runs", "scores")
+    assert code == 1 and out.startswith("Error: ") and "model.path: file not found" in out, out
+
+
 def test_status_shows_the_soonest_tick_of_the_jobs_writing_a_table_there(demo, write_job):
     """A second job writing the same table to the same database (a challenger's, every minute, beside the demo's at
     03:00): status showed the tick of whichever job file came first, 03:00; the table is next written at the
