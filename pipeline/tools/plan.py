@@ -21,14 +21,13 @@ from pipeline.database.dialects import dialect_for
 from pipeline.database.dialects.base import COLUMN_TYPES
 from pipeline.database.engines import redact
 from pipeline.database.transactions import reading
-from pipeline.errors import AuditError
 from pipeline.jobspec import Job
 from pipeline.names import lineage_table, outputs_of, version_table, view_name
 from pipeline.run import changes, topup
 from pipeline.run.audits import planned_audits
 from pipeline.run.context import RunContext, RunOptions
 from pipeline.run.domain import Domain
-from pipeline.run.executors import EMPTY_DOMAIN, describe
+from pipeline.run.executors import describe
 from pipeline.run.materialize import held_by, settings_digest, skip_reason
 from pipeline.run.model import Model
 from pipeline.run.registry import Source
@@ -108,8 +107,6 @@ def plan_job(job: Job, engine: Engine, logical_date: date, incremental: bool = F
                 to_score += len(top_up.to_score(chunk))
     finally:
         domain.close()
-    if sample is None and not job.audits.allow_empty:
-        raise AuditError(EMPTY_DOMAIN)
     columns = tuple(columns_of(sample, checked.kinds)) if sample is not None else ()
     with reading(engine) as conn:
         known = schema.has_schema(conn)

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 from pipeline.database.dialects import dialect_for
 from pipeline.jobspec import Job
 from pipeline.run.domain import Domain
-from pipeline.run.executors import executor_for
+from pipeline.errors import AuditError
+from pipeline.run.executors import EMPTY_DOMAIN, executor_for
 from pipeline.run.materialize import check_roles, type_guard
 from pipeline.run.model import Model, load_model
 from pipeline.run.scoring import Scorer, check_output, first_rows
@@ -47,7 +48,8 @@ def check_job(job: Job, engine: Engine, logical_date: date) -> Checked:
     """Every check a run makes before it scores the whole domain.
 
     Raises:
-        PipelineError: the first problem a run would hit (model, pin, outputs, executor, domain, scoring).
+        PipelineError: the first problem a run would hit (model, pin, outputs, executor, an empty domain a run
+            refuses, scoring).
     """
     model = load_model(job.model)
     check_output(job, model)
@@ -62,4 +64,6 @@ def check_job(job: Job, engine: Engine, logical_date: date) -> Checked:
     finally:
         chunks.close()
         domain.close()
+    if chunk is None and not job.audits.allow_empty:
+        raise AuditError(EMPTY_DOMAIN)
     return Checked(model, scorer, chunk, rows, domain.kind)

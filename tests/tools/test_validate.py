@@ -44,6 +44,16 @@ def test_check_job_refuses_what_a_run_would_refuse_before_scoring(engine, write_
     assert tables(engine) == {"customers"}
 
 
+def test_an_empty_domain_is_refused_as_a_run_refuses_it_unless_allowed(engine, write_job):
+    """validate said `ok: ... the domain is empty` of a job whose run fails on it."""
+    write_table(engine, "customers", customers_frame(20))
+    empty = CUSTOMERS_JOB.replace("FROM customers", "FROM customers WHERE customer_id < 0")
+    with pytest.raises(AuditError, match="the domain is empty: .* allow_empty = true"):
+        check_job(load_job(write_job(empty)), engine, dt.date(2026, 1, 2))
+    allowed = load_job(write_job(empty + "\n[audits]\nallow_empty = true\n", name="allowed"))
+    assert "the domain is empty" in check_job(allowed, engine, dt.date(2026, 1, 2)).summary()
+
+
 def test_validate_command_one_line_per_job(engine, db_url, write_job, tmp_path, monkeypatch):
     write_table(engine, "customers", customers_frame(30))
     write_job(CUSTOMERS_JOB)
