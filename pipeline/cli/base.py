@@ -181,6 +181,15 @@ class Databases:
     def for_job(self, job: Job | None, create: bool = False) -> Engine:
         return self.open(self.url(job), create)
 
+    def for_checking(self, job: Job) -> tuple[Engine, str | None]:
+        """The job's database for a command that checks a run without writing (validate, plan), and what it should
+        say of it: a SQLite file that does not exist yet (a run creates it) is stood in for by an empty database
+        in memory, rather than made or refused."""
+        url = self.url(job)
+        if self.absent(url) is None:
+            return self.for_job(job), None
+        return self.open("sqlite://"), f"{redact(url)} does not exist yet (a run creates it)"
+
     def for_reading(self, url: str) -> Engine:
         """An existing database whose bookkeeping tables are brought up to this release, so that read commands
         work on one an older release made."""

@@ -49,13 +49,14 @@ def validate(settings: Settings, jobs: tuple[str, ...], logical_date: datetime |
     for path in paths:
         try:
             job = load_job(path)
-            checked = check_job(job, db.for_job(job), logical_date.date() if logical_date else today(job))
+            engine, absent = db.for_checking(job)
+            checked = check_job(job, engine, logical_date.date() if logical_date else today(job))
         except PipelineError as exc:
             failed += 1
             why = str(exc).removeprefix(f"{path}: ")  # job file errors name the file already
             click.echo(f"{path}: FAILED: {why}")
             continue
-        click.echo(f"{path}: ok: {checked.summary()}")
+        click.echo(f"{path}: ok: {checked.summary()}" + (f"; {absent}" if absent else ""))
     if failed:
         raise PipelineError(f"{failed} of {len(paths)} job file(s) failed")
 
@@ -118,8 +119,10 @@ def plan(settings: Settings, job: str, logical_date: datetime | None, as_json: b
     from pipeline.run.context import today
     from pipeline.tools.plan import plan_job  # loads pandas and the models' libraries
 
-    found = plan_job(loaded, db.for_job(loaded), logical_date.date() if logical_date else today(loaded),
-                           incremental=incremental)
+    engine, absent = db.for_checking(loaded)
+    found = plan_job(loaded, engine, logical_date.date() if logical_date else today(loaded), incremental=incremental)
+    if absent:
+        found = dataclasses.replace(found, target=absent)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
         return

@@ -71,6 +71,23 @@ def test_validate_command_one_line_per_job(engine, db_url, write_job, tmp_path, 
     assert tables(engine) == {"customers"}
 
 
+def test_validate_and_plan_a_first_run_whose_sqlite_file_a_run_would_create(write_job, tmp_path, monkeypatch):
+    """A job reading a CSV file, its target a SQLite file not made yet: validate said FAILED (no database) and plan
+    exited 1, of a job whose run succeeds and creates the file. Neither makes it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+    customers_frame(25).to_csv(tmp_path / "customers.csv", index=False)
+    write_job(f'target = "sqlite:///{tmp_path}/new.db"\n' + CUSTOMERS_JOB.replace(
+        'query = "SELECT customer_id, x1, x2, x3 FROM customers"', f'file = "{tmp_path}/customers.csv"'))
+    out = CliRunner().invoke(main, ["validate"])
+    said = f"25 domain rows read and scored; sqlite:///{tmp_path}/new.db does not exist yet (a run creates it)"
+    assert out.exit_code == 0 and out.output.rstrip().endswith(said), out.output
+    out = CliRunner().invoke(main, ["plan", "scores"])
+    assert out.exit_code == 0 and f"scores -> scores on sqlite:///{tmp_path}/new.db does not exist yet" in out.output
+    assert not (tmp_path / "new.db").exists()
+    assert CliRunner().invoke(main, ["run", "scores"]).exit_code == 0 and (tmp_path / "new.db").exists()
+
+
 def test_jobs_lists_schedules_and_last_runs(engine, db_url, write_job, tmp_path, monkeypatch):
     write_table(engine, "customers", customers_frame(30))
     path = write_job(scheduled(CUSTOMERS_JOB, "0 3 * * *"))
