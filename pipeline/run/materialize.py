@@ -367,6 +367,7 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
         phases[phase] = time.monotonic() - mark
         mark = time.monotonic()
 
+    loaded = None
     try:
         loaded = executor.load(Target(context, model, version, physical, previous, guard, how.active, lineage))
         lap("load")
@@ -386,7 +387,7 @@ def _build(context: RunContext, model: Model, how: changes.Plan, profile: dict |
     except PublishPending:
         raise  # the version is ready: `pipeline activate` publishes it
     except BaseException as exc:
-        _fail(context, version, exc)
+        _fail(context, version, exc, loaded)
         raise
     log.info("%s: version %d ready, %d rows%s", table, version, loaded.rows, ", active" if activate else "")
     return RunResult(table, version, loaded.rows, activate, flip.from_version if flip else None, 0.0,
@@ -495,13 +496,17 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _fail(context: RunContext, version: int, exc: BaseException) -> None:
-    """Mark the version failed with a one-line reason; never hides the original error."""
+def _fail(context: RunContext, version: int, exc: BaseException, loaded: Loaded | None = None) -> None:
+    """Mark the version failed with a one-line reason; never hides the original error. A version that was
+    written (and failed its audits, say) keeps its rows' count, columns and domain size, which ``pipeline audit``
+    of it needs."""
     reason = _reason(exc)
+    written = {} if loaded is None else dict(row_count=loaded.rows, columns=loaded.columns,
+                                             domain_size=loaded.domain_size)
     try:
         with transaction(context.engine) as conn:
             state.update_version(conn, context.table, version, status="failed", finished_at=context.clock(),
-                                 error=reason)
+                                 error=reason, **written)
     except PipelineError as bookkeeping:
         log.error("%s: could not mark version %d failed (%s); the next run will", context.table, version,
                   bookkeeping)

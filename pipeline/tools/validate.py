@@ -15,9 +15,9 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from pipeline.database.dialects import dialect_for
+from pipeline.errors import AuditError
 from pipeline.jobspec import Job
 from pipeline.run.domain import Domain
-from pipeline.errors import AuditError
 from pipeline.run.executors import EMPTY_DOMAIN, executor_for
 from pipeline.run.materialize import check_roles, type_guard
 from pipeline.run.model import Model, load_model

@@ -142,3 +142,20 @@ def test_audit_command_reruns_and_stores(engine, db_url, customers, write_job, t
     assert stored(engine, 1)["bounds:prediction"] is False
     assert catalog.status(engine)[0].active_version == 1  # re-auditing reports; it does not unpublish
     assert all(r.passed for r in audit_version(engine, "scores", 1))
+
+
+def test_audit_command_on_a_version_that_failed_its_audits_runs_them_all_again(engine, db_url, customers, write_job,
+                                                                                 tmp_path, monkeypatch):
+    """A failed version had no recorded columns: `pipeline audit` of it said `no output column 'prediction'
+    (outputs: )` and left out row_count and outputs_finite."""
+    run_job(load_job(write_job(SCRIPTED_JOB, model=Scripted())), engine, force=True)
+    refused(engine, load_job(write_job(with_audits("bounds = { prediction = { min = 0 } }"),
+                                       model=Scripted(shift=-100))), "bounds:prediction")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["audit", "scores", "2", "--db", db_url])
+    verdicts = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[1:-1]}
+    assert result.exit_code == 1 and verdicts == {
+        "row_count": "pass", "keys_not_null": "pass", "keys_unique": "pass", "outputs_finite": "pass",
+        "bounds:prediction": "FAIL"}, result.output
+    assert result.output.splitlines()[-1].startswith("Error: scores version 2: audit failed: bounds:prediction: "
+                                                     "outside [0, ]: min -10")
