@@ -4,6 +4,12 @@ job files, MLflow registries; the server checks and the summary lines. Helpers t
 
 from __future__ import annotations
 
+# isort: off
+from blas import pin_batch_invariant_kernels
+
+pin_batch_invariant_kernels()  # before anything loads numpy (see tests/blas.py)
+# isort: on
+
 import os
 import shutil
 import socket
