@@ -19,7 +19,7 @@ log = logging.getLogger("pipeline")
 
 def append(journal: Path, record: dict[str, Any]) -> None:
     """Add one run's record (job, table, logical_date, trigger, scheduled_for, started_at, finished_at, host,
-    pid, error; dates as ISO text).
+    pid, error; dates as ISO text; and ``run_id`` when an earlier try of the run recorded it).
 
     Raises:
         OSError: the file cannot be written.
@@ -39,10 +39,13 @@ def fold(conn: Connection, journal: Path | None) -> int | None:
         except ValueError:  # a line cut short by a crash while it was written
             log.warning("%s: skipped a line that is not a run record: %.80s", journal, line)
     for r in lines:
+        finished = datetime.fromisoformat(r["finished_at"])
+        if r.get("run_id") is not None and state.fail_recorded_run(conn, r["run_id"], finished, r["error"]):
+            continue  # a later try of a run that recorded itself: its own row says how it ended
         run_id = state.start_run(
             conn, job=r["job"], table=r["table"], logical_date=date.fromisoformat(r["logical_date"]),
             trigger=r["trigger"], scheduled_for=datetime.fromisoformat(r["scheduled_for"]) if r["scheduled_for"]
             else None, now=datetime.fromisoformat(r["started_at"]), host=r["host"], pid=r["pid"])
         if run_id is not None:
-            state.finish_run(conn, run_id, "failed", datetime.fromisoformat(r["finished_at"]), None, r["error"])
+            state.finish_run(conn, run_id, "failed", finished, None, r["error"])
     return len(lines)

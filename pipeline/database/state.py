@@ -403,6 +403,13 @@ def finish_run(conn: Connection, run_id: int, status: str, now: datetime, versio
                  .values(status=status, finished_at=now, version=version, error=error))
 
 
+def fail_recorded_run(conn: Connection, run_id: int, now: datetime, error: str) -> bool:
+    """Mark run ``run_id`` failed saying ``error``, unless it succeeded or is gone; whether it was."""
+    done = conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status.in_(("running", "failed")))
+                        .values(status="failed", finished_at=now, version=None, error=error))
+    return done.rowcount == 1
+
+
 def run_builds(conn: Connection, run_id: int, version: int) -> None:
     """Name the version a running run builds: a run that dies once that version is ready made it (see reaping)."""
     conn.execute(update(runs).where(runs.c.id == run_id).values(version=version))

@@ -180,7 +180,8 @@ def recover(engine: Engine, table: str, clock: Clock = state.utcnow) -> None:
 def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
     """A run that cannot even record its start leaves its record in the database's journal file, which the next
     run folds into ``pipeline_runs``; then it fails, saying so. Unless another try follows: that one records the
-    run, with this fault, so that one run is one record.
+    run, with this fault, so that one run is one record; and a later try of a run that recorded itself names its
+    row, which the fold marks failed.
 
     Raises:
         DatabaseError: always.
@@ -188,20 +189,21 @@ def _unrecorded(context: RunContext, exc: DatabaseError) -> None:
     journal = context.dialect.journal(context.engine)
     if journal is None or (context.tries.left and transient(exc)):
         raise exc
-    job, options, now = context.job, context.options, context.clock().isoformat()
+    job, options, now, run_id = context.job, context.options, context.clock().isoformat(), context.tries.run_id
+    could = "could not start" if run_id is None else "could not try again"
     record = dict(job=job.name, table=context.table, logical_date=context.logical_date.isoformat(),
                   trigger=options.trigger,
                   scheduled_for=options.scheduled_for.isoformat() if options.scheduled_for else None,
                   started_at=now, finished_at=now, host=socket.gethostname(), pid=os.getpid(),
-                  error=f"could not start: {exc}")
+                  error=f"{could}: {exc}", run_id=run_id)
     try:
         journals.append(journal, record)
     except OSError as error:
-        raise DatabaseError(f"{exc}; the run could not start, and could not be recorded in {journal} either "
+        raise DatabaseError(f"{exc}; the run {could}, and could not be recorded in {journal} either "
                             f"({error.strerror})") from exc
     why = (f" (another process held the database's write lock for longer than publish_timeout, "
            f"{job.output.publish_timeout:g} s)" if context.dialect.is_lock_timeout(exc.__cause__) else "")
-    raise DatabaseError(f"{exc}; the run could not start{why} and is recorded in {journal} until the next run "
+    raise DatabaseError(f"{exc}; the run {could}{why} and is recorded in {journal} until the next run "
                         "moves it to pipeline_runs") from exc
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import pytest
 from sqlalchemy import text
@@ -116,6 +118,31 @@ def test_a_writer_met_while_auditing_is_waited_for_and_the_version_kept(sqlite_u
         assert conn.execute(text("SELECT status FROM pipeline_versions")).scalar_one() == "ready"
         assert conn.execute(text("SELECT status FROM pipeline_runs")).scalar_one() == "succeeded"
         assert conn.execute(text("SELECT COUNT(*), MIN(model_version) FROM scores")).one() == (50, 1)
+
+
+def test_a_later_try_that_could_not_go_on_fails_its_own_row_not_a_second_one(sqlite_engine, write_job, tmp_path):
+    """A run recorded itself, failed on a passing fault, and its next try could not even reopen its row (another
+    writer held the file): the journal's record became a second run (`could not start`) and the first was reaped
+    as abandoned, two failures for one run. The record names the row, which the fold marks failed."""
+    import json
+
+    from pipeline.database import schema, state
+
+    write_table(sqlite_engine, "customers", customers_frame(20))
+    with transaction(sqlite_engine) as conn:
+        schema.ensure_schema(conn)
+        run_id = state.start_run(conn, job="scores", table="scores", logical_date=dt.date(2026, 1, 1),
+                                 trigger="cron", scheduled_for=None, now=dt.datetime(2026, 1, 1, 3), host="h", pid=7)
+    record = dict(job="scores", table="scores", logical_date="2026-01-01", trigger="cron", scheduled_for=None,
+                  started_at="2026-01-01T03:00:30+00:00", finished_at="2026-01-01T03:00:31+00:00", host="h", pid=7,
+                  error="could not try again: database is locked", run_id=run_id)
+    journal = tmp_path / "predictions.db-pipeline-runs.jsonl"
+    journal.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    run_job(load_job(write_job(CUSTOMERS_JOB)), sqlite_engine)
+    with sqlite_engine.connect() as conn:
+        runs = conn.execute(text("SELECT id, trigger, status, error FROM pipeline_runs ORDER BY id")).all()
+    assert [tuple(r) for r in runs] == [(run_id, "cron", "failed", "could not try again: database is locked"),
+                                        (run_id + 1, "manual", "succeeded", None)]
 
 
 def test_a_journal_line_cut_short_is_skipped_and_the_rest_recorded(sqlite_engine, write_job, tmp_path):
