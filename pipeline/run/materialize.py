@@ -153,7 +153,14 @@ def retried(job: Job, tries: Tries, attempt: Callable[[], RunResult]) -> RunResu
 
     def once() -> RunResult:
         tries.left = job.retries - len(tries.faults)
-        return attempt()
+        try:
+            return attempt()
+        except JobLocked as exc:
+            if not tries.faults:
+                raise  # the first try: nothing was done, and the run that holds the table goes on
+            # A try that failed let go of the table; another run took it before this one could try again. This run
+            # failed (its record says on what): that is no "another run holds it, nothing done".
+            raise PipelineError(f"{job.output.table}: could not try again after {tries.faults[-1]}: {exc}") from exc
 
     return Retrying(retry=retry_if_exception(passing), stop=stop_after_attempt(job.retries + 1),
                     wait=wait_random_exponential(multiplier=1, max=RETRY_MAX_WAIT), before_sleep=again,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -12,7 +14,7 @@ from pipeline import load_job, run_job
 from pipeline.cli import main
 from pipeline.database.dialects import dialect_for
 from pipeline.database.engines import make_engine
-from pipeline.errors import DatabaseError, JobFileError, LockLost, PipelineError, SourceError
+from pipeline.errors import DatabaseError, JobFileError, JobLocked, LockLost, PipelineError, SourceError
 from pipeline.serve import catalog
 
 from fakemodels import Scripted
@@ -151,4 +153,37 @@ def test_a_run_that_could_not_start_then_succeeds_is_one_record_with_its_tries(s
         blocker.close()
     (run,) = catalog.runs(engine)
     assert run.status == "succeeded" and len(run.retries) == 1 and "database is locked" in run.retries[0]
+    engine.dispose()
+
+
+def test_a_retry_that_finds_the_table_taken_fails_the_run_instead_of_saying_nothing_was_done(sqlite_url, write_job,
+                                                                                             caplog):
+    """Between a failed try and the next, another run took the table's lock: the run ended as JobLocked (exit 75,
+    `--scheduled` exit 0, no notification) though it had failed and was recorded so."""
+    import logging
+
+    engine = make_engine(sqlite_url)
+    write_table(engine, "customers", customers_frame(10))
+    body = SCRIPTED_JOB + ('[gates]\n[[gates.wait_for]]\nname = "up"\nquery = "SELECT 1"\n'
+                           'source = "postgresql://postgres@127.0.0.1:1/test"\n')
+    job = load_job(write_job("retries = 1\n" + body, model=Scripted()))
+    taken = contextlib.ExitStack()
+
+    class TakeTheTable(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "failed on a passing fault" in record.getMessage():
+                taken.enter_context(dialect_for(engine).run_lock(engine, "scores"))
+
+    handler = TakeTheTable()
+    logging.getLogger("pipeline").addHandler(handler)
+    try:
+        with pytest.raises(PipelineError) as failed:
+            run_job(job, engine)
+    finally:
+        logging.getLogger("pipeline").removeHandler(handler)
+        taken.close()
+    assert not isinstance(failed.value, JobLocked)
+    assert str(failed.value).startswith("scores: could not try again after gate 'up'") and "lock file" in str(failed.value)
+    (run,) = catalog.runs(engine)
+    assert run.status == "failed" and "127.0.0.1" in run.error
     engine.dispose()
