@@ -182,8 +182,9 @@ def test_a_retry_that_finds_the_table_taken_fails_the_run_instead_of_saying_noth
     finally:
         logging.getLogger("pipeline").removeHandler(handler)
         taken.close()
+    said = str(failed.value)
     assert not isinstance(failed.value, JobLocked)
-    assert str(failed.value).startswith("scores: could not try again after gate 'up'") and "lock file" in str(failed.value)
+    assert said.startswith("scores: could not try again after gate 'up'") and "lock file" in said, said
     (run,) = catalog.runs(engine)
     assert run.status == "failed" and "127.0.0.1" in run.error
     engine.dispose()
