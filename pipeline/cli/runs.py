@@ -79,8 +79,8 @@ def run(settings: Settings, job: str, logical_date: datetime | None, no_activate
         except PipelineError:
             _write_metrics(metrics_file, db, load_job(path), None)
             raise
-        if done is None:  # another process has the tick, and writes its metrics
-            click.echo(f"{job}: another process is running this tick; nothing to do")
+        if done is None:  # another run has the table (this tick's, and writes its metrics; or another one's)
+            click.echo(f"{job}: another run holds the table (this tick's, or another); nothing to do")
             return
         _write_metrics(metrics_file, db, load_job(path), done)
         if done.full_because:
