@@ -25,7 +25,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-## make bench: pipeline vs a naive pandas script vs the raw limit; writes bench/results.md (about 15 minutes)
+## make bench: pipeline vs a naive pandas script vs the raw limit; writes bench/results.md (an hour or more)
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 

@@ -306,7 +306,7 @@ def _cell(value: Any) -> str:
 def main(ctx: click.Context, debug: bool, jobs_dir: str, quiet: bool, log_format: str, db_url: str | None) -> None:
     """Materialize model predictions into versioned tables and flip a pointer.
 
-    Every option above may also follow the command's name.
+    Every option below may also follow the command's name.
 
     \b
     Example:

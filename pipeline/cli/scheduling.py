@@ -42,7 +42,7 @@ def cron(settings: Settings, log_dir: str, db: Databases) -> None:
 
     \b
     Example:
-      pipeline cron >> /tmp/lines && crontab /tmp/lines
+      pipeline cron > /tmp/lines && crontab /tmp/lines
     """
     broken: list[JobFileError] = []
     click.echo("\n".join(crontab(settings.jobs_dir, log_dir, db.db_url, on_error=broken.append)))

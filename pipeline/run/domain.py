@@ -318,7 +318,7 @@ class Domain:
             yield from reader_for(engine).read_query(engine, factor.query, self.run_date, self.spec.chunk_size,
                                                      contract, self.since, self.snapshots.get(factor.source))
         except SourceError as exc:
-            raise SourceError(f"domain query failed{_on(factor.source)}: {exc}") from None
+            raise SourceError(f"domain query failed{_on(factor.source)}: {str(exc).lstrip()}") from None
 
     # -- shaping ------------------------------------------------------------
 
