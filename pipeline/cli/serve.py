@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pipeline.cli.base import (Databases, Settings, main, pass_databases, pipeline_errors, print_table, versions_text,
-                               writers_of)
+from pipeline.cli.base import (HOW_TO_POINT, Databases, Settings, main, pass_databases, pipeline_errors, print_table,
+                               versions_text, writers_of)
 from pipeline.errors import PipelineError
 from pipeline.jobs import iter_jobs
 from pipeline.jobspec import DEFAULT_KEEP
@@ -203,7 +203,7 @@ def status(settings: Settings, as_json: bool, db: Databases) -> None:
         return
     if not rows:
         click.echo("no prediction tables yet in " + ", ".join(redact(u) + (" (no such file)" if u in absent else "")
-                                                              for u in urls))
+                                                              for u in urls) + (f"; {HOW_TO_POINT}" if absent else ""))
         return
     print_table(["table", "active", "logical_date", "rows", "model", "age", "last run", "failing", "next tick",
                  "aliases", "database"],

@@ -227,7 +227,7 @@ def files(folder: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("args, said", [
-    (["status"], "no prediction tables yet in sqlite:///predictions.db (no such file)"),
+    (["status"], "no prediction tables yet in sqlite:///predictions.db (no such file); name it with --db URL"),
     (["runs"], "no database at sqlite:///predictions.db (predictions.db does not exist)"),
     (["versions", "upsell_scores"], "no job in jobs/ writes 'upsell_scores'"),
     (["rollback", "upsell_scores"], "no job in jobs/ writes 'upsell_scores'"),
