@@ -169,6 +169,43 @@ def test_a_role_granted_select_once_reads_every_view_whatever_the_pipeline_remak
             conn.execute(text(f'DROP ROLE "{role}"'))
 
 
+def bound_checks(engine) -> dict[str, list[str]]:  # noqa: ANN001 (an Engine)
+    """Each version table's CHECK constraints on ``model_version``, by table."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_class c JOIN pg_constraint k ON k.conrelid = c.oid "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'model_version' "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname ~ '^scores__v[0-9]+$' "
+            "AND k.contype = 'c' AND k.conkey = ARRAY[a.attnum]")).all()
+    found: dict[str, list[str]] = {}
+    for table, check in rows:
+        found.setdefault(table, []).append(check)
+    return found
+
+
+def test_the_versions_the_view_serves_carry_no_check_for_lookups_to_plan_and_a_detached_one_gets_it_back(
+        pg, write_job):
+    """A CHECK matching the partition bound lets an ATTACH skip its scan, but the planner tests it on every lookup
+    (a tenth of one's cost): once attached, the version table drops it; the concurrent detach that takes a version
+    out of the serving set adds PostgreSQL's own back, so that a rollback to it attaches without a scan, and the
+    view serves exactly that version."""
+    write_table(pg, "customers", customers_frame(100))
+    path = write_job(CUSTOMERS_JOB)
+    for _ in range(3):
+        run_job(load_job(path), pg, force=True)
+    checks = bound_checks(pg)
+    assert "scores__v2" not in checks and "scores__v3" not in checks  # the rollback target and the active one
+    assert checks["scores__v1"] == ["CHECK (((model_version IS NOT NULL) AND (model_version = 1)))"]
+    activate(pg, "scores", 1)  # attached again, from outside the serving set; 3 is now the rollback target
+    checks = bound_checks(pg)
+    assert "scores__v1" not in checks and "scores__v3" not in checks and list(checks) == ["scores__v2"]
+    assert set(view_rows(pg).model_version) == {1} and len(view_rows(pg)) == 100
+    with pg.connect() as conn:
+        plan = "\n".join(conn.execute(text("EXPLAIN SELECT * FROM scores WHERE customer_id = 7")).scalars())
+    assert "scores__v1" in plan and "scores__v3" in plan and "scores__v2" not in plan and "Filter" in plan
+    assert "model_version = 1" not in plan  # nor any CHECK folded into it
+
+
 def test_a_version_readers_keep_from_publishing_is_left_ready_and_activate_publishes_it(pg, write_job):
     """A new version of other columns needs DDL on the view, and a REPEATABLE READ transaction that read the view
     holds it past the job's publish_timeout: the run does not throw the audited version away; it leaves it ready,

@@ -189,7 +189,11 @@ class PostgresqlDialect(Dialect):
         ATTACH takes SHARE UPDATE EXCLUSIVE on the parent, which no reader conflicts with; the
         table carries a ``model_version`` column (a default, stored in no row) and a CHECK that
         matches the partition bound (a lineage's: ``lineage``, from :meth:`mark_lineage`), so attaching
-        skips the validation scan, again after a detach.
+        skips the validation scan. Once attached, the CHECK goes, in the same transaction (ATTACH holds the
+        table's ACCESS EXCLUSIVE lock already): the planner tests every CHECK of a partition against a
+        lookup's WHERE clause, a tenth of a simple-protocol lookup's cost (bench/results.md). DETACH ...
+        CONCURRENTLY adds one back (PostgreSQL duplicates the partition constraint), so that attaching the
+        table again, for a rollback, skips the scan too.
         """
         q = self.quote
         if lineage is None:
@@ -230,6 +234,9 @@ class PostgresqlDialect(Dialect):
                                  f"DEFAULT {version}, ADD CONSTRAINT {q(physical + '__ver')} "
                                  f"CHECK (model_version = {version})")
         conn.exec_driver_sql(f"ALTER TABLE {q(parent)} ATTACH PARTITION {q(physical)} FOR VALUES IN ({bound})")
+        key = "model_version" if lineage is None else "lineage"
+        for (check,) in conn.exec_driver_sql(_BOUND_CHECKS, {"t": q(physical), "c": key}).all():
+            conn.exec_driver_sql(f"ALTER TABLE {q(physical)} DROP CONSTRAINT {q(check)}")
         self.bound_lock_wait(conn)
         return True
 
@@ -529,6 +536,13 @@ SELECT p.relname, c.relname, i.inhdetachpending FROM pg_inherits i
   JOIN pg_class p ON p.oid = i.inhparent JOIN pg_class c ON c.oid = i.inhrelid
  WHERE p.relkind = 'p' AND p.relnamespace = current_schema()::regnamespace
    AND c.relname ~ ('^' || %(t)s || '__[vl][0-9]+$')
+"""
+
+#: The CHECK constraints of table %(t)s (as SQL) on its column %(c)s alone: the partition bound's, which a lookup's
+#: planning would test again.
+_BOUND_CHECKS = """
+SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype = 'c'
+   AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) AND attname = %(c)s)]
 """
 
 #: Whether table %(t)s (as SQL) has column %(c)s.
